@@ -1,0 +1,38 @@
+-- cancel: end any live job as 'canceled' (the user's cancel, or an unused hold that
+-- expired): charge what already succeeded, refund the rest, free the slot, schedule the
+-- flush. Later callbacks for the job are refused by item_result.
+--
+-- KEYS[1] job hash      KEYS[2] user hash     KEYS[3] user active set
+-- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
+-- KEYS[7] bucket flush  KEYS[8] bucket ledger
+--
+-- ARGV[1] job id  ARGV[2] owner  ARGV[3] reason  ARGV[4] now ms  ARGV[5] flush due ms
+-- ARGV[6] allowed from states, comma separated, or '' for any live state
+--
+-- Returns {code, state, done, failed, total, charged, refunded} with code one of
+--   'ok' | 'already' (already canceled) | 'invalid_transition' (done/failed, or not an
+--   allowed from state) | 'not_found' | 'bad_argument'
+-- @include finish_job
+local job_id, owner, reason = ARGV[1], ARGV[2], ARGV[3]
+local now, flush_due = tonumber(ARGV[4]), tonumber(ARGV[5])
+if not now or not flush_due then return {'bad_argument', 'time'} end
+local allowed = nil
+if ARGV[6] ~= '' then
+  allowed = {}
+  for state in string.gmatch(ARGV[6], '[^,]+') do allowed[state] = true end
+end
+
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total',
+  'price', 'cost', 'charged', 'refunded')
+if not job[1] or job[2] ~= owner then return {'not_found'} end
+local state = job[1]
+if state == 'canceled' then return {'already', state, job[3], job[4], job[5], job[8], job[9]} end
+if TERMINAL[state] or (allowed and not allowed[state]) then
+  return {'invalid_transition', state, job[3], job[4], job[5], job[8], job[9]}
+end
+
+local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8]}
+local charge, refund = finish_job(k, job_id, owner, 'canceled', reason, now, flush_due,
+  tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
+return {'ok', 'canceled', job[3], job[4], job[5], charge, refund}

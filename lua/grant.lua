@@ -1,0 +1,28 @@
+-- grant: an admin adds (or, with a negative amount, removes) credits. Idempotent by
+-- operation id: a repeated id changes nothing and answers 'already'.
+--
+-- KEYS[1] user hash      tg:{b}:user:<uid>
+-- KEYS[2] user ops       tg:{b}:user:<uid>:ops  (hash op id -> amount, applied admin ops)
+-- KEYS[3] bucket ledger  tg:{b}:ledger
+--
+-- ARGV[1] user id  ARGV[2] operation id  ARGV[3] amount (integer, may be negative)
+-- ARGV[4] reason   ARGV[5] now ms
+--
+-- Returns {code, available, reserved, spent, granted} with code one of
+--   'ok' | 'already' | 'not_found' | 'insufficient_credits' (a removal below zero)
+--   | 'bad_argument'
+local amount, now = tonumber(ARGV[3]), tonumber(ARGV[5])
+if not amount or amount % 1 ~= 0 or not now then return {'bad_argument', 'amount'} end
+local user = redis.call('HMGET', KEYS[1], 'available', 'reserved', 'spent', 'granted')
+if not user[1] then return {'not_found'} end
+if redis.call('HEXISTS', KEYS[2], 'grant:' .. ARGV[2]) == 1 then
+  return {'already', user[1], user[2], user[3], user[4]}
+end
+local available = tonumber(user[1]) + amount
+if available < 0 then return {'insufficient_credits', user[1], user[2], user[3], user[4]} end
+local granted = tonumber(user[4]) + amount
+redis.call('HSET', KEYS[1], 'available', available, 'granted', granted)
+redis.call('HSET', KEYS[2], 'grant:' .. ARGV[2], amount)
+redis.call('RPUSH', KEYS[3], cjson.encode({id = 'grant:' .. ARGV[1] .. ':' .. ARGV[2],
+  user_id = ARGV[1], kind = 'grant', amount = amount, reason = ARGV[4], at = now}))
+return {'ok', available, user[2], user[3], granted}

@@ -1,0 +1,31 @@
+-- finish_job: settle a job that is reaching a terminal state (shared by settle, cancel,
+-- item_result). Charges done * price, refunds the rest of the hold, frees the
+-- concurrency slot, drops the job from every work index and schedules its flush.
+-- Callers must have validated everything before calling: this only writes.
+-- k = {job, user, active, holds, leases, queued, flush, ledger}
+local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
+  local charge = done * price
+  if charge > cost then charge = cost end
+  local refund = cost - charge
+  redis.call('HINCRBY', k.user, 'reserved', -cost)
+  redis.call('HINCRBY', k.user, 'spent', charge)
+  redis.call('HINCRBY', k.user, 'available', refund)
+  redis.call('HSET', k.job, 'state', to_state, 'charged', charge, 'refunded', refund,
+    'finished_at', now, 'updated_at', now, 'reason', reason)
+  redis.call('SREM', k.active, job_id)
+  redis.call('ZREM', k.holds, job_id)
+  redis.call('ZREM', k.leases, job_id)
+  redis.call('ZREM', k.queued, job_id)
+  redis.call('ZADD', k.flush, flush_due, job_id)
+  if charge > 0 then
+    redis.call('RPUSH', k.ledger, cjson.encode({id = job_id .. ':charge', user_id = owner,
+      kind = 'charge', amount = -charge, job_id = job_id, at = now}))
+  end
+  if refund > 0 then
+    redis.call('RPUSH', k.ledger, cjson.encode({id = job_id .. ':release', user_id = owner,
+      kind = 'release', amount = refund, job_id = job_id, at = now}))
+  end
+  return charge, refund
+end
+
+local TERMINAL = {done = true, failed = true, canceled = true}

@@ -1,0 +1,75 @@
+-- item_result: a worker's report for one item. Counts each item exactly once: the job's
+-- capped list of the last 512 callback keys drops repeated callbacks, and the per-item hash
+-- drops a second report of an item under a new key. The report of the last item finishes
+-- the job and settles its credits in this same script.
+--
+-- KEYS[1] job hash        tg:{b}:job:<jid>
+-- KEYS[2] job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
+-- KEYS[3] job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
+-- KEYS[4] user hash       KEYS[5] user active set
+-- KEYS[6] bucket holds    KEYS[7] bucket leases   KEYS[8] bucket queued
+-- KEYS[9] bucket flush    KEYS[10] bucket ledger
+--
+-- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] callback key
+-- ARGV[4] item index (0-based)  ARGV[5] '1' ok | '0' failed  ARGV[6] output key or error
+-- ARGV[7] now ms  ARGV[8] new lease deadline ms  ARGV[9] flush due ms
+--
+-- Returns {code, state, done, failed, total} with code one of
+--   'ok'                  counted (state 'done'/'failed' when this was the last item)
+--   'duplicate'           this callback key or this item was already counted
+--   'invalid_transition'  the job is not queued or running (e.g. canceled)
+--   'not_found'           no such job for this owner
+--   'bad_argument'        index out of range or malformed numbers
+-- @include finish_job
+local CALLBACK_KEYS_KEPT = 512
+local job_id, owner, cb_key = ARGV[1], ARGV[2], ARGV[3]
+local index, ok, detail = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local now, lease_deadline, flush_due = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+if not now or not lease_deadline or not flush_due then return {'bad_argument', 'time'} end
+
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
+if not job[1] or job[2] ~= owner then return {'not_found'} end
+local state = job[1]
+local done, failed, total = tonumber(job[3]), tonumber(job[4]), tonumber(job[5])
+if redis.call('LPOS', KEYS[3], cb_key) then
+  return {'duplicate', state, done, failed, total}
+end
+if state ~= 'queued' and state ~= 'running' then
+  return {'invalid_transition', state, done, failed, total}
+end
+if not index or index < 0 or index >= total or index % 1 ~= 0 then
+  return {'bad_argument', 'item_index'}
+end
+
+redis.call('LPUSH', KEYS[3], cb_key)
+redis.call('LTRIM', KEYS[3], 0, CALLBACK_KEYS_KEPT - 1)
+if redis.call('HEXISTS', KEYS[2], index) == 1 then
+  return {'duplicate', state, done, failed, total}
+end
+
+if ok then
+  done = done + 1
+  redis.call('HSET', KEYS[2], index, 'ok:' .. detail)
+  redis.call('HSET', KEYS[1], 'done', done, 'updated_at', now)
+else
+  failed = failed + 1
+  redis.call('HSET', KEYS[2], index, 'failed:' .. detail)
+  redis.call('HSET', KEYS[1], 'failed', failed, 'updated_at', now)
+end
+
+if done + failed < total then
+  if state == 'queued' then
+    redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
+    redis.call('ZREM', KEYS[8], job_id)
+  end
+  redis.call('ZADD', KEYS[7], lease_deadline, job_id)
+  return {'ok', 'running', done, failed, total}
+end
+
+local final = 'done'
+if done == 0 then final = 'failed' end
+local k = {job = KEYS[1], user = KEYS[4], active = KEYS[5], holds = KEYS[6], leases = KEYS[7],
+  queued = KEYS[8], flush = KEYS[9], ledger = KEYS[10]}
+finish_job(k, job_id, owner, final, 'completed', now, flush_due, done,
+  tonumber(job[6]), tonumber(job[7]))
+return {'ok', final, done, failed, total}

@@ -1,0 +1,14 @@
+-- renew_lease: a worker still working on a running job pushes its lease deadline out.
+--
+-- KEYS[1] job hash  KEYS[2] bucket leases
+--
+-- ARGV[1] job id  ARGV[2] owner  ARGV[3] new lease deadline ms
+--
+-- Returns {code, state} with code 'ok' | 'invalid_transition' (not running) | 'not_found'
+local deadline = tonumber(ARGV[3])
+if not deadline then return {'bad_argument', 'deadline'} end
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if not job[1] or job[2] ~= ARGV[2] then return {'not_found'} end
+if job[1] ~= 'running' then return {'invalid_transition', job[1]} end
+redis.call('ZADD', KEYS[2], deadline, ARGV[1])
+return {'ok', 'running'}

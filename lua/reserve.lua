@@ -1,0 +1,65 @@
+-- reserve: create a job, hold its credits and take a concurrency slot, in one step.
+-- Idempotent by job id (a retried call answers 'already') and by Idempotency-Key.
+--
+-- KEYS[1] user hash            tg:{b}:user:<uid>
+-- KEYS[2] user active set      tg:{b}:user:<uid>:active
+-- KEYS[3] user jobs index      tg:{b}:user:<uid>:jobs   (zset job id -> created_at ms)
+-- KEYS[4] job hash             tg:{b}:job:<jid>
+-- KEYS[5] job meta             tg:{b}:job:<jid>:meta    (item descriptions, JSON)
+-- KEYS[6] bucket holds         tg:{b}:holds             (zset job id -> hold deadline ms)
+-- KEYS[7] idempotency record   tg:{b}:user:<uid>:idem:<key>  (ignored unless ARGV[8] = '1')
+--
+-- ARGV[1] job id      ARGV[2] owner user id   ARGV[3] total items   ARGV[4] price per item
+-- ARGV[5] now ms      ARGV[6] hold deadline ms            ARGV[7] meta JSON
+-- ARGV[8] '1' when an Idempotency-Key is given   ARGV[9] request body hash
+-- ARGV[10] idempotency record TTL ms             ARGV[11] rule id or ''
+--
+-- Returns:
+--   {'ok', job_id}                       reserved now
+--   {'already', job_id}                  this job id, or this Idempotency-Key with the same body, exists
+--   {'idempotency_key_reused', job_id}   the key was used with another body
+--   {'not_found'}                        the user is not provisioned
+--   {'insufficient_credits', available, cost}
+--   {'concurrency_limit', active, limit}
+--   {'bad_argument', name}
+local job_id, owner = ARGV[1], ARGV[2]
+local total, price = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
+local use_idem, body_hash = ARGV[8] == '1', ARGV[9]
+local idem_ttl = tonumber(ARGV[10])
+if not total or total < 1 then return {'bad_argument', 'total'} end
+if not price or price < 0 then return {'bad_argument', 'price'} end
+if not now or not deadline then return {'bad_argument', 'time'} end
+if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
+
+if use_idem then
+  local previous = redis.call('HMGET', KEYS[7], 'job_id', 'body_hash')
+  if previous[1] then
+    if previous[2] == body_hash then return {'already', previous[1]} end
+    return {'idempotency_key_reused', previous[1]}
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'already', job_id} end
+
+local user = redis.call('HMGET', KEYS[1], 'available', 'max_active')
+if not user[1] then return {'not_found'} end
+local available, max_active = tonumber(user[1]), tonumber(user[2])
+local cost = total * price
+if available < cost then return {'insufficient_credits', available, cost} end
+local active = redis.call('SCARD', KEYS[2])
+if active >= max_active then return {'concurrency_limit', active, max_active} end
+
+redis.call('HINCRBY', KEYS[1], 'available', -cost)
+redis.call('HINCRBY', KEYS[1], 'reserved', cost)
+redis.call('SADD', KEYS[2], job_id)
+redis.call('ZADD', KEYS[3], now, job_id)
+redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
+  'total', total, 'done', 0, 'failed', 0, 'price', price, 'cost', cost,
+  'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now, 'rule_id', ARGV[11])
+redis.call('SET', KEYS[5], ARGV[7])
+redis.call('ZADD', KEYS[6], deadline, job_id)
+if use_idem then
+  redis.call('HSET', KEYS[7], 'job_id', job_id, 'body_hash', body_hash)
+  redis.call('PEXPIRE', KEYS[7], idem_ttl)
+end
+return {'ok', job_id}

@@ -1,0 +1,18 @@
+-- set_plan: an admin moves a user to another plan and its limits. Idempotent by
+-- operation id; lowering a limit below current use refuses new work, never old work.
+--
+-- KEYS[1] user hash  tg:{b}:user:<uid>
+-- KEYS[2] user ops   tg:{b}:user:<uid>:ops
+--
+-- ARGV[1] operation id  ARGV[2] plan  ARGV[3] max active jobs  ARGV[4] max rule slots
+--
+-- Returns {code, plan} with code 'ok' | 'already' | 'not_found' | 'bad_argument'
+local max_active, max_rules = tonumber(ARGV[3]), tonumber(ARGV[4])
+if not max_active or not max_rules then return {'bad_argument', 'limits'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
+if redis.call('HEXISTS', KEYS[2], 'plan:' .. ARGV[1]) == 1 then
+  return {'already', redis.call('HGET', KEYS[1], 'plan')}
+end
+redis.call('HSET', KEYS[1], 'plan', ARGV[2], 'max_active', max_active, 'max_rules', max_rules)
+redis.call('HSET', KEYS[2], 'plan:' .. ARGV[1], ARGV[2])
+return {'ok', ARGV[2]}

@@ -1,0 +1,40 @@
+-- settle: end a live job as 'done' or 'failed' (worker gave up, lease ran out, queued job
+-- never started): charge the succeeded items, refund the rest, free the concurrency slot,
+-- schedule the flush. Repeating a settle that already happened answers 'already'.
+--
+-- KEYS[1] job hash      KEYS[2] user hash     KEYS[3] user active set
+-- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
+-- KEYS[7] bucket flush  KEYS[8] bucket ledger
+--
+-- ARGV[1] job id  ARGV[2] owner  ARGV[3] to state ('done' | 'failed')
+-- ARGV[4] allowed from states, comma separated (e.g. 'queued,running')
+-- ARGV[5] reason  ARGV[6] now ms  ARGV[7] flush due ms
+--
+-- Returns {code, state, done, failed, total, charged, refunded} with code one of
+--   'ok' | 'already' (already in the target state) | 'invalid_transition' | 'not_found'
+--   | 'bad_argument'
+-- @include finish_job
+local job_id, owner, to, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local now, flush_due = tonumber(ARGV[6]), tonumber(ARGV[7])
+if to ~= 'done' and to ~= 'failed' then return {'bad_argument', 'to'} end
+if not now or not flush_due then return {'bad_argument', 'time'} end
+local allowed = {}
+for state in string.gmatch(ARGV[4], '[^,]+') do
+  if TERMINAL[state] then return {'bad_argument', 'from'} end
+  allowed[state] = true
+end
+
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total',
+  'price', 'cost', 'charged', 'refunded')
+if not job[1] or job[2] ~= owner then return {'not_found'} end
+local state = job[1]
+if state == to then return {'already', state, job[3], job[4], job[5], job[8], job[9]} end
+if not allowed[state] then
+  return {'invalid_transition', state, job[3], job[4], job[5], job[8], job[9]}
+end
+
+local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8]}
+local charge, refund = finish_job(k, job_id, owner, to, reason, now, flush_due,
+  tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
+return {'ok', to, job[3], job[4], job[5], charge, refund}

@@ -1,0 +1,1 @@
+"""tollgate: a credit-metered job gateway for GPU work."""

@@ -1,0 +1,27 @@
+"""Plan limits: the one table every limit is read from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    rule_slots: int
+    concurrency: int
+
+
+PLANS: dict[str, Plan] = {
+    "free": Plan("free", rule_slots=2, concurrency=1),
+    "pro": Plan("pro", rule_slots=20, concurrency=10),
+}
+
+DEFAULT_PLAN = "free"
+
+
+def plan_named(name: str) -> Plan:
+    try:
+        return PLANS[name]
+    except KeyError:
+        raise ValueError(f"unknown plan {name!r}; known: {', '.join(PLANS)}") from None

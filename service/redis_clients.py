@@ -1,0 +1,69 @@
+"""Builds the state Redis client (standalone, Cluster or embedded fakeredis) and RQ's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import fakeredis
+import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SCHEME = "redis+cluster://"
+
+# The embedded default: one in-process server shared by the API, the worker loop and the
+# flusher of `tollgate dev`. Separate FakeServers never see each other's data.
+_EMBEDDED: fakeredis.FakeServer | None = None
+
+
+def embedded_server() -> fakeredis.FakeServer:
+    global _EMBEDDED
+    if _EMBEDDED is None:
+        _EMBEDDED = fakeredis.FakeServer()
+    return _EMBEDDED
+
+
+def state_redis(settings: Settings) -> Any:
+    """An asyncio client with decoded replies; `Any` because Redis and RedisCluster differ."""
+    url = settings.redis_url
+    if url is None:
+        return fakeredis.FakeAsyncRedis(server=embedded_server(), decode_responses=True)
+    if url.startswith(CLUSTER_SCHEME):
+        return AsyncRedisCluster.from_url(
+            "redis://" + url.removeprefix(CLUSTER_SCHEME),
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+        )
+    return AsyncRedis.from_url(
+        url, decode_responses=True, max_connections=settings.redis_max_connections
+    )
+
+
+def queue_redis(settings: Settings) -> redis.Redis:
+    """RQ's connection: standalone only (RQ has no Cluster support), raw bytes replies."""
+    url = settings.queue_redis_url or settings.redis_url
+    if url is None:
+        return fakeredis.FakeRedis(server=embedded_server())
+    if url.startswith(CLUSTER_SCHEME):
+        raise ValueError(
+            "RQ cannot use Redis Cluster: set TOLLGATE_QUEUE_REDIS_URL to a standalone Redis"
+        )
+    return redis.Redis.from_url(url)
+
+
+async def warn_if_evicting(client: Any) -> None:
+    """Eviction would silently drop holds and dedup records: say so loudly at start-up."""
+    try:
+        config = await client.config_get("maxmemory-policy")
+    except Exception:  # fakeredis and managed Redis may refuse CONFIG
+        return
+    values = config.values() if isinstance(config, dict) else []
+    for value in values:
+        policy = value if isinstance(value, str) else next(iter(value.values()), "")
+        if policy and policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %r; tollgate needs 'noeviction'", policy)

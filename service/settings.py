@@ -1,0 +1,59 @@
+"""Every setting tollgate reads, from `TOLLGATE_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
+
+    redis_url: str | None = None
+    queue_redis_url: str | None = None
+    database_url: str = "sqlite:///./tollgate.db"
+    public_url: str = "http://127.0.0.1:8000"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    signup_credits: int = Field(default=10, ge=0)
+    storage_dir: str = "./tollgate-data"
+    s3_endpoint: str | None = None
+    s3_bucket: str = "tollgate"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    processor: str = "workers.processors.thumbnail:make_thumbnails"
+    hold_ttl: int = Field(default=3600, ge=1)
+    max_items: int = Field(default=1000, ge=1)
+
+    key_prefix: str = "tg"
+    buckets: int = Field(default=64, ge=1, le=16384)
+    price_per_item: int = Field(default=1, ge=0)
+    lease_ttl: int = Field(default=60, ge=2)
+    flush_delay: int = Field(default=5, ge=0)
+    queue_name: str = "gpu"
+    batch_size: int = Field(default=8, ge=1)
+    requeue_after: int = Field(default=300, ge=1)
+    upload_url_ttl: int = Field(default=3600, ge=60)
+    result_url_ttl: int = Field(default=86400, ge=60)
+    idempotency_ttl: int = Field(default=86400, ge=60)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_item_size: int = Field(default=5 * 1024**3, ge=1)
+    flush_batch: int = Field(default=200, ge=1, le=5000)
+    flusher_interval: float = Field(default=1.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=1)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_storage(self) -> bool:
+        return self.s3_endpoint is None and self.s3_access_key is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
