@@ -1,0 +1,174 @@
+"""Shared fixtures: real services when they are there, loud skips when they are not.
+
+With TOLLGATE_REQUIRE_SERVICES=1 (as CI runs) a missing service fails the test instead.
+Every test on the shared Redis gets a key prefix of its own and its keys are deleted after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES_DSN = os.environ.get("TOLLGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE = os.environ.get("TOLLGATE_REQUIRE_SERVICES") == "1"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def need(service: str, available: bool, why: str) -> None:
+    if available:
+        return
+    if REQUIRE:
+        pytest.fail(f"{service} is required (TOLLGATE_REQUIRE_SERVICES=1) but {why}")
+    pytest.skip(f"SKIPPED: {service} not available: {why}")
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open("127.0.0.1", port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"tgt{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    need("Redis", _port_open(REDIS_HOST, REDIS_PORT), f"nothing listens on {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+@pytest.fixture
+async def real_redis(redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
+    """An asyncio client on the shared Redis; deletes every `<key_prefix>:*` key after."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+async def fake_redis() -> AsyncIterator[Any]:
+    """A fresh FakeServer per test: a script that sets a global would poison a shared one."""
+    import fakeredis
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """Starts a 3-node Redis Cluster of its own on free ports; yields `redis+cluster://...`."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    need("Redis Cluster", bool(server and cli), "redis-server/redis-cli are not on PATH")
+    assert server and cli
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    try:
+        for port in ports:
+            node_dir = workdir / str(port)
+            node_dir.mkdir()
+            procs.append(subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
+                 "--dir", str(node_dir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        for port in ports:
+            wait_for_port(port)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
+                                  capture_output=True, text=True).stdout
+            if "cluster_state:ok" in info:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the test Redis Cluster never reached cluster_state:ok")
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> str:
+    need("PostgreSQL", _port_open("127.0.0.1", 5432), "nothing listens on 127.0.0.1:5432")
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database per test, dropped after."""
+    import psycopg
+
+    name = f"tollgate_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_admin_dsn.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API server (moto in server mode) in a subprocess on a free port."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        need("S3 (moto server)", False, "moto[server] is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
