@@ -65,7 +65,8 @@ def _check(reply: list[Any], script: str) -> Code:
         return code
     error: type[TollgateError] = ERRORS[code]
     detail = f"{script}: {code.value}" + (f" ({reply[1]})" if len(reply) > 1 else "")
-    raise error(detail, reply=reply[1:])
+    extra = {"job_status": reply[1]} if code is Code.INVALID_TRANSITION and len(reply) > 1 else {}
+    raise error(detail, reply=reply[1:], **extra)
 
 
 def _progress(reply: list[Any], script: str) -> JobProgress:

@@ -1,0 +1,94 @@
+"""The Litestar application: `create_app()` wires settings, auth, routes and the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from service.auth import make_jwt_auth
+from service.problems import EXCEPTION_HANDLERS
+from service.routes.admin import AdminController
+from service.routes.callbacks import job_callback
+from service.routes.deps import DEPENDENCIES
+from service.routes.health import health, ready
+from service.routes.jobs import JobsController
+from service.routes.me import get_me
+from service.routes.rules import RulesController
+from service.runtime import Runtime, open_runtime
+from service.settings import Settings, get_settings
+from service.storage import LocalStorage, local_file_routes, make_storage
+from service.users import provision_user
+
+log = logging.getLogger("tollgate")
+
+
+class MissingSecret(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    secret = settings.jwt_secret
+    if not secret and not settings.jwt_public_key:
+        raise MissingSecret(
+            "TOLLGATE_JWT_SECRET is not set: set it, or use `tollgate dev`, which makes one"
+        )
+    secret = secret or ""
+    state: dict[str, Runtime] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = await open_runtime(settings, secret)
+        app.state.runtime = runtime
+        state["runtime"] = runtime
+        log.info("tollgate ready: redis=%s database=%s storage=%s",
+                 "embedded fakeredis" if settings.embedded_redis else "external",
+                 settings.database_url.split("@")[-1],
+                 "local folder" if settings.embedded_storage else "S3")
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    async def provision(user_id: str) -> None:
+        await provision_user(state["runtime"], user_id)
+
+    jwt_auth = make_jwt_auth(settings, secret, provision)
+    prometheus = PrometheusConfig(app_name="tollgate", prefix="tollgate", group_path=True,
+                                  exclude=["^/metrics"])
+    handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
+                           AdminController, health, ready, PrometheusController]
+    # Local-folder storage serves its own signed upload/download URLs.
+    from service.runtime import storage_secret
+
+    storage_for_routes = make_storage(settings, storage_secret(secret))
+    if isinstance(storage_for_routes, LocalStorage):
+        handlers.extend(local_file_routes(storage_for_routes))
+    else:
+        storage_for_routes.close()
+
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_app_init=[jwt_auth.on_app_init],
+        middleware=[prometheus.middleware],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="tollgate", version="0.1.0", path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT")}),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )

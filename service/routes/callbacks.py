@@ -1,0 +1,62 @@
+"""The one endpoint workers call, authenticated by the job's own callback token."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import FromPath, HeaderParameter, JSONBody
+
+from service.auth import verify_callback_token
+from service.codes import BadArgument, Code
+from service.core import JobProgress
+from service.jobs import output_key
+from service.runtime import Runtime
+from service.schemas import CallbackIn
+
+MAX_ERROR_CHARS = 2000
+
+
+async def _apply(rt: Runtime, job_id: str, owner: str, data: CallbackIn) -> JobProgress:
+    settings = rt.settings
+    lease_ms, flush_ms = settings.lease_ttl * 1000, settings.flush_delay * 1000
+    core = rt.core
+    if data.event == "started":
+        return await core.transition(job_id, "queued", "running", owner=owner, lease_ms=lease_ms)
+    if data.event == "heartbeat":
+        await core.renew_lease(job_id, owner, lease_ms)
+        record = await core.job_record(job_id)
+        return JobProgress(Code.OK, record["state"], int(record["done"]), int(record["failed"]),
+                           int(record["total"]))
+    if data.event == "failed":
+        return await core.settle(job_id, owner, "failed", reason=(data.error or "worker failed")
+                                 [:MAX_ERROR_CHARS], flush_delay_ms=flush_ms)
+    if data.item_index is None or data.ok is None:
+        raise BadArgument("an 'item' event needs item_index and ok")
+    detail = (output_key(job_id, data.item_index) if data.ok
+              else (data.error or "failed")[:MAX_ERROR_CHARS])
+    return await core.item_result(job_id, owner, callback_key=data.idempotency_key,
+                                  index=data.item_index, ok=data.ok, detail=detail,
+                                  lease_ms=lease_ms, flush_delay_ms=flush_ms)
+
+
+@post("/jobs/{job_id:str}/callback", status_code=200, tags=["workers"])
+async def job_callback(
+    rt: NamedDependency[Runtime],
+    job_id: FromPath[str],
+    data: JSONBody[CallbackIn],
+    authorization: Annotated[str | None, HeaderParameter(header="Authorization")] = None,
+) -> dict[str, Any]:
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    owner = verify_callback_token(rt.callback_secret, job_id, token) if token else None
+    if owner is None:
+        raise NotAuthorizedException("a valid callback token for this job is required")
+    progress = await _apply(rt, job_id, owner, data)
+    return {
+        "duplicate": progress.code is not Code.OK,
+        "status": progress.state,
+        "done_items": progress.done,
+        "failed_items": progress.failed,
+    }

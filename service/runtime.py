@@ -1,0 +1,71 @@
+"""Everything one API process holds open: Redis clients, the SQL engine, storage, the queue."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from service.core import Core
+from service.db.engine import make_engine
+from service.keys import KeySpace
+from service.redis_clients import queue_redis, state_redis, warn_if_evicting
+from service.settings import Settings
+from service.storage import Storage, make_storage
+
+log = logging.getLogger(__name__)
+
+
+def derived_secret(secret: str, purpose: str) -> bytes:
+    """One configured secret, a separate key per use: a leaked URL signature says nothing of JWTs."""
+    return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).digest()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    secret: str
+    core: Core
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    storage: Storage
+    queue_connection: redis.Redis
+    queue: Queue
+    provisioned: set[str] = field(default_factory=set)
+
+    @property
+    def callback_secret(self) -> str:
+        return derived_secret(self.secret, "callback").hex()
+
+    async def close(self) -> None:
+        await self.core.client.aclose()
+        await self.engine.dispose()
+        self.storage.close()
+        self.queue_connection.close()
+
+
+def storage_secret(secret: str) -> bytes:
+    return derived_secret(secret, "storage")
+
+
+async def open_runtime(settings: Settings, secret: str) -> Runtime:
+    client: Any = state_redis(settings)
+    await warn_if_evicting(client)
+    engine = make_engine(settings.database_url)
+    connection = queue_redis(settings)
+    return Runtime(
+        settings=settings,
+        secret=secret,
+        core=Core(client, KeySpace(settings.key_prefix, settings.buckets)),
+        engine=engine,
+        sessions=async_sessionmaker(engine, expire_on_commit=False),
+        storage=make_storage(settings, storage_secret(secret)),
+        queue_connection=connection,
+        queue=Queue(settings.queue_name, connection=connection),
+    )
