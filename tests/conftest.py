@@ -97,7 +97,8 @@ def cluster_url() -> Iterator[str]:
     need("Redis Cluster", bool(server and cli), "redis-server/redis-cli are not on PATH")
     assert server and cli
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
-    ports = [free_port() for _ in range(3)]
+    # Each node's cluster bus listens on port + 10000, which must be a valid port too.
+    ports = [next(p for p in iter(free_port, 0) if p + 10000 <= 65535) for _ in range(3)]
     procs = []
     try:
         for port in ports:
