@@ -1,0 +1,106 @@
+"""Who is calling: user and admin JWTs, and the per-job callback tokens of workers.
+
+Users and admins carry a JWT (`sub` = user id, `role: admin` for admins). Workers carry a
+callback token bound to one job and its owner, so the callback endpoint learns the owner
+from the token itself and needs no extra Redis read to check it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from litestar.connection import ASGIConnection
+from litestar.security.jwt import JWTAuth, Token
+
+from service.settings import Settings
+
+# Paths that never need a user token: probes, metrics, the schema, the self-signed local
+# storage URLs and the worker callback (which checks its own token). Anchored: Litestar
+# matches these as unanchored regexes.
+PUBLIC_PATHS = [
+    r"^/health",
+    r"^/ready",
+    r"^/metrics",
+    r"^/schema",
+    r"^/files/",
+    r"^/jobs/[^/]+/callback$",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    admin: bool
+
+
+def issue_token(secret: str, user_id: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
+    now = datetime.now(UTC).replace(microsecond=0)
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=ttl_s)}
+    if admin:
+        claims["role"] = "admin"
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _callback_mac(secret: str, job_id: str, owner: str) -> bytes:
+    message = f"callback\n{job_id}\n{owner}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()
+
+
+def callback_token(secret: str, job_id: str, owner: str) -> str:
+    return f"{_b64(owner.encode())}.{_b64(_callback_mac(secret, job_id, owner))}"
+
+
+def verify_callback_token(secret: str, job_id: str, token: str) -> str | None:
+    """The job's owner when the token was issued for this job, else None."""
+    owner_part, sep, mac_part = token.partition(".")
+    if not sep or not owner_part or not mac_part:
+        return None
+    try:
+        owner = _unb64(owner_part).decode()
+        mac = _unb64(mac_part)
+    except (binascii.Error, ValueError):
+        return None
+    if not hmac.compare_digest(mac, _callback_mac(secret, job_id, owner)):
+        return None
+    return owner
+
+
+def make_jwt_auth(
+    settings: Settings, secret: str, provision: Callable[[str], Awaitable[None]]
+) -> JWTAuth[Principal, Token]:
+    """JWT auth for every route but PUBLIC_PATHS; RS256 when a public key is configured."""
+
+    async def retrieve_user(
+        token: Token, _connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> Principal:
+        # A valid token for an unknown user provisions it (free plan, signup credits).
+        await provision(token.sub)
+        return Principal(user_id=token.sub, admin=token.extras.get("role") == "admin")
+
+    if settings.jwt_public_key:
+        key, algorithm = settings.jwt_public_key, "RS256"
+    else:
+        key, algorithm = secret, "HS256"
+    return JWTAuth[Principal, Token](
+        token_secret=key,
+        algorithm=algorithm,
+        retrieve_user_handler=retrieve_user,
+        exclude=PUBLIC_PATHS,
+        require_claims=["exp", "sub"],
+    )

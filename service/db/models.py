@@ -1,0 +1,112 @@
+"""SQLAlchemy 2 models for the SQL side; the same schema runs on SQLite and PostgreSQL.
+
+Redis holds the live truth (credits, slots, running jobs); these tables hold what outlives
+it: users and their rules, the history of finished jobs and every credit movement.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
+PortableJSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Always timezone-aware UTC in Python; SQLite stores naive text, so attach UTC on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: PortableJSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rule(Base):
+    __tablename__ = "rules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    # 'pending' until its Redis slot is taken, 'deleting' until the slot is released: a
+    # crash between the SQL step and the Redis step leaves a row a repair pass can finish.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class JobLog(Base):
+    """A finished job, moved here from Redis by the flusher; never changes afterwards."""
+
+    __tablename__ = "jobs_log"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Indexed by ix_jobs_log_user_created below (user_id is its leading column).
+    user_id: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))
+    total_items: Mapped[int] = mapped_column(Integer)
+    done_items: Mapped[int] = mapped_column(Integer)
+    failed_items: Mapped[int] = mapped_column(Integer)
+    price: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[int] = mapped_column(Integer)
+    charged: Mapped[int] = mapped_column(Integer)
+    refunded: Mapped[int] = mapped_column(Integer)
+    rule_id: Mapped[str | None] = mapped_column(String(64))
+    # [{index, name, content_type, size, status, output_key?, error?}]
+    items: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+# GET /jobs pages newest first by (created_at, id): one index range scan per page.
+Index("ix_jobs_log_user_created", JobLog.user_id, JobLog.created_at.desc(), JobLog.id.desc())
+
+
+class LedgerEntry(Base):
+    """One credit movement; the id comes from the Lua script (e.g. '<job>:charge')."""
+
+    __tablename__ = "credit_ledger"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
