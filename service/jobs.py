@@ -262,10 +262,9 @@ async def dispatch(rt: Runtime, job_id: str) -> list[str]:
     """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids)."""
     keys = rt.core.job_keys(job_id)
     job, meta_json = await rt.core.client.hgetall(keys.base), await rt.core.client.get(keys.meta)
-    if not job or job["state"] not in ("queued", "running"):
+    if not job or job["state"] != "queued":
         return []
     meta = json.loads(meta_json or "[]")
-    done = await rt.core.client.hkeys(keys.items)
     settings, storage = rt.settings, rt.storage
     ttl = settings.hold_ttl + settings.result_url_ttl
     items = [
@@ -276,10 +275,8 @@ async def dispatch(rt: Runtime, job_id: str) -> list[str]:
                                               0, ttl).url,
             output_key=output_key(job_id, index),
         )
-        for index, item in enumerate(meta) if str(index) not in set(done)
+        for index, item in enumerate(meta)
     ]
-    if not items:
-        return []
     token = callback_token(rt.callback_secret, job_id, job["owner"])
     return await anyio.to_thread.run_sync(lambda: enqueue_job(
         rt.queue, job_id=job_id, callback_url=f"{settings.public_url}/jobs/{job_id}/callback",

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service.core import Core
 from service.db.engine import make_engine
 from service.keys import KeySpace
+from service.queue import make_queue
 from service.redis_clients import queue_redis, state_redis, warn_if_evicting
 from service.settings import Settings
 from service.storage import Storage, make_storage
@@ -67,5 +68,5 @@ async def open_runtime(settings: Settings, secret: str) -> Runtime:
         sessions=async_sessionmaker(engine, expire_on_commit=False),
         storage=make_storage(settings, storage_secret(secret)),
         queue_connection=connection,
-        queue=Queue(settings.queue_name, connection=connection),
+        queue=make_queue(connection, settings.queue_name),
     )

@@ -1,0 +1,129 @@
+"""The real app served over HTTP by uvicorn in a thread, on real Redis, PostgreSQL and S3.
+
+`api` runs on the real services (each test its own key prefix, database, bucket and RQ
+queue); `embedded_api` runs on the embedded defaults (fakeredis, SQLite, a local folder).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from service.app import create_app
+from service.auth import issue_token
+from service.db.engine import run_migrations
+from service.settings import Settings
+from tests.conftest import free_port
+
+SECRET = "test-secret-" + "x" * 32
+
+
+class ServerThread:
+    def __init__(self, settings: Settings, port: int) -> None:
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                log_level="warning", lifespan="on", ws="none")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    client: httpx.AsyncClient
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, user_id: str, *, admin: bool = False) -> str:
+        return issue_token(SECRET, user_id, admin=admin, ttl_s=3600)
+
+    def auth(self, user_id: str, *, admin: bool = False) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user_id, admin=admin)}"}
+
+    def user(self) -> str:
+        return f"user-{uuid.uuid4().hex[:8]}"
+
+    async def admin_create_user(self, user_id: str, *, plan: str = "free", credits: int = 10
+                                ) -> dict[str, Any]:
+        response = await self.client.post(
+            "/admin/users", json={"id": user_id, "plan": plan, "credits": credits},
+            headers=self.auth("root", admin=True))
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def _serve(settings: Settings) -> Iterator[tuple[str, Settings]]:
+    port = int(settings.public_url.rsplit(":", 1)[1])
+    with ServerThread(settings, port):
+        yield settings.public_url, settings
+
+
+@pytest.fixture
+def real_settings(redis_url: str, postgres_url: str, s3_endpoint: str, key_prefix: str
+                  ) -> Iterator[Settings]:
+    port = free_port()
+    settings = Settings(
+        redis_url=redis_url, queue_redis_url=redis_url, database_url=postgres_url,
+        public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET, key_prefix=key_prefix,
+        buckets=16, s3_endpoint=s3_endpoint, s3_bucket=key_prefix, s3_access_key="test",
+        s3_secret_key="test", queue_name=key_prefix, flush_delay=0,
+    )
+    run_migrations(postgres_url)
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
+                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(
+        Bucket=key_prefix)
+    yield settings
+    connection = redis.Redis.from_url(redis_url)
+    for key in connection.scan_iter(match=f"rq:*{key_prefix}*", count=1000):
+        connection.delete(key)
+    connection.close()
+
+
+@pytest.fixture
+async def api(real_settings: Settings, real_redis: Any) -> AsyncIterator[Api]:
+    for url, settings in _serve(real_settings):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield Api(url, settings, client)
+
+
+@pytest.fixture
+async def embedded_api(tmp_path: Path) -> AsyncIterator[Api]:
+    import fakeredis
+
+    import service.redis_clients as clients
+
+    clients._EMBEDDED = fakeredis.FakeServer()  # a fresh embedded server per test
+    port = free_port()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/tollgate.db", public_url=f"http://127.0.0.1:{port}",
+        jwt_secret=SECRET, storage_dir=str(tmp_path / "files"), flush_delay=0,
+    )
+    run_migrations(settings.database_url)
+    for url, served in _serve(settings):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield Api(url, served, client)
