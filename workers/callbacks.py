@@ -1,0 +1,110 @@
+"""The worker's side of `POST /jobs/{id}/callback`: retried, idempotent, and stoppable.
+
+Every callback carries an idempotency key, so retrying after a timeout or a 5xx can never
+count an item twice. A 409 `invalid_transition` means the job was canceled or finished
+under the worker: the batch stops quietly, there is nothing left to report.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class CallbackError(Exception):
+    """The API refused a callback for good, or never answered after every retry."""
+
+
+class CallbackUnauthorized(CallbackError):
+    """401: the callback token does not belong to this job (misconfigured or forged)."""
+
+
+class JobClosed(Exception):
+    """409 invalid_transition: the job is canceled or finished; stop working on it."""
+
+    def __init__(self, status: str | None) -> None:
+        super().__init__(f"the job no longer takes reports (status {status or 'unknown'})")
+        self.status = status
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+class RetryingClient:
+    """Sends any request with exponential backoff on connection errors, 429 and 5xx."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        attempts: int = 6,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.sleep = sleep
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """The first answer that is not worth retrying; raises CallbackError when none came."""
+        last: str = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+                self.sleep(delay * (0.5 + random.random() / 2))
+            try:
+                response = self.client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                log.warning("%s %s failed (%s), attempt %d", method, url, last, attempt + 1)
+                continue
+            if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
+                last = f"HTTP {response.status_code}"
+                log.warning("%s %s answered %s, attempt %d", method, url, last, attempt + 1)
+                continue
+            return response
+        raise CallbackError(f"{method} {url} gave up after {self.attempts} attempts: {last}")
+
+
+class CallbackClient:
+    """Posts one job's callbacks with its bearer token; safe to share between threads."""
+
+    def __init__(self, url: str, token: str, poster: RetryingClient) -> None:
+        self.url = url
+        self.token = token
+        self.poster = poster
+
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.poster.request(
+            "POST", self.url, json=body, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        if response.status_code == 401:
+            raise CallbackUnauthorized(f"callback refused with 401 for {self.url}")
+        if response.status_code == 409:
+            problem = _problem(response)
+            if problem.get("code") == "invalid_transition":
+                raise JobClosed(problem.get("status") or problem.get("state"))
+        if response.is_error:
+            raise CallbackError(
+                f"callback {body.get('event')} refused with {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+        return _problem(response)

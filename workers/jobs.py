@@ -1,0 +1,251 @@
+"""The RQ job function: one batch of a job's items, from download to the last callback.
+
+The payload is plain JSON (built by `service.queue.enqueue_job`). Every report carries a
+deterministic idempotency key, so RQ retrying a batch, or the sweeper re-enqueueing it,
+can never count an item twice. While the batch runs, a heartbeat thread renews the job's
+running lease; a worker that dies stops renewing and the sweeper settles the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+import httpx
+from rq.timeouts import BaseTimeoutException
+
+from service.queue import BatchItem
+from service.settings import get_settings
+from workers.callbacks import (
+    DEFAULT_TIMEOUT,
+    CallbackClient,
+    CallbackError,
+    JobClosed,
+    RetryingClient,
+)
+from workers.processors import Item, Output, Processor, load_processor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    job_id: str
+    rq_job_id: str
+    callback_url: str
+    callback_token: str
+    lease_ttl_s: float
+    items: list[BatchItem]
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Batch:
+        return cls(
+            job_id=str(payload["job_id"]),
+            rq_job_id=str(payload["rq_job_id"]),
+            callback_url=str(payload["callback_url"]),
+            callback_token=str(payload["callback_token"]),
+            lease_ttl_s=float(payload["lease_ttl_s"]),
+            items=[BatchItem(**item) for item in payload["items"]],
+        )
+
+
+def item_key(job_id: str, index: int) -> str:
+    """Same key on every attempt at this item, whichever batch or worker sends it."""
+    return f"{job_id}:item:{index}"
+
+
+@lru_cache(maxsize=8)
+def cached_processor(spec: str) -> Processor:
+    return load_processor(spec)
+
+
+def process_batch(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point (`workers.jobs.process_batch`); the processor is TOLLGATE_PROCESSOR."""
+    processor = cached_processor(get_settings().processor)
+    with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+        return run_batch(Batch.from_payload(payload), processor, RetryingClient(http))
+
+
+class LeaseHeartbeat:
+    """Renews the job's running lease every lease_ttl/3 seconds from a daemon thread.
+
+    A 409 from the API (job canceled or finished) sets `closed`, which the batch loop reads
+    between items so it stops without finishing work nobody will pay for.
+    """
+
+    def __init__(self, callbacks: CallbackClient, batch: Batch) -> None:
+        self.callbacks = callbacks
+        self.batch = batch
+        self.interval_s = max(batch.lease_ttl_s / 3, 0.05)
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{batch.rq_job_id}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        beat = 0
+        while not self._stop.wait(self.interval_s):
+            beat += 1
+            key = f"{self.batch.rq_job_id}:heartbeat:{beat}:{uuid.uuid4().hex[:8]}"
+            try:
+                self.callbacks.post({"idempotency_key": key, "event": "heartbeat"})
+            except JobClosed:
+                self.closed.set()
+                return
+            except CallbackError as exc:
+                # The lease outlives two missed beats; the next one may get through.
+                log.warning("lease heartbeat for %s failed: %s", self.batch.job_id, exc)
+
+
+def download(http: RetryingClient, spec: BatchItem) -> Item | Output:
+    try:
+        response = http.request("GET", spec.input_url)
+    except CallbackError as exc:
+        return Output.failed(spec.index, f"download failed: {exc}")
+    if response.status_code != 200:
+        return Output.failed(spec.index, f"download failed: HTTP {response.status_code}")
+    return Item(spec.index, spec.name, spec.content_type, response.content)
+
+
+def _checked(items: list[Item], outputs: object) -> list[Output]:
+    """The processor's outputs in item order; raises if it broke the protocol."""
+    if not isinstance(outputs, list):
+        raise TypeError(f"processor returned {type(outputs).__name__}, not a list")
+    by_index = {out.index: out for out in outputs if isinstance(out, Output)}
+    missing = [item.index for item in items if item.index not in by_index]
+    if missing:
+        raise ValueError(f"processor returned no output for items {missing}")
+    return [by_index[item.index] for item in items]
+
+
+def run_processor(processor: Processor, items: list[Item]) -> list[Output]:
+    """The whole batch at once; after a batch-wide exception, item by item."""
+    if not items:
+        return []
+    try:
+        return _checked(items, processor(items))
+    except BaseTimeoutException:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            return [Output.failed(items[0].index, f"processor error: {type(exc).__name__}: {exc}")]
+        log.warning("processor failed on a batch of %d, retrying item by item: %s", len(items), exc)
+    return [out for item in items for out in run_processor(processor, [item])]
+
+
+def upload(http: RetryingClient, spec: BatchItem, output: Output) -> Output:
+    if output.error is not None or output.data is None:
+        return Output.failed(spec.index, output.error or "processor returned no data")
+    try:
+        response = http.request(
+            "PUT", spec.output_url, content=output.data,
+            headers={"Content-Type": output.content_type},
+        )
+    except CallbackError as exc:
+        return Output.failed(spec.index, f"upload failed: {exc}")
+    if not response.is_success:
+        return Output.failed(spec.index, f"upload failed: HTTP {response.status_code}")
+    return output
+
+
+def item_report(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "idempotency_key": item_key(batch.job_id, spec.index),
+        "event": "item",
+        "item_index": spec.index,
+        "ok": output.error is None,
+    }
+    if output.error is None:
+        body["output_key"] = spec.output_key
+    else:
+        body["error"] = output.error[:1000]
+    return body
+
+
+def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[str, Any]:
+    callbacks = CallbackClient(batch.callback_url, batch.callback_token, http)
+    summary: dict[str, Any] = {
+        "job_id": batch.job_id, "rq_job_id": batch.rq_job_id, "ok": 0, "failed": 0,
+        "stopped": None,
+    }
+    try:
+        callbacks.post({"idempotency_key": f"{batch.rq_job_id}:started", "event": "started"})
+    except JobClosed as closed:
+        summary["stopped"] = closed.status or "closed"
+        return summary
+
+    reported: set[int] = set()
+    with LeaseHeartbeat(callbacks, batch) as heartbeat:
+        try:
+            _process_and_report(batch, processor, http, callbacks, heartbeat, reported, summary)
+        except JobClosed as closed:
+            summary["stopped"] = closed.status or "closed"
+        except BaseTimeoutException:
+            _report_leftovers(batch, callbacks, reported, "the batch ran past its RQ timeout")
+            raise
+    log.info("batch %s: %s", batch.rq_job_id, summary)
+    return summary
+
+
+def _process_and_report(
+    batch: Batch,
+    processor: Processor,
+    http: RetryingClient,
+    callbacks: CallbackClient,
+    heartbeat: LeaseHeartbeat,
+    reported: set[int],
+    summary: dict[str, Any],
+) -> None:
+    specs = {spec.index: spec for spec in batch.items}
+    results: dict[int, Output] = {}
+    inputs: list[Item] = []
+    for spec in batch.items:
+        if heartbeat.closed.is_set():
+            raise JobClosed(None)
+        fetched = download(http, spec)
+        if isinstance(fetched, Item):
+            inputs.append(fetched)
+        else:
+            results[spec.index] = fetched
+    for output in run_processor(processor, inputs):
+        results[output.index] = output
+
+    for spec in batch.items:
+        if heartbeat.closed.is_set():
+            raise JobClosed(None)
+        output = upload(http, spec, results[spec.index])
+        callbacks.post(item_report(batch, specs[spec.index], output))
+        reported.add(spec.index)
+        summary["ok" if output.error is None else "failed"] += 1
+
+
+def _report_leftovers(
+    batch: Batch, callbacks: CallbackClient, reported: set[int], error: str
+) -> None:
+    """Fails the items a dying batch never reported, so the job settles now, not at lease end."""
+    for spec in batch.items:
+        if spec.index in reported:
+            continue
+        try:
+            callbacks.post(item_report(batch, spec, Output.failed(spec.index, error)))
+        except (JobClosed, CallbackError):
+            return

@@ -1,0 +1,49 @@
+"""The processor protocol: a batch of items in, one output per item out.
+
+A processor gets a whole batch so a GPU processor can stack it into one tensor. It reports
+a bad item in that item's `Output.error`; an exception for the whole batch makes the worker
+retry the batch item by item, so one bad item fails only itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    index: int
+    name: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    index: int
+    data: bytes | None
+    content_type: str
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, index: int, error: str) -> Output:
+        return cls(index, None, "", error)
+
+
+Processor = Callable[[list[Item]], list[Output]]
+
+
+def load_processor(spec: str) -> Processor:
+    """Resolves "package.module:function" (TOLLGATE_PROCESSOR) to a callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"processor {spec!r} is not of the form 'module:function'")
+    target: object = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"processor {spec!r} is not callable")
+    processor: Processor = target
+    return processor
