@@ -27,8 +27,10 @@ local total, price = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
 local use_idem, body_hash = ARGV[8] == '1', ARGV[9]
 local idem_ttl = tonumber(ARGV[10])
-if not total or total < 1 then return {'bad_argument', 'total'} end
-if not price or price < 0 then return {'bad_argument', 'price'} end
+-- Whole numbers only: a fractional total or price would store a fractional cost, and
+-- HINCRBY refuses it with an error reply instead of a code.
+if not total or total < 1 or total % 1 ~= 0 then return {'bad_argument', 'total'} end
+if not price or price < 0 or price % 1 ~= 0 then return {'bad_argument', 'price'} end
 if not now or not deadline then return {'bad_argument', 'time'} end
 if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
 
@@ -49,7 +51,8 @@ if available < cost then return {'insufficient_credits', available, cost} end
 local active = redis.call('SCARD', KEYS[2])
 if active >= max_active then return {'concurrency_limit', active, max_active} end
 
-redis.call('HINCRBY', KEYS[1], 'available', -cost)
+-- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
+redis.call('HINCRBY', KEYS[1], 'available', 0 - cost)
 redis.call('HINCRBY', KEYS[1], 'reserved', cost)
 redis.call('SADD', KEYS[2], job_id)
 redis.call('ZADD', KEYS[3], now, job_id)

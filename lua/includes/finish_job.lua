@@ -7,7 +7,8 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
   local charge = done * price
   if charge > cost then charge = cost end
   local refund = cost - charge
-  redis.call('HINCRBY', k.user, 'reserved', -cost)
+  -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
+  redis.call('HINCRBY', k.user, 'reserved', 0 - cost)
   redis.call('HINCRBY', k.user, 'spent', charge)
   redis.call('HINCRBY', k.user, 'available', refund)
   redis.call('HSET', k.job, 'state', to_state, 'charged', charge, 'refunded', refund,
