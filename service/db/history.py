@@ -48,11 +48,13 @@ async def _insert_new(session: AsyncSession, table: Table, rows: Sequence[dict[s
     added = 0
     for start in range(0, len(rows), per_batch):
         batch = rows[start : start + per_batch]
-        statement = _insert(session, table).values(list(batch)).on_conflict_do_nothing(
-            index_elements=["id"]
+        statement = (
+            _insert(session, table)
+            .values(list(batch))
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)  # rowcount is not reliable for this on every driver
         )
-        result = await session.execute(statement)
-        added += max(result.rowcount, 0)  # type: ignore[attr-defined]
+        added += len((await session.execute(statement)).all())
     return added
 
 

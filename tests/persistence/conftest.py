@@ -1,0 +1,45 @@
+"""SQL databases for the persistence tests: a SQLite file and a fresh PostgreSQL database.
+
+`database_url` runs a test on both; every database is migrated with the real migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.core import Core
+from service.db.engine import make_engine, make_session_factory, run_migrations
+from service.keys import KeySpace
+
+BUCKETS = 16
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'history.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    run_migrations(database_url)
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def core(real_redis: Any, key_prefix: str) -> Core:
+    return Core(real_redis, KeySpace(key_prefix, BUCKETS))
