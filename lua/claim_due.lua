@@ -13,7 +13,8 @@
 -- Returns {expired_holds, expired_leases, stale_queued, due_flushes}, four lists of job ids
 local now, limit, claim_for = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requeue_before = tonumber(ARGV[4])
-if not now or not limit or not claim_for or not requeue_before then
+-- A limit below 1 would be no bound at all: ZRANGEBYSCORE ... LIMIT 0 -1 returns everything.
+if not now or not limit or not claim_for or not requeue_before or limit < 1 or limit % 1 ~= 0 then
   return redis.error_reply('claim_due: bad arguments')
 end
 

@@ -6,8 +6,9 @@
 -- ARGV[1] count  ARGV[2] first entry as read
 --
 -- Returns {code} with code 'ok' (trimmed) | 'already' (someone else trimmed)
+--   | 'bad_argument' (count not a whole number >= 1)
 local count = tonumber(ARGV[1])
-if not count or count < 1 then return {'bad_argument', 'count'} end
+if not count or count < 1 or count % 1 ~= 0 then return {'bad_argument', 'count'} end
 if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[2] then return {'already'} end
 redis.call('LTRIM', KEYS[1], count, -1)
 return {'ok'}

@@ -5,6 +5,7 @@
 -- ARGV[1] job id  ARGV[2] owner  ARGV[3] new lease deadline ms
 --
 -- Returns {code, state} with code 'ok' | 'invalid_transition' (not running) | 'not_found'
+--   | 'bad_argument'
 local deadline = tonumber(ARGV[3])
 if not deadline then return {'bad_argument', 'deadline'} end
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner')
