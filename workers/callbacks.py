@@ -32,9 +32,8 @@ class CallbackUnauthorized(CallbackError):
 class JobClosed(Exception):
     """409 invalid_transition: the job is canceled or finished; stop working on it."""
 
-    def __init__(self, status: str | None) -> None:
-        super().__init__(f"the job no longer takes reports (status {status or 'unknown'})")
-        self.status = status
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(f"job closed: {detail or 'the job no longer takes reports'}")
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -101,7 +100,7 @@ class CallbackClient:
         if response.status_code == 409:
             problem = _problem(response)
             if problem.get("code") == "invalid_transition":
-                raise JobClosed(problem.get("status") or problem.get("state"))
+                raise JobClosed(str(problem.get("detail") or problem.get("title") or ""))
         if response.is_error:
             raise CallbackError(
                 f"callback {body.get('event')} refused with {response.status_code}: "

@@ -190,7 +190,7 @@ def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[
     try:
         callbacks.post({"idempotency_key": f"{batch.rq_job_id}:started", "event": "started"})
     except JobClosed as closed:
-        summary["stopped"] = closed.status or "closed"
+        summary["stopped"] = str(closed)
         return summary
 
     reported: set[int] = set()
@@ -198,7 +198,7 @@ def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[
         try:
             _process_and_report(batch, processor, http, callbacks, heartbeat, reported, summary)
         except JobClosed as closed:
-            summary["stopped"] = closed.status or "closed"
+            summary["stopped"] = str(closed)
         except BaseTimeoutException:
             _report_leftovers(batch, callbacks, reported, "the batch ran past its RQ timeout")
             raise
@@ -220,7 +220,7 @@ def _process_and_report(
     inputs: list[Item] = []
     for spec in batch.items:
         if heartbeat.closed.is_set():
-            raise JobClosed(None)
+            raise JobClosed("the lease heartbeat was refused")
         fetched = download(http, spec)
         if isinstance(fetched, Item):
             inputs.append(fetched)
@@ -231,7 +231,7 @@ def _process_and_report(
 
     for spec in batch.items:
         if heartbeat.closed.is_set():
-            raise JobClosed(None)
+            raise JobClosed("the lease heartbeat was refused")
         output = upload(http, spec, results[spec.index])
         callbacks.post(item_report(batch, specs[spec.index], output))
         reported.add(spec.index)

@@ -1,0 +1,124 @@
+"""Real RQ workers run the enqueued batches end to end: payload, serializer, job function."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from rq import SimpleWorker
+from rq.job import Job, JobStatus
+
+from service.queue import SERIALIZER, BatchItem, enqueue_job, make_queue
+from service.settings import Settings
+from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
+from workers.runner import start_embedded_worker_thread
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def enqueue_items(queue: Any, api: FakeApi, job_id: str, count: int) -> list[str]:
+    items = []
+    for index in range(count):
+        name = f"{job_id}-{index}"
+        api.inputs[name] = f"data {index}".encode()
+        items.append(BatchItem(index, name, "text/plain", api.input_url(name),
+                               api.output_url(name), f"out/{index}"))
+    return enqueue_job(queue, job_id=job_id, callback_url=api.callback_url(job_id),
+                       callback_token=TOKEN, items=items, batch_size=2, lease_ttl_s=30,
+                       timeout_s=120)
+
+
+def assert_job_reported(api: FakeApi, job_id: str, count: int, ok: list[bool]) -> None:
+    reports = sorted(api.item_reports(), key=lambda r: r["item_index"])
+    assert [r["item_index"] for r in reports] == list(range(count))
+    assert [r["ok"] for r in reports] == ok
+    assert {r["idempotency_key"] for r in reports} == {f"{job_id}:item:{i}" for i in range(count)}
+    assert api.events().count("started") == (count + 1) // 2
+
+
+@pytest.fixture
+def restored_signals() -> Iterator[None]:
+    """RQ's worker installs SIGINT/SIGTERM handlers for good; give pytest its own back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.redis
+def test_simple_worker_burst_runs_every_batch(
+    sync_redis: Any, key_prefix: str, fake_api: FakeApi, processor_env: Any,
+    restored_signals: None,
+) -> None:
+    processor_env("workers.processors.noop:fail_odd")
+    queue = make_queue(sync_redis, key_prefix)
+    job_id = unique_job_id(key_prefix)
+    ids = enqueue_items(queue, fake_api, job_id, 5)
+
+    worker = SimpleWorker([queue], connection=sync_redis, serializer=SERIALIZER,
+                          name=f"{key_prefix}-simple")
+    assert worker.work(burst=True)
+
+    assert_job_reported(fake_api, job_id, 5, [True, False, True, False, True])
+    for rq_id in ids:
+        job = Job.fetch(rq_id, connection=sync_redis, serializer=SERIALIZER)
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value()["rq_job_id"] == rq_id
+    assert fake_api.outputs[f"{job_id}-4"] == ("text/plain", b"data 4")
+
+
+@pytest.mark.redis
+def test_tollgate_worker_process_forks_and_runs_batches(
+    sync_redis: Any, redis_url: str, key_prefix: str, fake_api: FakeApi
+) -> None:
+    queue = make_queue(sync_redis, key_prefix)
+    job_id = unique_job_id(key_prefix)
+    ids = enqueue_items(queue, fake_api, job_id, 3)
+    env = {**os.environ, "TOLLGATE_REDIS_URL": redis_url,
+           "TOLLGATE_PROCESSOR": "workers.processors.noop:passthrough"}
+    env.pop("TOLLGATE_QUEUE_REDIS_URL", None)
+    code = (
+        "from service.settings import get_settings\n"
+        "from workers.runner import run_worker\n"
+        f"run_worker(get_settings(), queue_name={key_prefix!r}, burst=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    assert_job_reported(fake_api, job_id, 3, [True, True, True])
+    statuses = [Job.fetch(i, connection=sync_redis, serializer=SERIALIZER).get_status()
+                for i in ids]
+    assert statuses == [JobStatus.FINISHED] * 2
+
+
+def test_embedded_worker_thread_runs_batches_on_fakeredis_and_stops(
+    fake_api: FakeApi, processor_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processor_env("workers.processors.noop:passthrough")
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr("service.redis_clients._EMBEDDED", server)
+    settings = Settings(redis_url=None, queue_redis_url=None)
+    thread = start_embedded_worker_thread(settings, "embedded-test")
+    try:
+        queue = make_queue(fakeredis.FakeRedis(server=server), "embedded-test")
+        ids = enqueue_items(queue, fake_api, "01embedded0000000000000000-1", 4)
+        jobs = [Job.fetch(i, connection=queue.connection, serializer=SERIALIZER) for i in ids]
+        for job in jobs:
+            for _ in range(1200):  # a hang guard, not a speed check
+                if job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+                    break
+                assert thread.is_alive()
+                thread.stop_event.wait(0.05)
+        assert [job.get_status() for job in jobs] == [JobStatus.FINISHED] * 2
+    finally:
+        thread.stop(timeout=30)
+    assert not thread.is_alive()
+    assert_job_reported(fake_api, "01embedded0000000000000000-1", 4, [True] * 4)
