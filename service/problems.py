@@ -11,6 +11,7 @@ from litestar.exceptions import (
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
+    SerializationException,
     ValidationException,
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -62,6 +63,8 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if status >= 500:
         return problem(status, "internal_error", "Internal error")
+    if status == 400 and isinstance(exc.__cause__, SerializationException):
+        return problem(400, "malformed_json", "The body is not valid JSON", exc.detail)
     code = _HTTP_CODES.get(status, "http_error")
     return problem(status, code, code.replace("_", " ").capitalize(), exc.detail)
 

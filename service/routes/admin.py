@@ -28,7 +28,7 @@ def admins_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
         raise PermissionDeniedException("this endpoint needs a token with role=admin")
 
 
-OptionalKey = Annotated[IdempotencyKey | None, HeaderParameter(header="Idempotency-Key")]
+OptionalKey = Annotated[IdempotencyKey | None, HeaderParameter(name="Idempotency-Key")]
 
 
 class AdminController(Controller):

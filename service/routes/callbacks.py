@@ -47,7 +47,7 @@ async def job_callback(
     rt: NamedDependency[Runtime],
     job_id: FromPath[str],
     data: JSONBody[CallbackIn],
-    authorization: Annotated[str | None, HeaderParameter(header="Authorization")] = None,
+    authorization: Annotated[str | None, HeaderParameter(name="Authorization")] = None,
 ) -> dict[str, Any]:
     token = (authorization or "").removeprefix("Bearer ").strip()
     owner = verify_callback_token(rt.callback_secret, job_id, token) if token else None

@@ -37,7 +37,7 @@ class JobsController(Controller):
         rt: NamedDependency[Runtime],
         data: JSONBody[JobCreate],
         idempotency_key: Annotated[IdempotencyKey | None,
-                                   HeaderParameter(header="Idempotency-Key")] = None,
+                                   HeaderParameter(name="Idempotency-Key")] = None,
     ) -> dict[str, Any]:
         if data.rule_id is not None:
             await rules.get_rule(rt, request.user.user_id, data.rule_id)
