@@ -196,7 +196,7 @@ def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
         m: FromQuery[str | None] = None,
         exp: FromQuery[int | None] = None,
         sig: FromQuery[str | None] = None,
-        max_size: Annotated[int | None, QueryParameter(query="max")] = None,
+        max_size: Annotated[int | None, QueryParameter(name="max")] = None,
     ) -> Response[dict[str, Any]]:
         key = key.lstrip("/")
         content_type = request.headers.get("content-type", "")
