@@ -56,7 +56,8 @@ class RuleSlotsExhausted(TollgateError):
 
 
 class IdempotencyKeyReused(TollgateError):
-    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key was used with another body"
+    status, code = 422, "idempotency_key_reused"
+    title = "Idempotency-Key was used with another body"
 
 
 class BadArgument(TollgateError):

@@ -273,7 +273,8 @@ class Core:
         return _check(reply, "flush_done")
 
     async def ledger_ack(self, bucket: int, count: int, first_entry: str) -> Code:
-        reply = await self._run("ledger_ack", [self.keys.bucket(bucket).ledger], [count, first_entry])
+        ledger = self.keys.bucket(bucket).ledger
+        reply = await self._run("ledger_ack", [ledger], [count, first_entry])
         return _check(reply, "ledger_ack")
 
     async def user_record(self, user_id: str) -> dict[str, str]:

@@ -53,7 +53,9 @@ def body_hash(body: JobCreate) -> str:
     return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
 
 
-async def _presign_uploads(rt: Runtime, job_id: str, meta: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _presign_uploads(
+    rt: Runtime, job_id: str, meta: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     def sign() -> list[dict[str, Any]]:
         out = []
         for index, item in enumerate(meta):
@@ -235,8 +237,8 @@ async def list_jobs(rt: Runtime, user_id: str, *, status: str | None, limit: int
     merged = list(live)
     for row in rows:
         if row.id not in seen:
-            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-            merged.append((int(created.timestamp() * 1000), row.id, history_view(rt, row, False)))
+            created_ms = int(row.created_at.timestamp() * 1000)
+            merged.append((created_ms, row.id, history_view(rt, row, False)))
     merged.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
     page = merged[:limit]
     next_cursor = encode_cursor(page[-1][0], page[-1][1]) if len(merged) > limit else None

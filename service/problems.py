@@ -37,7 +37,9 @@ _HTTP_CODES = {
 }
 
 
-def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> Response[Any]:
+def problem(
+    status: int, code: str, title: str, detail: str | None = None, **extra: Any
+) -> Response[Any]:
     body: dict[str, Any] = {"type": f"https://tollgate.dev/problems/{code}", "title": title,
                             "status": status, "code": code}
     if detail and detail != title:

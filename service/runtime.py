@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def derived_secret(secret: str, purpose: str) -> bytes:
-    """One configured secret, a separate key per use: a leaked URL signature says nothing of JWTs."""
+    """One configured secret, a key per use: a leaked URL signature says nothing of JWTs."""
     return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).digest()
 
 

@@ -64,7 +64,8 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def redis_url() -> str:
-    need("Redis", _port_open(REDIS_HOST, REDIS_PORT), f"nothing listens on {REDIS_HOST}:{REDIS_PORT}")
+    where = f"{REDIS_HOST}:{REDIS_PORT}"
+    need("Redis", _port_open(REDIS_HOST, REDIS_PORT), f"nothing listens on {where}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 

@@ -9,7 +9,8 @@ from tests.api.flow import me
 
 
 async def test_missing_or_bad_token_is_a_401_problem(api: Api) -> None:
-    forged = jwt.encode({"sub": "mallory", "exp": 4102444800}, "not-the-secret-" + "y" * 32, algorithm="HS256")
+    forged = jwt.encode({"sub": "mallory", "exp": 4102444800}, "not-the-secret-" + "y" * 32,
+                        algorithm="HS256")
     for headers in ({}, {"Authorization": "Bearer nonsense"},
                     {"Authorization": f"Bearer {forged}"}):
         response = await api.client.get("/me", headers=headers)
