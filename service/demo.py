@@ -75,6 +75,7 @@ def _upload_all(api_url: str, uploads: list[dict[str, Any]], images: list[bytes]
 def _follow(
     api: httpx.Client, job_id: str, timeout_s: float, out: TextIO
 ) -> dict[str, Any]:
+    sys.stdout.flush()  # the steps so far, before the bar starts redrawing its line
     deadline = time.monotonic() + timeout_s
     while True:
         job = _checked(api.get(f"/jobs/{job_id}"), "GET /jobs/{id}", 200)
