@@ -273,8 +273,9 @@ async def dispatch(rt: Runtime, job_id: str) -> list[str]:
         BatchItem(
             index=index, name=item["name"], content_type=item["content_type"],
             input_url=storage.presign_download(input_key(job_id, index), ttl),
-            output_url=storage.presign_upload(output_key(job_id, index), item["content_type"],
-                                              0, ttl).url,
+            # Outputs: any Content-Type (the processor decides it), up to the item size limit.
+            output_url=storage.presign_upload(output_key(job_id, index), None,
+                                              settings.max_item_size, ttl).url,
             output_key=output_key(job_id, index),
         )
         for index, item in enumerate(meta)

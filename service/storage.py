@@ -46,7 +46,7 @@ class PresignedUpload:
 
 class Storage(Protocol):
     def presign_upload(
-        self, key: str, content_type: str, size: int, ttl_s: int
+        self, key: str, content_type: str | None, size: int, ttl_s: int
     ) -> PresignedUpload: ...
 
     def presign_download(self, key: str, ttl_s: int) -> str: ...
@@ -64,6 +64,10 @@ def _expiry(ttl_s: int) -> tuple[int, datetime]:
 
 
 # ---------------------------------------------------------------- local folder
+
+
+# Signed in place of a Content-Type on URLs that take any type.
+ANY_TYPE = "*"
 
 
 class LocalStorage:
@@ -115,12 +119,17 @@ class LocalStorage:
     def _url(self, key: str, query: str) -> str:
         return f"{self.public_url}/files/{quote(key, safe='/')}?{query}"
 
-    def presign_upload(self, key: str, content_type: str, size: int, ttl_s: int) -> PresignedUpload:
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
+                       ) -> PresignedUpload:
+        """`content_type=None` signs a URL that takes any Content-Type (worker outputs)."""
         self.path_for(key)
         exp, expires_at = _expiry(ttl_s)
-        sig = self._sign(key, "PUT", exp, str(size), content_type)
-        url = self._url(key, f"m=PUT&exp={exp}&max={size}&sig={sig}")
-        return PresignedUpload(url, "PUT", {"Content-Type": content_type}, expires_at)
+        sig = self._sign(key, "PUT", exp, str(size), ANY_TYPE if content_type is None
+                         else content_type)
+        any_type = "&ct=any" if content_type is None else ""
+        url = self._url(key, f"m=PUT&exp={exp}&max={size}{any_type}&sig={sig}")
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        return PresignedUpload(url, "PUT", headers, expires_at)
 
     def presign_download(self, key: str, ttl_s: int) -> str:
         self.path_for(key)
@@ -197,9 +206,10 @@ def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
         exp: FromQuery[int | None] = None,
         sig: FromQuery[str | None] = None,
         max_size: Annotated[int | None, QueryParameter(name="max")] = None,
+        ct: FromQuery[str | None] = None,
     ) -> Response[dict[str, Any]]:
         key = key.lstrip("/")
-        content_type = request.headers.get("content-type", "")
+        content_type = ANY_TYPE if ct == "any" else request.headers.get("content-type", "")
         if (
             m != "PUT" or exp is None or sig is None or max_size is None
             or not storage.verify(key, "PUT", exp, sig, max_size=max_size,
@@ -349,17 +359,19 @@ class S3Storage:
     async def _in_thread(self, call: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def presign_upload(self, key: str, content_type: str, size: int, ttl_s: int) -> PresignedUpload:
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
+                       ) -> PresignedUpload:
         _, expires_at = _expiry(ttl_s)
         if self._presigner is not None:
             url = self._presigner.presign("PUT", key, ttl_s, content_type)
         else:
+            params = {"Bucket": self.bucket, "Key": key}
+            if content_type is not None:
+                params["ContentType"] = content_type
             url = self.client.generate_presigned_url(
-                "put_object",
-                Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-                ExpiresIn=ttl_s, HttpMethod="PUT",
-            )
-        return PresignedUpload(url, "PUT", {"Content-Type": content_type}, expires_at)
+                "put_object", Params=params, ExpiresIn=ttl_s, HttpMethod="PUT")
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        return PresignedUpload(url, "PUT", headers, expires_at)
 
     def presign_download(self, key: str, ttl_s: int) -> str:
         if self._presigner is not None:
