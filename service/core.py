@@ -125,6 +125,10 @@ class Core:
     ) -> tuple[Code, str]:
         """Returns (OK, job_id) or (ALREADY, the existing job id)."""
         user = self.keys.user(user_id)
+        if self.keys.bucket_of_job(job_id) != self.keys.bucket_of_user(user_id):
+            # Every later call finds the job by the bucket in its id: a job stored under
+            # another bucket would hold credits that nothing could ever release.
+            raise ERRORS[Code.BAD_ARGUMENT](f"reserve: job id {job_id!r} is not from {user_id!r}")
         job = JobKeys(user.bucket, job_id)
         now = now_ms()
         idem = user.idempotency(idempotency_key or "-")

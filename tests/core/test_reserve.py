@@ -156,3 +156,15 @@ async def test_zero_price_job_reserves_nothing_but_a_slot(core: Core) -> None:
     assert await balance(core, user) == money(0, 0, 0, 0)
     with pytest.raises(ConcurrencyLimit):
         await reserve(core, user, price=0)
+
+
+async def test_a_job_id_from_another_bucket_is_refused(core: Core) -> None:
+    """Later calls find a job by the bucket in its id; a stray id would strand its hold."""
+    user = await new_user(core, "ann", credits=100)
+    other = next(f"u{n}" for n in range(100)
+                 if core.keys.bucket_of_user(f"u{n}") != core.keys.bucket_of_user(user))
+    before = await snapshot(core.client, core.keys.prefix)
+    for job_id in (core.keys.new_job_id(other), "not-a-job-id"):
+        with pytest.raises(BadArgument):
+            await reserve(core, user, job_id)
+    assert await snapshot(core.client, core.keys.prefix) == before
