@@ -51,7 +51,7 @@ class RetryingClient:
         self,
         client: httpx.Client,
         *,
-        attempts: int = 6,
+        attempts: int = 8,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,

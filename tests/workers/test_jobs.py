@@ -113,9 +113,9 @@ def test_callbacks_are_retried_through_503s(fake_api: FakeApi, http: RetryingCli
 
 def test_gives_up_after_the_last_attempt(fake_api: FakeApi, http: RetryingClient) -> None:
     fake_api.fail_callbacks = 100
-    with pytest.raises(CallbackError, match="gave up after 6 attempts: HTTP 503"):
+    with pytest.raises(CallbackError, match="gave up after 8 attempts: HTTP 503"):
         run(fake_api, http, passthrough, count=1)
-    assert len(fake_api.attempts) == 6 and fake_api.outputs == {}
+    assert len(fake_api.attempts) == 8 and fake_api.outputs == {}
 
 
 def test_connection_errors_are_retried_then_raised(http: RetryingClient) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from rq.job import Job, JobStatus
 from service.queue import SERIALIZER, BatchItem, enqueue_job, make_queue
 from service.settings import Settings
 from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
+from workers.processors import Item, Output
+from workers.processors.noop import passthrough
 from workers.runner import start_embedded_worker_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +125,47 @@ def test_embedded_worker_thread_runs_batches_on_fakeredis_and_stops(
         thread.stop(timeout=30)
     assert not thread.is_alive()
     assert_job_reported(fake_api, "01embedded0000000000000000-1", 4, [True] * 4)
+
+
+RELEASE = threading.Event()
+
+
+def blocks_until_released(items: list[Item]) -> list[Output]:
+    """A processor that outlives its RQ timeout; short waits let the timer's exception in."""
+    for _ in range(1200):
+        if RELEASE.wait(0.05):
+            break
+    return passthrough(items)
+
+
+def test_embedded_worker_times_a_batch_out_and_fails_its_items(
+    fake_api: FakeApi, processor_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off the main thread RQ cannot use SIGALRM: the timer death penalty must still fire."""
+    processor_env("tests.workers.test_runner:blocks_until_released")
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr("service.redis_clients._EMBEDDED", server)
+    thread = start_embedded_worker_thread(Settings(redis_url=None, queue_redis_url=None), "slow")
+    job_id = "01timeout00000000000000000-2"
+    try:
+        queue = make_queue(fakeredis.FakeRedis(server=server), "slow")
+        fake_api.inputs["a"] = b"a"
+        [rq_id] = enqueue_job(
+            queue, job_id=job_id, callback_url=fake_api.callback_url(job_id),
+            callback_token=TOKEN, batch_size=2, lease_ttl_s=30, timeout_s=1,
+            items=[BatchItem(i, "a", "x/y", fake_api.input_url("a"), fake_api.output_url(str(i)),
+                             f"o/{i}") for i in range(2)],
+        )
+        job = Job.fetch(rq_id, connection=queue.connection, serializer=SERIALIZER)
+        for _ in range(1200):  # a hang guard, not a speed check
+            if job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+                break
+            thread.stop_event.wait(0.05)
+        assert job.get_status() == JobStatus.FAILED
+    finally:
+        RELEASE.set()
+        thread.stop(timeout=30)
+    reports = fake_api.item_reports()
+    assert [(r["item_index"], r["ok"]) for r in reports] == [(0, False), (1, False)]
+    assert all("RQ timeout" in r["error"] for r in reports)
+    assert fake_api.outputs == {}
