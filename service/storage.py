@@ -329,6 +329,8 @@ def _shared_folder(keys: list[str]) -> str:
 class S3Storage:
     """Any S3 API (AWS, MinIO, R2) through one shared boto3 client and a thread pool."""
 
+    list_page_size = 1000  # S3's maximum
+
     def __init__(self, endpoint: str | None, bucket: str, region: str,
                  access_key: str | None, secret_key: str | None, *, threads: int = 16) -> None:
         import boto3
@@ -393,10 +395,11 @@ class S3Storage:
     def _listed(self, prefix: str, wanted: int) -> set[str] | None:
         """Every key under `prefix`, or None when the folder holds far more than we look for."""
         found: set[str] = set()
-        pages_allowed = wanted // 1000 + 3
+        pages_allowed = wanted // self.list_page_size + 3
         token: str | None = None
         for _ in range(pages_allowed):
-            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                    "MaxKeys": self.list_page_size}
             if token:
                 args["ContinuationToken"] = token
             page = self.client.list_objects_v2(**args)
