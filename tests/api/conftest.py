@@ -82,15 +82,22 @@ def _serve(settings: Settings) -> Iterator[tuple[str, Settings]]:
 
 
 @pytest.fixture
-def real_settings(redis_url: str, postgres_url: str, s3_endpoint: str, key_prefix: str
-                  ) -> Iterator[Settings]:
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the served settings (e.g. a short lease)."""
+    return {}
+
+
+@pytest.fixture
+def real_settings(redis_url: str, postgres_url: str, s3_endpoint: str, key_prefix: str,
+                  settings_overrides: dict[str, Any]) -> Iterator[Settings]:
     port = free_port()
-    settings = Settings(
+    base: dict[str, Any] = dict(
         redis_url=redis_url, queue_redis_url=redis_url, database_url=postgres_url,
         public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET, key_prefix=key_prefix,
         buckets=16, s3_endpoint=s3_endpoint, s3_bucket=key_prefix, s3_access_key="test",
         s3_secret_key="test", queue_name=key_prefix, flush_delay=0,
     )
+    settings = Settings(**{**base, **settings_overrides})
     run_migrations(postgres_url)
     import boto3
 

@@ -1,0 +1,159 @@
+"""Jobs run by real `tollgate worker` processes, settle exactly, and land in SQL history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from service.db.models import JobLog, LedgerEntry
+from service.runtime import open_runtime
+from tests.api.conftest import SECRET, Api
+from tests.api.flow import callback, me, queued_job, report_item
+from tests.api.history import flush_everything
+from tests.e2e.conftest import Workers
+
+SLOW = "tests.e2e.slow_processor:one_per_second"
+PASSTHROUGH = "workers.processors.noop:passthrough"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"lease_ttl": 3, "batch_size": 2}
+
+
+async def job_view(api: Api, user: str, job_id: str) -> dict[str, Any]:
+    response = await api.client.get(f"/jobs/{job_id}", headers=api.auth(user))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_for(api: Api, user: str, job_id: str, predicate: Any, within: float = 60
+                   ) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        view = await job_view(api, user, job_id)
+        if predicate(view):
+            return view
+        assert time.monotonic() < deadline, f"job never got there: {view}"
+        await asyncio.sleep(0.2)
+
+
+async def redis_keys_of(api: Api, job_id: str) -> list[str]:
+    rt = await open_runtime(api.settings, SECRET)
+    try:
+        keys = [key async for key in rt.core.client.scan_iter(
+            match=f"{api.settings.key_prefix}:*{job_id}*")]
+        for index in ("holds", "leases", "queued", "flush"):
+            bucket = rt.core.job_keys(job_id).bucket
+            if await rt.core.client.zscore(getattr(bucket, index), job_id) is not None:
+                keys.append(f"{index} index")
+        return keys
+    finally:
+        await rt.close()
+
+
+async def sql_history(api: Api, job_id: str) -> tuple[JobLog | None, list[LedgerEntry]]:
+    rt = await open_runtime(api.settings, SECRET)
+    try:
+        async with rt.sessions() as session:
+            row = await session.get(JobLog, job_id)
+            ledger = (await session.scalars(
+                select(LedgerEntry).where(LedgerEntry.job_id == job_id))).all()
+        return row, list(ledger)
+    finally:
+        await rt.close()
+
+
+def assert_balanced(credits: dict[str, int]) -> None:
+    assert credits["granted"] == credits["available"] + credits["reserved"] + credits["spent"]
+
+
+async def test_a_job_runs_to_done_settles_flushes_and_leaves_no_redis_keys(
+        api: Api, workers: Workers) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 5)
+    await asyncio.to_thread(workers.run_burst, PASSTHROUGH)
+    view = await job_view(api, user, job["id"])
+    assert (view["status"], view["done_items"], view["charged"], view["refunded"]) == (
+        "done", 5, 5, 0)
+    await flush_everything(api)
+    assert await redis_keys_of(api, job["id"]) == []
+    row, ledger = await sql_history(api, job["id"])
+    assert row is not None and row.state == "done" and row.charged == 5
+    assert [(e.kind, e.amount) for e in ledger] == [("charge", -5)]
+    history = await job_view(api, user, job["id"])
+    assert [item["status"] for item in history["items"]] == ["ok"] * 5
+    credits = (await me(api, user))["credits"]
+    assert credits == {"available": 5, "reserved": 0, "spent": 5, "granted": 10}
+
+
+async def test_failed_items_are_not_charged(api: Api, workers: Workers) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 4)
+    await asyncio.to_thread(workers.run_burst, "workers.processors.noop:fail_odd")
+    view = await job_view(api, user, job["id"])
+    assert (view["status"], view["done_items"], view["failed_items"]) == ("done", 2, 2)
+    assert (view["charged"], view["refunded"]) == (2, 2)
+    assert [i["status"] for i in view["items"]] == ["ok", "failed", "ok", "failed"]
+    assert "odd item index" in view["items"][1]["error"]
+    assert_balanced((await me(api, user))["credits"])
+
+
+async def test_a_killed_worker_ends_in_a_settled_refunded_job(api: Api, workers: Workers) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 6)
+    proc = workers.start(SLOW, burst=False, TOLLGATE_TEST_ITEM_SECONDS="1")
+    await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 2)
+    workers.kill(proc)
+    before = await job_view(api, user, job["id"])
+    assert before["status"] == "running"
+    await asyncio.sleep(api.settings.lease_ttl + 1)  # the lease runs out: nobody renews it
+    await flush_everything(api)
+    view = await job_view(api, user, job["id"])
+    assert view["status"] == "failed" and view["reason"] == "lease_expired"
+    assert view["charged"] == view["done_items"] == before["done_items"]
+    assert view["refunded"] == 6 - view["done_items"]
+    credits = (await me(api, user))["credits"]
+    assert credits["reserved"] == 0 and credits["spent"] == view["charged"]
+    assert_balanced(credits)
+
+
+async def test_cancel_while_running_stops_charging(api: Api, workers: Workers) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 6)
+    proc = workers.start(SLOW, burst=False, TOLLGATE_TEST_ITEM_SECONDS="0.5")
+    await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 1)
+    canceled = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
+    assert canceled.status_code == 200
+    charged = canceled.json()["charged"]
+    await asyncio.sleep(3)  # the worker goes on a little and is refused
+    workers.kill(proc)
+    view = await job_view(api, user, job["id"])
+    assert view["status"] == "canceled" and view["charged"] == charged
+    assert view["done_items"] == charged
+    credits = (await me(api, user))["credits"]
+    assert credits["spent"] == charged and credits["reserved"] == 0
+    assert_balanced(credits)
+
+
+async def test_duplicate_and_out_of_order_callbacks(api: Api) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 3)
+    # An item report before 'started' starts the job; 'started' afterwards is a no-op.
+    await report_item(api, job["id"], user, 2)
+    started = await callback(api, job["id"], user, idempotency_key="late-start", event="started")
+    assert started.json()["duplicate"] and started.json()["status"] == "running"
+    await report_item(api, job["id"], user, 0)
+    assert (await report_item(api, job["id"], user, 2))["duplicate"]
+    assert (await report_item(api, job["id"], user, 0, key="retry-with-new-key"))["duplicate"]
+    last = await report_item(api, job["id"], user, 1, ok=False)
+    assert last["status"] == "done" and last["done_items"] == 2
+    again = await report_item(api, job["id"], user, 1, ok=False)
+    assert again["duplicate"] and again["status"] == "done"
+    view = await job_view(api, user, job["id"])
+    assert (view["charged"], view["refunded"]) == (2, 1)
