@@ -19,6 +19,7 @@ from rq.timeouts import TimerDeathPenalty
 from service.queue import SERIALIZER, make_queue
 from service.redis_clients import queue_redis
 from service.settings import Settings
+from workers.jobs import preload
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def run_worker(settings: Settings, *, queue_name: str, burst: bool) -> None:
             "use `tollgate dev` for the embedded system, or point it at a real Redis"
         )
         worker_class = SimpleWorker
+    preload(settings.processor)
     worker = worker_class(
         [queue], connection=connection, serializer=SERIALIZER, name=_name("worker")
     )
@@ -81,6 +83,7 @@ class EmbeddedWorkerThread(threading.Thread):
     def __init__(self, settings: Settings, queue_name: str) -> None:
         super().__init__(name="tollgate-worker", daemon=True)
         self.stop_event = threading.Event()
+        self.processor_spec = settings.processor
         connection = queue_redis(settings)
         self.worker = ThreadedSimpleWorker(
             [make_queue(connection, queue_name)],
@@ -92,6 +95,7 @@ class EmbeddedWorkerThread(threading.Thread):
 
     def run(self) -> None:
         try:
+            preload(self.processor_spec)
             self.worker.work(burst=False, logging_level="INFO")
         except Exception:
             log.exception("the embedded worker stopped on an error")

@@ -33,6 +33,7 @@ class FakeApi:
     closed: bool = False
     close_on_heartbeat: bool = False
     close_after_items: int | None = None
+    download_barrier: threading.Barrier | None = None
     heartbeat_seen: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +96,8 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def do_GET(self) -> None:
+            if api.download_barrier is not None:
+                api.download_barrier.wait(timeout=30)
             name = self.path.removeprefix("/in/")
             data = api.inputs.get(name)
             if data is None:
