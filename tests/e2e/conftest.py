@@ -45,6 +45,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process and all its descendants (RQ puts its work-horse in a process group
+    of its own): as when the machine dies, no cleanup code runs anywhere."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
 class Workers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -75,12 +84,7 @@ class Workers:
         return self.output(proc)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and its work-horse (RQ puts the horse in a process group of
-        its own): as when the machine dies, no cleanup code runs anywhere."""
-        for pid in [*descendants(proc.pid), proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        kill_tree(proc)
 
     def stop_all(self) -> None:
         for proc in self.procs:
