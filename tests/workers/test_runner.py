@@ -78,8 +78,9 @@ def test_simple_worker_burst_runs_every_batch(
 
 
 @pytest.mark.redis
-def test_tollgate_worker_process_forks_and_runs_batches(
-    sync_redis: Any, redis_url: str, key_prefix: str, fake_api: FakeApi
+@pytest.mark.parametrize("fork", [True, False])
+def test_tollgate_worker_process_runs_batches(
+    sync_redis: Any, redis_url: str, key_prefix: str, fake_api: FakeApi, fork: bool
 ) -> None:
     queue = make_queue(sync_redis, key_prefix)
     job_id = unique_job_id(key_prefix)
@@ -90,7 +91,7 @@ def test_tollgate_worker_process_forks_and_runs_batches(
     code = (
         "from service.settings import get_settings\n"
         "from workers.runner import run_worker\n"
-        f"run_worker(get_settings(), queue_name={key_prefix!r}, burst=True)\n"
+        f"run_worker(get_settings(), queue_name={key_prefix!r}, burst=True, fork={fork})\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
