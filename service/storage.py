@@ -79,18 +79,23 @@ class LocalStorage:
         self.public_url = public_url.rstrip("/")
         self._secret = secret
 
-    def path_for(self, key: str) -> Path:
-        """The file of a key; refuses anything that could point outside the root."""
-        parts = key.split("/")
+    @staticmethod
+    def check_key(key: str) -> None:
+        """Refuses keys that could name anything but a file below the root (no I/O)."""
         if (
             not key
             or len(key) > _MAX_KEY_CHARS
             or "\x00" in key
             or "\\" in key
-            or any(part in ("", ".", "..") for part in parts)
+            or any(part in ("", ".", "..") for part in key.split("/"))
         ):
             raise ValueError(f"unsafe storage key {key!r}")
-        path = self.root.joinpath(*parts).resolve()
+
+    def path_for(self, key: str) -> Path:
+        """The file of a key; refuses anything that could point outside the root."""
+        self.check_key(key)
+        # resolve() follows symlinks, so a link inside the root cannot lead out of it.
+        path = self.root.joinpath(*key.split("/")).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise ValueError(f"storage key {key!r} leaves the storage folder")
         return path
@@ -122,7 +127,7 @@ class LocalStorage:
     def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
                        ) -> PresignedUpload:
         """`content_type=None` signs a URL that takes any Content-Type (worker outputs)."""
-        self.path_for(key)
+        self.check_key(key)  # no resolve(): presigning 1000 URLs must not touch the disk
         exp, expires_at = _expiry(ttl_s)
         sig = self._sign(key, "PUT", exp, str(size), ANY_TYPE if content_type is None
                          else content_type)
@@ -132,7 +137,7 @@ class LocalStorage:
         return PresignedUpload(url, "PUT", headers, expires_at)
 
     def presign_download(self, key: str, ttl_s: int) -> str:
-        self.path_for(key)
+        self.check_key(key)
         exp, _ = _expiry(ttl_s)
         return self._url(key, f"m=GET&exp={exp}&sig={self._sign(key, 'GET', exp, '', '')}")
 
@@ -268,6 +273,10 @@ class SigV4Presigner:
         self._secret_key = secret_key
         self._day = ""
         self._signing_key = b""
+        # Every URL signed in the same second with the same TTL shares its query string.
+        self._second = -1
+        self._stamp = self._today = ""
+        self._queries: dict[tuple[int, str], str] = {}
 
     def _key_for(self, day: str) -> bytes:
         if day != self._day:
@@ -280,22 +289,28 @@ class SigV4Presigner:
     def presign(self, method: str, key: str, ttl_s: int, content_type: str | None = None,
                 now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
-        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        second = int(now.timestamp())
+        if second != self._second:
+            self._second, self._queries = second, {}
+            self._stamp, self._today = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        stamp, day = self._stamp, self._today
         scope = f"{day}/{self._region}/s3/aws4_request"
         headers = [("host", self._host)]
         if content_type is not None:
             headers.insert(0, ("content-type", " ".join(content_type.split())))
         signed = ";".join(name for name, _ in headers)
-        query = "&".join(
-            f"{name}={quote(value, safe='-_.~')}"
-            for name, value in (
-                ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
-                ("X-Amz-Credential", f"{self._access_key}/{scope}"),
-                ("X-Amz-Date", stamp),
-                ("X-Amz-Expires", str(ttl_s)),
-                ("X-Amz-SignedHeaders", signed),
+        query = self._queries.get((ttl_s, signed))
+        if query is None:
+            query = self._queries[(ttl_s, signed)] = "&".join(
+                f"{name}={quote(value, safe='-_.~')}"
+                for name, value in (
+                    ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+                    ("X-Amz-Credential", f"{self._access_key}/{scope}"),
+                    ("X-Amz-Date", stamp),
+                    ("X-Amz-Expires", str(ttl_s)),
+                    ("X-Amz-SignedHeaders", signed),
+                )
             )
-        )
         path = quote(f"{self._base_path}/{key}", safe="/~")
         canonical = "\n".join([
             method, path, query, "".join(f"{n}:{v}\n" for n, v in headers), signed,

@@ -140,6 +140,23 @@ async def test_body_larger_than_declared_is_413_and_leaves_nothing(
     assert [path for path in storage.root.rglob("*") if path.is_file()] == []
 
 
+async def test_any_type_urls_take_any_content_type_but_not_more_bytes(
+    storage: LocalStorage, client: AsyncTestClient[Litestar]
+) -> None:
+    upload = storage.presign_upload("jobs/j1/out/0", None, 8, 600)
+    assert upload.headers == {}
+    for content_type in ("image/webp", "application/json"):
+        response = await client.put(path_of(upload.url), content=b"12345678",
+                                    headers={"Content-Type": content_type})
+        assert response.status_code == 200
+    response = await client.put(path_of(upload.url), content=b"123456789")
+    assert response.status_code == 413
+    typed = storage.presign_upload("jobs/j1/out/1", "image/png", 8, 600)
+    response = await client.put(path_of(typed.url).replace("&sig=", "&ct=any&sig="),
+                                content=b"1", headers={"Content-Type": "text/html"})
+    assert response.status_code == 403  # a typed URL cannot be turned into an any-type one
+
+
 async def test_download_of_a_missing_object_is_404(
     storage: LocalStorage, client: AsyncTestClient[Litestar]
 ) -> None:

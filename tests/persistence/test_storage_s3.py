@@ -97,6 +97,10 @@ def test_fast_presigner_signs_exactly_like_boto3(endpoint: str, key: str) -> Non
                     ExpiresIn=900, HttpMethod="PUT")
                 assert presigner.presign("PUT", key, 900, content_type, now=now) == expected
             expected = storage.client.generate_presigned_url(
+                "put_object", Params={"Bucket": "tollgate", "Key": key}, ExpiresIn=900,
+                HttpMethod="PUT")
+            assert presigner.presign("PUT", key, 900, None, now=now) == expected  # any type
+            expected = storage.client.generate_presigned_url(
                 "get_object", Params={"Bucket": "tollgate", "Key": key}, ExpiresIn=900)
             assert presigner.presign("GET", key, 900, now=now) == expected
     finally:
