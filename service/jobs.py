@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from service.db.models import JobLog
 from service.queue import BatchItem, enqueue_job
 from service.runtime import Runtime
 from service.schemas import JobCreate
+from service.users import provision_user
 
 PRESIGN_IN_THREAD_ABOVE = 32
 
@@ -84,12 +86,19 @@ async def create_job(
                                 )
     meta = [{"name": i.name, "content_type": i.content_type, "size": i.size} for i in body.items]
     job_id = rt.core.keys.new_job_id(user_id)
-    code, job_id = await rt.core.reserve(
-        job_id=job_id, user_id=user_id, total=len(meta), price=settings.price_per_item,
-        hold_ttl_ms=settings.hold_ttl * 1000, meta_json=json.dumps(meta),
-        rule_id=body.rule_id or "", idempotency_key=idempotency_key, body_hash=body_hash(body),
-        idempotency_ttl_ms=settings.idempotency_ttl * 1000,
+    reserve = functools.partial(
+        rt.core.reserve, job_id=job_id, user_id=user_id, total=len(meta),
+        price=settings.price_per_item, hold_ttl_ms=settings.hold_ttl * 1000,
+        meta_json=json.dumps(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
+        body_hash=body_hash(body), idempotency_ttl_ms=settings.idempotency_ttl * 1000,
     )
+    try:
+        code, job_id = await reserve()
+    except NotFound:
+        # Redis lost the user record (a restart without persistence): provision it again.
+        rt.provisioned.discard(user_id)
+        await provision_user(rt, user_id)
+        code, job_id = await reserve()
     view = await get_job(rt, user_id, job_id, with_items=False)
     if view["status"] == "created":
         view["uploads"] = await _presign_uploads(rt, job_id, meta)

@@ -232,3 +232,13 @@ def _rq_connection(api: Api) -> object:
     import redis
 
     return redis.Redis.from_url(api.settings.queue_redis_url or "")
+
+
+async def test_a_user_lost_from_redis_is_provisioned_again(api: Api, real_redis: object) -> None:
+    from service.keys import KeySpace
+
+    user = api.user()
+    await me(api, user)
+    await real_redis.delete(KeySpace(api.settings.key_prefix, 16).user(user).base)  # type: ignore[attr-defined]
+    job = await create_job(api, user, 1)
+    assert job["status"] == "created"
