@@ -75,10 +75,17 @@ class Timing:
     calls: int
     seconds: float
     latencies_ms: list[float] = field(repr=False)
+    cpu_seconds: float = 0.0  # this process's CPU time over the run
 
     @property
     def ops_per_s(self) -> float:
         return self.calls / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        """The client's own cost per call: unlike the wall-clock rate, barely moved by other
+        programs sharing the CPUs."""
+        return self.cpu_seconds * 1e6 / self.calls if self.calls else 0.0
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies_ms:
@@ -105,6 +112,7 @@ async def closed_loop(
         raise ValueError("closed_loop needs seconds, limit or both")
     next_index = 0
     latencies: list[float] = []
+    cpu_start = time.process_time()
     start = time.perf_counter()
     stop_at = start + seconds if seconds is not None else float("inf")
 
@@ -122,7 +130,8 @@ async def closed_loop(
     async with asyncio.TaskGroup() as group:
         for _ in range(tasks):
             group.create_task(one_task())
-    return Timing(len(latencies), time.perf_counter() - start, latencies)
+    seconds = time.perf_counter() - start
+    return Timing(len(latencies), seconds, latencies, time.process_time() - cpu_start)
 
 
 def median(values: Sequence[float]) -> float:
@@ -173,6 +182,20 @@ def machine_line(machine: dict[str, Any]) -> str:
     if load:
         parts.append(f"load avg at start {load[0]}")
     return ", ".join(parts)
+
+
+def process_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU time of local processes (e.g. PostgreSQL backends) from /proc;
+    None when any of them cannot be read (another host, another OS)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / ticks
 
 
 # --- results -------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
     python bench/plot.py [--results bench/results] [--out bench/results/ratios.png]
 
 One panel per benchmark: a bar per row (its ratio to the benchmark's own baseline, which is
-the line at 1), the target as a red mark, and, where a row carries `redis_bound_ratio` in its
-extra, a thinner hatched bar with that ratio. Any number of files, any number of rows.
+the line at 1), the target as a red mark, and, where a row carries `server_cpu_ratio` in its
+extra (the server's CPU time per call, baseline's over the row's: the ratio once the server,
+not the client, is the bottleneck), a thinner hatched bar with it. Any number of files, any
+number of rows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from matplotlib.axes import Axes
 
 from bench.common import RESULTS_DIR, machine_line
 
-SECONDARY = "redis_bound_ratio"
+SECONDARY = "server_cpu_ratio"
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
@@ -53,7 +55,7 @@ def draw_panel(ax: Axes, result: dict[str, Any]) -> None:
     if any(isinstance(v, int | float) for v in secondary):
         values = [float(v) if isinstance(v, int | float) else 0.0 for v in secondary]
         ax.barh([p - 0.38 for p in positions], values, height=0.18, color="#f0a030",
-                hatch="//", label="Redis-bound ratio (Redis CPU/call)")
+                hatch="//", label="server-CPU ratio (server CPU per call)")
 
     target_label = "target"
     for pos, row, ratio in zip(positions, rows, ratios, strict=True):

@@ -67,7 +67,7 @@ class ServerCounters:
         divisor = max(own_calls, 1)
         return {
             "script_us_per_call": round((self.script_usec - before.script_usec) / divisor, 2),
-            "redis_cpu_us_per_call": round(
+            "server_cpu_us_per_call": round(
                 (self.cpu_seconds - before.cpu_seconds) * 1e6 / divisor, 2
             ),
             "foreign_script_calls": max(calls - own_calls, 0),

@@ -13,7 +13,16 @@ out of concurrency slots, and every user gets 25 % more attempts than that. Afte
 variant is checked: successes == affordable for every user, granted == available +
 reserved, reserved == successes x cost, active jobs == successes <= the limit.
 
-    python bench/reserve_alternatives.py [--quick] [--postgres-dsn DSN]
+Each variant's attempts run in `--rounds` slices taking turns with the other variants; a
+row's ratio is the median of its per-round ratios to the baseline. Every caller has a
+connection of its own in every variant. Besides ops/s each row carries the CPU time per
+attempt of this client process and of the server: Redis (INFO cpu) or the connections'
+PostgreSQL backends (/proc; the WAL writer is not counted), and `server_cpu_ratio`, the
+baseline's server CPU per attempt over the row's: the ratio once the server, not a client,
+is what runs out. On a small machine client and server share the CPUs, so ops/s follows
+their sum.
+
+    python bench/reserve_alternatives.py [--quick] [--postgres-dsn DSN] [--rounds 5]
 
 The PostgreSQL variants run in a fresh database created (and dropped) on the server of
 `--postgres-dsn`; the Redis variants under a fresh key prefix, deleted after.
@@ -50,6 +59,7 @@ from bench.common import (
     fresh_prefix,
     machine_info,
     median,
+    process_cpu_seconds,
     report,
     run,
 )
@@ -106,6 +116,7 @@ class Variant:
     attempts: list[tuple[Account, str]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     rounds: list[Timing] = field(default_factory=list)
+    server_cpu_seconds: float | None = 0.0  # Redis, or the PostgreSQL backends
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,6 +146,7 @@ class Variant:
 
     def summary(self) -> dict[str, Any]:
         latencies = Timing(self.calls, 1.0, [ms for t in self.rounds for ms in t.latencies_ms])
+        server = self.server_cpu_seconds
         return {
             "attempts": self.calls,
             "successes": self.outcomes[OK],
@@ -143,6 +155,10 @@ class Variant:
             "seconds": round(sum(t.seconds for t in self.rounds), 3),
             "p50_ms": round(latencies.percentile_ms(0.5), 3),
             "p99_ms": round(latencies.percentile_ms(0.99), 3),
+            "client_cpu_us_per_call": round(
+                sum(t.cpu_seconds for t in self.rounds) * 1e6 / self.calls, 1),
+            "server_cpu_us_per_call": None if server is None else round(
+                server * 1e6 / self.calls, 1),
             "verified": True,
             **self.extra,
         }
@@ -291,6 +307,14 @@ class Postgres:
     async def connections(self, count: int) -> list[Any]:
         return [await psycopg.AsyncConnection.connect(self.dsn) for _ in range(count)]
 
+    async def backend_pids(self, conns: list[Any]) -> list[int]:
+        pids = []
+        for conn in conns:
+            row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+            await conn.commit()
+            pids.append(int(row[0]))
+        return pids
+
     async def set_synchronous_commit(self, conns: list[Any], on: bool) -> None:
         for conn in conns:
             await conn.execute("SET synchronous_commit = on" if on else
@@ -381,7 +405,7 @@ async def main_async(args: Any) -> Result:
     database = Postgres(args.postgres_dsn)
     conns: list[Any] = []
     retries: Counter[str] = Counter()
-    redis_cpu: dict[str, list[dict[str, Any]]] = {"lua": [], "watch": []}
+    foreign_calls = 0
     try:
         facts = await redis_facts(client)
         pg_version = await database.create()
@@ -401,15 +425,26 @@ async def main_async(args: Any) -> Result:
         await database.provision(pg_off.people + pg_on.people)
         await core.ping()
 
+        backends = await database.backend_pids(conns)
+
         for index in range(rounds):
-            for name, variant in (("lua", lua), ("watch", watch)):
+            for variant in (lua, watch):
                 before = await ServerCounters.read(client)
                 timing = await variant.run_round(index, rounds, tasks)
                 after = await ServerCounters.read(client)
-                redis_cpu[name].append(after.since(before, timing.calls))
+                variant.server_cpu_seconds = (variant.server_cpu_seconds or 0.0) + (
+                    after.cpu_seconds - before.cpu_seconds)
+                foreign_calls += max(after.script_calls - before.script_calls
+                                     - (timing.calls if variant is lua else 0), 0)
             for variant, synchronous in ((pg_off, False), (pg_on, True)):
                 await database.set_synchronous_commit(conns, synchronous)
+                cpu_before = process_cpu_seconds(backends)
                 await variant.run_round(index, rounds, tasks)
+                cpu_after = process_cpu_seconds(backends)
+                if cpu_before is None or cpu_after is None or variant.server_cpu_seconds is None:
+                    variant.server_cpu_seconds = None
+                else:
+                    variant.server_cpu_seconds += cpu_after - cpu_before
 
         for variant in (lua, watch):
             await verify_redis(client, keys, variant.people, variant)
@@ -422,12 +457,7 @@ async def main_async(args: Any) -> Result:
         await client.aclose()
         await database.drop()
 
-    for name, variant in (("lua", lua), ("watch", watch)):
-        cpu = sum(r["redis_cpu_us_per_call"] * t.calls
-                  for r, t in zip(redis_cpu[name], variant.rounds, strict=True))
-        variant.extra["redis_cpu_us_per_call"] = round(cpu / variant.calls, 2)
-        variant.extra["foreign_script_calls"] = sum(r["foreign_script_calls"]
-                                                    for r in redis_cpu[name])
+    lua.extra["foreign_script_calls"] = foreign_calls
     watch.extra["retries"] = sum(retries.values())
     watch.extra["retries_per_attempt"] = round(sum(retries.values()) / watch.calls, 2)
 
@@ -441,6 +471,11 @@ async def main_async(args: Any) -> Result:
         value, per_round = ratio(variant, pg_off)
         rows.append(Row(variant.label, variant.ops_per_s, value, target,
                         {**variant.summary(), "round_ratios": per_round}))
+    for row in rows:
+        server = row.extra["server_cpu_us_per_call"]
+        base_server = pg_off.summary()["server_cpu_us_per_call"]
+        row.extra["server_cpu_ratio"] = (round(base_server / server, 3)
+                                         if server and base_server else None)
     rows[0].extra["x_watch_multi"] = round(ratio(lua, watch)[0], 2)
     return Result(
         name=NAME,
@@ -471,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         ("attempts", "attempts"), ("successes", "ok"), ("refused_credits", "no credits"),
         ("refused_slots", "no slot"), ("retries", "WATCH retries"),
         ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-        ("redis_cpu_us_per_call", "Redis CPU µs/op"), ("x_watch_multi", "x WATCH/MULTI"),
+        ("client_cpu_us_per_call", "client CPU µs/op"),
+        ("server_cpu_us_per_call", "server CPU µs/op"), ("server_cpu_ratio", "server-CPU ratio"),
+        ("x_watch_multi", "x WATCH/MULTI"),
         ("verified", "no overspend"),
     ])
     return 0

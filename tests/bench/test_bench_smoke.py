@@ -94,7 +94,7 @@ def sample_result(name: str, rows: int) -> Result:
         name=name, title=f"{name} sample", machine={"nproc": 2, "cpu_model": "test"},
         params={}, baseline=Baseline("base", 1000.0),
         rows=[Row(f"row {i}", 100.0 * (i + 1), 0.1 * (i + 1), 0.5 if i == 0 else None,
-                  {"redis_bound_ratio": 0.2} if i == 1 else {}) for i in range(rows)],
+                  {"server_cpu_ratio": 0.2} if i == 1 else {}) for i in range(rows)],
     )
 
 
