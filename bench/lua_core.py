@@ -59,6 +59,7 @@ from bench.redis_side import (
     connect,
     delete_prefix,
     load_scripts_into,
+    private_redis,
     redis_facts,
     replay,
 )
@@ -319,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=0,
                         help="items per job for item_result; default 1000 (50 with --quick)")
     args = parser.parse_args(argv)
-    result = run(main_async(args))
+    if args.private_redis:
+        with private_redis() as url:
+            args.redis_url = url
+            result = run(main_async(args))
+    else:
+        result = run(main_async(args))
     report(result, args.out, [
         ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
         ("client_cpu_us_per_call", "client CPU µs/call"), ("client_cpu_ratio", "client-CPU ratio"),

@@ -63,7 +63,13 @@ from bench.common import (
     report,
     run,
 )
-from bench.redis_side import ServerCounters, connect, delete_prefix, redis_facts
+from bench.redis_side import (
+    ServerCounters,
+    connect,
+    delete_prefix,
+    private_redis,
+    redis_facts,
+)
 from service.codes import ConcurrencyLimit, InsufficientCredits
 from service.core import Core, now_ms
 from service.keys import JobKeys, KeySpace
@@ -501,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
                              "variant (Redis pool and PostgreSQL connections alike)")
     parser.add_argument("--rounds", type=int, default=0, help="default 5 (1 with --quick)")
     args = parser.parse_args(argv)
-    result = run(main_async(args))
+    if args.private_redis:
+        with private_redis() as url:
+            args.redis_url = url
+            result = run(main_async(args))
+    else:
+        result = run(main_async(args))
     report(result, args.out, [
         ("attempts", "attempts"), ("successes", "ok"), ("refused_credits", "no credits"),
         ("refused_slots", "no slot"), ("retries", "WATCH retries"),

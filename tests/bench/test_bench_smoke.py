@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from bench import plot
 from bench.common import Baseline, Result, Row, closed_loop, format_table
+from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +51,15 @@ async def test_lua_core_reports_each_operation_against_ping(
     assert {"nproc", "cpu_model", "python", "redis_server"} <= result["machine"].keys()
     assert "| reserve |" in output and "(baseline)" in output
     assert await leftover_keys(real_redis, key_prefix) == []
+
+
+async def test_lua_core_on_a_private_redis_counts_only_its_own_calls(tmp_path: Path) -> None:
+    need("redis-server", shutil.which("redis-server") is not None, "it is not on PATH")
+    await run_script("lua_core", "--out", str(tmp_path), "--private-redis", "--seconds", "0.1")
+
+    result = json.loads((tmp_path / "lua_core.json").read_text())
+    for entry in (result["baseline"], *result["rows"]):
+        assert entry["extra"]["foreign_script_calls"] == 0
 
 
 async def benchmark_databases(admin_dsn: str) -> set[str]:
