@@ -401,7 +401,7 @@ class Sizes:
 async def main_async(args: Any) -> Result:
     quick: bool = args.quick
     scale = 0.1 if quick else 1.0
-    sizes = Sizes(*(max(4, int(n * scale)) for n in (1000, 150, 300, 150)))
+    sizes = Sizes(*(max(4, int(n * scale)) for n in (800, 100, 250, 150)))
     rounds: int = args.rounds or (1 if quick else 5)
     tasks: int = args.tasks
     prefix = args.prefix or fresh_prefix()
