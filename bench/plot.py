@@ -52,8 +52,8 @@ def draw_panel(ax: Axes, result: dict[str, Any]) -> None:
     ax.barh(positions, ratios, height=0.55, color="#3b75af", label="ratio (ops/s)")
 
     secondary = [row.get("extra", {}).get(SECONDARY) for row in rows]
+    values = [float(v) if isinstance(v, int | float) else 0.0 for v in secondary]
     if any(isinstance(v, int | float) for v in secondary):
-        values = [float(v) if isinstance(v, int | float) else 0.0 for v in secondary]
         ax.barh([p - 0.38 for p in positions], values, height=0.18, color="#f0a030",
                 hatch="//", label="server-CPU ratio (server CPU per call)")
 
@@ -67,7 +67,7 @@ def draw_panel(ax: Axes, result: dict[str, Any]) -> None:
             target_label = "_nolegend_"
 
     ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--", label="baseline")
-    highest = max([*ratios, *(r.get("target") or 0 for r in rows), 1.0])
+    highest = max([*ratios, *values, *(r.get("target") or 0 for r in rows), 1.0])
     lowest = min([*ratios, 1.0])
     if lowest > 0 and highest / lowest > 20:
         ax.set_xscale("log")
