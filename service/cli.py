@@ -63,7 +63,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.runner import run_worker
 
     run_worker(get_settings(), queue_name=args.queue or get_settings().queue_name,
-               burst=args.burst)
+               burst=args.burst, fork=not args.no_fork)
     return 0
 
 
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="an RQ worker for GPU items")
     worker.add_argument("--queue", default=None)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--no-fork", action="store_true",
+                        help="run batches in this process: no fork per batch, so a GPU "
+                             "processor keeps its model loaded (a crash takes the worker)")
     worker.set_defaults(run=cmd_worker)
 
     flusher = sub.add_parser("flusher", help="flush finished jobs, expire holds and leases")
