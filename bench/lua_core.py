@@ -8,9 +8,10 @@ How it drives Redis, and why: one process, `--tasks` asyncio tasks in a closed l
 sends its next call when the previous one answered) over a pool of `--connections` sockets.
 On a 2-core machine Redis takes one core and one Python client process the other; a second
 client process only takes CPU from Redis and from the first client, so the total drops
-(measured here: 1 process > 2 > 4). Tasks equal connections because redis-py's blocking pool
-is not fair: with 64 tasks on 32 sockets, the 32 tasks holding a socket re-take it at once
-and the other 32 starve for the whole phase (seen as a p99 equal to the phase length).
+(measured here: 1 process > 2 > 4). The client is built as the API builds it (redis-py's
+plain pool); tasks do not outnumber connections, as more tasks than sockets only queue in
+the client (redis-py's blocking pool even lets the tasks holding a socket re-take it at once
+while the others starve for the whole phase).
 
 The phases alternate, ping, reserve, ping, item_result, ping, settle, ping, for `--rounds`
 rounds; each ratio is the operation's rate over the mean of the two pings around it and the
@@ -261,7 +262,7 @@ async def main_async(args: Any) -> Result:
     )
     prefix = args.prefix or fresh_prefix()
     keys = KeySpace(prefix, 64)
-    client = connect(args.redis_url, params.connections)
+    client = connect(args.redis_url, max(params.connections, params.tasks))
     core = Core(client, keys)
     try:
         facts = await redis_facts(client)
