@@ -45,9 +45,6 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for <name>.json (default: bench/results)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--private-redis", action="store_true",
-                        help="start a redis-server of the run's own instead of --redis-url, so "
-                             "Redis's CPU counters hold only the benchmark's calls")
     parser.add_argument("--prefix", default=None,
                         help="Redis key prefix (default: a fresh one); its keys are deleted after")
     return parser

@@ -57,6 +57,7 @@ from bench.common import (
 from bench.redis_side import (
     ScriptRecorder,
     ServerCounters,
+    add_private_redis_option,
     connect,
     delete_prefix,
     load_scripts_into,
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="per phase; default 1 (0.25 with --quick)")
     parser.add_argument("--items", type=int, default=0,
                         help="items per job for item_result; default 1000 (50 with --quick)")
+    add_private_redis_option(parser)
     args = parser.parse_args(argv)
     if args.private_redis:
         with private_redis() as url:

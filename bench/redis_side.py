@@ -8,6 +8,7 @@ that is what decides throughput once enough API processes drive one Redis.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import socket
@@ -29,6 +30,12 @@ def connect(url: str, connections: int) -> Redis:
     plain pool, at most `connections` sockets (callers keep their concurrency within it;
     the blocking pool costs more CPU per call and starves waiters unfairly)."""
     return Redis.from_url(url, decode_responses=True, max_connections=connections)
+
+
+def add_private_redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--private-redis", action="store_true",
+                        help="start a redis-server of the run's own instead of --redis-url, so "
+                             "Redis's CPU counters hold only the benchmark's calls")
 
 
 @contextmanager

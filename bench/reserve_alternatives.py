@@ -65,6 +65,7 @@ from bench.common import (
 )
 from bench.redis_side import (
     ServerCounters,
+    add_private_redis_option,
     connect,
     delete_prefix,
     private_redis,
@@ -506,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent callers, each with a connection of its own, in every "
                              "variant (Redis pool and PostgreSQL connections alike)")
     parser.add_argument("--rounds", type=int, default=0, help="default 5 (1 with --quick)")
+    add_private_redis_option(parser)
     args = parser.parse_args(argv)
     if args.private_redis:
         with private_redis() as url:
