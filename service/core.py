@@ -122,6 +122,7 @@ class Core:
         idempotency_key: str | None = None,
         body_hash: str = "",
         idempotency_ttl_ms: int = 86_400_000,
+        at_ms: int | None = None,
     ) -> tuple[Code, str]:
         """Returns (OK, job_id) or (ALREADY, the existing job id)."""
         user = self.keys.user(user_id)
@@ -130,7 +131,7 @@ class Core:
             # another bucket would hold credits that nothing could ever release.
             raise ERRORS[Code.BAD_ARGUMENT](f"reserve: job id {job_id!r} is not from {user_id!r}")
         job = JobKeys(user.bucket, job_id)
-        now = now_ms()
+        now = at_ms if at_ms is not None else now_ms()
         idem = user.idempotency(idempotency_key or "-")
         reply = await self._run(
             "reserve",

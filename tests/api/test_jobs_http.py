@@ -242,3 +242,13 @@ async def test_a_user_lost_from_redis_is_provisioned_again(api: Api, real_redis:
     await real_redis.delete(KeySpace(api.settings.key_prefix, 16).user(user).base)  # type: ignore[attr-defined]
     job = await create_job(api, user, 1)
     assert job["status"] == "created"
+
+
+async def test_the_created_job_reads_back_exactly_as_it_was_returned(api: Api) -> None:
+    user = api.user()
+    created = await create_job(api, user, 2)
+    read = (await api.client.get(f"/jobs/{created['id']}", headers=api.auth(user))).json()
+    for field in ("id", "status", "total_items", "done_items", "failed_items", "progress",
+                  "cost", "charged", "refunded", "rule_id", "created_at", "updated_at",
+                  "started_at", "finished_at", "reason"):
+        assert created[field] == read[field], field
