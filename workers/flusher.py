@@ -20,7 +20,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,7 +38,11 @@ log = logging.getLogger("tollgate.flusher")
 CLAIM_MS = 30_000
 # Ledger entries read per bucket and pass: a finished job writes at most two.
 LEDGER_ENTRIES_PER_JOB = 2
+# Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
+# connections, so the flusher must never start hundreds of calls at once.
+SCRIPTS_IN_FLIGHT = 8
 
+T = TypeVar("T")
 Requeue = Callable[[str], Awaitable[None]]
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -66,6 +70,15 @@ class FlushStats:
         return (f"{self.flushed_jobs} jobs and {self.ledger_entries} ledger entries flushed, "
                 f"{self.expired_holds} holds expired, {self.expired_leases} leases expired, "
                 f"{self.requeued} queued jobs re-enqueued")
+
+
+async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> list[T]:
+    """call(job_id) for every job, at most SCRIPTS_IN_FLIGHT at a time, results in order."""
+    results: list[T] = []
+    for start in range(0, len(job_ids), SCRIPTS_IN_FLIGHT):
+        chunk = job_ids[start : start + SCRIPTS_IN_FLIGHT]
+        results += await asyncio.gather(*(call(job_id) for job_id in chunk))
+    return results
 
 
 async def _read_fields(core: Core, job_ids: list[str], field: str) -> dict[str, str | None]:
@@ -113,7 +126,7 @@ async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: i
             return False  # the job moved on (executed, canceled) after the claim
         return progress.code is Code.OK
 
-    return sum(await asyncio.gather(*(expire(job_id) for job_id in job_ids)))
+    return sum(await _bounded(expire, job_ids))
 
 
 async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
@@ -131,7 +144,7 @@ async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: 
             return False  # finished by its last callback after the claim
         return progress.code is Code.OK
 
-    return sum(await asyncio.gather(*(expire(job_id) for job_id in job_ids)))
+    return sum(await _bounded(expire, job_ids))
 
 
 async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
@@ -170,8 +183,9 @@ async def _flush_history(
             await insert_ledger(session, entries)
 
     # Only now, with the rows committed, may the Redis records go.
-    await asyncio.gather(*(core.flush_done(job_id, owner) for job_id, owner in owners.items()),
-                         *(core.flush_done(job_id, "") for job_id in vanished))
+    # A vanished job has no owner left; its index entry goes all the same.
+    await _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
+                   [*owners, *vanished])
     if raw_entries:
         await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
     return len(rows), len(raw_entries), len(raw_entries) >= ledger_limit
@@ -210,12 +224,27 @@ async def flush_once(
     *,
     requeue: Requeue | None = None,
     claim_ms: int = CLAIM_MS,
+    concurrency: int = 4,
 ) -> FlushStats:
-    """One pass over every bucket; safe to run in several processes at once."""
+    """One pass over every bucket, `concurrency` buckets at a time.
+
+    Safe to run in several processes at once. A bucket that fails does not stop the
+    others (cancelling one mid-transaction could leave a SQLite write lock behind); the
+    first error is raised after the pass, and the failed bucket's work is redone later.
+    """
     stats = FlushStats()
-    for bucket in range(settings.buckets):
-        stats.add(await flush_bucket(core, session_factory, settings, bucket,
-                                     requeue=requeue, claim_ms=claim_ms))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(bucket: int) -> None:
+        async with gate:
+            stats.add(await flush_bucket(core, session_factory, settings, bucket,
+                                         requeue=requeue, claim_ms=claim_ms))
+
+    outcomes = await asyncio.gather(*(one(bucket) for bucket in range(settings.buckets)),
+                                    return_exceptions=True)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:
+        raise errors[0]
     if stats:
         log.info("flusher pass: %s", stats)
     return stats

@@ -41,21 +41,20 @@ def _insert(session: AsyncSession, table: Table) -> Any:
 
 
 async def _insert_new(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Inserts rows whose id is not there yet, one statement per batch; returns rows added."""
+    """Inserts rows whose id is not there yet; returns how many were added.
+
+    One cached statement run with many parameter sets: SQLAlchemy turns it into batched
+    multi-row INSERTs ("insertmanyvalues") without compiling a new statement per batch.
+    """
     if not rows:
         return 0
-    per_batch = max(1, _MAX_PARAMS // len(table.columns))
-    added = 0
-    for start in range(0, len(rows), per_batch):
-        batch = rows[start : start + per_batch]
-        statement = (
-            _insert(session, table)
-            .values(list(batch))
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id)  # rowcount is not reliable for this on every driver
-        )
-        added += len((await session.execute(statement)).all())
-    return added
+    statement = (
+        _insert(session, table)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(table.c.id)  # rowcount is not reliable for this on every driver
+    )
+    result = await session.execute(statement, list(rows))
+    return len(result.all())
 
 
 async def upsert_jobs(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
