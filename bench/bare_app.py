@@ -1,0 +1,45 @@
+"""The baseline of bench/http_api.py: a Litestar app with one tiny handler and nothing else.
+
+    python bench/bare_app.py --server granian --workers 1 --port 8001
+
+It is served by `service.serve.serve`, the function behind `tollgate api`, so the bare
+endpoint and tollgate's endpoints run under the same server, process count and event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from litestar import Litestar, get
+
+if __package__ in (None, ""):  # run as `python bench/bare_app.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+@get("/bare", sync_to_thread=False)
+def bare() -> dict[str, object]:
+    return {"ok": True, "service": "bare"}
+
+
+def create_app() -> Litestar:
+    return Litestar(route_handlers=[bare], debug=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    args = parser.parse_args(argv)
+    from service.serve import serve
+
+    serve("bench.bare_app:create_app", host=args.host, port=args.port, workers=args.workers,
+          server=args.server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,595 @@
+"""End to end: jobs/s and items/s through real `tollgate worker` processes with the no-op
+processor, as a ratio to RQ running the same number of no-op jobs with the same workers;
+flusher rows/s into PostgreSQL, as a ratio to writing the same rows with SQL alone; Redis
+memory per live and per finished, not yet flushed job.
+
+    python bench/end_to_end.py [--quick] [--workers 1,2,4] [--jobs 24] [--items 8]
+                               [--flush-jobs 2000] [--api-processes 1]
+
+Workers: real Redis, a fresh PostgreSQL database, local-folder storage, the API as a real
+server subprocess (`python -m service.cli api`, granian, `--api-processes`), and N
+`python -m service.cli worker` processes (forking RQ workers, the processor
+`workers.processors.noop:passthrough`). `--jobs` jobs of `--items` items (one RQ batch each
+at the default batch size of 8) are created, uploaded and confirmed through the API before
+the clock starts; the clock runs from the first POST /jobs/{id}/execute to the moment every
+job is terminal (polled in Redis, not through the API). Each batch downloads its inputs from
+the API, runs the processor, uploads the outputs and reports each item by callback. The
+baseline, with the same worker processes on the same queue: as many RQ jobs calling a
+trivial function (`noop_task` below, with a payload of the same size), enqueued directly,
+timed from the first enqueue to the last finish. On 2 CPUs the API, Redis and the workers
+share the cores; the row says how many.
+
+Flusher: `--flush-jobs` finished 8-item jobs created through `service.core.Core` on real
+Redis (reserve, transition, item_result; replayed in pipelines), then `workers.flusher.
+flush_once` passes until nothing is left, into the fresh database. Baseline: the same rows
+(jobs_log and credit_ledger, built from the same Redis records) written by the same SQL
+functions in the same transactions (one per bucket), without Redis.
+
+Memory: the sum of MEMORY USAGE (SAMPLES 0) over every key of the run's prefix, before and
+after the jobs reach each state, divided by the number of jobs; immune to other programs
+using the same Redis, unlike INFO used_memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/end_to_end.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    DEFAULT_POSTGRES_DSN,
+    Baseline,
+    Result,
+    Row,
+    base_parser,
+    fresh_prefix,
+    machine_info,
+    report,
+)
+
+NAME = "end_to_end"
+PROCESSOR = "workers.processors.noop:passthrough"
+CREDITS = 10**9  # fits credit_ledger.amount (a 32-bit INTEGER column)
+JOBS_PER_USER = 10  # the pro plan's concurrency
+PAYLOAD = b"\x89PNG\r\n\x1a\n" + b"0" * 1016  # 1 KiB per input
+
+
+def noop_task(payload: dict[str, Any]) -> None:
+    """The RQ baseline's job function: takes a batch-sized payload and does nothing.
+
+    (This module imports only the standard library and bench.common at the top, so a
+    work-horse that imports it pays almost nothing.)"""
+    del payload
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    workers: tuple[int, ...]
+    jobs: int
+    items: int
+    api_server: str
+    api_processes: int
+    flush_jobs: int
+
+
+# --- the worker part ---------------------------------------------------------------------------
+
+class Client:
+    """The API over HTTP: users through /admin/users, jobs created, uploaded, confirmed."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        import httpx
+
+        from service.auth import issue_token
+
+        self.http = httpx.AsyncClient(base_url=url, timeout=60,
+                                      limits=httpx.Limits(max_connections=32))
+        self.issue = issue_token
+        self.secret = secret
+        self.admin = {"Authorization": f"Bearer {issue_token(secret, 'bench-admin', admin=True)}"}
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issue(self.secret, user, ttl_s=3600)}"}
+
+    async def create_user(self, user: str) -> None:
+        response = await self.http.post("/admin/users", headers=self.admin,
+                                         json={"id": user, "plan": "pro", "credits": CREDITS})
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /admin/users: {response.status_code} {response.text}")
+
+    async def uploaded_job(self, user: str, items: int) -> str:
+        body = {"items": [{"name": f"img-{i}.png", "content_type": "image/png",
+                           "size": len(PAYLOAD)} for i in range(items)]}
+        created = await self.http.post("/jobs", json=body, headers=self.auth(user))
+        if created.status_code != 201:
+            raise RuntimeError(f"POST /jobs: {created.status_code} {created.text}")
+        job = created.json()
+        for upload in job["uploads"]:
+            put = await self.http.request(upload["method"], upload["url"],
+                                          headers=upload["headers"], content=PAYLOAD)
+            if put.status_code not in (200, 201, 204):
+                raise RuntimeError(f"upload: {put.status_code} {put.text}")
+        confirmed = await self.http.post(f"/jobs/{job['id']}/confirm-upload",
+                                         headers=self.auth(user))
+        if confirmed.status_code != 200:
+            raise RuntimeError(f"confirm-upload: {confirmed.status_code} {confirmed.text}")
+        return str(job["id"])
+
+    async def execute(self, user: str, job_id: str) -> None:
+        response = await self.http.post(f"/jobs/{job_id}/execute", headers=self.auth(user))
+        if response.status_code != 202:
+            raise RuntimeError(f"execute: {response.status_code} {response.text}")
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+@dataclass(slots=True)
+class Run:
+    jobs: int
+    items: int
+    seconds: float
+    cpu: dict[str, float]
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+
+class CpuMeter:
+    """CPU seconds of the API and worker process trees and of Redis over a stretch."""
+
+    def __init__(self, api: Any, workers: list[Any], redis: Any) -> None:
+        self.api, self.workers, self.redis = api, workers, redis
+
+    async def read(self) -> dict[str, float]:
+        from bench.stack import process_cpu
+
+        info = await self.redis.info("cpu")
+        return {"api": sum(process_cpu(p) for p in self.api.pids()),
+                # Work-horses come and go: a finished one's CPU is in its worker's
+                # cutime/cstime (the worker waits for it); none runs at either reading.
+                "workers": sum(process_cpu(w.pid, reaped_children=True)
+                               for w in self.workers if w.alive()),
+                "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"])}
+
+    @staticmethod
+    def cores(before: dict[str, float], after: dict[str, float], seconds: float
+              ) -> dict[str, float]:
+        return {k: round((after[k] - before[k]) / seconds, 2) for k in before}
+
+
+async def wait_for_workers(queue: Any, count: int) -> None:
+    from rq import Worker
+
+    deadline = time.monotonic() + 60
+    while len(await asyncio.to_thread(Worker.all, queue=queue)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} RQ workers never registered on {queue.name}")
+        await asyncio.sleep(0.1)
+
+
+async def rq_baseline(queue: Any, prefix: str, round_no: int, jobs: int, items: int,
+                      meter: CpuMeter) -> Run:
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    payload = {"job_id": "x" * 29, "batch_no": 0, "callback_url": "http://127.0.0.1/x" * 4,
+               "callback_token": "t" * 90, "lease_ttl_s": 60,
+               "items": [{"index": i, "name": f"img-{i}.png", "content_type": "image/png",
+                          "input_url": "http://127.0.0.1:1/files/in" + "x" * 150,
+                          "output_url": "http://127.0.0.1:1/files/out" + "x" * 150,
+                          "output_key": "jobs/x/out/0"} for i in range(items)]}
+    finished = FinishedJobRegistry(queue=queue)
+    failed = FailedJobRegistry(queue=queue)
+    done_before = finished.count
+    cpu = await meter.read()
+    start = time.perf_counter()
+
+    def enqueue() -> None:
+        for i in range(jobs):
+            queue.enqueue_call("bench.end_to_end.noop_task", args=(payload,),
+                               job_id=f"{prefix}-rq-{round_no}-{i}", result_ttl=600)
+
+    await asyncio.to_thread(enqueue)
+    while await asyncio.to_thread(lambda: finished.count) < done_before + jobs:
+        if await asyncio.to_thread(lambda: failed.count):
+            raise RuntimeError("an RQ baseline job failed")
+        await asyncio.sleep(0.005)
+    seconds = time.perf_counter() - start
+    return Run(jobs, jobs * items, seconds, CpuMeter.cores(cpu, await meter.read(), seconds))
+
+
+async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[str, str]],
+                       items: int, meter: CpuMeter) -> Run:
+    from service.core import TERMINAL_STATES
+
+    cpu = await meter.read()
+    start = time.perf_counter()
+    await asyncio.gather(*(client.execute(user, job_id) for user, job_id in jobs))
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _, job_id in jobs:
+                pipe.hmget(keys.job(job_id).base, "state", "done")
+            states = await pipe.execute()
+        if all(state in TERMINAL_STATES for state, _ in states):
+            break
+        await asyncio.sleep(0.005)
+    seconds = time.perf_counter() - start
+    bad = [(job_id, s) for (_, job_id), s in zip(jobs, states, strict=True)
+           if s != ["done", str(items)]]
+    if bad:
+        raise RuntimeError(f"jobs did not all end done with {items} items: {bad[:3]}")
+    return Run(len(jobs), len(jobs) * items, seconds,
+               CpuMeter.cores(cpu, await meter.read(), seconds))
+
+
+async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
+                      ) -> tuple[list[Row], Baseline, list[str]]:
+    from bench.stack import HttpServer, Service, start_all
+    from service.keys import KeySpace
+    from service.queue import make_queue
+
+    keys = KeySpace(stack.prefix, stack.settings().buckets)
+    queue = make_queue(rq_connection, stack.prefix)
+    api = HttpServer("tollgate-api", "tollgate", params.api_server, params.api_processes, stack)
+    job_ids: list[str] = []
+    rows: list[Row] = []
+    baselines: dict[int, Run] = {}
+    workers: list[Service] = []
+    await asyncio.to_thread(start_all, [api])
+    client = Client(api.url, stack.secret)
+    try:
+        total = params.jobs * len(params.workers)
+        users = [f"e2e{i}" for i in range(math.ceil(total / JOBS_PER_USER))]
+        await asyncio.gather(*(client.create_user(u) for u in users))
+        owners = [users[i // JOBS_PER_USER] for i in range(total)]
+        created = await asyncio.gather(*(client.uploaded_job(owner, params.items)
+                                         for owner in owners))
+        job_ids.extend(created)
+        pairs = list(zip(owners, created, strict=True))
+        for round_no, count in enumerate(params.workers):
+            env = stack.env(public_url=api.url, TOLLGATE_PROCESSOR=PROCESSOR)
+            workers = [Service(f"worker-{i}", [sys.executable, "-m", "service.cli", "worker",
+                                               "--queue", stack.prefix], env).start()
+                       for i in range(count)]
+            await wait_for_workers(queue, count)
+            meter = CpuMeter(api, workers, redis)
+            base = await rq_baseline(queue, stack.prefix, round_no, params.jobs, params.items,
+                                     meter)
+            mine = pairs[round_no * params.jobs:(round_no + 1) * params.jobs]
+            run = await tollgate_run(client, redis, keys, mine, params.items, meter)
+            for worker in workers:
+                await asyncio.to_thread(worker.stop, 15.0)
+            workers = []
+            baselines[count] = base
+            noun = "worker" if count == 1 else "workers"
+            print(f"  {count} {noun}: tollgate {run.jobs_per_s:.1f} jobs/s "
+                  f"{run.items_per_s:.0f} items/s in {run.seconds:.2f}s, cores {run.cpu}; "
+                  f"RQ no-op {base.jobs_per_s:.1f} jobs/s in {base.seconds:.2f}s", flush=True)
+            rows.append(Row(
+                f"tollgate, {count} {noun} ({params.items}-item jobs)", run.jobs_per_s,
+                run.jobs_per_s / base.jobs_per_s, None, {
+                    "jobs_per_s": round(run.jobs_per_s, 2),
+                    "items_per_s": round(run.items_per_s, 1),
+                    "jobs": run.jobs, "seconds": round(run.seconds, 3),
+                    "rq_jobs_per_s": round(base.jobs_per_s, 2),
+                    "rq_seconds": round(base.seconds, 3),
+                    "cores": run.cpu, "rq_cores": base.cpu,
+                }))
+    finally:
+        for worker in workers:
+            worker.stop()
+        await client.close()
+        api.stop()
+    first = baselines[params.workers[0]]
+    noun = "worker" if params.workers[0] == 1 else "workers"
+    baseline = Baseline(
+        f"RQ alone: no-op jobs, same workers (shown: {params.workers[0]} {noun})",
+        first.jobs_per_s,
+        {"jobs_per_s": round(first.jobs_per_s, 2),
+         "rq_jobs_per_s_by_workers": {str(k): round(v.jobs_per_s, 2)
+                                      for k, v in baselines.items()}})
+    return rows, baseline, job_ids
+
+
+# --- the flusher and memory part --------------------------------------------------------------
+
+async def prefix_bytes(redis: Any, prefix: str) -> tuple[int, int]:
+    """(sum of MEMORY USAGE over the prefix's keys, number of keys)."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=5000)]
+    total = 0
+    for start in range(0, len(keys), 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys[start:start + 2000]:
+                pipe.memory_usage(key, samples=0)
+            total += sum(size or 0 for size in await pipe.execute())
+    return total, len(keys)
+
+
+async def flusher_part(params: Params, stack: Any, redis: Any
+                       ) -> tuple[Result | None, dict[str, Any]]:
+    from sqlalchemy import text
+
+    from bench.redis_side import ScriptRecorder, load_scripts_into, replay
+    from service.core import Core
+    from service.db.engine import make_engine, make_session_factory
+    from service.db.history import insert_ledger, job_row_from_redis, upsert_jobs
+    from service.jobs import output_key
+    from service.keys import KeySpace
+    from service.plans import PLANS
+    from workers.flusher import flush_once
+
+    prefix = stack.prefix + "f"
+    settings = stack.settings(key_prefix=prefix, flush_delay=0)
+    keys = KeySpace(prefix, settings.buckets)
+    core = Core(redis, keys)
+    recorder = ScriptRecorder()
+    scribe = Core(recorder, keys)
+    await load_scripts_into(redis, list(core.scripts.values()))
+
+    async def send() -> None:
+        await replay(redis, recorder.take())
+
+    count = params.flush_jobs
+    users = [f"fl{i}" for i in range(math.ceil(count / JOBS_PER_USER))]
+    for user in users:
+        await scribe.ensure_user(user, PLANS["pro"], CREDITS)
+    await send()
+    # The signup grants sit in the bucket ledgers too: flush them first, off the clock, so
+    # the measured ledger rows are the jobs' own charges.
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        while (await flush_once(core, sessions, settings)).ledger_entries:
+            pass
+        memory: dict[str, Any] = {}
+        empty, _ = await prefix_bytes(redis, prefix)
+        meta = '[' + ",".join(f'{{"name":"img-{i}.png","content_type":"image/png",'
+                              f'"size":1024}}' for i in range(params.items)) + ']'
+        owners = [users[i // JOBS_PER_USER] for i in range(count)]
+        jobs = [(owner, keys.new_job_id(owner)) for owner in owners]
+
+        async def stage(name: str) -> None:
+            size, key_count = await prefix_bytes(redis, prefix)
+            memory[name] = {"bytes_per_job": round((size - empty) / count),
+                            "keys": key_count}
+
+        for owner, job_id in jobs:
+            await scribe.reserve(job_id=job_id, user_id=owner, total=params.items, price=1,
+                                 hold_ttl_ms=86_400_000, meta_json=meta)
+        await send()
+        await stage("created (reserved, uploads pending)")
+        for from_state, to_state in (("created", "uploaded"), ("uploaded", "queued")):
+            for owner, job_id in jobs:
+                await scribe.transition(job_id, from_state, to_state, owner=owner)
+            await send()
+        await stage("queued")
+        for owner, job_id in jobs:
+            await scribe.transition(job_id, "queued", "running", owner=owner,
+                                    lease_ms=86_400_000)
+        await send()
+        half = params.items // 2
+
+        async def report_items(indexes: range) -> None:
+            for owner, job_id in jobs:
+                for index in indexes:
+                    await scribe.item_result(
+                        job_id, owner, callback_key=f"{job_id}:item:{index}", index=index,
+                        ok=True, detail=output_key(job_id, index), lease_ms=86_400_000,
+                        flush_delay_ms=0)
+            await send()
+
+        await report_items(range(half))
+        await stage(f"running, {half} of {params.items} items done")
+        await report_items(range(half, params.items))
+        await stage(f"finished ({params.items} of {params.items} done), not yet flushed")
+
+        # Baseline: the same rows, built from the same records, one transaction per bucket.
+        by_bucket: dict[int, list[str]] = {}
+        for _, job_id in jobs:
+            by_bucket.setdefault(keys.bucket_of_job(job_id) or 0, []).append(job_id)
+        batches: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+        import json
+
+        for bucket, ids in by_bucket.items():
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    job = keys.job(job_id)
+                    assert job is not None
+                    pipe.hgetall(job.base)
+                    pipe.hgetall(job.items)
+                    pipe.get(job.meta)
+                pipe.lrange(keys.bucket(bucket).ledger, 0, -1)
+                replies = await pipe.execute()
+            rows = [job_row_from_redis(replies[i], replies[i + 1], replies[i + 2] or "")
+                    for i in range(0, len(replies) - 1, 3)]
+            batches.append((rows, [json.loads(raw) for raw in replies[-1]]))
+        sql_start = time.perf_counter()
+        for rows, entries in batches:
+            async with sessions() as session, session.begin():
+                await upsert_jobs(session, rows)
+                await insert_ledger(session, entries)
+        sql_seconds = time.perf_counter() - sql_start
+        sql_jobs = sum(len(rows) for rows, _ in batches)
+        sql_ledger = sum(len(entries) for _, entries in batches)
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM jobs_log"))
+            await conn.execute(text("DELETE FROM credit_ledger"))
+
+        # Passes until one finds nothing; the clock stops after the last pass that wrote.
+        flushed = ledger = passes = 0
+        start = time.perf_counter()
+        seconds = 0.0
+        while True:
+            stats = await flush_once(core, sessions, settings)
+            if not stats.flushed_jobs and not stats.ledger_entries:
+                break
+            seconds = time.perf_counter() - start
+            passes += 1
+            flushed += stats.flushed_jobs
+            ledger += stats.ledger_entries
+        await stage("after the flush")
+        async with engine.connect() as conn:
+            in_sql = (await conn.execute(text("SELECT count(*) FROM jobs_log"))).scalar_one()
+            ledger_rows = (await conn.execute(
+                text("SELECT count(*) FROM credit_ledger"))).scalar_one()
+        if flushed != count or in_sql != count or ledger_rows != ledger:
+            raise RuntimeError(f"flushed {flushed} jobs ({in_sql} in SQL) of {count}; "
+                               f"{ledger} ledger entries ({ledger_rows} in SQL)")
+    finally:
+        await engine.dispose()
+    ratio = sql_seconds / seconds
+    extra = {"jobs": flushed, "ledger_entries": ledger, "seconds": round(seconds, 3),
+             "passes": passes, "buckets": settings.buckets, "flush_batch": settings.flush_batch}
+    result = Result(
+        name="flusher",
+        title=(f"Flusher: rows/s into PostgreSQL from {count} finished {params.items}-item jobs "
+               "on Redis, ratio to writing the same rows with SQL alone"),
+        machine={}, params={"jobs": count, "items": params.items},
+        baseline=Baseline("SQL alone: jobs_log rows, same rows and transactions",
+                          sql_jobs / sql_seconds,
+                          {"jobs": sql_jobs, "ledger_entries": sql_ledger,
+                           "ledger_rows_per_s": round(sql_ledger / sql_seconds, 1),
+                           "seconds": round(sql_seconds, 3)}),
+        rows=[Row("flush_once: jobs_log rows", flushed / seconds, ratio, None, extra),
+              Row("flush_once: credit_ledger rows", ledger / seconds, ratio, None, extra)],
+    )
+    return result, memory
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+async def cleanup_rq(rq_connection: Any, prefix: str, job_ids: list[str]) -> None:
+    """RQ's keys of this run: the queue's, the baseline jobs' (named after the prefix) and
+    tollgate's batches (rq ids tg-<job id>-<n>)."""
+    wanted = {prefix, *job_ids}
+
+    def sweep() -> None:
+        batch = []
+        for key in rq_connection.scan_iter(match="rq:*", count=5000):
+            text = key.decode() if isinstance(key, bytes) else key
+            if prefix in text or any(job_id in text for job_id in wanted):
+                batch.append(key)
+        if batch:
+            rq_connection.delete(*batch)
+        rq_connection.srem("rq:queues", f"rq:queue:{prefix}")
+
+    await asyncio.to_thread(sweep)
+
+
+async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
+    import redis as sync_redis
+    from redis.asyncio import Redis
+
+    from bench.redis_side import redis_facts
+    from bench.stack import Database, Stack, delete_run_keys
+
+    quick: bool = args.quick
+    params = Params(
+        workers=tuple(int(x) for x in (args.workers or ("1,2" if quick else "1,2,4")).split(",")),
+        jobs=args.jobs or (4 if quick else 24),
+        items=args.items,
+        api_server=args.api_server,
+        api_processes=args.api_processes,
+        flush_jobs=args.flush_jobs or (200 if quick else 3000),
+    )
+    prefix = args.prefix or fresh_prefix()
+    database = Database(args.postgres_dsn)
+    stack = Stack(args.redis_url, database, prefix)
+    redis = Redis.from_url(args.redis_url, decode_responses=True)
+    rq_connection = sync_redis.Redis.from_url(args.redis_url)
+    job_ids: list[str] = []
+    try:
+        facts = await redis_facts(redis)
+        await asyncio.to_thread(database.create)
+        print(f"database {database.name} (dropped at the end), key prefix {prefix}", flush=True)
+        await asyncio.to_thread(stack.migrate)
+        pg_version = await asyncio.to_thread(database.server_version)
+        print("workers:", flush=True)
+        rows, baseline, job_ids = await worker_part(params, stack, redis, rq_connection)
+        print("flusher and memory:", flush=True)
+        flusher, memory = await flusher_part(params, stack, redis)
+    finally:
+        await delete_run_keys(args.redis_url, prefix)
+        await delete_run_keys(args.redis_url, prefix + "f")
+        await cleanup_rq(rq_connection, prefix, job_ids)
+        rq_connection.close()
+        await redis.aclose()
+        await asyncio.to_thread(database.drop)
+        stack.remove_storage()
+
+    machine = machine_info(**facts, postgres_server=pg_version)
+    workers_result = Result(
+        name=NAME,
+        title=(f"End to end: jobs/s with the no-op processor, {params.jobs} jobs of "
+               f"{params.items} items, API on {params.api_server} x{params.api_processes}; "
+               "ratio to RQ alone running as many no-op jobs on the same workers"),
+        machine=machine,
+        params={**asdict(params), "processor": PROCESSOR,
+                "redis_memory_per_job": memory},
+        baseline=baseline, rows=rows, quick=quick,
+    )
+    assert flusher is not None
+    flusher.machine = machine
+    flusher.quick = quick
+    return [
+        (workers_result, [("jobs_per_s", "jobs/s"), ("items_per_s", "items/s"),
+                          ("seconds", "s"),
+                          ("rq_jobs_per_s", "RQ jobs/s (same workers)"),
+                          ("cores", "cores (API, workers, Redis)")]),
+        (flusher, [("jobs", "jobs"), ("ledger_entries", "ledger rows"), ("seconds", "s"),
+                   ("passes", "passes")]),
+    ]
+
+
+def memory_table(memory: dict[str, Any], items: int) -> str:
+    lines = [f"## Redis memory per {items}-item job (sum of MEMORY USAGE over the run's keys)",
+             "", "| state | bytes per job | keys of the prefix |", "|---|---:|---:|"]
+    for state, value in memory.items():
+        lines.append(f"| {state} | {value['bytes_per_job']:,} | {value['keys']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)  # unwind through the cleanup, as Ctrl-C does
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else NAME)
+    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
+    parser.add_argument("--workers", default=None, help="default 1,2,4 (1,2 with --quick)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="jobs per worker count; default 24 (4 with --quick)")
+    parser.add_argument("--items", type=int, default=8)
+    parser.add_argument("--api-server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--flush-jobs", type=int, default=0,
+                        help="finished jobs to flush; default 3000 (200 with --quick)")
+    args = parser.parse_args(argv)
+    from bench.common import run
+
+    started = time.monotonic()
+    outputs = run(main_async(args))
+    for result, columns in outputs:
+        print()
+        report(result, args.out, columns)
+    print()
+    print(memory_table(outputs[0][0].params["redis_memory_per_job"], args.items))
+    print(f"\n{time.monotonic() - started:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
