@@ -20,10 +20,29 @@ BUCKETS = 16
 RACE_CONNECTIONS = 50
 
 
+_COMMAND_TABLE: dict[str, Any] = {}
+
+
 def cluster_client(cluster_url: str, **kwargs: Any) -> RedisCluster:
-    return RedisCluster.from_url(
+    client = RedisCluster.from_url(
         "redis://" + cluster_url.removeprefix("redis+cluster://"), decode_responses=True, **kwargs
     )
+    # Every new RedisCluster parses the server's whole COMMAND table (~10k reply elements),
+    # which cost more than most tests themselves; the table cannot change within a session.
+    parser = client.commands_parser
+    fetch_table = parser.initialize
+
+    async def initialize(node: Any = None) -> None:
+        if not _COMMAND_TABLE:
+            await fetch_table(node)
+            _COMMAND_TABLE.update(parser.commands)
+            return
+        if node:
+            parser.node = node
+        parser.commands = dict(_COMMAND_TABLE)
+
+    parser.initialize = initialize
+    return client
 
 
 async def delete_prefix(client: Any, prefix: str) -> None:
