@@ -386,3 +386,28 @@ def test_flush_stats_add_up_and_read_well() -> None:
     assert total.saturated and total
     assert not FlushStats(saturated=True)
     assert "2 jobs and 3 ledger entries flushed" in str(total)
+
+
+@pytest.mark.cluster
+async def test_the_flusher_runs_on_redis_cluster(
+    cluster_url: str, key_prefix: str, sessions: Sessions, database_url: str
+) -> None:
+    from service.keys import KeySpace
+    from service.redis_clients import state_redis
+
+    settings = settings_for(key_prefix, redis_url=cluster_url)
+    client = state_redis(settings)
+    try:
+        core = Core(client, KeySpace(key_prefix, BUCKETS))
+        await three_finished_jobs(core)
+        expiring = await new_job(core, "bob", hold_ttl_ms=1)
+        await asyncio.sleep(0.01)
+        first = await flush_once(core, sessions, settings)
+        second = await flush_once(core, sessions, settings)
+        assert (first.flushed_jobs, first.expired_holds, second.flushed_jobs) == (3, 1, 1)
+        assert await sql_counts(sessions) == (4, EXPECTED_LEDGER + 1)
+        assert not await core.job_record(expiring)
+    finally:
+        async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+            await client.delete(key)
+        await client.aclose()
