@@ -41,7 +41,7 @@ def cluster_client(cluster_url: str, **kwargs: Any) -> RedisCluster:
             parser.node = node
         parser.commands = dict(_COMMAND_TABLE)
 
-    parser.initialize = initialize
+    parser.initialize = initialize  # type: ignore[method-assign]
     return client
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.codes import BadArgument, ConcurrencyLimit, InsufficientCredits, NotFound
-from service.core import Code, Core
+from service.codes import BadArgument, Code, ConcurrencyLimit, InsufficientCredits, NotFound
+from service.core import Core
 from service.plans import PLANS, Plan
 from tests.core.job_setup import new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import pytest
 
-from service.codes import TollgateError
-from service.core import Code, Core, JobProgress
+from service.codes import Code, TollgateError
+from service.core import Core, JobProgress
 from service.plans import PLANS, Plan
 from tests.core.conftest import RACE_CONNECTIONS
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, new_job, new_user, report
@@ -21,14 +21,14 @@ CALLS = 250
 BULK = Plan("bulk", rule_slots=20, concurrency=100_000)
 
 
-async def race(calls: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
+async def race(calls: Iterable[Awaitable[Any]]) -> list[Any]:
     """Runs every call at once, RACE_CONNECTIONS in flight; refusals come back as errors."""
     gate = asyncio.Semaphore(RACE_CONNECTIONS)
 
-    async def one(call: Callable[[], Awaitable[Any]]) -> Any:
+    async def one(call: Awaitable[Any]) -> Any:
         async with gate:
             try:
-                return await call()
+                return await call
             except TollgateError as refusal:
                 return refusal
 
@@ -46,9 +46,9 @@ def outcomes(results: list[Any]) -> Counter[str]:
     return Counter(name(result) for result in results)
 
 
-def reserve_call(core: Core, user: str, job_id: str, **extra: Any) -> Callable[[], Awaitable[Any]]:
-    return lambda: core.reserve(job_id=job_id, user_id=user, total=2, price=5,
-                                hold_ttl_ms=HOLD_MS, meta_json="{}", **extra)
+def reserve_call(core: Core, user: str, job_id: str, **extra: Any) -> Awaitable[Any]:
+    return core.reserve(job_id=job_id, user_id=user, total=2, price=5, hold_ttl_ms=HOLD_MS,
+                        meta_json="{}", **extra)
 
 
 async def test_concurrent_reserves_succeed_exactly_as_often_as_credits_allow(
@@ -97,7 +97,7 @@ async def test_concurrent_rule_slot_takes_fill_exactly_the_plans_slots(
     core = race_core
     user = await new_user(core, "ann", plan=plan)
     results = await race(
-        (lambda n=n: core.rule_slot_take(user, f"rule-{n}")) for n in range(CALLS)
+        core.rule_slot_take(user, f"rule-{n}") for n in range(CALLS)
     )
     limit = PLANS[plan].rule_slots
     assert outcomes(results) == {"ok": limit, "rule_slots_exhausted": CALLS - limit}
@@ -107,7 +107,7 @@ async def test_concurrent_rule_slot_takes_fill_exactly_the_plans_slots(
 async def test_concurrent_takes_of_one_rule_take_one_slot(race_core: Core) -> None:
     core = race_core
     user = await new_user(core, "ann", plan="free")
-    results = await race(lambda: core.rule_slot_take(user, "rule") for _ in range(CALLS))
+    results = await race(core.rule_slot_take(user, "rule") for _ in range(CALLS))
     assert outcomes(results) == {"ok": 1, "already": CALLS - 1}
     assert await core.client.smembers(core.keys.user(user).rules) == {"rule"}
 
@@ -120,8 +120,7 @@ async def test_concurrent_reports_of_one_item_count_it_once(
     user = await new_user(core, "ann")
     job_id = await new_job(core, user, total=3, state="queued")
     results = await race(
-        (lambda n=n: report(core, job_id, user, 0, key="k" if same_key else f"k{n}"))
-        for n in range(CALLS)
+        report(core, job_id, user, 0, key="k" if same_key else f"k{n}") for n in range(CALLS)
     )
     assert outcomes(results) == {"ok": 1, "duplicate": CALLS - 1}
     job = await core.job_record(job_id)
@@ -137,7 +136,7 @@ async def test_concurrent_reports_of_every_item_finish_and_settle_the_job_once(
     user = await new_user(core, "ann", credits=10 * total)
     job_id = await new_job(core, user, total=total, price=10, state="queued")
     calls = [
-        (lambda i=i, r=r: report(core, job_id, user, i, ok=i % 4 != 0, key=f"k{i}-{r}"))
+        report(core, job_id, user, i, ok=i % 4 != 0, key=f"k{i}-{r}")
         for i in range(total) for r in range(2)
     ]
     results = await race(calls)
@@ -161,10 +160,10 @@ async def test_a_cancel_racing_the_last_items_settles_the_job_exactly_once(
     core = race_core
     user = await new_user(core, "ann", credits=10_000, plan=BULK)
     jobs = [await new_job(core, user, total=4, price=10, state="running") for _ in range(20)]
-    calls: list[Callable[[], Awaitable[Any]]] = []
+    calls: list[Awaitable[Any]] = []
     for job_id in jobs:
-        calls += [(lambda j=job_id, i=i: report(core, j, user, i)) for i in range(4)]
-        calls.append(lambda j=job_id: core.cancel(j, user, reason="user", flush_delay_ms=FLUSH_MS))
+        calls += [report(core, job_id, user, i) for i in range(4)]
+        calls.append(core.cancel(job_id, user, reason="user", flush_delay_ms=FLUSH_MS))
     await race(calls)
     await assert_balanced(core, user, jobs)
     for job_id in jobs:

@@ -8,12 +8,13 @@ import pytest
 
 from service.codes import (
     BadArgument,
+    Code,
     ConcurrencyLimit,
     IdempotencyKeyReused,
     InsufficientCredits,
     NotFound,
 )
-from service.core import Code, Core
+from service.core import Core
 from service.plans import PLANS
 from tests.core.job_setup import HOLD_MS, new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, money, snapshot

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.codes import NotFound, RuleSlotsExhausted
-from service.core import Code, Core
+from service.codes import Code, NotFound, RuleSlotsExhausted
+from service.core import Core
 from service.plans import PLANS
 from tests.core.job_setup import new_user
 from tests.core.redis_state import snapshot

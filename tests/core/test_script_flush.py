@@ -8,7 +8,8 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from service.core import Code, Core
+from service.codes import Code
+from service.core import Core
 from service.plans import PLANS
 from service.scripts import Script
 from tests.core.job_setup import FLUSH_MS, HOLD_MS

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from service.codes import BadArgument, InvalidTransition, NotFound
-from service.core import Code, Core, JobProgress
+from service.codes import BadArgument, Code, InvalidTransition, NotFound
+from service.core import Core, JobProgress
 from tests.core.job_setup import FLUSH_MS, new_job, new_user, report
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 

@@ -201,7 +201,9 @@ class CoreMachine(RuleBasedStateMachine):
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
                 user = keys.user(user_id)
-                pipe.hgetall(user.base).smembers(user.active).smembers(user.rules)
+                pipe.hgetall(user.base)
+                pipe.smembers(user.active)
+                pipe.smembers(user.rules)
             for job_id in job_ids:
                 pipe.hgetall(self.core.job_keys(job_id).base)
             for bucket in range(keys.buckets):
@@ -259,7 +261,7 @@ def test_core_scripts_match_the_model_on_real_redis(redis_url: str) -> None:
         pass
 
     Machine.redis_url = redis_url
-    run_state_machine_as_test(Machine, settings=settings(
+    run_state_machine_as_test(Machine, settings=settings(  # type: ignore[no-untyped-call]
         max_examples=50, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     ))

@@ -7,8 +7,8 @@ import json
 import pytest
 from redis.exceptions import ResponseError
 
-from service.codes import BadArgument, InvalidTransition, NotFound
-from service.core import Code, Core
+from service.codes import BadArgument, Code, InvalidTransition, NotFound
+from service.core import Core
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, LEASE_MS, new_job, new_user, report
 from tests.core.redis_state import snapshot
 
@@ -131,6 +131,21 @@ async def test_flush_done_deletes_a_finished_job_and_its_indexes(core: Core) -> 
     # The user and the ledger stay: only the job's own records go.
     assert (await core.user_record(user))["spent"] == "10"
     assert await core.client.llen(keys.bucket.ledger) > 0
+
+
+async def test_calls_for_a_flushed_job_find_nothing(core: Core) -> None:
+    user = await new_user(core, "ann")
+    job_id = await new_job(core, user, total=2, state="running")
+    await core.cancel(job_id, user, reason="user", flush_delay_ms=FLUSH_MS)
+    await core.flush_done(job_id, user)
+    before = await snapshot(core.client, core.keys.prefix)
+    with pytest.raises(NotFound):
+        await report(core, job_id, user, 1)
+    with pytest.raises(NotFound):
+        await core.cancel(job_id, user, reason="again", flush_delay_ms=FLUSH_MS)
+    with pytest.raises(NotFound):
+        await core.transition(job_id, "queued", "running")
+    assert await snapshot(core.client, core.keys.prefix) == before
 
 
 async def test_flush_done_again_answers_already(core: Core) -> None:

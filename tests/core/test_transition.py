@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.codes import BadArgument, InvalidTransition, NotFound
-from service.core import Code, Core
+from service.codes import BadArgument, Code, InvalidTransition, NotFound
+from service.core import Core
 from tests.core.job_setup import LEASE_MS, new_job, new_user
 from tests.core.redis_state import snapshot
 
