@@ -90,17 +90,20 @@ def server_core(server_backend: str, request: pytest.FixtureRequest, key_prefix:
 async def race_core(
     server_backend: str, request: pytest.FixtureRequest, key_prefix: str
 ) -> AsyncIterator[Core]:
-    """A Core whose client spreads concurrent calls over RACE_CONNECTIONS connections."""
+    """A Core whose client spreads concurrent calls over RACE_CONNECTIONS connections, each
+    named after the key prefix so a test can count them in CLIENT LIST."""
     client: Any
     if server_backend == "real":
         url = request.getfixturevalue("redis_url")
         pool = BlockingConnectionPool.from_url(
-            url, decode_responses=True, max_connections=RACE_CONNECTIONS, timeout=30
+            url, decode_responses=True, max_connections=RACE_CONNECTIONS, timeout=30,
+            client_name=key_prefix,
         )
         client = Redis(connection_pool=pool)
     else:
         client = cluster_client(
-            request.getfixturevalue("cluster_url"), max_connections=RACE_CONNECTIONS
+            request.getfixturevalue("cluster_url"), max_connections=RACE_CONNECTIONS,
+            client_name=key_prefix,
         )
     yield Core(client, KeySpace(key_prefix, BUCKETS))
     await delete_prefix(client, key_prefix)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from service.codes import Code, TollgateError
 from service.core import Core, JobProgress
@@ -35,6 +36,18 @@ async def race(calls: Iterable[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*(one(call) for call in calls))
 
 
+async def connections_open(core: Core) -> int:
+    """This test's connections, on whichever server or cluster node holds them."""
+    if isinstance(core.client, RedisCluster):
+        per_node = await core.client.execute_command(
+            "CLIENT LIST", target_nodes=RedisCluster.ALL_NODES
+        )
+        clients = [c for listed in per_node.values() for c in listed]
+    else:
+        clients = await core.client.client_list()
+    return sum(1 for c in clients if c["name"] == core.keys.prefix)
+
+
 def outcomes(results: list[Any]) -> Counter[str]:
     def name(result: Any) -> str:
         if isinstance(result, TollgateError):
@@ -59,6 +72,8 @@ async def test_concurrent_reserves_succeed_exactly_as_often_as_credits_allow(
     jobs = [core.keys.new_job_id(user) for _ in range(CALLS)]
     results = await race(reserve_call(core, user, job_id) for job_id in jobs)
     assert outcomes(results) == {"ok": 37, "insufficient_credits": CALLS - 37}
+    # The race really ran over many connections, not one after another on a single one.
+    assert await connections_open(core) > RACE_CONNECTIONS // 2
     assert await assert_balanced(core, user, jobs) == money(5, 370, 0, 375)
     assert await core.client.scard(core.keys.user(user).active) == 37
 
