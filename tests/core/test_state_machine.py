@@ -224,7 +224,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert (job["state"], done, failed) == (expected.state, expected.done, expected.failed)
             if job_id in self.terminal:
                 assert job["state"] == self.terminal[job_id], "a terminal state changed"
-            elif job["state"] in TERMINAL:
+            if job["state"] in TERMINAL:
                 self.terminal[job_id] = job["state"]
                 assert (int(job["charged"]), int(job["refunded"])) == (
                     expected.charged, expected.refunded
