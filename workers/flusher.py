@@ -250,12 +250,16 @@ async def flush_once(
     return stats
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
+def _stop_on_signals(stop: asyncio.Event) -> list[signal.Signals]:
+    """SIGTERM/SIGINT end the loop after the current pass; returns the signals taken over."""
     loop = asyncio.get_running_loop()
+    taken = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Outside the main thread (e.g. inside `tollgate dev`) the caller stops us instead.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+            taken.append(sig)
+    return taken
 
 
 async def run_flusher(
@@ -271,13 +275,20 @@ async def run_flusher(
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    signals = _stop_on_signals(stop)
     totals = FlushStats()
     print(f"flusher: {settings.buckets} buckets, every {settings.flusher_interval}s"
           + (" (one pass)" if once else ""), flush=True)
     try:
         while not stop.is_set():
-            stats = await flush_once(core, sessions, settings, requeue=requeue)
+            try:
+                stats = await flush_once(core, sessions, settings, requeue=requeue)
+            except Exception:
+                if once:
+                    raise
+                # Redis or SQL away for a moment: every step is redoable, so try again.
+                log.exception("flusher pass failed; retrying in %ss", settings.flusher_interval)
+                stats = FlushStats()
             totals.add(stats)
             if stats:
                 print(f"flusher: {stats}", flush=True)
@@ -287,6 +298,8 @@ async def run_flusher(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=settings.flusher_interval)
     finally:
+        for sig in signals:
+            asyncio.get_running_loop().remove_signal_handler(sig)
         await engine.dispose()
         await client.aclose()
     print(f"flusher: stopped; total {totals}", flush=True)

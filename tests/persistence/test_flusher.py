@@ -411,3 +411,28 @@ async def test_the_flusher_runs_on_redis_cluster(
         async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
             await client.delete(key)
         await client.aclose()
+
+
+async def test_the_flusher_loop_survives_a_failed_pass(
+    core: Core, sessions: Sessions, real_redis: Any, key_prefix: str, database_url: str,
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await three_finished_jobs(core)
+    real_flush_once = flusher.flush_once
+    stop = asyncio.Event()
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> FlushStats:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("SQL went away for a moment")
+        if calls == 3:
+            stop.set()
+        return await real_flush_once(*args, **kwargs)
+
+    monkeypatch.setattr(flusher, "flush_once", flaky)
+    settings = settings_for(key_prefix, database_url, redis_url=redis_url, flusher_interval=0.01)
+    totals = await asyncio.wait_for(run_flusher(settings, once=False, stop=stop), timeout=60)
+    assert totals.flushed_jobs == 3
+    assert await sql_counts(sessions) == (3, EXPECTED_LEDGER)
