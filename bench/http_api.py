@@ -703,7 +703,7 @@ async def main_async(args: Any) -> list[Result]:
         seconds=args.seconds or (1 if quick else 3),
         bare_seconds=args.bare_seconds or (1 if quick else 2),
         rounds=args.rounds,
-        jobs_per_phase=args.jobs or (300 if quick else 6000),
+        jobs_per_phase=args.jobs or (300 if quick else 3000),
         callbacks_per_phase=args.callbacks or (400 if quick else 10000),
         callback_items=args.callback_items or (100 if quick else 1000),
         get_jobs=40 if quick else 200,
@@ -775,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-seconds", type=int, default=0, help="default 2 (1 quick)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=0,
-                        help="POST /jobs requests per phase; default 6000 (300 quick)")
+                        help="POST /jobs requests per phase; default 3000 (300 quick)")
     parser.add_argument("--callbacks", type=int, default=0,
                         help="callbacks per phase; default 10000 (400 quick)")
     parser.add_argument("--callback-items", type=int, default=0,
