@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import mimetypes
 import secrets
 import time
 from collections.abc import Callable
@@ -181,8 +182,11 @@ async def _receive_file(
     if declared is not None and declared.isdigit() and int(declared) > max_size:
         return _problem(413, "too_large", "Upload larger than declared",
                         f"this URL accepts at most {max_size} bytes")
+    if await anyio.Path(path).is_dir():
+        return _problem(409, "key_conflict", "Key names a folder",
+                        "another object's key continues below this one")
     await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    tmp = anyio.Path(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
     received = 0
     try:
         async with await anyio.open_file(tmp, "wb") as out:
@@ -192,11 +196,19 @@ async def _receive_file(
                     return _problem(413, "too_large", "Upload larger than declared",
                                     f"this URL accepts at most {max_size} bytes")
                 await out.write(chunk)
-        await anyio.Path(tmp).replace(path)
+        await tmp.replace(path)  # atomic: a reader never sees half a file
         return None
     finally:
-        if received > max_size or await anyio.Path(tmp).exists():
-            await anyio.Path(tmp).unlink(missing_ok=True)
+        await tmp.unlink(missing_ok=True)
+
+
+def _served_type(path: Path) -> str:
+    """Images show inline; anything else (HTML, SVG, scripts) is served as opaque bytes,
+    so an uploaded file can never run as a page on the API's origin."""
+    guessed, _ = mimetypes.guess_type(path.name)
+    if guessed and guessed.startswith("image/") and guessed != "image/svg+xml":
+        return guessed
+    return "application/octet-stream"
 
 
 def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
@@ -244,7 +256,8 @@ def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
             return _bad_signature()
         if not await anyio.Path(path).is_file():
             return _problem(404, "not_found", "Not found", f"no object {key!r}")
-        return File(path, content_disposition_type="inline")
+        return File(path, content_disposition_type="inline", media_type=_served_type(path),
+                    headers={"X-Content-Type-Options": "nosniff"})
 
     return [upload_file, download_file]
 

@@ -157,6 +157,30 @@ async def test_any_type_urls_take_any_content_type_but_not_more_bytes(
     assert response.status_code == 403  # a typed URL cannot be turned into an any-type one
 
 
+@pytest.mark.parametrize(("name", "served_as"), [
+    ("thumb.png", "image/png"), ("page.html", "application/octet-stream"),
+    ("logo.svg", "application/octet-stream"), ("0", "application/octet-stream"),
+])
+async def test_downloads_never_serve_active_content(
+    storage: LocalStorage, client: AsyncTestClient[Litestar], name: str, served_as: str
+) -> None:
+    await storage.write(f"jobs/j1/out/{name}", b"<script>alert(1)</script>")
+    response = await client.get(path_of(storage.presign_download(f"jobs/j1/out/{name}", 600)))
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == served_as
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_upload_onto_a_folder_key_is_409(
+    storage: LocalStorage, client: AsyncTestClient[Litestar]
+) -> None:
+    await storage.write("jobs/j1/in/0", b"x")
+    upload = storage.presign_upload("jobs/j1/in", "image/png", 8, 600)
+    response = await client.put(path_of(upload.url), content=b"1", headers=upload.headers)
+    assert response.status_code == 409
+    assert response.json()["code"] == "key_conflict"
+
+
 async def test_download_of_a_missing_object_is_404(
     storage: LocalStorage, client: AsyncTestClient[Litestar]
 ) -> None:
