@@ -561,7 +561,7 @@ def server_result(run: ServerRun, params: Params, machine: dict[str, Any], quick
         extra = phase_extra(phases)
         extra["round_ratios"] = [round(r, 3) for r in ratios]
         extra["server_cpu_ratio"] = round(median(cpu_ratios), 3) if cpu_ratios else None
-        extra["ran_out_of_requests"] = any(p.run.issued >= 1 and p.run.fillers for p in phases)
+        extra["used_up_request_list"] = any(p.run.fillers > 0 for p in phases)
         rows.append(Row(LABELS[op], median([p.ops_per_s for p in phases]), median(ratios),
                         TARGETS.get(op), extra))
     bare_extra = phase_extra(bare)

@@ -70,9 +70,19 @@ def processes_with_prefix(prefix: str) -> list[str]:
     return found
 
 
+async def rq_jobs_from_queue(client: Any, queue: str) -> list[str]:
+    """RQ job hashes whose origin is the queue (tollgate's batch ids do not name it)."""
+    found = []
+    for key in await keys_matching(client, "rq:job:*"):
+        if await client.type(key) == "hash" and await client.hget(key, "origin") == queue:
+            found.append(key)
+    return found
+
+
 async def assert_nothing_left(client: Any, prefix: str, admin_dsn: str, output: str) -> None:
     assert await keys_matching(client, f"{prefix}*") == []
     assert await keys_matching(client, f"rq:*{prefix}*") == []
+    assert await rq_jobs_from_queue(client, prefix) == []
     assert not await database_exists(admin_dsn, database_of(output))
     assert processes_with_prefix(prefix) == []
 
