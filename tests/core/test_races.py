@@ -189,3 +189,20 @@ async def test_a_cancel_racing_the_last_items_settles_the_job_exactly_once(
         assert sum(e["amount"] for e in entries) == -int(job["charged"]) + int(job["refunded"])
         assert len({e["id"] for e in entries}) == len(entries)
     assert await core.client.scard(core.keys.user(user).active) == 0
+
+
+async def test_concurrent_grants_under_one_op_id_apply_once(race_core: Core) -> None:
+    core = race_core
+    user = await new_user(core, "ann", credits=0)
+    results = await race(core.grant(user, "op", 7, "promo") for _ in range(CALLS))
+    assert outcomes(results) == {"ok": 1, "already": CALLS - 1}
+    assert await balance(core, user) == money(7, 0, 0, 7)
+
+
+async def test_concurrent_removals_never_take_available_below_zero(race_core: Core) -> None:
+    core = race_core
+    user = await new_user(core, "ann", credits=100)
+    results = await race(core.grant(user, f"op-{n}", -1, "chargeback") for n in range(CALLS))
+    assert outcomes(results) == {"ok": 100, "insufficient_credits": CALLS - 100}
+    assert await balance(core, user) == money(0, 0, 0, 0)
+    assert len([e for e in await ledger(core, user) if e["kind"] == "grant"]) == 101
