@@ -156,3 +156,36 @@ async def test_end_to_end_runs_real_workers_the_flusher_and_measures_memory(
     assert ledger_row["label"] == "flush_once: credit_ledger rows"
     assert "Redis memory per 8-item job" in output
     await assert_nothing_left(real_redis, key_prefix, postgres_admin_dsn, output)
+
+
+def test_profile_gives_each_sample_to_its_innermost_layer(tmp_path: Path) -> None:
+    from bench.http_profile import OTHER, attribute
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "run (uvicorn/main.py:1);handle (litestar/routes/http.py:2);"
+        "create_job (service/jobs.py:3);execute (redis/asyncio/client.py:4) 7\n"
+        "run (uvicorn/main.py:1);handle (litestar/routes/http.py:2);"
+        "create_job (service/jobs.py:3) 2\n"
+        "run (uvicorn/main.py:1);authenticate (litestar/security/jwt/middleware.py:5);"
+        "decode (jwt/api_jwt.py:6) 3\n"
+        "<native> 1\n")
+    assert attribute(raw) == {"redis-py client": 7, "tollgate code (service/)": 2,
+                              "JWT decode (PyJWT)": 3, OTHER: 1}
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_http_profile_attributes_server_cpu_per_request(
+    wrk: str, redis_url: str, postgres_admin_dsn: str, real_redis: Any, key_prefix: str,
+) -> None:
+    if shutil.which("py-spy") is None:
+        pytest.skip("SKIPPED: py-spy is not installed (pip install py-spy)")
+    output = await run_script("http_profile", "--redis-url", redis_url, "--prefix", key_prefix,
+                              "--postgres-dsn", postgres_admin_dsn, "--ops", "bare,callback")
+
+    table = [line for line in output.splitlines() if line.startswith("| ")]
+    assert table[0] == "| layer | bare | callback |"
+    assert any(line.startswith("| redis-py client | 0 |") for line in table)
+    assert table[-1].startswith("| **total (measured)** |")
+    await assert_nothing_left(real_redis, key_prefix, postgres_admin_dsn, output)
