@@ -22,10 +22,9 @@ from service.routes.health import health, ready
 from service.routes.jobs import JobsController
 from service.routes.me import get_me
 from service.routes.rules import RulesController
-from service.runtime import Runtime, open_runtime
+from service.runtime import open_runtime
 from service.settings import Settings, get_settings
 from service.storage import LocalStorage, local_file_routes, make_storage
-from service.users import provision_user
 
 log = logging.getLogger("tollgate")
 
@@ -42,13 +41,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "TOLLGATE_JWT_SECRET is not set: set it, or use `tollgate dev`, which makes one"
         )
     secret = secret or ""
-    state: dict[str, Runtime] = {}
-
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = await open_runtime(settings, secret)
         app.state.runtime = runtime
-        state["runtime"] = runtime
         log.info("tollgate ready: redis=%s database=%s storage=%s",
                  "embedded fakeredis" if settings.embedded_redis else "external",
                  settings.database_url.split("@")[-1],
@@ -58,10 +54,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await runtime.close()
 
-    async def provision(user_id: str) -> None:
-        await provision_user(state["runtime"], user_id)
-
-    jwt_auth = make_jwt_auth(settings, secret, provision)
+    jwt_auth = make_jwt_auth(settings, secret)
     prometheus = PrometheusConfig(app_name="tollgate", prefix="tollgate", group_path=True,
                                   exclude=["^/metrics"])
     handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,

@@ -82,15 +82,17 @@ def verify_callback_token(secret: str, job_id: str, token: str) -> str | None:
 
 
 def make_jwt_auth(
-    settings: Settings, secret: str, provision: Callable[[str], Awaitable[None]]
+    settings: Settings, secret: str, provision: Callable[[str], Awaitable[None]] | None = None
 ) -> JWTAuth[Principal, Token]:
     """JWT auth for every route but PUBLIC_PATHS; RS256 when a public key is configured."""
 
     async def retrieve_user(
         token: Token, _connection: ASGIConnection[Any, Any, Any, Any]
     ) -> Principal:
-        # A valid token for an unknown user provisions it (free plan, signup credits).
-        await provision(token.sub)
+        # A valid token for an unknown user provisions it (free plan, signup credits);
+        # without a hook the app provisions lazily, when a script finds no user.
+        if provision is not None:
+            await provision(token.sub)
         return Principal(user_id=token.sub, admin=token.extras.get("role") == "admin")
 
     if settings.jwt_public_key:

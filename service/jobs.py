@@ -20,7 +20,7 @@ from service.db.models import JobLog
 from service.queue import BatchItem, enqueue_job
 from service.runtime import Runtime
 from service.schemas import JobCreate
-from service.users import provision_user
+from service.users import as_known_user
 
 PRESIGN_IN_THREAD_ABOVE = 32
 
@@ -93,13 +93,7 @@ async def create_job(
         meta_json=json.dumps(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
         body_hash=body_hash(body), idempotency_ttl_ms=settings.idempotency_ttl * 1000,
     )
-    try:
-        code, job_id = await reserve()
-    except NotFound:
-        # Redis lost the user record (a restart without persistence): provision it again.
-        rt.provisioned.discard(user_id)
-        await provision_user(rt, user_id)
-        code, job_id = await reserve()
+    code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back
         cost = len(meta) * settings.price_per_item
         view = live_view(rt, {

@@ -19,6 +19,7 @@ from service.db.models import Rule
 from service.keys import new_sortable_id
 from service.runtime import Runtime
 from service.schemas import RuleCreate
+from service.users import as_known_user
 
 # A 'pending' row younger than this may belong to a request still in flight.
 PENDING_GRACE = timedelta(seconds=30)
@@ -73,7 +74,7 @@ async def create_rule(rt: Runtime, user_id: str, body: RuleCreate) -> dict[str, 
     async with rt.sessions() as session, session.begin():
         session.add(rule)
     try:
-        await rt.core.rule_slot_take(user_id, rule.id)
+        await as_known_user(rt, user_id, lambda: rt.core.rule_slot_take(user_id, rule.id))
     except RuleSlotsExhausted as exc:
         async with rt.sessions() as session, session.begin():
             await session.execute(delete(Rule).where(Rule.id == rule.id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -38,7 +38,6 @@ class Runtime:
     storage: Storage
     queue_connection: redis.Redis
     queue: Queue
-    provisioned: set[str] = field(default_factory=set)
 
     @property
     def callback_secret(self) -> str:

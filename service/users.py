@@ -1,19 +1,38 @@
-"""Provisioning: the first valid token of an unknown user creates it, once per process."""
+"""Provisioning: a valid token of an unknown user creates it on the free plan.
+
+Lazily: a request costs nothing extra for a known user; the scripts that need the user
+(reserve, rule_slot_take) answer not_found for an unknown one, and the caller provisions and
+retries. The SQL row is written before the Redis record, so a user Redis knows always has a
+row, even after a crash between the two.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from service.codes import NotFound
 from service.db.history import ensure_user_row
 from service.plans import DEFAULT_PLAN, PLANS
 from service.runtime import Runtime
 
+T = TypeVar("T")
+
 
 async def provision_user(rt: Runtime, user_id: str) -> None:
-    if user_id in rt.provisioned:
-        return
-    await rt.core.ensure_user(user_id, PLANS[DEFAULT_PLAN], rt.settings.signup_credits)
     async with rt.sessions() as session, session.begin():
         await ensure_user_row(session, user_id, DEFAULT_PLAN)
-    rt.provisioned.add(user_id)
+    await rt.core.ensure_user(user_id, PLANS[DEFAULT_PLAN], rt.settings.signup_credits)
+
+
+async def as_known_user(rt: Runtime, user_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Runs `call`; when it finds no such user (a first request, or a Redis that lost the
+    record), provisions the user and runs it once more."""
+    try:
+        return await call()
+    except NotFound:
+        await provision_user(rt, user_id)
+        return await call()
 
 
 async def me(rt: Runtime, user_id: str) -> dict[str, object]:
@@ -24,8 +43,6 @@ async def me(rt: Runtime, user_id: str) -> dict[str, object]:
         pipe.scard(user.rules)
         record, active, rules = await pipe.execute()
     if not record:
-        # Redis lost the user (a restart without persistence): provision again.
-        rt.provisioned.discard(user_id)
         await provision_user(rt, user_id)
         return await me(rt, user_id)
     return {

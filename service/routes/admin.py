@@ -39,12 +39,11 @@ class AdminController(Controller):
     @post("/", status_code=201)
     async def create_user(self, rt: NamedDependency[Runtime], data: JSONBody[UserCreate]
                           ) -> dict[str, Any]:
+        async with rt.sessions() as session, session.begin():  # SQL first: see service.users
+            await ensure_user_row(session, data.id, data.plan)
         created = await rt.core.ensure_user(data.id, PLANS[data.plan], data.credits)
         if not created:
             raise UserExists(f"user {data.id!r} exists already")
-        async with rt.sessions() as session, session.begin():
-            await ensure_user_row(session, data.id, data.plan)
-        rt.provisioned.add(data.id)
         return await me(rt, data.id)
 
     @patch("/{user_id:str}")
