@@ -43,10 +43,10 @@ def run_dev(*, host: str, port: int) -> int:
 
     from workers.runner import start_embedded_worker_thread
 
-    stop = threading.Event()
-    start_embedded_worker_thread(settings, settings.queue_name)
+    worker = start_embedded_worker_thread(settings, settings.queue_name)
+    # A daemon thread: it ends with the process (every flusher step is safe to cut short).
     flusher = threading.Thread(
-        target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False, stop=stop)),
+        target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False)),
         name="tollgate-flusher", daemon=True)
     flusher.start()
 
@@ -67,5 +67,5 @@ def run_dev(*, host: str, port: int) -> int:
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
-        stop.set()
+        worker.stop()
     return 0

@@ -7,6 +7,7 @@ from typing import Any
 
 import fakeredis
 import redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -39,9 +40,12 @@ def state_redis(settings: Settings) -> Any:
             decode_responses=True,
             max_connections=settings.redis_max_connections,
         )
-    return AsyncRedis.from_url(
-        url, decode_responses=True, max_connections=settings.redis_max_connections
+    # Blocking: a burst beyond the pool waits for a connection instead of failing at once
+    # with "Too many connections" (a 500 to the client).
+    pool = BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=settings.redis_max_connections, timeout=5
     )
+    return AsyncRedis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def queue_redis(settings: Settings) -> redis.Redis:
