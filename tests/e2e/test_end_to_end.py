@@ -157,3 +157,27 @@ async def test_duplicate_and_out_of_order_callbacks(api: Api) -> None:
     assert again["duplicate"] and again["status"] == "done"
     view = await job_view(api, user, job["id"])
     assert (view["charged"], view["refunded"]) == (2, 1)
+
+
+async def test_a_queued_job_lost_by_the_queue_is_enqueued_again_and_finishes(
+        api: Api, workers: Workers) -> None:
+    import redis as sync_redis
+    from rq.job import Job
+
+    from service.queue import rq_job_id
+    from service.sweep import run_flusher_with_requeue
+
+    user = api.user()
+    job = await queued_job(api, user, 2)
+    # A crash between the queued transition and the enqueue: RQ never heard of the job.
+    connection = sync_redis.Redis.from_url(api.settings.queue_redis_url or "")
+    Job.fetch(rq_job_id(job["id"], 0), connection=connection).delete()
+    connection.delete(f"rq:queue:{api.settings.queue_name}")
+    settings = api.settings.model_copy(update={"requeue_after": 1})
+    await asyncio.sleep(1.2)
+    await run_flusher_with_requeue(settings, once=True)
+    assert Job.exists(rq_job_id(job["id"], 0), connection=connection)
+    connection.close()
+    await asyncio.to_thread(workers.run_burst, PASSTHROUGH)
+    view = await job_view(api, user, job["id"])
+    assert (view["status"], view["charged"]) == ("done", 2)
