@@ -3,7 +3,7 @@ GET /jobs/{id}, each as a ratio to a bare Litestar endpoint (bench/bare_app.py) 
 same server and process count in the same run; uvicorn and granian side by side.
 
     python bench/http_api.py [--quick] [--servers granian,uvicorn] [--processes 1,2]
-                             [--connections 64] [--seconds 3] [--rounds 1]
+                             [--connections 64] [--seconds 2] [--rounds 2]
 
 What runs: for each process count, four real server subprocesses at once: `python -m
 service.cli api --server S --workers N` (tollgate, on real Redis, a fresh PostgreSQL
@@ -700,9 +700,9 @@ async def main_async(args: Any) -> list[Result]:
         processes=tuple(int(x) for x in (args.processes or ("1" if quick else "1,2")).split(",")),
         connections=args.connections,
         wrk_threads=1,
-        seconds=args.seconds or (1 if quick else 3),
-        bare_seconds=args.bare_seconds or (1 if quick else 2),
-        rounds=args.rounds,
+        seconds=args.seconds or (1 if quick else 2),
+        bare_seconds=args.bare_seconds or 1,
+        rounds=args.rounds or (1 if quick else 2),
         jobs_per_phase=args.jobs or (300 if quick else 3000),
         callbacks_per_phase=args.callbacks or (400 if quick else 10000),
         callback_items=args.callback_items or (100 if quick else 1000),
@@ -771,9 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", default=None, help="default 1,2 (1 with --quick)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=0,
-                        help="cap of an endpoint phase, whole seconds; default 3 (1 quick)")
-    parser.add_argument("--bare-seconds", type=int, default=0, help="default 2 (1 quick)")
-    parser.add_argument("--rounds", type=int, default=1)
+                        help="cap of an endpoint phase, whole seconds; default 2 (1 quick)")
+    parser.add_argument("--bare-seconds", type=int, default=0, help="default 1")
+    parser.add_argument("--rounds", type=int, default=0, help="default 2 (1 with --quick)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="POST /jobs requests per phase; default 3000 (300 quick)")
     parser.add_argument("--callbacks", type=int, default=0,
