@@ -26,8 +26,9 @@ What each phase measures (every request must answer as expected, or the run fail
                   request; users are created through POST /admin/users, each takes at most
                   its 10 concurrent jobs per phase, and between phases the benchmark cancels
                   their jobs (off the clock) so the next phase finds free slots: the create
-                  path, never a refusal. Every user has been seen by every server process
-                  before (GET /me passes), so no first-request provisioning is timed.
+                  path, never a refusal. The users exist (SQL row and Redis record) before
+                  the clock starts, so no request provisions one; a pass of GET /me per
+                  user warms every server process's connections first.
   callback        200 with "duplicate": false: item events with distinct idempotency keys
                   on queued jobs of `--callback-items` items (created through Core, off the
                   clock), consecutive requests on different jobs, as many workers would.
@@ -640,11 +641,9 @@ async def run_process_count(processes: int, params: Params, stack: Stack, fixtur
             first = next(iter(apis.values()))
             await wrk.run(first.url, fixture.admin_requests(), mode="once", expect=201,
                           marker='"plan":"pro"', seconds=120)
-        # Each server process provisions a user it has not seen (Redis script + SQL row)
-        # on that user's first request: pass over every user often enough that every
-        # process has seen each one (connections land on processes at random).
-        passes = 1 if processes == 1 else 4 * processes
-        warmup = fixture.warmup_requests(passes)
+        # The users exist already (POST /admin/users wrote their SQL row and Redis record):
+        # the pass only opens every process's Redis and SQL pools before the clock runs.
+        warmup = fixture.warmup_requests(processes)
         for api in apis.values():
             await wrk.run(api.url, warmup, mode="once", expect=200, marker='"pro"',
                           seconds=120)
