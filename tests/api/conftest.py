@@ -106,9 +106,19 @@ def real_settings(redis_url: str, postgres_url: str, s3_endpoint: str, key_prefi
         Bucket=key_prefix)
     yield settings
     connection = redis.Redis.from_url(redis_url)
-    for key in connection.scan_iter(match=f"rq:*{key_prefix}*", count=1000):
-        connection.delete(key)
+    drop_rq_queue(connection, key_prefix)
     connection.close()
+
+
+def drop_rq_queue(connection: redis.Redis, queue_name: str) -> None:
+    """Deletes a test queue and every RQ job that came from it (ids hold no queue name)."""
+    for key in connection.scan_iter(match="rq:job:tg-*", count=1000):
+        if connection.hget(key, "origin") == queue_name.encode():
+            job_id = key.decode().removeprefix("rq:job:")
+            connection.delete(key, f"rq:results:{job_id}", f"{key.decode()}:dependents")
+    for key in connection.scan_iter(match=f"rq:*{queue_name}*", count=1000):
+        connection.delete(key)
+    connection.srem("rq:queues", f"rq:queue:{queue_name}")
 
 
 @pytest.fixture

@@ -97,3 +97,16 @@ async def test_credit_grant_refusals(api: Api) -> None:
                                     json={"amount": "lots", "reason": "x"},
                                     headers={**admin, "Idempotency-Key": "k3"})
     assert not_int.status_code == 422
+
+
+async def test_a_verified_token_is_refused_once_it_expires(api: Api) -> None:
+    import asyncio
+
+    from service.auth import issue_token
+
+    token = issue_token(SECRET, api.user(), ttl_s=1)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await api.client.get("/me", headers=headers)).status_code == 200
+    assert (await api.client.get("/me", headers=headers)).status_code == 200  # from the cache
+    await asyncio.sleep(2.1)
+    assert (await api.client.get("/me", headers=headers)).status_code == 401
