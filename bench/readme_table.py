@@ -1,0 +1,53 @@
+"""Writes the latest bench/results/*.json into README.md between the bench markers.
+
+    python bench/readme_table.py          # after running the benchmarks
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+ORDER = ["lua_core", "reserve_alternatives", "http_api_granian_1p", "http_api_granian_2p",
+         "http_api_uvicorn_1p", "http_api_uvicorn_2p", "http_servers", "end_to_end", "flusher"]
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def section(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    lines = [f"**{result['title']}**", "",
+             f"<sub>{machine.get('nproc')} CPUs ({machine.get('cpu_model')}), "
+             f"{machine.get('python')}, Redis {machine.get('redis_server', '?')}, "
+             f"load avg at start {machine.get('loadavg_at_start', ['?'])[0]}, "
+             f"{result['created_at'][:16]}Z</sub>", "",
+             "| | ops/s | ratio | target |", "|---|---:|---:|---:|",
+             f"| {result['baseline']['label']} (baseline) | "
+             f"{_num(result['baseline']['ops_per_s'])} | 1.00 | |"]
+    for row in result["rows"]:
+        target = f"≥ {row['target']}" if row.get("target") else ""
+        lines.append(f"| {row['label']} | {_num(row['ops_per_s'])} | {row['ratio']:.2f} | "
+                     f"{target} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    found = {path.stem: json.loads(path.read_text()) for path in RESULTS.glob("*.json")}
+    names = [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))
+    body = "\n\n".join(section(found[name]) for name in names)
+    body += "\n\n![ratios](bench/results/ratios.png)"
+    readme = (ROOT / "README.md").read_text()
+    head, _, rest = readme.partition(START)
+    _, _, tail = rest.partition(END)
+    (ROOT / "README.md").write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    print(f"README.md: {len(names)} result tables")
+
+
+if __name__ == "__main__":
+    main()
