@@ -30,7 +30,7 @@ log = logging.getLogger("tollgate")
 
 
 class MissingSecret(RuntimeError):
-    pass
+    """Raised at start-up: without a secret no token could be checked."""
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
