@@ -116,6 +116,13 @@ def drop_rq_queue(connection: redis.Redis, queue_name: str) -> None:
         if connection.hget(key, "origin") == queue_name.encode():
             job_id = key.decode().removeprefix("rq:job:")
             connection.delete(key, f"rq:results:{job_id}", f"{key.decode()}:dependents")
+            for execution in connection.scan_iter(match=f"rq:executions:{job_id}*"):
+                connection.delete(execution)
+    # Workers a test killed never unregister themselves.
+    for worker in connection.smembers("rq:workers"):
+        if connection.hget(worker, "queues") == queue_name.encode():
+            connection.delete(worker)
+            connection.srem("rq:workers", worker)
     for key in connection.scan_iter(match=f"rq:*{queue_name}*", count=1000):
         connection.delete(key)
     connection.srem("rq:queues", f"rq:queue:{queue_name}")
