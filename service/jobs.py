@@ -257,11 +257,17 @@ async def list_jobs(rt: Runtime, user_id: str, *, status: str | None, limit: int
     return {"items": [view for _, _, view in page], "next_cursor": next_cursor}
 
 
-async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
+async def _live_job(rt: Runtime, user_id: str, job_id: str) -> dict[str, str]:
+    """The caller's live job record; a finished job in history is a 409, anything else 404."""
     job = await rt.core.job_record(job_id)
-    if not job or job.get("owner") != user_id:
-        await get_job(rt, user_id, job_id, with_items=False)  # history job: a 409, else 404
-        raise NotFound(f"no job {job_id!r}")
+    if job and job.get("owner") == user_id:
+        return job
+    view = await get_job(rt, user_id, job_id, with_items=False)
+    raise InvalidTransition(f"the job is already {view['status']}", job_status=view["status"])
+
+
+async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
+    job = await _live_job(rt, user_id, job_id)
     if job["state"] == "created":
         keys = [input_key(job_id, i) for i in range(int(job["total"]))]
         missing = await rt.storage.missing(keys)
@@ -274,8 +280,7 @@ async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, An
 
 async def dispatch(rt: Runtime, job_id: str) -> list[str]:
     """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids)."""
-    keys = rt.core.job_keys(job_id)
-    job, meta_json = await rt.core.client.hgetall(keys.base), await rt.core.client.get(keys.meta)
+    job, _, meta_json = await _live(rt, job_id)
     if not job or job["state"] != "queued":
         return []
     meta = json.loads(meta_json or "[]")
@@ -301,22 +306,21 @@ async def dispatch(rt: Runtime, job_id: str) -> list[str]:
 
 
 async def execute(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
-    job = await rt.core.job_record(job_id)
-    if not job or job.get("owner") != user_id:
-        await get_job(rt, user_id, job_id, with_items=False)
-        raise NotFound(f"no job {job_id!r}")
+    await _live_job(rt, user_id, job_id)
     progress = await rt.core.transition(job_id, "uploaded", "queued", owner=user_id)
-    if progress.code is Code.OK:
-        # A crash before this line leaves a queued job with nothing in RQ: the sweeper
-        # re-enqueues queued jobs no worker started.
+    if progress.state == "queued":
+        # Also on a repeated execute: a crash right after the transition left nothing in RQ
+        # (the sweeper would re-enqueue it later; a client's retry does it now, harmlessly).
         await dispatch(rt, job_id)
     return await get_job(rt, user_id, job_id)
 
 
 async def cancel(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
     view = await get_job(rt, user_id, job_id, with_items=False)
-    if view["status"] in TERMINAL_STATES and view["status"] != "canceled":
-        raise InvalidTransition(f"the job is already {view['status']}", job_status=view["status"])
-    await rt.core.cancel(job_id, user_id, reason="user",
-                         flush_delay_ms=rt.settings.flush_delay * 1000)
+    status = view["status"]
+    if status in TERMINAL_STATES and status != "canceled":
+        raise InvalidTransition(f"the job is already {status}", job_status=status)
+    if status != "canceled":  # a repeated cancel answers like the first one
+        await rt.core.cancel(job_id, user_id, reason="user",
+                             flush_delay_ms=rt.settings.flush_delay * 1000)
     return await get_job(rt, user_id, job_id)

@@ -252,3 +252,33 @@ async def test_the_created_job_reads_back_exactly_as_it_was_returned(api: Api) -
                   "cost", "charged", "refunded", "rule_id", "created_at", "updated_at",
                   "started_at", "finished_at", "reason"):
         assert created[field] == read[field], field
+
+
+async def test_actions_on_a_job_already_in_history_are_409(api: Api) -> None:
+    user = api.user()
+    job = await create_job(api, user, 1)
+    await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
+    from tests.api.history import flush_everything
+
+    await flush_everything(api)
+    for action in ("confirm-upload", "execute", "cancel"):
+        response = await api.client.post(f"/jobs/{job['id']}/{action}", headers=api.auth(user))
+        assert response.status_code == (200 if action == "cancel" else 409), action
+        if action != "cancel":
+            assert response.json()["code"] == "invalid_transition"
+    stranger = await api.client.post(f"/jobs/{job['id']}/execute", headers=api.auth(api.user()))
+    assert stranger.status_code == 404
+
+
+async def test_a_repeated_execute_enqueues_what_a_crash_lost(api: Api) -> None:
+    import redis as sync_redis
+    from rq.job import Job
+
+    user = api.user()
+    job = await queued_job(api, user, 1)
+    connection = sync_redis.Redis.from_url(api.settings.queue_redis_url or "")
+    Job.fetch(rq_job_id(job["id"], 0), connection=connection).delete()
+    again = await api.client.post(f"/jobs/{job['id']}/execute", headers=api.auth(user))
+    assert again.status_code == 202 and again.json()["status"] == "queued"
+    assert Job.exists(rq_job_id(job["id"], 0), connection=connection)
+    connection.close()
