@@ -11,11 +11,11 @@ from typing import Any
 
 import anyio
 import msgspec
-from sqlalchemy import and_, or_, select
 
 from service.auth import callback_token
 from service.codes import BadArgument, Code, InvalidTransition, NotFound, TollgateError
 from service.core import TERMINAL_STATES, now_ms
+from service.db.history import history_job, history_page
 from service.db.models import JobLog
 from service.queue import BatchItem, enqueue_job
 from service.runtime import Runtime
@@ -198,8 +198,8 @@ async def get_job(rt: Runtime, user_id: str, job_id: str, *, with_items: bool = 
             raise NotFound(f"no job {job_id!r}")
         return live_view(rt, job, items if with_items else None, meta)
     async with rt.sessions() as session:
-        row = await session.get(JobLog, job_id)
-    if row is None or row.user_id != user_id:
+        row = await history_job(session, user_id, job_id)
+    if row is None:
         raise NotFound(f"no job {job_id!r}")
     return history_view(rt, row, with_items)
 
@@ -235,16 +235,9 @@ async def list_jobs(rt: Runtime, user_id: str, *, status: str | None, limit: int
             key = (int(record["created_at"]), record["id"])
             if before is None or key < before:
                 live.append((*key, live_view(rt, record, None, None)))
-    query = select(JobLog).where(JobLog.user_id == user_id)
-    if status:
-        query = query.where(JobLog.state == status)
-    if before is not None:
-        at = datetime.fromtimestamp(before[0] / 1000, UTC)
-        query = query.where(or_(JobLog.created_at < at,
-                                and_(JobLog.created_at == at, JobLog.id < before[1])))
-    query = query.order_by(JobLog.created_at.desc(), JobLog.id.desc()).limit(limit + 1)
+    after = None if before is None else (datetime.fromtimestamp(before[0] / 1000, UTC), before[1])
     async with rt.sessions() as session:
-        rows = (await session.scalars(query)).all()
+        rows = await history_page(session, user_id, limit=limit + 1, before=after, state=status)
     seen = {job_id for _, job_id, _ in live}
     merged = list(live)
     for row in rows:

@@ -69,7 +69,7 @@ class ThreadedSimpleWorker(SimpleWorker):
         self.stop_event = stop_event
 
     def _install_signal_handlers(self) -> None:
-        pass
+        """Only the main thread may set signal handlers; this worker stops by its event."""
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
