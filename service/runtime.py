@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -39,7 +40,7 @@ class Runtime:
     queue_connection: redis.Redis
     queue: Queue
 
-    @property
+    @cached_property  # read on every worker callback: derive it once
     def callback_secret(self) -> str:
         return derived_secret(self.secret, "callback").hex()
 
