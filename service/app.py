@@ -22,7 +22,7 @@ from service.routes.health import health, ready
 from service.routes.jobs import JobsController
 from service.routes.me import get_me
 from service.routes.rules import RulesController
-from service.runtime import open_runtime
+from service.runtime import open_runtime, storage_secret
 from service.settings import Settings, get_settings
 from service.storage import LocalStorage, local_file_routes, make_storage
 
@@ -60,8 +60,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
                            AdminController, health, ready, PrometheusController]
     # Local-folder storage serves its own signed upload/download URLs.
-    from service.runtime import storage_secret
-
     storage_for_routes = make_storage(settings, storage_secret(secret))
     if isinstance(storage_for_routes, LocalStorage):
         handlers.extend(local_file_routes(storage_for_routes))
