@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from litestar import Litestar, get
+import msgspec
+from litestar import Litestar, get, post
 
 if __package__ in (None, ""):  # run as `python bench/bare_app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,8 +24,21 @@ def bare() -> dict[str, object]:
     return {"ok": True, "service": "bare"}
 
 
+class Echo(msgspec.Struct):
+    idempotency_key: str
+    event: str
+    item_index: int | None = None
+    ok: bool | None = None
+
+
+@post("/bare", status_code=200)
+async def bare_post(data: Echo) -> dict[str, object]:
+    """The same, with a small JSON body read and validated: what any POST endpoint pays."""
+    return {"ok": True, "service": "bare", "event": data.event}
+
+
 def create_app() -> Litestar:
-    return Litestar(route_handlers=[bare], debug=False)
+    return Litestar(route_handlers=[bare, bare_post], debug=False)
 
 
 def main(argv: list[str] | None = None) -> int:

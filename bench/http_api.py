@@ -22,6 +22,9 @@ over the row's): the ratio once the API processes, not the cores, are what runs 
 
 What each phase measures (every request must answer as expected, or the run fails):
   bare            GET /bare -> 200 (a small dict, no auth, no I/O)
+  bare POST       POST /bare -> 200: the same, with a callback-sized JSON body read and
+                  validated; once per round, as a second reference for the POST rows
+                  (their "ratio to bare POST" column), not as the baseline
   POST /jobs      201 from a distinct pro user with plenty of credits on each consecutive
                   request; users are created through POST /admin/users, each takes at most
                   its 10 concurrent jobs per phase, and between phases the benchmark cancels
@@ -84,6 +87,12 @@ LABELS = {
     "get": "GET /jobs/{id} (8 items)",
 }
 OPERATIONS = tuple(LABELS)
+POST_OPERATIONS = ("post1", "post8", "callback")
+# A second reference, beside the baseline: the bare app's POST /bare reads and validates a
+# small JSON body, which every POST endpoint pays for and GET /bare does not.
+BARE_POST_LABEL = "POST /bare (bare Litestar, small JSON body; reference)"
+BARE_POST_BODY = json.dumps({"idempotency_key": "bench:0:1", "event": "item", "item_index": 1,
+                             "ok": True}, separators=(",", ":"))
 
 # The load script. wrk runs it in one Lua state per thread (request/response) and one for
 # setup/done. A list of requests is split among the threads; "once" sends each request
@@ -554,6 +563,8 @@ def phase_extra(phases: list[Phase]) -> dict[str, Any]:
 def server_result(run: ServerRun, params: Params, machine: dict[str, Any], quick: bool
                   ) -> Result:
     bare = [p for p in run.phases if p.op == "bare"]
+    bare_post = [p for p in run.phases if p.op == "bare_post"]
+    bare_post_rate = median([p.ops_per_s for p in bare_post])
     rows = []
     for op in OPERATIONS:
         phases, ratios, cpu_ratios = run.ratios(op)
@@ -563,8 +574,18 @@ def server_result(run: ServerRun, params: Params, machine: dict[str, Any], quick
         extra["round_ratios"] = [round(r, 3) for r in ratios]
         extra["server_cpu_ratio"] = round(median(cpu_ratios), 3) if cpu_ratios else None
         extra["used_up_request_list"] = any(p.run.fillers > 0 for p in phases)
-        rows.append(Row(LABELS[op], median([p.ops_per_s for p in phases]), median(ratios),
-                        TARGETS.get(op), extra))
+        rate = median([p.ops_per_s for p in phases])
+        if op in POST_OPERATIONS and bare_post_rate:
+            extra["ratio_to_bare_post"] = round(rate / bare_post_rate, 3)
+        rows.append(Row(LABELS[op], rate, median(ratios), TARGETS.get(op), extra))
+    if bare_post:
+        extra = phase_extra(bare_post)
+        bare_post_cpu = extra["server_cpu_us_per_request"]
+        bare_cpu = median([p.server_cpu_us_per_request for p in bare])
+        extra["server_cpu_ratio"] = round(bare_cpu / bare_post_cpu, 3) if bare_post_cpu else None
+        extra["ratio_to_bare_post"] = 1.0
+        rows.append(Row(BARE_POST_LABEL, bare_post_rate,
+                        bare_post_rate / median([p.ops_per_s for p in bare]), None, extra))
     bare_extra = phase_extra(bare)
     bare_extra["server_cpu_ratio"] = 1.0
     noun = "process" if run.processes == 1 else "processes"
@@ -591,7 +612,7 @@ def comparison_result(runs: list[ServerRun], params: Params, machine: dict[str, 
         uv, gr = by_key.get(("uvicorn", processes)), by_key.get(("granian", processes))
         if uv is None or gr is None:
             continue
-        for op in ("bare", *OPERATIONS):
+        for op in ("bare", "bare_post", *OPERATIONS):
             uv_phases = [p for p in uv.phases if p.op == op]
             gr_phases = [p for p in gr.phases if p.op == op]
             if not uv_phases or not gr_phases:
@@ -600,7 +621,7 @@ def comparison_result(runs: list[ServerRun], params: Params, machine: dict[str, 
             gr_rate = median([p.ops_per_s for p in gr_phases])
             uv_cpu = median([p.server_cpu_us_per_request for p in uv_phases])
             gr_cpu = median([p.server_cpu_us_per_request for p in gr_phases])
-            label = "GET /bare" if op == "bare" else LABELS[op]
+            label = {"bare": "GET /bare", "bare_post": "POST /bare"}.get(op) or LABELS[op]
             rows.append(Row(f"{label}, {processes}p", gr_rate, gr_rate / uv_rate, None, {
                 "uvicorn_ops_per_s": round(uv_rate, 1), "granian_ops_per_s": round(gr_rate, 1),
                 "uvicorn_cpu_us_per_request": round(uv_cpu, 1),
@@ -637,6 +658,7 @@ async def run_process_count(processes: int, params: Params, stack: Stack, fixtur
 
         await asyncio.to_thread(start_all, everything)
         bare_requests = fixture.file([RequestLine("GET", "/bare")])
+        bare_post_requests = fixture.file([RequestLine("POST", "/bare", "-", BARE_POST_BODY)])
         if not users_created:
             first = next(iter(apis.values()))
             await wrk.run(first.url, fixture.admin_requests(), mode="once", expect=201,
@@ -681,6 +703,13 @@ async def run_process_count(processes: int, params: Params, stack: Stack, fixtur
                     last = runs[server].phases[-1]
                     print(f"  {server} {processes}p bare: {last.ops_per_s:,.0f}/s "
                           f"({last.server_cpu_us_per_request:.0f} µs/request)", flush=True)
+            for server in params.servers:
+                runs[server].phases.append(await measure(
+                    wrk, redis, bares[server], "bare_post", bare_post_requests, mode="cycle",
+                    expect=200, marker='"event"', seconds=params.bare_seconds))
+                last = runs[server].phases[-1]
+                print(f"  {server} {processes}p bare POST: {last.ops_per_s:,.0f}/s "
+                      f"({last.server_cpu_us_per_request:.0f} µs/request)", flush=True)
         await fixture.free_slots()
     finally:
         for server in everything:
@@ -744,7 +773,8 @@ async def main_async(args: Any) -> list[Result]:
 
 COLUMNS = [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
            ("server_cpu_us_per_request", "server CPU µs/req"),
-           ("server_cpu_ratio", "server-CPU ratio"), ("cores", "cores used"),
+           ("server_cpu_ratio", "server-CPU ratio"), ("ratio_to_bare_post", "ratio to bare POST"),
+           ("cores", "cores used"),
            ("requests", "requests")]
 COMPARE_COLUMNS = [("uvicorn_ops_per_s", "uvicorn req/s"), ("granian_ops_per_s", "granian req/s"),
                    ("uvicorn_cpu_us_per_request", "uvicorn CPU µs/req"),

@@ -32,9 +32,11 @@ from bench.stack import Database, HttpServer, Stack, delete_run_keys, start_all
 
 # First match wins, scanning a sample's stack from the innermost frame outwards.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("redis-py client", ("redis/",)),
+    # tollgate's AutoPipeline and hiredis packer are redis client work too.
+    ("redis-py client",
+     ("redis/", "hiredis", "service/autopipeline.py", "service/redis_clients.py")),
     ("JWT decode (PyJWT)", ("jwt/", "security/jwt")),
-    ("Prometheus middleware", ("prometheus",)),
+    ("metrics middleware", ("prometheus", "service/metrics.py")),
     ("storage URL signing", ("service/storage.py",)),
     ("tollgate code (service/)", ("service/",)),
     ("msgspec / json", ("msgspec", "json/")),

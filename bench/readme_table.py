@@ -20,20 +20,39 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
 
 
+# Extra columns a result shows when any of its rows carries them.
+EXTRA = [("ratio_to_bare_post", "ratio to bare POST"),
+         ("server_cpu_us_per_request", "server CPU µs/req")]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value < 10:
+        return f"{value:.2f}"
+    return _num(value) if isinstance(value, (int, float)) else str(value)
+
+
 def section(result: dict[str, Any]) -> str:
     machine = result["machine"]
+    extra = [(key, title) for key, title in EXTRA
+             if any(key in row.get("extra", {}) for row in result["rows"])]
     lines = [f"**{result['title']}**", "",
              f"<sub>{machine.get('nproc')} CPUs ({machine.get('cpu_model')}), "
              f"{machine.get('python')}, Redis {machine.get('redis_server', '?')}, "
              f"load avg at start {machine.get('loadavg_at_start', ['?'])[0]}, "
              f"{result['created_at'][:16]}Z</sub>", "",
-             "| | ops/s | ratio | target |", "|---|---:|---:|---:|",
+             "| | ops/s | ratio | target |" + "".join(f" {t} |" for _, t in extra),
+             "|---|---:|---:|---:|" + "---:|" * len(extra),
              f"| {result['baseline']['label']} (baseline) | "
-             f"{_num(result['baseline']['ops_per_s'])} | 1.00 | |"]
+             f"{_num(result['baseline']['ops_per_s'])} | 1.00 | |"
+             + "".join(f" {_cell(result['baseline'].get('extra', {}).get(k))} |"
+                       for k, _ in extra)]
     for row in result["rows"]:
         target = f"≥ {row['target']}" if row.get("target") else ""
         lines.append(f"| {row['label']} | {_num(row['ops_per_s'])} | {row['ratio']:.2f} | "
-                     f"{target} |")
+                     f"{target} |" + "".join(f" {_cell(row.get('extra', {}).get(k))} |"
+                                             for k, _ in extra))
     return "\n".join(lines)
 
 

@@ -11,9 +11,10 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from service.auth import make_jwt_auth
+from service.metrics import metrics_middleware
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.admin import AdminController
 from service.routes.callbacks import job_callback
@@ -55,8 +56,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.close()
 
     jwt_auth = make_jwt_auth(settings, secret)
-    prometheus = PrometheusConfig(app_name="tollgate", prefix="tollgate", group_path=True,
-                                  exclude=["^/metrics"])
     handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
                            AdminController, health, ready, PrometheusController]
     # Local-folder storage serves its own signed upload/download URLs.
@@ -72,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[jwt_auth.on_app_init],
-        middleware=[prometheus.middleware],
+        middleware=[metrics_middleware],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="tollgate", version="0.1.0", path="/schema",

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from service.autopipeline import AutoPipeline
 from service.codes import ERRORS, SUCCESS, Code, TollgateError
 from service.keys import JobKeys, KeySpace, UserKeys
 from service.plans import Plan
@@ -78,13 +79,16 @@ def _progress(reply: list[Any], script: str) -> JobProgress:
 class Core:
     """Holds the client and the scripts; share one per process."""
 
-    def __init__(self, client: Any, keys: KeySpace) -> None:
+    def __init__(self, client: Any, keys: KeySpace, *, autopipeline: bool = False) -> None:
         self.client = client
         self.keys = keys
         self.scripts: dict[str, Script] = load_scripts()
+        # Scripts and single-key reads go through `runner`: the client itself, or an
+        # AutoPipeline over it that batches what concurrent requests send in one loop turn.
+        self.runner: Any = AutoPipeline(client) if autopipeline else client
 
     async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        return await self.scripts[name](self.client, keys, args)
+        return await self.scripts[name](self.runner, keys, args)
 
     def job_keys(self, job_id: str) -> JobKeys:
         keys = self.keys.job(job_id)
@@ -283,12 +287,12 @@ class Core:
         return _check(reply, "ledger_ack")
 
     async def user_record(self, user_id: str) -> dict[str, str]:
-        record: dict[str, str] = await self.client.hgetall(self.keys.user(user_id).base)
+        record: dict[str, str] = await self.runner.hgetall(self.keys.user(user_id).base)
         return record
 
     async def job_record(self, job_id: str) -> dict[str, str]:
         keys = self.keys.job(job_id)
         if keys is None:
             return {}
-        record: dict[str, str] = await self.client.hgetall(keys.base)
+        record: dict[str, str] = await self.runner.hgetall(keys.base)
         return record

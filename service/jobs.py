@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -13,6 +14,7 @@ import anyio
 import msgspec
 
 from service.auth import callback_token
+from service.autopipeline import AutoPipeline
 from service.codes import BadArgument, Code, InvalidTransition, NotFound, TollgateError
 from service.core import TERMINAL_STATES, now_ms
 from service.db.history import history_job, history_page
@@ -113,6 +115,11 @@ async def create_job(
 
 async def _live(rt: Runtime, job_id: str) -> tuple[dict[str, str], dict[str, str], str | None]:
     keys = rt.core.job_keys(job_id)
+    runner = rt.core.runner
+    if isinstance(runner, AutoPipeline):  # joins the batch other requests are sending
+        job, items, meta = await asyncio.gather(
+            runner.hgetall(keys.base), runner.hgetall(keys.items), runner.get(keys.meta))
+        return job, items, meta
     async with rt.core.client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.base)
         pipe.hgetall(keys.items)

@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 import fakeredis
+import hiredis
 import redis
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Connection
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -29,6 +30,22 @@ def embedded_server() -> fakeredis.FakeServer:
     return _EMBEDDED
 
 
+class HiredisPackingConnection(Connection):
+    """Packs commands with hiredis's C encoder: about 1.6 µs instead of 12 for a script call
+    of 20 arguments. Only for what both encode alike (str, bytes, int); anything else, and
+    a first argument holding several words ("CONFIG GET"), takes redis-py's own path."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str) and " " not in first and all(
+                type(arg) in _HIREDIS_TYPES for arg in args):
+            return [hiredis.pack_command(args)]
+        return super().pack_command(*args)
+
+
+_HIREDIS_TYPES = frozenset((str, bytes, int))
+
+
 def state_redis(settings: Settings) -> Any:
     """An asyncio client with decoded replies; `Any` because Redis and RedisCluster differ."""
     url = settings.redis_url
@@ -43,9 +60,15 @@ def state_redis(settings: Settings) -> Any:
     # Blocking: a burst beyond the pool waits for a connection instead of failing at once
     # with "Too many connections" (a 500 to the client).
     pool = BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=settings.redis_max_connections, timeout=5
+        url, decode_responses=True, max_connections=settings.redis_max_connections, timeout=5,
+        connection_class=HiredisPackingConnection,
     )
     return AsyncRedis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def is_standalone(client: Any) -> bool:
+    """A real, single Redis server: the one kind of client worth auto-pipelining."""
+    return isinstance(client, AsyncRedis) and not isinstance(client, fakeredis.FakeAsyncRedis)
 
 
 def queue_redis(settings: Settings) -> redis.Redis:

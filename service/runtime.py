@@ -17,7 +17,7 @@ from service.core import Core
 from service.db.engine import make_engine
 from service.keys import KeySpace
 from service.queue import make_queue
-from service.redis_clients import queue_redis, state_redis, warn_if_evicting
+from service.redis_clients import is_standalone, queue_redis, state_redis, warn_if_evicting
 from service.settings import Settings
 from service.storage import Storage, make_storage
 
@@ -63,7 +63,8 @@ async def open_runtime(settings: Settings, secret: str) -> Runtime:
     return Runtime(
         settings=settings,
         secret=secret,
-        core=Core(client, KeySpace(settings.key_prefix, settings.buckets)),
+        core=Core(client, KeySpace(settings.key_prefix, settings.buckets),
+                  autopipeline=settings.redis_autopipeline and is_standalone(client)),
         engine=engine,
         sessions=async_sessionmaker(engine, expire_on_commit=False),
         storage=make_storage(settings, storage_secret(secret)),

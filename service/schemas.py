@@ -1,4 +1,5 @@
-"""Request bodies of the REST API, validated by Litestar through msgspec."""
+"""Request bodies of the REST API and the callback's answer, as msgspec Structs Litestar
+validates."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ class CallbackIn(msgspec.Struct, forbid_unknown_fields=True):
     ok: bool | None = None
     output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     error: str | None = None
+
+
+class CallbackOut(msgspec.Struct):
+    duplicate: bool
+    status: str
+    done_items: int
+    failed_items: int
 
 
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):

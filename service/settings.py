@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     flush_batch: int = Field(default=200, ge=1, le=5000)
     flusher_interval: float = Field(default=1.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
+    redis_autopipeline: bool = True
 
     @property
     def embedded_redis(self) -> bool:

@@ -21,6 +21,7 @@ from tests.conftest import need
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_ROWS = ["POST /jobs (1 item)", "POST /jobs (8 items)", "POST /jobs/{id}/callback (item)",
              "GET /jobs/{id} (8 items)"]
+BARE_POST_ROW = "POST /bare (bare Litestar, small JSON body; reference)"
 
 
 async def run_script(name: str, *args: str) -> str:
@@ -110,9 +111,11 @@ async def test_http_api_reports_each_endpoint_against_the_bare_app_on_both_serve
         assert result["baseline"]["label"] == "GET /bare (bare Litestar)"
         assert set(result["baseline"]["extra"]["status_codes"]) == {"200"}
         rows = {row["label"]: row for row in result["rows"]}
-        assert list(rows) == HTTP_ROWS
+        assert list(rows) == [*HTTP_ROWS, BARE_POST_ROW]
         assert rows["POST /jobs (1 item)"]["target"] == 0.4
         assert rows["POST /jobs/{id}/callback (item)"]["target"] == 0.5
+        for label in HTTP_ROWS[:3]:  # the POST rows carry their ratio to the bare POST too
+            assert rows[label]["extra"]["ratio_to_bare_post"] > 0
         for label, row in rows.items():
             expected = "201" if label.startswith("POST /jobs (") else "200"
             assert set(row["extra"]["status_codes"]) == {expected}, (label, row)
@@ -122,7 +125,7 @@ async def test_http_api_reports_each_endpoint_against_the_bare_app_on_both_serve
             "machine"].keys()
     compared = json.loads((tmp_path / "http_servers.json").read_text())
     assert [row["label"] for row in compared["rows"]] == [
-        f"{label}, 1p" for label in ["GET /bare", *HTTP_ROWS]]
+        f"{label}, 1p" for label in ["GET /bare", "POST /bare", *HTTP_ROWS]]
     assert "| POST /jobs (1 item) |" in output and "(baseline)" in output
     await assert_nothing_left(real_redis, key_prefix, postgres_admin_dsn, output)
 

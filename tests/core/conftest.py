@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from service.core import Core
 from service.keys import KeySpace
+from service.redis_clients import HiredisPackingConnection
 
 BUCKETS = 16
 RACE_CONNECTIONS = 50
@@ -73,7 +74,7 @@ def core(backend: str, request: pytest.FixtureRequest, key_prefix: str) -> Core:
     return Core(client, KeySpace(key_prefix, BUCKETS))
 
 
-@pytest.fixture(params=["real", "cluster"])
+@pytest.fixture(params=["real", "pipelined", "cluster"])
 def server_backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -81,9 +82,12 @@ def server_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def server_core(server_backend: str, request: pytest.FixtureRequest, key_prefix: str) -> Core:
-    """A Core on a real server only (standalone or cluster): races and SCRIPT FLUSH."""
-    fixture = {"real": "real_redis", "cluster": "cluster_redis"}[server_backend]
-    return Core(request.getfixturevalue(fixture), KeySpace(key_prefix, BUCKETS))
+    """A Core on a real server only (standalone, standalone auto-pipelined as the API runs
+    it, or cluster): races and SCRIPT FLUSH."""
+    fixture = {"real": "real_redis", "pipelined": "real_redis",
+               "cluster": "cluster_redis"}[server_backend]
+    return Core(request.getfixturevalue(fixture), KeySpace(key_prefix, BUCKETS),
+                autopipeline=server_backend == "pipelined")
 
 
 @pytest.fixture
@@ -93,11 +97,12 @@ async def race_core(
     """A Core whose client spreads concurrent calls over RACE_CONNECTIONS connections, each
     named after the key prefix so a test can count them in CLIENT LIST."""
     client: Any
-    if server_backend == "real":
+    standalone = server_backend in ("real", "pipelined")
+    if standalone:
         url = request.getfixturevalue("redis_url")
         pool = BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=RACE_CONNECTIONS, timeout=30,
-            client_name=key_prefix,
+            client_name=key_prefix, connection_class=HiredisPackingConnection,
         )
         client = Redis(connection_pool=pool)
     else:
@@ -105,10 +110,11 @@ async def race_core(
             request.getfixturevalue("cluster_url"), max_connections=RACE_CONNECTIONS,
             client_name=key_prefix,
         )
-    yield Core(client, KeySpace(key_prefix, BUCKETS))
+    yield Core(client, KeySpace(key_prefix, BUCKETS),
+               autopipeline=server_backend == "pipelined")
     await delete_prefix(client, key_prefix)
     await client.aclose()
-    if server_backend == "real":
+    if standalone:
         await pool.aclose()
 
 

@@ -1,0 +1,77 @@
+"""Request metrics for Prometheus, served at /metrics.
+
+The same series Litestar's Prometheus plugin exports (`tollgate_requests_total`,
+`tollgate_request_duration_seconds`, `tollgate_requests_in_progress`,
+`tollgate_requests_error_total`; labels method, path, status_code, app_name, with the path
+grouped by its route template), at a fraction of the cost: the plugin builds a Request, two
+label dicts and four label lookups per request, about 50 µs of the callback endpoint's CPU;
+this middleware looks each label set up once and keeps the children.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
+
+APP_NAME = "tollgate"
+LABELS = ("method", "path", "status_code", "app_name")
+
+REQUESTS = Counter("tollgate_requests_total", "Total requests", LABELS)
+DURATION = Histogram("tollgate_request_duration_seconds", "Request duration, in seconds", LABELS)
+ERRORS = Counter("tollgate_requests_error_total", "Total errors in requests", LABELS)
+IN_PROGRESS = Gauge("tollgate_requests_in_progress", "Total requests currently in progress",
+                    ("method", "path", "app_name"), multiprocess_mode="livesum")
+
+# (method, path template, status) -> (requests child, duration child, errors child or None)
+_children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+_in_progress: dict[tuple[str, str], Any] = {}
+
+
+def _finished(method: str, path: str, status: int) -> tuple[Any, Any, Any]:
+    key = (method, path, status)
+    children = _children.get(key)
+    if children is None:
+        values = (method, path, str(status), APP_NAME)
+        children = (REQUESTS.labels(*values), DURATION.labels(*values),
+                    ERRORS.labels(*values) if status >= 500 else None)
+        _children[key] = children
+    return children
+
+
+def metrics_middleware(app: ASGIApp) -> ASGIApp:
+    """Litestar middleware (it runs after routing, so the route's path template is known)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"].startswith("/metrics"):
+            await app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        path = scope.get("path_template") or scope["path"]
+        gauge = _in_progress.get((method, path))
+        if gauge is None:
+            gauge = _in_progress[(method, path)] = IN_PROGRESS.labels(method, path, APP_NAME)
+        status = 500  # unless a response starts
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        gauge.inc()
+        try:
+            await app(scope, receive, send_with_status)
+        finally:
+            gauge.dec()
+            requests, duration, errors = _finished(method, path, status)
+            requests.inc()
+            duration.observe(time.perf_counter() - started)
+            if errors is not None:
+                errors.inc()
+
+    return middleware
