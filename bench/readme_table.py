@@ -30,7 +30,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float) and value < 10:
         return f"{value:.2f}"
-    return _num(value) if isinstance(value, (int, float)) else str(value)
+    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
 
 
 def section(result: dict[str, Any]) -> str:
