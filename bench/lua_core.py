@@ -13,7 +13,10 @@ plain pool); tasks do not outnumber connections, as more tasks than sockets only
 the client (redis-py's blocking pool even lets the tasks holding a socket re-take it at once
 while the others starve for the whole phase).
 
-The phases alternate, ping, reserve, ping, item_result, ping, settle, ping, for `--rounds`
+A fourth row runs item_result through an auto-pipelined Core (service/autopipeline.py), as
+the API sends the callback's script: the tasks' concurrent calls share pipelines.
+
+The phases alternate, ping, reserve, ping, item_result, ping, settle, ping, ..., for `--rounds`
 rounds; each ratio is the operation's rate over the mean of the two pings around it and the
 reported ratio is the median over rounds, so a slow spell on a shared machine hits a
 baseline and its operation alike.
@@ -78,7 +81,11 @@ HOLD_MS = 86_400_000
 LEASE_MS = 600_000
 FLUSH_DELAY_MS = 86_400_000  # nothing flushes during the run; the keys are deleted after
 TARGET = 0.5
-OPERATIONS = ("reserve", "item_result", "settle")
+OPERATIONS = ("reserve", "item_result", "settle", "item_result_piped")
+# item_result_piped: the same call through an auto-pipelined Core, as the API sends the
+# callback's script (service/autopipeline.py); no target, it shows what pipelining buys.
+LABELS = {"item_result_piped": "item_result, auto-pipelined (as the API sends it)"}
+TARGETS = {"reserve": TARGET, "item_result": TARGET, "settle": TARGET}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,7 @@ class Workload:
     reserve_jobs: list[tuple[str, str]] = field(default_factory=list)  # (user, job id)
     item_jobs: list[tuple[str, str]] = field(default_factory=list)  # (owner, job id), queued
     settle_jobs: list[tuple[str, str]] = field(default_factory=list)  # (owner, job id), queued
+    piped_item_jobs: list[tuple[str, str]] = field(default_factory=list)  # as item_jobs
     used: dict[str, int] = field(default_factory=dict)
 
     def left(self, op: str) -> int:
@@ -106,6 +114,7 @@ class Workload:
             "reserve": len(self.reserve_jobs),
             "item_result": len(self.item_jobs) * self.items_per_job,
             "settle": len(self.settle_jobs),
+            "item_result_piped": len(self.piped_item_jobs) * self.items_per_job,
         }[op]
         return capacity - self.used.get(op, 0)
 
@@ -162,6 +171,9 @@ class Provisioner:
             self.work.item_jobs += await self.queued_jobs(jobs, self.work.items_per_job)
         elif op == "settle":
             self.work.settle_jobs += await self.queued_jobs(missing, 4)
+        elif op == "item_result_piped":
+            jobs = math.ceil(missing / self.work.items_per_job)
+            self.work.piped_item_jobs += await self.queued_jobs(jobs, self.work.items_per_job)
 
 
 def operation(core: Core, work: Workload, op: str) -> Any:
@@ -179,9 +191,11 @@ def operation(core: Core, work: Workload, op: str) -> Any:
         if code is not Code.OK:
             raise RuntimeError(f"reserve answered {code}")
 
+    item_jobs = work.piped_item_jobs if op == "item_result_piped" else work.item_jobs
+
     async def item_result(index: int) -> None:
         position = offset + index
-        owner, job_id = work.item_jobs[position // items_per_job]
+        owner, job_id = item_jobs[position // items_per_job]
         progress = await core.item_result(
             job_id, owner, callback_key=f"cb{position}", index=position % items_per_job,
             ok=True, detail=f"out/{position}", lease_ms=LEASE_MS, flush_delay_ms=FLUSH_DELAY_MS,
@@ -196,7 +210,8 @@ def operation(core: Core, work: Workload, op: str) -> Any:
         if progress.code is not Code.OK:
             raise RuntimeError(f"settle answered {progress.code}")
 
-    return {"ping": ping, "reserve": reserve, "item_result": item_result, "settle": settle}[op]
+    return {"ping": ping, "reserve": reserve, "item_result": item_result, "settle": settle,
+            "item_result_piped": item_result}[op]
 
 
 @dataclass(slots=True)
@@ -265,6 +280,7 @@ async def main_async(args: Any) -> Result:
     keys = KeySpace(prefix, 64)
     client = connect(args.redis_url, max(params.connections, params.tasks))
     core = Core(client, keys)
+    piped = Core(client, keys, autopipeline=True)
     try:
         facts = await redis_facts(client)
         await core.ping()
@@ -288,7 +304,8 @@ async def main_async(args: Any) -> Result:
                 await provisioner.top_up(op, math.ceil(expected[op] * params.seconds * 1.5))
             pings.append(await measure(core, client, work, "ping", params))
             for op in OPERATIONS:
-                phases[op].append(await measure(core, client, work, op, params))
+                through = piped if op.endswith("_piped") else core
+                phases[op].append(await measure(through, client, work, op, params))
                 pings.append(await measure(core, client, work, "ping", params))
                 around[op].append((pings[-2], pings[-1]))
                 expected[op] = max(phases[op][-1].timing.ops_per_s, pings[-1].timing.ops_per_s)
@@ -296,7 +313,8 @@ async def main_async(args: Any) -> Result:
         await delete_prefix(client, prefix)
         await client.aclose()
 
-    rows = [Row(label=op, target=TARGET, **summarize(phases[op], around[op]))
+    rows = [Row(label=LABELS.get(op, op), target=TARGETS.get(op),
+                **summarize(phases[op], around[op]))
             for op in OPERATIONS]
     baseline = summarize(pings, list(zip(pings, pings, strict=True)))
     del baseline["extra"]["round_ratios"]  # all 1 by definition

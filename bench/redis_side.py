@@ -22,14 +22,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from service.redis_clients import HiredisPackingConnection
 from service.scripts import Script
 
 
 def connect(url: str, connections: int) -> Redis:
-    """The client as `service.redis_clients.state_redis` builds it for the API: redis-py's
-    plain pool, at most `connections` sockets (callers keep their concurrency within it;
-    the blocking pool costs more CPU per call and starves waiters unfairly)."""
-    return Redis.from_url(url, decode_responses=True, max_connections=connections)
+    """The client much as `service.redis_clients.state_redis` builds it for the API (hiredis
+    command packing), but on redis-py's plain pool with at most `connections` sockets:
+    callers keep their concurrency within it, and the blocking pool costs more CPU per call
+    and starves waiters unfairly."""
+    return Redis.from_url(url, decode_responses=True, max_connections=connections,
+                          connection_class=HiredisPackingConnection)
 
 
 def add_private_redis_option(parser: argparse.ArgumentParser) -> None:
