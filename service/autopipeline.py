@@ -4,10 +4,11 @@ Redis as one pipeline, on one connection, in one write and one read.
 Each command keeps its own meaning: the pipeline is not a transaction, every EVALSHA is still
 atomic on its own, and each caller gets its own reply or its own exception (a NOSCRIPT
 reply, for instance, reaches only the caller whose script it was, and `Script` falls back
-to EVAL as it does without pipelining). What changes is the cost: `python bench/lua_core.py` measures item_result at 52 µs of
-client CPU per call one by one and 28 µs auto-pipelined (and 35 against 25 µs of Redis
-CPU, which reads and writes fewer times). Concurrent requests make batches form by
-themselves: about 14 commands per batch under bench/http_api.py's callback load.
+to EVAL as it does without pipelining). What changes is the cost: `python bench/lua_core.py`
+measures item_result at 52 µs of client CPU per call one by one and 28 µs auto-pipelined
+(and 35 against 25 µs of Redis CPU, which reads and writes fewer times). Concurrent
+requests make batches form by themselves: about 14 commands per batch under
+bench/http_api.py's callback load.
 
 A batch is sent at the end of the loop turn in which its first command was issued; while it
 waits for its replies the next batch forms and goes out on another pooled connection.

@@ -16,6 +16,8 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.codes import TollgateError
 
@@ -71,6 +73,16 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return problem(status, code, code.replace("_", " ").capitalize(), exc.detail)
 
 
+def _store_unreachable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Redis is down or restarting: the client (and a worker posting a callback) should
+    # retry, not report a bug. Every operation is safe to retry.
+    log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
+    response = problem(503, "unavailable", "Service unavailable",
+                       "the state store is unreachable; retry shortly")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
@@ -83,5 +95,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     PermissionDeniedException: _http,
     NotFoundException: _http,
     HTTPException: _http,
+    RedisConnectionError: _store_unreachable,  # includes BusyLoadingError (Redis starting)
+    RedisTimeoutError: _store_unreachable,
     Exception: _unexpected,
 }
