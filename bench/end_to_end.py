@@ -329,12 +329,13 @@ async def flusher_part(params: Params, stack: Any, redis: Any
     from service.jobs import output_key
     from service.keys import KeySpace
     from service.plans import PLANS
+    from service.runtime import make_core
     from workers.flusher import flush_once
 
     prefix = stack.prefix + "f"
     settings = stack.settings(key_prefix=prefix, flush_delay=0)
     keys = KeySpace(prefix, settings.buckets)
-    core = Core(redis, keys)
+    core = make_core(redis, settings)  # as `tollgate flusher` builds it
     recorder = ScriptRecorder()
     scribe = Core(recorder, keys)
     await load_scripts_into(redis, list(core.scripts.values()))

@@ -51,6 +51,12 @@ class Runtime:
         self.queue_connection.close()
 
 
+def make_core(client: Any, settings: Settings) -> Core:
+    """The Core of an API process or the flusher: auto-pipelined on a standalone Redis."""
+    return Core(client, KeySpace(settings.key_prefix, settings.buckets),
+                autopipeline=settings.redis_autopipeline and is_standalone(client))
+
+
 def storage_secret(secret: str) -> bytes:
     return derived_secret(secret, "storage")
 
@@ -63,8 +69,7 @@ async def open_runtime(settings: Settings, secret: str) -> Runtime:
     return Runtime(
         settings=settings,
         secret=secret,
-        core=Core(client, KeySpace(settings.key_prefix, settings.buckets),
-                  autopipeline=settings.redis_autopipeline and is_standalone(client)),
+        core=make_core(client, settings),
         engine=engine,
         sessions=async_sessionmaker(engine, expire_on_commit=False),
         storage=make_storage(settings, storage_secret(secret)),

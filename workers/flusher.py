@@ -28,8 +28,8 @@ from service.codes import Code, InvalidTransition, NotFound
 from service.core import TERMINAL_STATES, Core
 from service.db.engine import make_engine, make_session_factory
 from service.db.history import insert_ledger, job_row_from_redis, upsert_jobs
-from service.keys import KeySpace
 from service.redis_clients import state_redis
+from service.runtime import make_core
 from service.settings import Settings
 
 log = logging.getLogger("tollgate.flusher")
@@ -271,7 +271,7 @@ async def run_flusher(
 ) -> FlushStats:
     """The flusher loop with its own Redis client and SQL engine; returns the totals."""
     client = state_redis(settings)
-    core = Core(client, KeySpace(settings.key_prefix, settings.buckets))
+    core = make_core(client, settings)  # its gathered scripts share pipelines
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     stop = stop or asyncio.Event()
