@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from rq import Queue
 
+from service.keys import KeySpace
 from service.queue import rq_job_id
 from tests.api.conftest import Api
 from tests.api.flow import (
@@ -125,6 +127,26 @@ async def test_cancel_refunds_and_later_callbacks_change_nothing(api: Api) -> No
     assert (await me(api, user))["credits"]["spent"] == 1
     repeat = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
     assert repeat.status_code == 200
+
+
+async def test_heartbeat_renews_the_lease_and_reports_progress_until_the_job_ends(
+    api: Api, real_redis: Any
+) -> None:
+    user = api.user()
+    job = await queued_job(api, user, 3)
+    await callback(api, job["id"], user, idempotency_key="s", event="started")
+    await report_item(api, job["id"], user, 0)
+    keys = KeySpace(api.settings.key_prefix, api.settings.buckets).job(job["id"])
+    assert keys is not None
+    lease_before = await real_redis.zscore(keys.bucket.leases, job["id"])
+    beat = await callback(api, job["id"], user, idempotency_key="hb1", event="heartbeat")
+    assert beat.status_code == 200
+    assert beat.json() == {"duplicate": False, "status": "running", "done_items": 1,
+                           "failed_items": 0}
+    assert await real_redis.zscore(keys.bucket.leases, job["id"]) >= lease_before
+    await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
+    late = await callback(api, job["id"], user, idempotency_key="hb2", event="heartbeat")
+    assert late.status_code == 409 and late.json()["code"] == "invalid_transition"
 
 
 async def test_cancel_of_a_finished_job_is_refused(api: Api) -> None:
