@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     secret = secret or ""
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, secret)
+        runtime = await open_runtime(settings, secret, local_storage)
         app.state.runtime = runtime
         log.info("tollgate ready: redis=%s database=%s storage=%s",
                  "embedded fakeredis" if settings.embedded_redis else "external",
@@ -58,12 +58,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     jwt_auth = make_jwt_auth(settings, secret)
     handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
                            AdminController, health, ready, PrometheusController]
-    # Local-folder storage serves its own signed upload/download URLs.
-    storage_for_routes = make_storage(settings, storage_secret(secret))
-    if isinstance(storage_for_routes, LocalStorage):
-        handlers.extend(local_file_routes(storage_for_routes))
-    else:
-        storage_for_routes.close()
+    # Local-folder storage serves its own signed upload/download URLs; the runtime shares
+    # it. S3 storage is built by the lifespan, where its client can be closed.
+    built = make_storage(settings, storage_secret(secret)) if settings.embedded_storage else None
+    local_storage = built if isinstance(built, LocalStorage) else None
+    if local_storage is not None:
+        handlers.extend(local_file_routes(local_storage))
 
     return Litestar(
         route_handlers=handlers,

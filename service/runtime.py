@@ -61,7 +61,9 @@ def storage_secret(secret: str) -> bytes:
     return derived_secret(secret, "storage")
 
 
-async def open_runtime(settings: Settings, secret: str) -> Runtime:
+async def open_runtime(settings: Settings, secret: str, storage: Storage | None = None
+                       ) -> Runtime:
+    """`storage`: one the caller built already (the app's local folder serves its routes)."""
     client: Any = state_redis(settings)
     await warn_if_evicting(client)
     engine = make_engine(settings.database_url)
@@ -72,7 +74,7 @@ async def open_runtime(settings: Settings, secret: str) -> Runtime:
         core=make_core(client, settings),
         engine=engine,
         sessions=async_sessionmaker(engine, expire_on_commit=False),
-        storage=make_storage(settings, storage_secret(secret)),
+        storage=storage or make_storage(settings, storage_secret(secret)),
         queue_connection=connection,
         queue=make_queue(connection, settings.queue_name),
     )
