@@ -246,7 +246,7 @@ class Result:
         return path
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -281,7 +281,7 @@ def format_table(result: Result, extra_columns: Sequence[tuple[str, str]] = ()) 
             ratio_text += " ✗"
         target_text = "-" if target is None else f"≥ {target:g}"
         cells = [label, f"{ops:,.0f}", ratio_text, target_text,
-                 *(_cell(extra.get(key)) for key, _ in extra_columns)]
+                 *(format_cell(extra.get(key)) for key, _ in extra_columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -6,8 +6,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/readme_table.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import format_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -25,14 +31,6 @@ EXTRA = [("ratio_to_bare_post", "ratio to bare POST"),
          ("server_cpu_us_per_request", "server CPU µs/req")]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value < 10:
-        return f"{value:.2f}"
-    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
-
-
 def section(result: dict[str, Any]) -> str:
     machine = result["machine"]
     extra = [(key, title) for key, title in EXTRA
@@ -46,12 +44,12 @@ def section(result: dict[str, Any]) -> str:
              "|---|---:|---:|---:|" + "---:|" * len(extra),
              f"| {result['baseline']['label']} (baseline) | "
              f"{_num(result['baseline']['ops_per_s'])} | 1.00 | |"
-             + "".join(f" {_cell(result['baseline'].get('extra', {}).get(k))} |"
+             + "".join(f" {format_cell(result['baseline'].get('extra', {}).get(k))} |"
                        for k, _ in extra)]
     for row in result["rows"]:
         target = f"≥ {row['target']}" if row.get("target") else ""
         lines.append(f"| {row['label']} | {_num(row['ops_per_s'])} | {row['ratio']:.2f} | "
-                     f"{target} |" + "".join(f" {_cell(row.get('extra', {}).get(k))} |"
+                     f"{target} |" + "".join(f" {format_cell(row.get('extra', {}).get(k))} |"
                                              for k, _ in extra))
     return "\n".join(lines)
 

@@ -60,9 +60,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                            AdminController, health, ready, PrometheusController]
     # Local-folder storage serves its own signed upload/download URLs; the runtime shares
     # it. S3 storage is built by the lifespan, where its client can be closed.
-    built = make_storage(settings, storage_secret(secret)) if settings.embedded_storage else None
-    local_storage = built if isinstance(built, LocalStorage) else None
-    if local_storage is not None:
+    local_storage = make_storage(settings, storage_secret(secret)) \
+        if settings.embedded_storage else None
+    if isinstance(local_storage, LocalStorage):
         handlers.extend(local_file_routes(local_storage))
 
     return Litestar(

@@ -7,6 +7,7 @@ Methods are safe to retry: every script is idempotent by an operation id.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -296,3 +297,18 @@ class Core:
             return {}
         record: dict[str, str] = await self.runner.hgetall(keys.base)
         return record
+
+    async def job_snapshot(self, job_id: str) -> tuple[dict[str, str], dict[str, str], str | None]:
+        """The job hash, its items hash and its meta JSON, in one round trip."""
+        keys = self.job_keys(job_id)
+        if self.runner is not self.client:  # join the batch other requests are sending
+            job, items, meta = await asyncio.gather(
+                self.runner.hgetall(keys.base), self.runner.hgetall(keys.items),
+                self.runner.get(keys.meta))
+            return job, items, meta
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.base)
+            pipe.hgetall(keys.items)
+            pipe.get(keys.meta)
+            job, items, meta = await pipe.execute()
+        return job, items, meta

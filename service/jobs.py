@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -14,7 +13,6 @@ import anyio
 import msgspec
 
 from service.auth import callback_token
-from service.autopipeline import AutoPipeline
 from service.codes import BadArgument, Code, InvalidTransition, NotFound, TollgateError
 from service.core import TERMINAL_STATES, now_ms
 from service.db.history import history_job, history_page
@@ -113,21 +111,6 @@ async def create_job(
     return view
 
 
-async def _live(rt: Runtime, job_id: str) -> tuple[dict[str, str], dict[str, str], str | None]:
-    keys = rt.core.job_keys(job_id)
-    runner = rt.core.runner
-    if isinstance(runner, AutoPipeline):  # joins the batch other requests are sending
-        job, items, meta = await asyncio.gather(
-            runner.hgetall(keys.base), runner.hgetall(keys.items), runner.get(keys.meta))
-        return job, items, meta
-    async with rt.core.client.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.base)
-        pipe.hgetall(keys.items)
-        pipe.get(keys.meta)
-        job, items, meta = await pipe.execute()
-    return job, items, meta
-
-
 def _item_views(rt: Runtime, job_id: str, total: int, meta: list[dict[str, Any]],
                 states: dict[str, str]) -> list[dict[str, Any]]:
     views = []
@@ -199,7 +182,7 @@ async def get_job(rt: Runtime, user_id: str, job_id: str, *, with_items: bool = 
                   ) -> dict[str, Any]:
     if rt.core.keys.job(job_id) is None:
         raise NotFound(f"no job {job_id!r}")
-    job, items, meta = await _live(rt, job_id)
+    job, items, meta = await rt.core.job_snapshot(job_id)
     if job:
         if job.get("owner") != user_id:
             raise NotFound(f"no job {job_id!r}")
@@ -280,7 +263,7 @@ async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, An
 
 async def dispatch(rt: Runtime, job_id: str) -> list[str]:
     """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids)."""
-    job, _, meta_json = await _live(rt, job_id)
+    job, _, meta_json = await rt.core.job_snapshot(job_id)
     if not job or job["state"] != "queued":
         return []
     meta = json.loads(meta_json or "[]")
