@@ -104,9 +104,10 @@ async def test_a_verified_token_is_refused_once_it_expires(api: Api) -> None:
 
     from service.auth import issue_token
 
-    token = issue_token(SECRET, api.user(), ttl_s=1)
+    # `exp` is whole seconds after a truncated `iat`: ttl 3 leaves at least 2 s of validity.
+    token = issue_token(SECRET, api.user(), ttl_s=3)
     headers = {"Authorization": f"Bearer {token}"}
     assert (await api.client.get("/me", headers=headers)).status_code == 200
     assert (await api.client.get("/me", headers=headers)).status_code == 200  # from the cache
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(3.1)
     assert (await api.client.get("/me", headers=headers)).status_code == 401
