@@ -2,7 +2,7 @@
 
     python bench/bare_app.py --server granian --workers 1 --port 8001
 
-It is served by `service.serve.serve`, the function behind `tollgate api`, so the bare
+It is served by `service.cli.serve.serve`, the function behind `tollgate api`, so the bare
 endpoint and tollgate's endpoints run under the same server, process count and event loop.
 """
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     args = parser.parse_args(argv)
-    from service.serve import serve
+    from service.cli.serve import serve
 
     serve("bench.bare_app:create_app", host=args.host, port=args.port, workers=args.workers,
           server=args.server)

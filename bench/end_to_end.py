@@ -7,8 +7,8 @@ memory per live and per finished, not yet flushed job.
                                [--flush-jobs 2000] [--api-processes 1]
 
 Workers: real Redis, a fresh PostgreSQL database, local-folder storage, the API as a real
-server subprocess (`python -m service.cli api`, granian, `--api-processes`), and N
-`python -m service.cli worker` processes (forking RQ workers, the processor
+server subprocess (`python -m service.cli.main api`, granian, `--api-processes`), and N
+`python -m service.cli.main worker` processes (forking RQ workers, the processor
 `workers.processors.noop:passthrough`). `--jobs` jobs of `--items` items (one RQ batch each
 at the default batch size of 8) are created, uploaded and confirmed through the API before
 the clock starts; the clock runs from the first POST /jobs/{id}/execute to the moment every
@@ -19,8 +19,8 @@ trivial function (`noop_task` below, with a payload of the same size), enqueued 
 timed from the first enqueue to the last finish. On 2 CPUs the API, Redis and the workers
 share the cores; the row says how many.
 
-Flusher: `--flush-jobs` finished 8-item jobs created through `service.core.Core` on real
-Redis (reserve, transition, item_result; replayed in pipelines), then `workers.flusher.
+Flusher: `--flush-jobs` finished 8-item jobs created through `service.state.store.Core` on real
+Redis (reserve, transition, item_result; replayed in pipelines), then `service.sweeper.
 flush_once` passes until nothing is left, into the fresh database. Baseline: the same rows
 (jobs_log and credit_ledger, built from the same Redis records) written by the same SQL
 functions in the same transactions (one per bucket), without Redis.
@@ -88,7 +88,7 @@ class Client:
     def __init__(self, url: str, secret: str) -> None:
         import httpx
 
-        from service.auth import issue_token
+        from service.api.auth import issue_token
 
         self.http = httpx.AsyncClient(base_url=url, timeout=60,
                                       limits=httpx.Limits(max_connections=32))
@@ -213,7 +213,7 @@ async def rq_baseline(queue: Any, prefix: str, round_no: int, jobs: int, items: 
 
 async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[str, str]],
                        items: int, meter: CpuMeter) -> Run:
-    from service.core import TERMINAL_STATES
+    from service.state.store import TERMINAL_STATES
 
     cpu = await meter.read()
     start = time.perf_counter()
@@ -238,8 +238,8 @@ async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[s
 async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
                       ) -> tuple[list[Row], Baseline, list[str]]:
     from bench.stack import HttpServer, Service, start_all
-    from service.keys import KeySpace
-    from service.queue import make_queue
+    from service.contract import make_queue
+    from service.state.keys import KeySpace
 
     keys = KeySpace(stack.prefix, stack.settings().buckets)
     queue = make_queue(rq_connection, stack.prefix)
@@ -261,7 +261,7 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
         pairs = list(zip(owners, created, strict=True))
         for round_no, count in enumerate(params.workers):
             env = stack.env(public_url=api.url, TOLLGATE_PROCESSOR=PROCESSOR)
-            workers = [Service(f"worker-{i}", [sys.executable, "-m", "service.cli", "worker",
+            workers = [Service(f"worker-{i}", [sys.executable, "-m", "service.cli.main", "worker",
                                                "--queue", stack.prefix], env).start()
                        for i in range(count)]
             await wait_for_workers(queue, count)
@@ -323,14 +323,14 @@ async def flusher_part(params: Params, stack: Any, redis: Any
     from sqlalchemy import text
 
     from bench.redis_side import ScriptRecorder, load_scripts_into, replay
-    from service.core import Core
-    from service.db.engine import make_engine, make_session_factory
-    from service.db.history import insert_ledger, job_row_from_redis, upsert_jobs
-    from service.jobs import output_key
-    from service.keys import KeySpace
-    from service.plans import PLANS
+    from service.contract import output_key
+    from service.history.engine import make_engine, make_session_factory
+    from service.history.queries import insert_ledger, job_row_from_redis, upsert_jobs
     from service.runtime import make_core
-    from workers.flusher import flush_once
+    from service.state.keys import KeySpace
+    from service.state.plans import PLANS
+    from service.state.store import Core
+    from service.sweeper import flush_once
 
     prefix = stack.prefix + "f"
     settings = stack.settings(key_prefix=prefix, flush_delay=0)

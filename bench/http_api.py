@@ -6,7 +6,7 @@ same server and process count in the same run; uvicorn and granian side by side.
                              [--connections 64] [--seconds 2] [--rounds 2]
 
 What runs: for each process count, four real server subprocesses at once: `python -m
-service.cli api --server S --workers N` (tollgate, on real Redis, a fresh PostgreSQL
+service.cli.main api --server S --workers N` (tollgate, on real Redis, a fresh PostgreSQL
 database, local-folder storage, its own key prefix and secret) and `bench/bare_app.py
 --server S --workers N`, for S in uvicorn and granian. Only one of them is under load at a
 time. The load generator is `wrk` (C, keep-alive, one thread, `--connections` connections),
@@ -386,10 +386,11 @@ class Fixture:
 
     def __init__(self, stack: Stack, redis: Any, workdir: Path, params: Params) -> None:
         from bench.redis_side import ScriptRecorder
-        from service.auth import callback_token, issue_token
-        from service.core import Core
-        from service.keys import KeySpace
+        from service.api.auth import issue_token
+        from service.contract import callback_token
         from service.runtime import derived_secret
+        from service.state.keys import KeySpace
+        from service.state.store import Core
 
         self.stack = stack
         self.redis = redis
@@ -470,7 +471,7 @@ class Fixture:
     async def callback_requests(self) -> Path:
         """Fresh queued jobs of `callback_items` items, owned by fresh pro users (a callback
         needs no user token, only the job's), and one item event per request."""
-        from service.plans import PLANS
+        from service.state.plans import PLANS
 
         items = self.params.callback_items
         count = math.ceil(self.params.callbacks_per_phase / items)
@@ -500,7 +501,7 @@ class Fixture:
 
     async def get_requests(self) -> Path:
         """Running 8-item jobs with items 0-3 done, one per POST user, read by their owner."""
-        from service.jobs import output_key
+        from service.contract import output_key
 
         owners = self.users[: self.params.get_jobs]
         meta = json.loads(job_body(8))["items"]

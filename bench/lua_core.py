@@ -68,10 +68,10 @@ from bench.redis_side import (
     redis_facts,
     replay,
 )
-from service.codes import Code
-from service.core import Core
-from service.keys import KeySpace
-from service.plans import PLANS
+from service.state.codes import Code
+from service.state.keys import KeySpace
+from service.state.plans import PLANS
+from service.state.store import Core
 
 NAME = "lua_core"
 PLAN = PLANS["pro"]

@@ -22,12 +22,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.redis_clients import HiredisPackingConnection
-from service.scripts import Script
+from service.state.clients import HiredisPackingConnection
+from service.state.scripts import Script
 
 
 def connect(url: str, connections: int) -> Redis:
-    """The client much as `service.redis_clients.state_redis` builds it for the API (hiredis
+    """The client much as `service.state.clients.state_redis` builds it for the API (hiredis
     command packing), but on redis-py's plain pool with at most `connections` sockets:
     callers keep their concurrency within it, and the blocking pool costs more CPU per call
     and starves waiters unfairly."""

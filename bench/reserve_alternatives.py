@@ -71,10 +71,10 @@ from bench.redis_side import (
     private_redis,
     redis_facts,
 )
-from service.codes import ConcurrencyLimit, InsufficientCredits
-from service.core import Core, now_ms
-from service.keys import JobKeys, KeySpace
-from service.plans import Plan
+from service.errors import ConcurrencyLimit, InsufficientCredits
+from service.state.keys import JobKeys, KeySpace
+from service.state.plans import Plan
+from service.state.store import Core, now_ms
 
 NAME = "reserve_alternatives"
 TOTAL, PRICE = 2, 5

@@ -107,7 +107,7 @@ class Stack:
         return Settings(**{**values, **overrides})
 
     def migrate(self) -> None:
-        subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=self.env(),
+        subprocess.run([sys.executable, "-m", "service.cli.main", "migrate"], env=self.env(),
                        cwd=ROOT, check=True, capture_output=True, timeout=120)
 
     def remove_storage(self) -> None:
@@ -223,14 +223,14 @@ class Service:
 
 
 class HttpServer(Service):
-    """`python -m service.cli api ...` or `python bench/bare_app.py ...` on a free port."""
+    """`python -m service.cli.main api ...` or `python bench/bare_app.py ...` on a free port."""
 
     def __init__(self, name: str, app: str, server: str, workers: int, stack: Stack) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = server
         self.workers = workers
-        command = ([sys.executable, "-m", "service.cli", "api"] if app == "tollgate"
+        command = ([sys.executable, "-m", "service.cli.main", "api"] if app == "tollgate"
                    else [sys.executable, str(ROOT / "bench" / "bare_app.py")])
         super().__init__(name, [*command, "--server", server, "--workers", str(workers),
                                 "--port", str(self.port)], stack.env(public_url=self.url))

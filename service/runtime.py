@@ -13,12 +13,12 @@ import redis
 from rq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from service.core import Core
-from service.db.engine import make_engine
-from service.keys import KeySpace
-from service.queue import make_queue
-from service.redis_clients import is_standalone, queue_redis, state_redis, warn_if_evicting
+from service.contract import make_queue
+from service.history.engine import make_engine
 from service.settings import Settings
+from service.state.clients import is_standalone, queue_redis, state_redis, warn_if_evicting
+from service.state.keys import KeySpace
+from service.state.store import Core
 from service.storage import Storage, make_storage
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The RQ job function: one batch of a job's items, from download to the last callback.
 
-The payload is plain JSON (built by `service.queue.enqueue_job`). Every report carries a
+The payload is plain JSON (built by `service.state.queue.enqueue_job`). Every report carries a
 deterministic idempotency key, so RQ retrying a batch, or the sweeper re-enqueueing it,
 can never count an item twice. While the batch runs, a heartbeat thread renews the job's
 running lease; a worker that dies stops renewing and the sweeper settles the job.
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from rq.timeouts import BaseTimeoutException
 
-from service.queue import BatchItem
+from service.contract import BatchItem, item_callback_key
 from service.settings import get_settings
 from workers.callbacks import (
     DEFAULT_TIMEOUT,
@@ -58,11 +58,6 @@ class Batch:
             lease_ttl_s=float(payload["lease_ttl_s"]),
             items=[BatchItem(**item) for item in payload["items"]],
         )
-
-
-def item_key(job_id: str, index: int) -> str:
-    """Same key on every attempt at this item, whichever batch or worker sends it."""
-    return f"{job_id}:item:{index}"
 
 
 @lru_cache(maxsize=8)
@@ -189,7 +184,7 @@ def upload(http: RetryingClient, spec: BatchItem, output: Output) -> Output:
 
 def item_report(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "idempotency_key": item_key(batch.job_id, spec.index),
+        "idempotency_key": item_callback_key(batch.job_id, spec.index),
         "event": "item",
         "item_index": spec.index,
         "ok": output.error is None,

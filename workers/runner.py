@@ -13,11 +13,11 @@ import threading
 import uuid
 from typing import Any
 
+import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from service.queue import SERIALIZER, make_queue
-from service.redis_clients import queue_redis
+from service.contract import SERIALIZER, make_queue
 from service.settings import Settings
 from workers.jobs import preload
 
@@ -32,14 +32,16 @@ def _name(kind: str) -> str:
     return f"tollgate-{kind}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def run_worker(settings: Settings, *, queue_name: str, burst: bool, fork: bool = True) -> None:
+def run_worker(
+    settings: Settings, connection: redis.Redis, *, queue_name: str, burst: bool,
+    fork: bool = True,
+) -> None:
     """Blocks until the worker stops (SIGINT/SIGTERM, or an empty queue with `burst`).
 
     `fork=False` runs batches in the worker process itself: no fork per batch (about 0.1 s
     each) and a GPU processor keeps its CUDA context and model between batches, at the price
     of a processor crash taking the worker down (the lease and the sweeper still settle).
     """
-    connection = queue_redis(settings)
     queue = make_queue(connection, queue_name)
     worker_class: type[Any] = Worker if fork else SimpleWorker
     if _embedded(settings):
@@ -85,11 +87,10 @@ class ThreadedSimpleWorker(SimpleWorker):
 class EmbeddedWorkerThread(threading.Thread):
     """The worker of `tollgate dev`; `stop()` ends it after the batch in hand."""
 
-    def __init__(self, settings: Settings, queue_name: str) -> None:
+    def __init__(self, settings: Settings, connection: redis.Redis, queue_name: str) -> None:
         super().__init__(name="tollgate-worker", daemon=True)
         self.stop_event = threading.Event()
         self.processor_spec = settings.processor
-        connection = queue_redis(settings)
         self.worker = ThreadedSimpleWorker(
             [make_queue(connection, queue_name)],
             connection=connection,
@@ -110,7 +111,9 @@ class EmbeddedWorkerThread(threading.Thread):
         self.join(timeout)
 
 
-def start_embedded_worker_thread(settings: Settings, queue_name: str) -> EmbeddedWorkerThread:
-    thread = EmbeddedWorkerThread(settings, queue_name)
+def start_embedded_worker_thread(
+    settings: Settings, connection: redis.Redis, queue_name: str
+) -> EmbeddedWorkerThread:
+    thread = EmbeddedWorkerThread(settings, connection, queue_name)
     thread.start()
     return thread

@@ -19,9 +19,9 @@ import pytest
 import redis
 import uvicorn
 
-from service.app import create_app
-from service.auth import issue_token
-from service.db.engine import run_migrations
+from service.api.app import create_app
+from service.api.auth import issue_token
+from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.conftest import free_port
 
@@ -139,7 +139,7 @@ async def api(real_settings: Settings, real_redis: Any) -> AsyncIterator[Api]:
 async def embedded_api(tmp_path: Path) -> AsyncIterator[Api]:
     import fakeredis
 
-    import service.redis_clients as clients
+    import service.state.clients as clients
 
     clients._EMBEDDED = fakeredis.FakeServer()  # a fresh embedded server per test
     port = free_port()

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from service.auth import callback_token
+from service.contract import callback_token
 from service.runtime import derived_secret
 from tests.api.conftest import SECRET, Api
 

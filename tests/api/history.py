@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from service.runtime import open_runtime
+from service.sweeper import flush_once
 from tests.api.conftest import SECRET, Api
-from workers.flusher import flush_once
 
 
 async def flush_everything(api: Api) -> None:

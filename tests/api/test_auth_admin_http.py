@@ -102,7 +102,7 @@ async def test_credit_grant_refusals(api: Api) -> None:
 async def test_a_verified_token_is_refused_once_it_expires(api: Api) -> None:
     import asyncio
 
-    from service.auth import issue_token
+    from service.api.auth import issue_token
 
     # `exp` is whole seconds after a truncated `iat`: ttl 3 leaves at least 2 s of validity.
     token = issue_token(SECRET, api.user(), ttl_s=3)

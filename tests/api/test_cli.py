@@ -13,10 +13,10 @@ import jwt
 import pytest
 import sqlalchemy
 
-from service.cli import parse_ttl
-from service.core import Core
-from service.keys import KeySpace
-from service.plans import PLANS
+from service.cli.main import parse_ttl
+from service.state.keys import KeySpace
+from service.state.plans import PLANS
+from service.state.store import Core
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "cli-secret-" + "z" * 32
@@ -24,7 +24,7 @@ SECRET = "cli-secret-" + "z" * 32
 
 def tollgate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=ROOT,
                           env={**base, "PYTHONPATH": str(ROOT), **env},
                           capture_output=True, text=True, timeout=60)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.db.engine import run_migrations
+from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.api.conftest import SECRET, Api, ServerThread, drop_rq_queue
 from tests.api.flow import create_job, me, report_item, upload_all

@@ -7,8 +7,8 @@ from typing import Any
 
 from rq import Queue
 
-from service.keys import KeySpace
-from service.queue import rq_job_id
+from service.contract import rq_job_id
+from service.state.keys import KeySpace
 from tests.api.conftest import Api
 from tests.api.flow import (
     PNG_BYTES,
@@ -257,7 +257,7 @@ def _rq_connection(api: Api) -> object:
 
 
 async def test_a_user_lost_from_redis_is_provisioned_again(api: Api, real_redis: object) -> None:
-    from service.keys import KeySpace
+    from service.state.keys import KeySpace
 
     user = api.user()
     await me(api, user)

@@ -8,7 +8,7 @@ from litestar.plugins.prometheus import PrometheusController
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
-from service.metrics import metrics_middleware
+from service.api.metrics import metrics_middleware
 
 
 @get("/things/{thing_id:str}", sync_to_thread=False)

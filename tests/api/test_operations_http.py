@@ -28,7 +28,7 @@ def _server_with_dead_redis(tmp_url: str) -> Iterator[str]:
 
 
 async def test_ready_is_503_when_redis_is_down(tmp_path: object) -> None:
-    from service.db.engine import run_migrations
+    from service.history.engine import run_migrations
 
     url = f"sqlite:///{tmp_path}/t.db"
     run_migrations(url)

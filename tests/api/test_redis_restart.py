@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.auth import issue_token
-from service.db.engine import run_migrations
+from service.api.auth import issue_token
+from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.api.conftest import SECRET, ServerThread
 from tests.conftest import free_port, need, wait_for_port

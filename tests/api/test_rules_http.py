@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
-from service.db.models import Rule
+from service.history.models import Rule
 from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import me

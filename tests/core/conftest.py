@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
-from service.core import Core
-from service.keys import KeySpace
-from service.redis_clients import HiredisPackingConnection
+from service.state.clients import HiredisPackingConnection
+from service.state.keys import KeySpace
+from service.state.store import Core
 
 BUCKETS = 16
 RACE_CONNECTIONS = 50
@@ -120,7 +120,7 @@ async def race_core(
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Pins `service.core.now_ms`; tests move time by assigning clock[0]."""
+    """Pins `service.state.store.now_ms`; tests move time by assigning clock[0]."""
     clock = [1_800_000_000_000]
-    monkeypatch.setattr("service.core.now_ms", lambda: clock[0])
+    monkeypatch.setattr("service.state.store.now_ms", lambda: clock[0])
     yield clock

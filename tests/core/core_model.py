@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.plans import Plan
+from service.state.plans import Plan
 
 STEPS = {"created": "uploaded", "uploaded": "queued", "queued": "running"}
 LIVE = frozenset({"created", "uploaded", "queued", "running"})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.core import Core, JobProgress
-from service.plans import PLANS, Plan
+from service.state.plans import PLANS, Plan
+from service.state.store import Core, JobProgress
 
 STEPS = (("created", "uploaded"), ("uploaded", "queued"), ("queued", "running"))
 LEASE_MS = 60_000

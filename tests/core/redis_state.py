@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.core import LIVE_STATES, Core
+from service.state.store import LIVE_STATES, Core
 
 
 async def balance(core: Core, user_id: str) -> dict[str, int]:

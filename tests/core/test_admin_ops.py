@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.codes import BadArgument, Code, ConcurrencyLimit, InsufficientCredits, NotFound
-from service.core import Core
-from service.plans import PLANS, Plan
+from service.errors import BadArgument, ConcurrencyLimit, InsufficientCredits, NotFound
+from service.state.codes import Code
+from service.state.plans import PLANS, Plan
+from service.state.store import Core
 from tests.core.job_setup import new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 

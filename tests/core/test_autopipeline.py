@@ -13,8 +13,8 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from service.autopipeline import AutoPipeline
-from service.redis_clients import HiredisPackingConnection
+from service.state.autopipeline import AutoPipeline
+from service.state.clients import HiredisPackingConnection
 
 
 @pytest.fixture
@@ -119,8 +119,8 @@ def test_booleans_are_refused_as_redis_py_refuses_them() -> None:
 
 
 async def test_the_state_client_packs_with_hiredis(redis_url: str) -> None:
-    from service.redis_clients import state_redis
     from service.settings import Settings
+    from service.state.clients import state_redis
 
     client = state_redis(Settings(redis_url=redis_url))
     pool = client.connection_pool

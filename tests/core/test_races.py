@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from service.autopipeline import AutoPipeline
-from service.codes import Code, TollgateError
-from service.core import Core, JobProgress
-from service.plans import PLANS, Plan
+from service.errors import TollgateError
+from service.state.autopipeline import AutoPipeline
+from service.state.codes import Code
+from service.state.plans import PLANS, Plan
+from service.state.store import Core, JobProgress
 from tests.core.conftest import RACE_CONNECTIONS
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, new_job, new_user, report
 from tests.core.redis_state import assert_balanced, balance, ledger, money

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.core import Core
-from service.plans import PLANS
+from service.state.plans import PLANS
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, new_job, new_user, report
 from tests.core.redis_state import snapshot
 

@@ -6,16 +6,16 @@ from typing import Any
 
 import pytest
 
-from service.codes import (
+from service.errors import (
     BadArgument,
-    Code,
     ConcurrencyLimit,
     IdempotencyKeyReused,
     InsufficientCredits,
     NotFound,
 )
-from service.core import Core
-from service.plans import PLANS
+from service.state.codes import Code
+from service.state.plans import PLANS
+from service.state.store import Core
 from tests.core.job_setup import HOLD_MS, new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, money, snapshot
 

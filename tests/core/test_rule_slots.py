@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.codes import Code, NotFound, RuleSlotsExhausted
-from service.core import Core
-from service.plans import PLANS
+from service.errors import NotFound, RuleSlotsExhausted
+from service.state.codes import Code
+from service.state.plans import PLANS
+from service.state.store import Core
 from tests.core.job_setup import new_user
 from tests.core.redis_state import snapshot
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from service.codes import Code
-from service.core import Core
-from service.plans import PLANS
-from service.scripts import Script
+from service.state.codes import Code
+from service.state.plans import PLANS
+from service.state.scripts import Script
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, HOLD_MS
 from tests.core.redis_state import assert_balanced
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from service.codes import BadArgument, Code, InvalidTransition, NotFound
-from service.core import Core, JobProgress
+from service.errors import BadArgument, InvalidTransition, NotFound
+from service.state.codes import Code
+from service.state.store import Core, JobProgress
 from tests.core.job_setup import FLUSH_MS, new_job, new_user, report
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 

@@ -23,10 +23,11 @@ from hypothesis.stateful import (
 )
 from redis.asyncio import Redis
 
-from service.codes import ERRORS, TollgateError
-from service.core import Core
-from service.keys import KeySpace
-from service.plans import PLANS, Plan
+from service.errors import TollgateError
+from service.state.codes import ERRORS
+from service.state.keys import KeySpace
+from service.state.plans import PLANS, Plan
+from service.state.store import Core
 from tests.core.core_model import LIVE, STEPS, CoreModel
 
 USERS = ("ann", "bob", "cy")

@@ -7,8 +7,9 @@ import json
 import pytest
 from redis.exceptions import ResponseError
 
-from service.codes import BadArgument, Code, InvalidTransition, NotFound
-from service.core import Core
+from service.errors import BadArgument, InvalidTransition, NotFound
+from service.state.codes import Code
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, LEASE_MS, new_job, new_user, report
 from tests.core.redis_state import snapshot
 

@@ -61,7 +61,7 @@ class Workers:
         self.logs: dict[int, IO[bytes]] = {}
 
     def start(self, processor: str, *, burst: bool, **extra: str) -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "service.cli", "worker", "--queue",
+        args = [sys.executable, "-m", "service.cli.main", "worker", "--queue",
                 self.settings.queue_name, *(["--burst"] if burst else [])]
         # A file, not a pipe: nobody reads a long-running worker's output until it ends.
         log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop_all)

@@ -22,7 +22,8 @@ def test_dev_brings_up_the_embedded_system_and_demo_finishes_a_job(tmp_path: Pat
     port = free_port()
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
-        dev = subprocess.Popen([sys.executable, "-m", "service.cli", "dev", "--port", str(port)],
+        dev = subprocess.Popen([sys.executable, "-m", "service.cli.main", "dev",
+                                "--port", str(port)],
                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
@@ -41,7 +42,7 @@ def test_dev_brings_up_the_embedded_system_and_demo_finishes_a_job(tmp_path: Pat
         token = re.search(r"token:\s+(\S+)", banner)
         assert token, banner
         demo = subprocess.run(
-            [sys.executable, "-m", "service.cli", "demo", "--url", f"http://127.0.0.1:{port}",
+            [sys.executable, "-m", "service.cli.main", "demo", "--url", f"http://127.0.0.1:{port}",
              "--token", token[1]],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert demo.returncode == 0, demo.stdout + demo.stderr

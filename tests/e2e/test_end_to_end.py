@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.db.models import JobLog, LedgerEntry
+from service.history.models import JobLog, LedgerEntry
 from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, me, queued_job, report_item
@@ -164,8 +164,8 @@ async def test_a_queued_job_lost_by_the_queue_is_enqueued_again_and_finishes(
     import redis as sync_redis
     from rq.job import Job
 
-    from service.queue import rq_job_id
-    from service.sweep import run_flusher_with_requeue
+    from service.contract import rq_job_id
+    from service.sweeper import run_flusher_with_requeue
 
     user = api.user()
     job = await queued_job(api, user, 2)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.core import Core
-from service.db.engine import make_engine, make_session_factory, run_migrations
-from service.keys import KeySpace
+from service.history.engine import make_engine, make_session_factory, run_migrations
+from service.state.keys import KeySpace
+from service.state.store import Core
 
 BUCKETS = 16
 

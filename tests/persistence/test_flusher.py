@@ -19,14 +19,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import workers.flusher as flusher
-from service.codes import InvalidTransition
-from service.core import Core
-from service.db.models import JobLog, LedgerEntry
-from service.plans import PLANS
+import service.sweeper as flusher
+from service.errors import InvalidTransition
+from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
+from service.state.plans import PLANS
+from service.state.store import Core
+from service.sweeper import FlushStats, flush_once, run_flusher
 from tests.persistence.conftest import BUCKETS
-from workers.flusher import FlushStats, flush_once, run_flusher
 
 pytestmark = pytest.mark.redis
 
@@ -351,7 +351,7 @@ async def test_run_flusher_builds_its_own_clients_and_flushes(
 def test_flusher_process_exits_cleanly_on_sigterm(
     redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
-    from service.db.engine import run_migrations
+    from service.history.engine import run_migrations
 
     url = f"sqlite:///{tmp_path / 'sig.db'}"
     run_migrations(url)
@@ -359,7 +359,7 @@ def test_flusher_process_exits_cleanly_on_sigterm(
            "TOLLGATE_DATABASE_URL": url, "TOLLGATE_BUCKETS": "4",
            "TOLLGATE_FLUSHER_INTERVAL": "0.05"}
     code = ("import asyncio; from service.settings import Settings; "
-            "from workers.flusher import run_flusher; "
+            "from service.sweeper import run_flusher; "
             "asyncio.run(run_flusher(Settings(), once=False))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -392,8 +392,8 @@ def test_flush_stats_add_up_and_read_well() -> None:
 async def test_the_flusher_runs_on_redis_cluster(
     cluster_url: str, key_prefix: str, sessions: Sessions, database_url: str
 ) -> None:
-    from service.keys import KeySpace
-    from service.redis_clients import state_redis
+    from service.state.clients import state_redis
+    from service.state.keys import KeySpace
 
     settings = settings_for(key_prefix, redis_url=cluster_url)
     client = state_redis(settings)

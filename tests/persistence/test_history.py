@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db.history import (
+from service.history.models import JobLog, LedgerEntry, User
+from service.history.queries import (
     ensure_user_row,
     history_job,
     history_page,
@@ -17,7 +18,6 @@ from service.db.history import (
     job_row_from_redis,
     upsert_jobs,
 )
-from service.db.models import JobLog, LedgerEntry, User
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = 1_764_130_000_000  # ms
@@ -114,7 +114,7 @@ async def test_ledger_entries_insert_once_even_when_repeated(sessions: Sessions)
 
 
 async def test_user_rows_are_created_once_and_plans_change(sessions: Sessions) -> None:
-    from service.db.history import set_user_plan
+    from service.history.queries import set_user_plan
 
     async with sessions() as session, session.begin():
         await ensure_user_row(session, "ann", "free")

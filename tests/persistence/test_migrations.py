@@ -10,14 +10,14 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from service.db.engine import (
+from service.history.engine import (
     alembic_config,
     async_url,
     make_engine,
     run_migrations,
     sync_url,
 )
-from service.db.models import Base
+from service.history.models import Base
 
 
 @pytest.mark.parametrize(

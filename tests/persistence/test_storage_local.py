@@ -11,6 +11,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from service.api.problems import EXCEPTION_HANDLERS
 from service.settings import Settings
 from service.storage import LocalStorage, S3Storage, local_file_routes, make_storage
 
@@ -24,7 +25,7 @@ def storage(tmp_path: Path) -> LocalStorage:
 
 @pytest.fixture
 async def client(storage: LocalStorage) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    app = Litestar(route_handlers=local_file_routes(storage))
+    app = Litestar(route_handlers=local_file_routes(storage), exception_handlers=EXCEPTION_HANDLERS)
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as test_client:
         yield test_client
 
@@ -106,18 +107,18 @@ async def test_bad_or_tampered_signatures_get_403_problem(
     upload = storage.presign_upload("jobs/j1/in/0", "image/png", 10, 600)
     q = query_of(upload.url)
     attempts = [
-        (path_of(upload.url), {"Content-Type": "text/html"}),  # another content type
-        (f"/files/jobs/j1/in/1?m=PUT&exp={q['exp']}&max=10&sig={q['sig']}", upload.headers),
-        (f"/files/jobs/j1/in/0?m=PUT&exp={q['exp']}&max=99&sig={q['sig']}", upload.headers),
-        ("/files/jobs/j1/in/0", upload.headers),  # no signature at all
-        (f"/files/jobs/j1/in/0?m=PUT&exp=abc&max=10&sig={q['sig']}", upload.headers),
+        (path_of(upload.url), {"Content-Type": "text/html"}, 403),  # another content type
+        (f"/files/jobs/j1/in/1?m=PUT&exp={q['exp']}&max=10&sig={q['sig']}", upload.headers, 403),
+        (f"/files/jobs/j1/in/0?m=PUT&exp={q['exp']}&max=99&sig={q['sig']}", upload.headers, 403),
+        ("/files/jobs/j1/in/0", upload.headers, 403),  # no signature at all
+        (f"/files/jobs/j1/in/0?m=PUT&exp=abc&max=10&sig={q['sig']}", upload.headers, 422),
     ]
-    for path, headers in attempts:
+    for path, headers, status in attempts:
         response = await client.put(path, content=b"0123456789", headers=headers)
-        assert response.status_code in (400, 403), path
-        if response.status_code == 403:
-            assert response.headers["content-type"].startswith("application/problem+json")
-            assert response.json()["code"] == "bad_signature"
+        assert response.status_code == status, path
+        assert response.headers["content-type"].startswith("application/problem+json")
+        code = response.json()["code"]
+        assert code == ("bad_signature" if status == 403 else "validation_error"), path
     assert await storage.missing(["jobs/j1/in/0", "jobs/j1/in/1"]) == [0, 1]
     download = path_of(storage.presign_download("jobs/j1/in/0", 600))
     response = await client.get(download.replace("m=GET", "m=PUT"))
@@ -130,13 +131,13 @@ async def test_body_larger_than_declared_is_413_and_leaves_nothing(
     upload = storage.presign_upload("jobs/j1/in/0", "image/png", 10, 600)
     response = await client.put(path_of(upload.url), content=b"x" * 11, headers=upload.headers)
     assert response.status_code == 413
-    assert response.json()["code"] == "too_large"
+    assert response.json()["code"] == "payload_too_large"
 
     # A client that declares less than it sends is caught while the body streams in.
     lying = {**upload.headers, "Content-Length": "8"}
     response = await client.put(path_of(upload.url), content=b"x" * 16, headers=lying)
     assert response.status_code == 413
-    assert response.json()["code"] == "too_large"
+    assert response.json()["code"] == "payload_too_large"
     assert [path for path in storage.root.rglob("*") if path.is_file()] == []
 
 

@@ -11,7 +11,8 @@ from unittest import mock
 import httpx
 import pytest
 
-from service.storage import S3Storage, SigV4Presigner
+from service.storage.s3 import S3Storage
+from service.storage.sigv4 import SigV4Presigner
 
 pytestmark = pytest.mark.s3
 

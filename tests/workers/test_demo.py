@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.demo import progress_bar, run_demo
+from service.cli.demo import progress_bar, run_demo
 
 TOKEN = "user-token"
 

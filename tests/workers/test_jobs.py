@@ -10,7 +10,7 @@ import httpx
 import pytest
 from rq.timeouts import JobTimeoutException
 
-from service.queue import BatchItem, batch_payload
+from service.contract import BatchItem, batch_payload
 from tests.workers.conftest import TOKEN, FakeApi
 from workers.callbacks import CallbackClient, CallbackError, CallbackUnauthorized, RetryingClient
 from workers.jobs import Batch, LeaseHeartbeat, process_batch, run_batch

@@ -11,16 +11,8 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from service.queue import (
-    FAILURE_TTL_S,
-    JOB_FUNCTION,
-    RESULT_TTL_S,
-    SERIALIZER,
-    BatchItem,
-    enqueue_job,
-    make_queue,
-    rq_job_id,
-)
+from service.contract import JOB_FUNCTION, SERIALIZER, BatchItem, make_queue, rq_job_id
+from service.state.queue import FAILURE_TTL_S, RESULT_TTL_S, enqueue_job
 from tests.workers.conftest import unique_job_id
 
 pytestmark = pytest.mark.redis

@@ -16,8 +16,10 @@ import pytest
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
-from service.queue import SERIALIZER, BatchItem, enqueue_job, make_queue
+from service.contract import SERIALIZER, BatchItem, make_queue
 from service.settings import Settings
+from service.state.clients import queue_redis
+from service.state.queue import enqueue_job
 from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
 from workers.processors import Item, Output
 from workers.processors.noop import passthrough
@@ -90,8 +92,11 @@ def test_tollgate_worker_process_runs_batches(
     env.pop("TOLLGATE_QUEUE_REDIS_URL", None)
     code = (
         "from service.settings import get_settings\n"
+        "from service.state.clients import queue_redis\n"
         "from workers.runner import run_worker\n"
-        f"run_worker(get_settings(), queue_name={key_prefix!r}, burst=True, fork={fork})\n"
+        "settings = get_settings()\n"
+        f"run_worker(settings, queue_redis(settings), queue_name={key_prefix!r}, burst=True, "
+        f"fork={fork})\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -108,9 +113,9 @@ def test_embedded_worker_thread_runs_batches_on_fakeredis_and_stops(
 ) -> None:
     processor_env("workers.processors.noop:passthrough")
     server = fakeredis.FakeServer()
-    monkeypatch.setattr("service.redis_clients._EMBEDDED", server)
+    monkeypatch.setattr("service.state.clients._EMBEDDED", server)
     settings = Settings(redis_url=None, queue_redis_url=None)
-    thread = start_embedded_worker_thread(settings, "embedded-test")
+    thread = start_embedded_worker_thread(settings, queue_redis(settings), "embedded-test")
     try:
         queue = make_queue(fakeredis.FakeRedis(server=server), "embedded-test")
         ids = enqueue_items(queue, fake_api, "01embedded0000000000000000-1", 4)
@@ -145,8 +150,9 @@ def test_embedded_worker_times_a_batch_out_and_fails_its_items(
     """Off the main thread RQ cannot use SIGALRM: the timer death penalty must still fire."""
     processor_env("tests.workers.test_runner:blocks_until_released")
     server = fakeredis.FakeServer()
-    monkeypatch.setattr("service.redis_clients._EMBEDDED", server)
-    thread = start_embedded_worker_thread(Settings(redis_url=None, queue_redis_url=None), "slow")
+    monkeypatch.setattr("service.state.clients._EMBEDDED", server)
+    settings = Settings(redis_url=None, queue_redis_url=None)
+    thread = start_embedded_worker_thread(settings, queue_redis(settings), "slow")
     job_id = "01timeout00000000000000000-2"
     try:
         queue = make_queue(fakeredis.FakeRedis(server=server), "slow")

@@ -1,0 +1,84 @@
+"""The Litestar application: `create_app()` wires settings, auth, routes and the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusController
+
+from service.api.auth import make_jwt_auth
+from service.api.metrics import metrics_middleware
+from service.api.problems import EXCEPTION_HANDLERS
+from service.api.routes.admin import AdminController
+from service.api.routes.callbacks import job_callback
+from service.api.routes.deps import DEPENDENCIES
+from service.api.routes.health import health, ready
+from service.api.routes.jobs import JobsController
+from service.api.routes.me import get_me
+from service.api.routes.rules import RulesController
+from service.runtime import open_runtime, storage_secret
+from service.settings import Settings, get_settings
+from service.storage import LocalStorage, local_file_routes, make_storage
+
+log = logging.getLogger("tollgate")
+
+
+class MissingSecret(RuntimeError):
+    """Raised at start-up: without a secret no token could be checked."""
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    secret = settings.jwt_secret
+    if not secret and not settings.jwt_public_key:
+        raise MissingSecret(
+            "TOLLGATE_JWT_SECRET is not set: set it, or use `tollgate dev`, which makes one"
+        )
+    secret = secret or ""
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = await open_runtime(settings, secret, local_storage)
+        app.state.runtime = runtime
+        log.info("tollgate ready: redis=%s database=%s storage=%s",
+                 "embedded fakeredis" if settings.embedded_redis else "external",
+                 settings.database_url.split("@")[-1],
+                 "local folder" if settings.embedded_storage else "S3")
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    jwt_auth = make_jwt_auth(settings, secret)
+    handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
+                           AdminController, health, ready, PrometheusController]
+    # Local-folder storage serves its own signed upload/download URLs; the runtime shares
+    # it. S3 storage is built by the lifespan, where its client can be closed.
+    local_storage = make_storage(settings, storage_secret(secret)) \
+        if settings.embedded_storage else None
+    if isinstance(local_storage, LocalStorage):
+        handlers.extend(local_file_routes(local_storage))
+
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_app_init=[jwt_auth.on_app_init],
+        middleware=[metrics_middleware],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="tollgate", version="0.1.0", path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT")}),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )

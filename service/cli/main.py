@@ -1,0 +1,172 @@
+"""The `tollgate` command: one entry point for every part of the system."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import sys
+from typing import Any
+
+from service.settings import Settings, get_settings
+
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 30m, 1h or 7d")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def _secret_or_exit(settings: Settings) -> str:
+    if not settings.jwt_secret:
+        sys.exit("TOLLGATE_JWT_SECRET is not set (tokens are signed with it)")
+    return settings.jwt_secret
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from service.api.auth import issue_token
+
+    print(issue_token(_secret_or_exit(get_settings()), args.user_id, admin=args.admin,
+                      ttl_s=args.ttl))
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from service.history.engine import run_migrations
+
+    settings = get_settings()
+    run_migrations(settings.database_url)
+    print(f"schema is up to date on {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _secret_or_exit(settings)
+    if settings.embedded_redis and args.workers > 1:
+        sys.exit("the embedded fakeredis lives in one process: set TOLLGATE_REDIS_URL "
+                 "to run several API processes (or use `tollgate dev`)")
+    from service.cli.serve import serve
+
+    serve("service.api.app:create_app", host=args.host, port=args.port, workers=args.workers,
+          server=args.server)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.state.clients import queue_redis
+    from workers.runner import run_worker
+
+    settings = get_settings()
+    run_worker(settings, queue_redis(settings), queue_name=args.queue or settings.queue_name,
+               burst=args.burst, fork=not args.no_fork)
+    return 0
+
+
+def cmd_flusher(args: argparse.Namespace) -> int:
+    from service.sweeper import run_flusher_with_requeue
+
+    asyncio.run(run_flusher_with_requeue(get_settings(), once=args.once))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from service.cli.dev import run_dev
+
+    return run_dev(host=args.host, port=args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.cli.demo import run_demo
+
+    settings = get_settings()
+    token = args.token
+    if token is None:
+        from service.api.auth import issue_token
+
+        token = issue_token(_secret_or_exit(settings), args.user, ttl_s=3600)
+    return run_demo(args.url or settings.public_url, token, items=args.items)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from service.cli.inspect import inspect_job, inspect_user
+
+    settings = get_settings()
+    if settings.embedded_redis:
+        sys.exit("inspect reads a shared Redis: set TOLLGATE_REDIS_URL")
+    report: dict[str, Any] = asyncio.run(
+        inspect_user(settings, args.id) if args.what == "user" else inspect_job(settings, args.id)
+    )
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="API + worker + flusher in one process")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(run=cmd_dev)
+
+    api = sub.add_parser("api", help="the API server")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="server processes")
+    api.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    api.set_defaults(run=cmd_api)
+
+    worker = sub.add_parser("worker", help="an RQ worker for GPU items")
+    worker.add_argument("--queue", default=None)
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--no-fork", action="store_true",
+                        help="run batches in this process: no fork per batch, so a GPU "
+                             "processor keeps its model loaded (a crash takes the worker)")
+    worker.set_defaults(run=cmd_worker)
+
+    flusher = sub.add_parser("flusher", help="flush finished jobs, expire holds and leases")
+    flusher.add_argument("--once", action="store_true", help="one pass over every bucket")
+    flusher.set_defaults(run=cmd_flusher)
+
+    sub.add_parser("migrate", help="create or upgrade the SQL schema").set_defaults(
+        run=cmd_migrate)
+
+    token = sub.add_parser("token", help="print a signed token")
+    token.add_argument("user_id")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=parse_ttl, default=3600, help="e.g. 3600, 30m, 1h, 7d")
+    token.set_defaults(run=cmd_token)
+
+    demo = sub.add_parser("demo", help="run a real job end to end against a running API")
+    demo.add_argument("--url", default=None, help="API base URL (TOLLGATE_PUBLIC_URL)")
+    demo.add_argument("--token", default=None, help="bearer token (default: signs one)")
+    demo.add_argument("--user", default="demo-user")
+    demo.add_argument("--items", type=int, default=8)
+    demo.set_defaults(run=cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="show the Redis keys behind a user or job")
+    inspect.add_argument("what", choices=["user", "job"])
+    inspect.add_argument("id")
+    inspect.set_defaults(run=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+def generated_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The wire contract between the API and the GPU workers: nothing else crosses it.
+
+A batch reaches a worker as an RQ job on a tollgate queue (JSON payload, deterministic RQ
+id); the worker answers through `POST /jobs/{id}/callback` with a per-job token. Workers
+import this module and `service.settings`, never the rest of `service`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+JOB_FUNCTION = "workers.jobs.process_batch"
+SERIALIZER = JSONSerializer
+# Stored error texts are cut here, on both sides of the wire.
+MAX_ERROR_CHARS = 1000
+
+
+class CallbackEvent(StrEnum):
+    STARTED = "started"
+    HEARTBEAT = "heartbeat"
+    ITEM = "item"
+    ITEMS = "items"
+    FAILED = "failed"
+
+
+# Answers to a callback that mean "this job no longer takes reports: stop working on it".
+# 409 invalid_transition: it is canceled or finished; 404: it was also flushed to history.
+CLOSED_STATUSES = frozenset({404, 409})
+CLOSED_CODES = frozenset({"invalid_transition", "not_found"})
+
+
+def is_closed_answer(status: int, code: object) -> bool:
+    return status in CLOSED_STATUSES and code in CLOSED_CODES
+
+
+def input_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/in/{index}"
+
+
+def output_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/out/{index}"
+
+
+def item_callback_key(job_id: str, index: int) -> str:
+    """Same key on every attempt at this item, whichever batch or worker sends it."""
+    return f"{job_id}:item:{index}"
+
+
+def clean_error(text: str) -> str:
+    """A worker's error as it may be stored: no control characters (PostgreSQL refuses NUL),
+    bounded length."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    return cleaned[:MAX_ERROR_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    index: int
+    name: str
+    content_type: str
+    input_url: str
+    output_url: str
+    output_key: str
+
+
+def rq_job_id(job_id: str, batch_no: int) -> str:
+    return f"tg-{job_id}-{batch_no}"
+
+
+def make_queue(connection: redis.Redis, name: str) -> Queue:
+    """The queue with tollgate's serializer; use it on both the enqueue and worker side."""
+    return Queue(name, connection=connection, serializer=SERIALIZER)
+
+
+def batch_payload(
+    *,
+    job_id: str,
+    batch_no: int,
+    callback_url: str,
+    callback_token: str,
+    lease_ttl_s: int,
+    items: list[BatchItem],
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "batch_no": batch_no,
+        "rq_job_id": rq_job_id(job_id, batch_no),
+        "callback_url": callback_url,
+        "callback_token": callback_token,
+        "lease_ttl_s": lease_ttl_s,
+        "items": [asdict(item) for item in items],
+    }
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _callback_mac(secret: str, job_id: str, owner: str) -> bytes:
+    message = f"callback\n{job_id}\n{owner}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()
+
+
+def callback_token(secret: str, job_id: str, owner: str) -> str:
+    """Bound to one job and its owner, so the callback learns the owner from the token."""
+    return f"{_b64(owner.encode())}.{_b64(_callback_mac(secret, job_id, owner))}"
+
+
+def verify_callback_token(secret: str, job_id: str, token: str) -> str | None:
+    """The job's owner when the token was issued for this job, else None."""
+    owner_part, sep, mac_part = token.partition(".")
+    if not sep or not owner_part or not mac_part:
+        return None
+    try:
+        owner = _unb64(owner_part).decode()
+        mac = _unb64(mac_part)
+    except (binascii.Error, ValueError):
+        return None
+    if not hmac.compare_digest(mac, _callback_mac(secret, job_id, owner)):
+        return None
+    return owner

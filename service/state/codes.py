@@ -1,0 +1,43 @@
+"""The return codes of the Lua scripts, mirrored once, and the typed errors they become."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from service.errors import (
+    BadArgument,
+    ConcurrencyLimit,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    InvalidTransition,
+    NotFound,
+    RuleSlotsExhausted,
+    TollgateError,
+)
+
+
+class Code(StrEnum):
+    OK = "ok"
+    ALREADY = "already"
+    DUPLICATE = "duplicate"
+    NOT_FOUND = "not_found"
+    INVALID_TRANSITION = "invalid_transition"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    RULE_SLOTS_EXHAUSTED = "rule_slots_exhausted"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    BAD_ARGUMENT = "bad_argument"
+
+
+SUCCESS = frozenset({Code.OK, Code.ALREADY, Code.DUPLICATE})
+
+
+ERRORS: dict[Code, type[TollgateError]] = {
+    Code.NOT_FOUND: NotFound,
+    Code.INVALID_TRANSITION: InvalidTransition,
+    Code.INSUFFICIENT_CREDITS: InsufficientCredits,
+    Code.CONCURRENCY_LIMIT: ConcurrencyLimit,
+    Code.RULE_SLOTS_EXHAUSTED: RuleSlotsExhausted,
+    Code.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
+    Code.BAD_ARGUMENT: BadArgument,
+}

@@ -1,0 +1,89 @@
+"""Hands a job's items to the GPU workers: RQ jobs of batches with deterministic ids.
+
+The RQ job id is derived from the tollgate job id and the batch number, so enqueueing the
+same job twice (the sweeper re-enqueueing a queued job nobody started, a retried execute)
+leaves a live batch alone and only recreates one that is gone or over. The payload is plain
+JSON under RQ's JSONSerializer (no pickle in Redis); every worker must use the same one:
+`tollgate worker` does, a bare `rq worker` needs `--serializer json`.
+"""
+
+from __future__ import annotations
+
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from service.contract import (
+    JOB_FUNCTION,
+    SERIALIZER,
+    BatchItem,
+    batch_payload,
+    make_queue,
+    rq_job_id,
+)
+
+RESULT_TTL_S = 600
+FAILURE_TTL_S = 86_400
+# A batch in one of these states will still run (or is running): enqueueing again would
+# only run it twice.
+LIVE_STATUSES = frozenset(
+    {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+)
+
+
+def _is_live(queue: Queue, rq_id: str) -> bool:
+    """True when the batch will still run; deletes a finished/failed/broken one."""
+    try:
+        job = Job.fetch(rq_id, connection=queue.connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) in LIVE_STATUSES:
+        return True
+    # Over (finished, failed, stopped, canceled): drop it and its registry entries so the
+    # new run starts clean under the same id.
+    job.delete()
+    return False
+
+
+def enqueue_job(
+    queue: Queue,
+    *,
+    job_id: str,
+    callback_url: str,
+    callback_token: str,
+    items: list[BatchItem],
+    batch_size: int,
+    lease_ttl_s: int,
+    timeout_s: int,
+) -> list[str]:
+    """Enqueues every batch of the job that is not live; returns all its batches' RQ ids.
+
+    Synchronous (RQ is): call it from async code through a thread.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if queue.serializer is not SERIALIZER:
+        queue = make_queue(queue.connection, queue.name)
+    ordered = sorted(items, key=lambda item: item.index)
+    ids = []
+    for batch_no, start in enumerate(range(0, len(ordered), batch_size)):
+        rq_id = rq_job_id(job_id, batch_no)
+        ids.append(rq_id)
+        if _is_live(queue, rq_id):
+            continue
+        payload = batch_payload(
+            job_id=job_id, batch_no=batch_no, callback_url=callback_url,
+            callback_token=callback_token, lease_ttl_s=lease_ttl_s,
+            items=ordered[start:start + batch_size],
+        )
+        try:
+            # unique=True checks and pushes in one Lua script: two enqueuers racing on the
+            # same batch push it once.
+            queue.enqueue_call(
+                JOB_FUNCTION, args=(payload,), job_id=rq_id, timeout=timeout_s,
+                result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
+                description=f"tollgate job {job_id} batch {batch_no}", unique=True,
+            )
+        except DuplicateJobError:
+            continue
+    return ids

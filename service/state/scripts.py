@@ -1,0 +1,53 @@
+"""Loads the Lua scripts of `lua/` and runs them by EVALSHA, falling back to EVAL.
+
+EVAL after NOSCRIPT also re-fills the script cache of whichever node answered, so the same
+path works on a Redis that restarted, on every Redis Cluster node, and on fakeredis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+_INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+
+
+def lua_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    # The wheel ships lua/ as service/lua; a checkout has it at the top level.
+    for candidate in (here.parent / "lua", here.parent.parent / "lua"):
+        if (candidate / "reserve.lua").is_file():
+            return candidate
+    raise FileNotFoundError("tollgate's lua/ scripts are missing from the installation")
+
+
+def _expand(source: str, folder: Path) -> str:
+    return _INCLUDE.sub(lambda m: (folder / "includes" / f"{m[1]}.lua").read_text(), source)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+def load_scripts(folder: Path | None = None) -> dict[str, Script]:
+    folder = folder or lua_dir()
+    scripts = {}
+    for path in sorted(folder.glob("*.lua")):
+        source = _expand(path.read_text(), folder)
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        scripts[path.stem] = Script(path.stem, source, sha)
+    return scripts

@@ -1,0 +1,35 @@
+"""What every storage backend offers: presigned URLs, existence checks, reads."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUpload:
+    url: str
+    method: str
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+class Storage(Protocol):
+    def presign_upload(
+        self, key: str, content_type: str | None, size: int, ttl_s: int
+    ) -> PresignedUpload: ...
+
+    def presign_download(self, key: str, ttl_s: int) -> str: ...
+
+    async def missing(self, keys: list[str]) -> list[int]: ...
+
+    async def read(self, key: str) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _expiry(ttl_s: int) -> tuple[int, datetime]:
+    exp = int(time.time()) + ttl_s
+    return exp, datetime.fromtimestamp(exp, tz=UTC)

@@ -1,0 +1,115 @@
+"""The local-folder backend (embedded default): files under a root, URLs signed by the service."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+
+from service.storage.base import PresignedUpload, _expiry
+
+_MAX_KEY_CHARS = 1024
+
+
+
+
+# Signed in place of a Content-Type on URLs that take any type.
+ANY_TYPE = "*"
+
+
+class LocalStorage:
+    """Files under `root`, reachable through URLs this service signs and serves itself."""
+
+    def __init__(self, root: Path, public_url: str, secret: bytes) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.public_url = public_url.rstrip("/")
+        self._secret = secret
+
+    @staticmethod
+    def check_key(key: str) -> None:
+        """Refuses keys that could name anything but a file below the root (no I/O)."""
+        if (
+            not key
+            or len(key) > _MAX_KEY_CHARS
+            or "\x00" in key
+            or "\\" in key
+            or any(part in ("", ".", "..") for part in key.split("/"))
+        ):
+            raise ValueError(f"unsafe storage key {key!r}")
+
+    def path_for(self, key: str) -> Path:
+        """The file of a key; refuses anything that could point outside the root."""
+        self.check_key(key)
+        # resolve() follows symlinks, so a link inside the root cannot lead out of it.
+        path = self.root.joinpath(*key.split("/")).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"storage key {key!r} leaves the storage folder")
+        return path
+
+    def _sign(self, key: str, method: str, exp: int, max_size: str, content_type: str) -> str:
+        message = f"{method}\n{key}\n{exp}\n{max_size}\n{content_type}".encode()
+        mac = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def verify(
+        self,
+        key: str,
+        method: str,
+        exp: int,
+        sig: str,
+        *,
+        max_size: int | None = None,
+        content_type: str = "",
+    ) -> bool:
+        if exp < time.time():
+            return False
+        expected = self._sign(key, method, exp, "" if max_size is None else str(max_size),
+                              content_type)
+        return hmac.compare_digest(expected.encode(), sig.encode())
+
+    def _url(self, key: str, query: str) -> str:
+        return f"{self.public_url}/files/{quote(key, safe='/')}?{query}"
+
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
+                       ) -> PresignedUpload:
+        """`content_type=None` signs a URL that takes any Content-Type (worker outputs)."""
+        self.check_key(key)  # no resolve(): presigning 1000 URLs must not touch the disk
+        exp, expires_at = _expiry(ttl_s)
+        sig = self._sign(key, "PUT", exp, str(size), ANY_TYPE if content_type is None
+                         else content_type)
+        any_type = "&ct=any" if content_type is None else ""
+        url = self._url(key, f"m=PUT&exp={exp}&max={size}{any_type}&sig={sig}")
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        return PresignedUpload(url, "PUT", headers, expires_at)
+
+    def presign_download(self, key: str, ttl_s: int) -> str:
+        self.check_key(key)
+        exp, _ = _expiry(ttl_s)
+        return self._url(key, f"m=GET&exp={exp}&sig={self._sign(key, 'GET', exp, '', '')}")
+
+    async def missing(self, keys: list[str]) -> list[int]:
+        def scan() -> list[int]:
+            return [i for i, key in enumerate(keys) if not self.path_for(key).is_file()]
+
+        return await anyio.to_thread.run_sync(scan)
+
+    async def read(self, key: str) -> bytes:
+        return await anyio.Path(self.path_for(key)).read_bytes()
+
+    async def write(self, key: str, data: bytes) -> None:
+        """Atomic: readers see the old file or the new one, never half of it."""
+        path = self.path_for(key)
+        await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        tmp = anyio.Path(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
+        await tmp.write_bytes(data)
+        await tmp.replace(path)
+
+    def close(self) -> None:
+        return None

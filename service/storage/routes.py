@@ -1,0 +1,99 @@
+"""PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs."""
+
+from __future__ import annotations
+
+import mimetypes
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from litestar import Request, Response, get, put
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import File
+
+from service.errors import BadSignature, KeyConflict, NotFound, PayloadTooLarge
+from service.storage.local import ANY_TYPE, LocalStorage
+
+
+async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: int) -> None:
+    """Streams the body to a temp file beside `path`, then renames it into place."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_size:
+        raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
+    if await anyio.Path(path).is_dir():
+        raise KeyConflict("another object's key continues below this one")
+    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+    tmp = anyio.Path(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
+    received = 0
+    try:
+        async with await anyio.open_file(tmp, "wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_size:
+                    raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
+                await out.write(chunk)
+        await tmp.replace(path)  # atomic: a reader never sees half a file
+    finally:
+        await tmp.unlink(missing_ok=True)
+
+
+def _served_type(path: Path) -> str:
+    """Images show inline; anything else (HTML, SVG, scripts) is served as opaque bytes,
+    so an uploaded file can never run as a page on the API's origin."""
+    guessed, _ = mimetypes.guess_type(path.name)
+    if guessed and guessed.startswith("image/") and guessed != "image/svg+xml":
+        return guessed
+    return "application/octet-stream"
+
+
+def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
+    """PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs."""
+
+    @put("/files/{key:path}", status_code=200, request_max_body_size=None,
+         include_in_schema=False)
+    async def upload_file(
+        request: Request[Any, Any, Any],
+        key: FromPath[str],
+        m: FromQuery[str | None] = None,
+        exp: FromQuery[int | None] = None,
+        sig: FromQuery[str | None] = None,
+        max_size: Annotated[int | None, QueryParameter(name="max")] = None,
+        ct: FromQuery[str | None] = None,
+    ) -> Response[dict[str, Any]]:
+        key = key.lstrip("/")
+        content_type = ANY_TYPE if ct == "any" else request.headers.get("content-type", "")
+        if (
+            m != "PUT" or exp is None or sig is None or max_size is None
+            or not storage.verify(key, "PUT", exp, sig, max_size=max_size,
+                                  content_type=content_type)
+        ):
+            raise BadSignature() from None
+        try:
+            path = storage.path_for(key)
+        except ValueError:
+            raise BadSignature() from None
+        await _receive_file(request, path, max_size)
+        return Response({}, status_code=200)
+
+    @get("/files/{key:path}", include_in_schema=False)
+    async def download_file(
+        key: FromPath[str],
+        m: FromQuery[str | None] = None,
+        exp: FromQuery[int | None] = None,
+        sig: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        key = key.lstrip("/")
+        if m != "GET" or exp is None or sig is None or not storage.verify(key, "GET", exp, sig):
+            raise BadSignature() from None
+        try:
+            path = storage.path_for(key)
+        except ValueError:
+            raise BadSignature() from None
+        if not await anyio.Path(path).is_file():
+            raise NotFound(f"no object {key!r}")
+        return File(path, content_disposition_type="inline", media_type=_served_type(path),
+                    headers={"X-Content-Type-Options": "nosniff"})
+
+    return [upload_file, download_file]

@@ -1,0 +1,163 @@
+"""The S3 backend (AWS, MinIO, R2): boto3 for reads and listings, SigV4 URLs for clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from service.storage.base import PresignedUpload, _expiry
+from service.storage.sigv4 import SigV4Presigner
+
+# Few keys: HEAD each one. Many keys sharing a folder: one LIST per 1000 keys is far cheaper.
+_HEAD_AT_MOST = 8
+
+
+def _is_absent(error: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return False
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _shared_folder(keys: list[str]) -> str:
+    # The common prefix of all keys is the common prefix of the smallest and largest.
+    low, high = min(keys), max(keys)
+    size = 0
+    while size < min(len(low), len(high)) and low[size] == high[size]:
+        size += 1
+    return low[: low.rfind("/", 0, size) + 1]
+
+
+class S3Storage:
+    """Any S3 API (AWS, MinIO, R2) through one shared boto3 client and a thread pool."""
+
+    list_page_size = 1000  # S3's maximum
+
+    def __init__(self, endpoint: str | None, bucket: str, region: str,
+                 access_key: str | None, secret_key: str | None, *, threads: int = 16) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.region = region
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                max_pool_connections=threads,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tollgate-s3")
+        self._presigner = (
+            SigV4Presigner(self.client.meta.endpoint_url, bucket, region, access_key, secret_key)
+            if access_key and secret_key
+            else None  # credentials from the environment/IAM: let boto3 sign
+        )
+
+    async def _in_thread(self, call: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
+                       ) -> PresignedUpload:
+        _, expires_at = _expiry(ttl_s)
+        if self._presigner is not None:
+            url = self._presigner.presign("PUT", key, ttl_s, content_type)
+        else:
+            params = {"Bucket": self.bucket, "Key": key}
+            if content_type is not None:
+                params["ContentType"] = content_type
+            url = self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=ttl_s, HttpMethod="PUT")
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        return PresignedUpload(url, "PUT", headers, expires_at)
+
+    def presign_download(self, key: str, ttl_s: int) -> str:
+        if self._presigner is not None:
+            return self._presigner.presign("GET", key, ttl_s)
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_s
+        )
+        return url
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as error:
+            if _is_absent(error):
+                return False
+            raise
+        return True
+
+    def _listed(self, prefix: str, wanted: int) -> set[str] | None:
+        """Every key under `prefix`, or None when the folder holds far more than we look for."""
+        found: set[str] = set()
+        pages_allowed = wanted // self.list_page_size + 3
+        token: str | None = None
+        for _ in range(pages_allowed):
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                    "MaxKeys": self.list_page_size}
+            if token:
+                args["ContinuationToken"] = token
+            page = self.client.list_objects_v2(**args)
+            found.update(obj["Key"] for obj in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return found
+            token = page.get("NextContinuationToken")
+        return None
+
+    async def missing(self, keys: list[str]) -> list[int]:
+        if len(keys) > _HEAD_AT_MOST:
+            prefix = _shared_folder(keys)
+            if prefix:
+                listed = await self._in_thread(lambda: self._listed(prefix, len(keys)))
+                if listed is not None:
+                    return [i for i, key in enumerate(keys) if key not in listed]
+        found = await asyncio.gather(*(self._in_thread(partial(self._exists, key))
+                                       for key in keys))
+        return [i for i, present in enumerate(found) if not present]
+
+    async def read(self, key: str) -> bytes:
+        def fetch() -> bytes:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
+
+        data: bytes = await self._in_thread(fetch)
+        return data
+
+    async def write(self, key: str, data: bytes, content_type: str = "application/octet-stream"
+                    ) -> None:
+        def store() -> None:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                   ContentType=content_type)
+
+        await self._in_thread(store)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except Exception as error:
+            if not _is_absent(error):
+                raise
+        if self.region == "us-east-1":
+            self.client.create_bucket(Bucket=self.bucket)
+        else:
+            self.client.create_bucket(
+                Bucket=self.bucket,
+                CreateBucketConfiguration={"LocationConstraint": self.region},
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

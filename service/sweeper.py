@@ -1,0 +1,324 @@
+"""The sweeper (`tollgate flusher`): walks every bucket and finishes the work no request will do.
+
+Per bucket and pass: cancel jobs whose upload hold expired (refunding them), fail running
+jobs whose lease ran out (a killed worker), hand queued jobs nobody started back to the
+queue, and move finished jobs and credit-ledger entries into SQL.
+
+Crash safety comes from the order of steps: the SQL rows are committed (INSERT ... ON
+CONFLICT DO NOTHING) before any Redis record is deleted, the ledger list is trimmed only
+if it still starts with the entry that was read, and every claim is only a postponement.
+A flusher that dies between any two steps leaves work that the next pass redoes without
+loss and without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.dispatch import dispatch
+from service.errors import InvalidTransition, NotFound
+from service.history.engine import make_engine, make_session_factory
+from service.history.queries import insert_ledger, job_row_from_redis, upsert_jobs
+from service.runtime import make_core, open_runtime
+from service.settings import Settings
+from service.state.clients import state_redis
+from service.state.codes import Code
+from service.state.store import TERMINAL_STATES, Core
+
+log = logging.getLogger("tollgate.flusher")
+
+# A claimed entry comes back this much later if its flusher died before finishing it.
+CLAIM_MS = 30_000
+# Ledger entries read per bucket and pass: a finished job writes at most two.
+LEDGER_ENTRIES_PER_JOB = 2
+# Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
+# connections, so the flusher must never start hundreds of calls at once.
+SCRIPTS_IN_FLIGHT = 8
+
+T = TypeVar("T")
+Requeue = Callable[[str], Awaitable[None]]
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@dataclass(slots=True)
+class FlushStats:
+    expired_holds: int = 0
+    expired_leases: int = 0
+    requeued: int = 0
+    flushed_jobs: int = 0
+    ledger_entries: int = 0
+    # Some batch came back full: there is more waiting, so the next pass should not sleep.
+    saturated: bool = False
+
+    def add(self, other: FlushStats) -> None:
+        for field in fields(self):
+            if field.name != "saturated":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        self.saturated = self.saturated or other.saturated
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self) if f.name != "saturated")
+
+    def __str__(self) -> str:
+        return (f"{self.flushed_jobs} jobs and {self.ledger_entries} ledger entries flushed, "
+                f"{self.expired_holds} holds expired, {self.expired_leases} leases expired, "
+                f"{self.requeued} queued jobs re-enqueued")
+
+
+async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> list[T]:
+    """call(job_id) for every job, at most SCRIPTS_IN_FLIGHT at a time, results in order."""
+    results: list[T] = []
+    for start in range(0, len(job_ids), SCRIPTS_IN_FLIGHT):
+        chunk = job_ids[start : start + SCRIPTS_IN_FLIGHT]
+        results += await asyncio.gather(*(call(job_id) for job_id in chunk))
+    return results
+
+
+async def _read_fields(core: Core, job_ids: list[str], field: str) -> dict[str, str | None]:
+    """One field of several job hashes of one bucket, in one round trip."""
+    if not job_ids:
+        return {}
+    async with core.client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(core.job_keys(job_id).base, field)
+        values = await pipe.execute()
+    return dict(zip(job_ids, values, strict=True))
+
+
+async def _read_jobs(
+    core: Core, job_ids: list[str]
+) -> list[tuple[dict[str, str], dict[str, str], str]]:
+    """(job hash, items hash, meta JSON) of each job, in one round trip."""
+    if not job_ids:
+        return []
+    async with core.client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            keys = core.job_keys(job_id)
+            pipe.hgetall(keys.base)
+            pipe.hgetall(keys.items)
+            pipe.get(keys.meta)
+        replies = await pipe.execute()
+    return [
+        (replies[i], replies[i + 1], replies[i + 2] or "") for i in range(0, len(replies), 3)
+    ]
+
+
+async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
+    owners = await _read_fields(core, job_ids, "owner")
+
+    async def expire(job_id: str) -> bool:
+        owner = owners[job_id]
+        if owner is None:  # the job is gone: only its index entry is left
+            await core.client.zrem(core.keys.bucket(bucket).holds, job_id)
+            return False
+        try:
+            progress = await core.cancel(job_id, owner, reason="hold_expired",
+                                         flush_delay_ms=flush_ms,
+                                         from_states=("created", "uploaded"))
+        except (InvalidTransition, NotFound):
+            return False  # the job moved on (executed, canceled) after the claim
+        return progress.code is Code.OK
+
+    return sum(await _bounded(expire, job_ids))
+
+
+async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
+    owners = await _read_fields(core, job_ids, "owner")
+
+    async def expire(job_id: str) -> bool:
+        owner = owners[job_id]
+        if owner is None:
+            await core.client.zrem(core.keys.bucket(bucket).leases, job_id)
+            return False
+        try:
+            progress = await core.settle(job_id, owner, "failed", from_states=("running",),
+                                         reason="lease_expired", flush_delay_ms=flush_ms)
+        except (InvalidTransition, NotFound):
+            return False  # finished by its last callback after the claim
+        return progress.code is Code.OK
+
+    return sum(await _bounded(expire, job_ids))
+
+
+async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
+    if requeue is None:
+        return 0
+    count = 0
+    for job_id in job_ids:
+        try:
+            await requeue(job_id)
+            count += 1
+        except Exception:  # one broken job must not stop the sweep of the others
+            log.exception("re-enqueueing job %s failed", job_id)
+    return count
+
+
+async def _flush_history(
+    core: Core, sessions: Sessions, bucket: int, job_ids: list[str], ledger_limit: int
+) -> tuple[int, int, bool]:
+    """Finished jobs and ledger entries to SQL in one transaction, then off Redis."""
+    ledger_key = core.keys.bucket(bucket).ledger
+    records = await _read_jobs(core, job_ids)
+    raw_entries: list[str] = await core.client.lrange(ledger_key, 0, ledger_limit - 1)
+
+    rows, owners, vanished = [], {}, []
+    for job_id, (job, items, meta) in zip(job_ids, records, strict=True):
+        if not job:
+            vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
+        elif job.get("state") in TERMINAL_STATES:
+            rows.append(job_row_from_redis(job, items, meta))
+            owners[job_id] = job["owner"]
+    entries: list[dict[str, Any]] = [json.loads(raw) for raw in raw_entries]
+
+    if rows or entries:
+        async with sessions() as session, session.begin():
+            await upsert_jobs(session, rows)
+            await insert_ledger(session, entries)
+
+    # Only now, with the rows committed, may the Redis records go.
+    # A vanished job has no owner left; its index entry goes all the same.
+    await _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
+                   [*owners, *vanished])
+    if raw_entries:
+        await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
+    return len(rows), len(raw_entries), len(raw_entries) >= ledger_limit
+
+
+async def flush_bucket(
+    core: Core,
+    sessions: Sessions,
+    settings: Settings,
+    bucket: int,
+    *,
+    requeue: Requeue | None = None,
+    claim_ms: int = CLAIM_MS,
+) -> FlushStats:
+    limit = settings.flush_batch
+    due = await core.claim_due(bucket, limit=limit, claim_ms=claim_ms,
+                               requeue_after_ms=settings.requeue_after * 1000)
+    flush_ms = settings.flush_delay * 1000
+    stats = FlushStats()
+    stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
+    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms)
+    stats.requeued = await _requeue(due.stale_queued, requeue)
+    flushed, ledger, ledger_full = await _flush_history(
+        core, sessions, bucket, due.due_flushes, limit * LEDGER_ENTRIES_PER_JOB)
+    stats.flushed_jobs, stats.ledger_entries = flushed, ledger
+    stats.saturated = ledger_full or any(
+        len(ids) >= limit
+        for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
+    return stats
+
+
+async def flush_once(
+    core: Core,
+    session_factory: Sessions,
+    settings: Settings,
+    *,
+    requeue: Requeue | None = None,
+    claim_ms: int = CLAIM_MS,
+    concurrency: int = 4,
+) -> FlushStats:
+    """One pass over every bucket, `concurrency` buckets at a time.
+
+    Safe to run in several processes at once. A bucket that fails does not stop the
+    others (cancelling one mid-transaction could leave a SQLite write lock behind); the
+    first error is raised after the pass, and the failed bucket's work is redone later.
+    """
+    stats = FlushStats()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(bucket: int) -> None:
+        async with gate:
+            stats.add(await flush_bucket(core, session_factory, settings, bucket,
+                                         requeue=requeue, claim_ms=claim_ms))
+
+    outcomes = await asyncio.gather(*(one(bucket) for bucket in range(settings.buckets)),
+                                    return_exceptions=True)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:
+        raise errors[0]
+    if stats:
+        log.info("flusher pass: %s", stats)
+    return stats
+
+
+def _stop_on_signals(stop: asyncio.Event) -> list[signal.Signals]:
+    """SIGTERM/SIGINT end the loop after the current pass; returns the signals taken over."""
+    loop = asyncio.get_running_loop()
+    taken = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread (e.g. inside `tollgate dev`) the caller stops us instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            taken.append(sig)
+    return taken
+
+
+async def run_flusher(
+    settings: Settings,
+    *,
+    once: bool,
+    requeue: Requeue | None = None,
+    stop: asyncio.Event | None = None,
+) -> FlushStats:
+    """The flusher loop with its own Redis client and SQL engine; returns the totals."""
+    client = state_redis(settings)
+    core = make_core(client, settings)  # its gathered scripts share pipelines
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    stop = stop or asyncio.Event()
+    signals = _stop_on_signals(stop)
+    totals = FlushStats()
+    print(f"flusher: {settings.buckets} buckets, every {settings.flusher_interval}s"
+          + (" (one pass)" if once else ""), flush=True)
+    try:
+        while not stop.is_set():
+            try:
+                stats = await flush_once(core, sessions, settings, requeue=requeue)
+            except Exception:
+                if once:
+                    raise
+                # Redis or SQL away for a moment: every step is redoable, so try again.
+                log.exception("flusher pass failed; retrying in %ss", settings.flusher_interval)
+                stats = FlushStats()
+            totals.add(stats)
+            if stats:
+                print(f"flusher: {stats}", flush=True)
+            if once:
+                break
+            if not stats.saturated:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=settings.flusher_interval)
+    finally:
+        for sig in signals:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        await engine.dispose()
+        await client.aclose()
+    print(f"flusher: stopped; total {totals}", flush=True)
+    return totals
+
+
+async def run_flusher_with_requeue(settings: Settings, *, once: bool) -> None:
+    """The sweeper with the API's own re-enqueue: a queued job nobody started needs fresh
+    presigned URLs and its callback token, so this opens a Runtime for it."""
+    if not settings.jwt_secret:
+        raise SystemExit("TOLLGATE_JWT_SECRET is not set (re-enqueued jobs need callback tokens)")
+    rt = await open_runtime(settings, settings.jwt_secret)
+
+    async def requeue(job_id: str) -> None:
+        await dispatch(rt, job_id)
+
+    try:
+        await run_flusher(settings, once=once, requeue=requeue)
+    finally:
+        await rt.close()
