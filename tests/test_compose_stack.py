@@ -115,8 +115,21 @@ def interpolate(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Compose refuses the file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicates = {key for key in keys if keys.count(key) > 1}
+        if duplicates:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def raw_compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    loaded: dict[str, Any] = yaml.load((ROOT / "compose.yaml").read_text(),
+                                       Loader=_UniqueKeyLoader)
     return loaded
 
 
@@ -190,6 +203,11 @@ def test_interpolation_follows_compose_rules() -> None:
         interpolate_text("${EMPTY:?needed}", env)
 
 
+def test_a_key_given_twice_is_refused() -> None:
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate keys"):
+        yaml.load("a: 1\nb: 2\na: 3\n", Loader=_UniqueKeyLoader)
+
+
 def test_compose_file_matches_the_compose_spec_schema() -> None:
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
@@ -261,7 +279,7 @@ def test_compose_runs_the_parts_the_product_needs() -> None:
     redis_command = " ".join(command_args(found["redis"]))
     assert "--appendonly yes" in redis_command and "--maxmemory-policy noeviction" in redis_command
     parser = tollgate_parser()
-    for name, service in found.items():
+    for service in found.values():
         args = command_args(service) if "command" in service else []
         if args[:1] == ["tollgate"]:
             parser.parse_args(args[1:])  # exits (SystemExit) on an unknown option
@@ -281,6 +299,12 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
             assert waited_for, f"{name} is one-shot: others wait for it to complete"
             continue
         assert check.get("test") and not check.get("disable"), name
+
+
+def test_the_core_services_come_back_after_a_crash() -> None:
+    for name, service in services().items():
+        if (name not in ONE_SHOT and "profiles" not in service) or name == "worker-gpu":
+            assert service.get("restart") == "unless-stopped", name
 
 
 def test_healthchecks_of_the_tollgate_image_run_its_script_with_valid_arguments() -> None:
@@ -507,10 +531,12 @@ def test_requirements_helper_prints_the_dependencies_of_pyproject() -> None:
 def test_image_runs_as_a_user_with_a_writable_data_folder(stage: str) -> None:
     steps = dockerfile_stages()[stage]
     users = [rest for kw, rest in steps if kw == "USER"]
-    assert users and users[-1] not in ("root", "0")
-    user = users[-1]
-    assert index_of(steps, "RUN", rf"useradd .*\b{user}$") < index_of(steps, "USER", user)
-    index_of(steps, "RUN", rf"mkdir -p /data/files && chown -R {user}:{user} /data")
+    assert users and re.fullmatch(r"\d+:\d+", users[-1]), "a numeric user and group"
+    uid = users[-1].split(":")[0]
+    assert int(uid) != 0
+    added = index_of(steps, "RUN", rf"useradd [^&]*--uid {uid} [^&]*--user-group [^&]*tollgate")
+    assert added < index_of(steps, "USER", uid)
+    index_of(steps, "RUN", r"mkdir -p /data/files && chown -R tollgate:tollgate /data")
     env = " ".join(rest for kw, rest in steps if kw == "ENV")
     assert "TOLLGATE_STORAGE_DIR=/data/files" in env
     assert "TOLLGATE_DATABASE_URL=sqlite:////data/" in env
@@ -688,7 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
     metrics = ""
     password = "pw"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path == "/metrics":
             self._answer(200, self.metrics)
             return

@@ -1,4 +1,8 @@
-"""compose.yaml and the README stay in step with the code."""
+"""compose.yaml and the README stay in step with the code.
+
+The compose stack itself (schema, healthchecks, profiles, the Dockerfile, monitoring) is
+checked in test_compose_stack.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from typing import Any
 
 import yaml
 
-from service.cli import build_parser
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Settings that API.md and issue 13 name and compose.yaml already sets, ahead of the code that
+# reads them: drop a name from here once Settings has it.
+PENDING_SETTINGS = {"TOLLGATE_S3_PUBLIC_ENDPOINT", "TOLLGATE_MODELS"}
 
 
 def compose() -> dict[str, Any]:
@@ -22,19 +29,15 @@ def compose() -> dict[str, Any]:
 def test_compose_sets_only_settings_that_exist() -> None:
     env = compose()["x-tollgate-env"]
     known = {f"TOLLGATE_{name.upper()}" for name in Settings.model_fields}
-    assert set(env) <= known, set(env) - known
+    assert set(env) <= known | PENDING_SETTINGS, set(env) - known - PENDING_SETTINGS
 
 
-def test_compose_runs_the_parts_the_product_needs() -> None:
+def test_every_tollgate_service_gets_the_settings() -> None:
     services = compose()["services"]
-    assert {"redis", "postgres", "minio", "api", "worker", "flusher", "rq-dashboard"} <= set(
-        services)
-    redis_command = " ".join(services["redis"]["command"])
-    assert "--appendonly yes" in redis_command and "noeviction" in redis_command
-    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    for name in ("api", "worker", "flusher", "migrate"):
-        command = services[name]["command"]
-        assert command[0] == "tollgate" and command[1] in subcommands, name
+    env = compose()["x-tollgate-env"]
+    for name, service in services.items():
+        if service.get("command", [None])[0] == "tollgate":
+            assert service["environment"] == env, name
 
 
 def test_readme_documents_every_setting() -> None:
