@@ -2,7 +2,8 @@
 
 Every callback carries an idempotency key, so retrying after a timeout or a 5xx can never
 count an item twice. A 409 `invalid_transition` means the job was canceled or finished
-under the worker: the batch stops quietly, there is nothing left to report.
+under the worker, a 404 `not_found` that it was also flushed to history since
+(`service.contract.is_closed_answer`): the batch stops quietly, there is nothing left to report.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+
+from service.contract import is_closed_answer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ class CallbackUnauthorized(CallbackError):
 
 
 class JobClosed(Exception):
-    """409 invalid_transition: the job is canceled or finished; stop working on it."""
+    """409 invalid_transition or 404 not_found: the job is canceled or finished (and maybe
+    flushed); stop working on it."""
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(f"job closed: {detail or 'the job no longer takes reports'}")
@@ -97,9 +101,9 @@ class CallbackClient:
         )
         if response.status_code == 401:
             raise CallbackUnauthorized(f"callback refused with 401 for {self.url}")
-        if response.status_code == 409:
+        if response.is_client_error:
             problem = _problem(response)
-            if problem.get("code") == "invalid_transition":
+            if is_closed_answer(response.status_code, problem.get("code")):
                 raise JobClosed(str(problem.get("detail") or problem.get("title") or ""))
         if response.is_error:
             raise CallbackError(
