@@ -1,7 +1,7 @@
 -- flush_done: after the flusher wrote a finished job to SQL, delete its Redis records.
 --
 -- KEYS[1] job hash  KEYS[2] job items  KEYS[3] job callbacks  KEYS[4] job meta
--- KEYS[5] bucket flush  KEYS[6] owner's jobs index
+-- KEYS[5] bucket flush  KEYS[6] owner's jobs index  KEYS[7] job callback set
 --
 -- ARGV[1] job id
 --
@@ -15,7 +15,7 @@ end
 if state ~= 'done' and state ~= 'failed' and state ~= 'canceled' then
   return {'invalid_transition', state}
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 return {'ok'}

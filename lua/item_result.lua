@@ -1,6 +1,7 @@
 -- item_result: a worker's report for one item. Counts each item exactly once: the job's
--- capped list of the last 512 callback keys drops repeated callbacks, and the per-item hash
--- drops a second report of an item under a new key. The report of the last item finishes
+-- ring of the last 512 callback keys drops repeated callbacks, and the per-item hash
+-- drops a second report of an item under a new key (includes/count_items.lua, shared with
+-- items_result, which takes a batch's reports in one call). The report of the last item finishes
 -- the job and settles its credits in this same script.
 --
 -- KEYS[1] job hash        tg:{b}:job:<jid>
@@ -9,6 +10,9 @@
 -- KEYS[4] user hash       KEYS[5] user active set
 -- KEYS[6] bucket holds    KEYS[7] bucket leases   KEYS[8] bucket queued
 -- KEYS[9] bucket flush    KEYS[10] bucket ledger
+-- KEYS[11] job webhook log  KEYS[12] bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[13] job callback set tg:{b}:job:<jid>:cbset (the ring's keys, for O(1) membership)
+-- KEYS[14] bucket counters tg:{b}:counters (includes/stats.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] callback key
 -- ARGV[4] item index (0-based)  ARGV[5] '1' ok | '0' failed  ARGV[6] output key or error
@@ -21,7 +25,7 @@
 --   'not_found'           no such job for this owner
 --   'bad_argument'        index out of range or malformed numbers
 -- @include finish_job
-local CALLBACK_KEYS_KEPT = 512
+-- @include count_items
 local job_id, owner, cb_key = ARGV[1], ARGV[2], ARGV[3]
 local index, ok, detail = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
 local now, lease_deadline, flush_due = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -31,7 +35,8 @@ local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'to
 if not job[1] or job[2] ~= owner then return {'not_found'} end
 local state = job[1]
 local done, failed, total = tonumber(job[3]), tonumber(job[4]), tonumber(job[5])
-if redis.call('LPOS', KEYS[3], cb_key) then
+local ring = {cb = KEYS[3], cbset = KEYS[13], items = KEYS[2]}
+if callback_seen(ring, cb_key) then
   return {'duplicate', state, done, failed, total}
 end
 if state ~= 'queued' and state ~= 'running' then
@@ -41,35 +46,37 @@ if not index or index < 0 or index >= total or index % 1 ~= 0 then
   return {'bad_argument', 'item_index'}
 end
 
-redis.call('LPUSH', KEYS[3], cb_key)
-redis.call('LTRIM', KEYS[3], 0, CALLBACK_KEYS_KEPT - 1)
-if redis.call('HEXISTS', KEYS[2], index) == 1 then
+remember_callback(ring, cb_key)
+if not count_item(ring, index, ok, detail) then
   return {'duplicate', state, done, failed, total}
 end
 
 if ok then
   done = done + 1
-  redis.call('HSET', KEYS[2], index, 'ok:' .. detail)
   redis.call('HSET', KEYS[1], 'done', done, 'updated_at', now)
 else
   failed = failed + 1
-  redis.call('HSET', KEYS[2], index, 'failed:' .. detail)
   redis.call('HSET', KEYS[1], 'failed', failed, 'updated_at', now)
 end
+stats_items(KEYS[14], KEYS[1], ok and 1 or 0, ok and 0 or 1)
 
 if done + failed < total then
+  local o = {job = KEYS[1], hooks = KEYS[11], webhooks = KEYS[12]}
   if state == 'queued' then
     redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
     redis.call('ZREM', KEYS[8], job_id)
+    job_changed(o, job_id, 'started', now)
   end
   redis.call('ZADD', KEYS[7], lease_deadline, job_id)
+  job_changed(o, job_id, 'progress', now)
   return {'ok', 'running', done, failed, total}
 end
 
 local final = 'done'
 if done == 0 then final = 'failed' end
 local k = {job = KEYS[1], user = KEYS[4], active = KEYS[5], holds = KEYS[6], leases = KEYS[7],
-  queued = KEYS[8], flush = KEYS[9], ledger = KEYS[10]}
+  queued = KEYS[8], flush = KEYS[9], ledger = KEYS[10], hooks = KEYS[11], webhooks = KEYS[12],
+  stats = KEYS[14]}
 finish_job(k, job_id, owner, final, 'completed', now, flush_due, done,
   tonumber(job[6]), tonumber(job[7]))
 return {'ok', final, done, failed, total}

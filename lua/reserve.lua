@@ -8,11 +8,14 @@
 -- KEYS[5] job meta             tg:{b}:job:<jid>:meta    (item descriptions, JSON)
 -- KEYS[6] bucket holds         tg:{b}:holds             (zset job id -> hold deadline ms)
 -- KEYS[7] idempotency record   tg:{b}:user:<uid>:idem:<key>  (ignored unless ARGV[8] = '1')
+-- KEYS[8] bucket ledger        tg:{b}:ledger            (gets the 'hold:<jid>' entry, -cost)
 --
 -- ARGV[1] job id      ARGV[2] owner user id   ARGV[3] total items   ARGV[4] price per item
 -- ARGV[5] now ms      ARGV[6] hold deadline ms            ARGV[7] meta JSON
 -- ARGV[8] '1' when an Idempotency-Key is given   ARGV[9] request body hash
 -- ARGV[10] idempotency record TTL ms             ARGV[11] rule id or ''
+-- ARGV[12] model name (its price is ARGV[4]: both are fixed on the job from here on)
+-- ARGV[13] webhook URL or ''   ARGV[14] webhook events, comma separated (includes/outbox.lua)
 --
 -- Returns:
 --   {'ok', job_id}                       reserved now
@@ -22,6 +25,7 @@
 --   {'insufficient_credits', available, cost}
 --   {'concurrency_limit', active, limit}
 --   {'bad_argument', name}
+--   {'wrong_type', n}                    the n-th key checked holds another type: nothing written
 local job_id, owner = ARGV[1], ARGV[2]
 local total, price = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -33,6 +37,10 @@ if not total or total < 1 or total % 1 ~= 0 then return {'bad_argument', 'total'
 if not price or price < 0 or price % 1 ~= 0 then return {'bad_argument', 'price'} end
 if not now or not deadline then return {'bad_argument', 'time'} end
 if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
+-- @include key_types
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'zset'},
+  {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'}})
+if bad then return {'wrong_type', bad} end
 
 if use_idem then
   local previous = redis.call('HMGET', KEYS[7], 'job_id', 'body_hash')
@@ -58,9 +66,16 @@ redis.call('SADD', KEYS[2], job_id)
 redis.call('ZADD', KEYS[3], now, job_id)
 redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
   'total', total, 'done', 0, 'failed', 0, 'price', price, 'cost', cost,
-  'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now, 'rule_id', ARGV[11])
+  'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now, 'rule_id', ARGV[11],
+  'model', ARGV[12] or '', 'webhook_url', ARGV[13] or '', 'webhook_events', ARGV[14] or '')
 redis.call('SET', KEYS[5], ARGV[7])
 redis.call('ZADD', KEYS[6], deadline, job_id)
+if cost > 0 then
+  -- Two-phase ledger: the hold leaves the balance now; finish_job gives all of it back
+  -- ('release') and takes what was used ('charge').
+  redis.call('RPUSH', KEYS[8], cjson.encode({id = 'hold:' .. job_id, user_id = owner,
+    kind = 'hold', amount = 0 - cost, job_id = job_id, at = now}))
+end
 if use_idem then
   redis.call('HSET', KEYS[7], 'job_id', job_id, 'body_hash', body_hash)
   redis.call('PEXPIRE', KEYS[7], idem_ttl)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -23,6 +24,8 @@ JOB_FUNCTION = "workers.jobs.process_batch"
 SERIALIZER = JSONSerializer
 # Stored error texts are cut here, on both sides of the wire.
 MAX_ERROR_CHARS = 1000
+# Entries of one batched report (`event: "items"`); a bigger batch sends several.
+MAX_REPORT_ITEMS = 1000
 
 
 class CallbackEvent(StrEnum):
@@ -51,16 +54,39 @@ def output_key(job_id: str, index: int) -> str:
     return f"jobs/{job_id}/out/{index}"
 
 
+def job_files(job_id: str) -> str:
+    """The folder (key prefix) of every file of a job: its inputs and its outputs."""
+    return f"jobs/{job_id}/"
+
+
+def job_of_input_key(key: str) -> str | None:
+    """The job id of an input key (`jobs/<id>/in/<index>`); None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "jobs" and parts[2] == "in" and parts[1]:
+        return parts[1]
+    return None
+
+
 def item_callback_key(job_id: str, index: int) -> str:
     """Same key on every attempt at this item, whichever batch or worker sends it."""
     return f"{job_id}:item:{index}"
 
 
+# `<_io.BytesIO object at 0x7f...>`: a repr says nothing to a client and shows heap addresses.
+_REPR_WITH_ADDRESS = re.compile(r"\s*<[^<>]*\bat 0x[0-9A-Fa-f]+>")
+
+
 def clean_error(text: str) -> str:
     """A worker's error as it may be stored: no control characters (PostgreSQL refuses NUL),
-    bounded length."""
+    no object reprs with heap addresses, bounded length."""
     cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned[:MAX_ERROR_CHARS]
+    return _REPR_WITH_ADDRESS.sub("", cleaned)[:MAX_ERROR_CHARS]
+
+
+def describe_error(what: str, exc: BaseException) -> str:
+    """An item error for the client: what failed and the exception's own words, cleaned."""
+    message = clean_error(str(exc)).strip()
+    return f"{what}: {type(exc).__name__}" + (f": {message}" if message else "")
 
 
 @dataclass(frozen=True, slots=True)

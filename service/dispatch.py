@@ -6,21 +6,37 @@ no worker started. Safe to repeat: the RQ job ids are deterministic.
 
 from __future__ import annotations
 
-import json
+import logging
 
 import anyio
 
-from service.contract import BatchItem, callback_token, input_key, output_key
+from service.contract import BatchItem, callback_token, input_key, make_queue, output_key
 from service.runtime import Runtime
+from service.state.fsm import JobState
 from service.state.queue import enqueue_job
+from service.state.records import JobRecord
+
+log = logging.getLogger(__name__)
 
 
-async def dispatch(rt: Runtime, job_id: str) -> list[str]:
-    """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids)."""
-    job, _, meta_json = await rt.core.job_snapshot(job_id)
-    if not job or job["state"] != "queued":
+async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> list[str]:
+    """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids).
+
+    `job`: the job with its items, when the caller has just read it."""
+    job = job or await rt.core.job_snapshot(job_id)
+    if job is None or job.state != JobState.QUEUED or job.items is None:
         return []
-    meta = json.loads(meta_json or "[]")
+    # The model fixed on the job at reserve time; a job of version 1 named none.
+    model_name = job.model
+    if model_name is not None and model_name not in rt.models:
+        # Its model left the configuration while the job waited: no worker would ever run it.
+        log.warning("job %s: model %r is no longer configured; failing the job", job_id,
+                    model_name)
+        await rt.core.settle(job_id, job.user_id, JobState.FAILED, from_states=(JobState.QUEUED,),
+                             reason=f"model {model_name!r} is no longer served",
+                             flush_delay_ms=rt.settings.flush_delay * 1000)
+        return []
+    model = rt.models.get(model_name)
     settings, storage = rt.settings, rt.storage
     ttl = settings.hold_ttl + settings.result_url_ttl
     items = [
@@ -32,11 +48,13 @@ async def dispatch(rt: Runtime, job_id: str) -> list[str]:
                                               settings.max_item_size, ttl).url,
             output_key=output_key(job_id, index),
         )
-        for index, item in enumerate(meta)
+        for index, item in enumerate(job.items)
     ]
-    token = callback_token(rt.callback_secret, job_id, job["owner"])
+    token = callback_token(rt.callback_secret, job_id, job.user_id)
+    queue = rt.queue if model.queue == rt.queue.name else make_queue(rt.queue_connection,
+                                                                      model.queue)
     return await anyio.to_thread.run_sync(lambda: enqueue_job(
-        rt.queue, job_id=job_id, callback_url=f"{settings.public_url}/jobs/{job_id}/callback",
-        callback_token=token, items=items, batch_size=settings.batch_size,
+        queue, job_id=job_id, callback_url=f"{settings.public_url}/jobs/{job_id}/callback",
+        callback_token=token, items=items, batch_size=model.batch_size,
         lease_ttl_s=settings.lease_ttl, timeout_s=max(600, settings.lease_ttl * 10),
     ))

@@ -64,3 +64,70 @@ class IdempotencyKeyReused(TollgateError):
 
 class BadArgument(TollgateError):
     status, code, title = 422, "validation_error", "Invalid request"
+
+
+class WebhookUrlNotAllowed(TollgateError):
+    status, code = 422, "webhook_url_not_allowed"
+    title = "The webhook URL is not a public http(s) address"
+
+
+class UnknownModel(TollgateError):
+    status, code, title = 422, "unknown_model", "No such model"
+
+
+class UploadsMissing(TollgateError):
+    status, code, title = 409, "uploads_missing", "Some uploads are missing"
+
+
+class UserExists(TollgateError):
+    status, code, title = 409, "user_exists", "The user exists already"
+
+
+# Refusals that Litestar or the process raises rather than a service; the API maps them
+# here (service.api.problems), so every code a client can see is in this one module.
+class MalformedJson(TollgateError):
+    status, code, title = 400, "malformed_json", "The body is not valid JSON"
+
+
+class Unauthorized(TollgateError):
+    status, code, title = 401, "unauthorized", "A valid bearer token is required"
+
+
+class Forbidden(TollgateError):
+    status, code, title = 403, "forbidden", "Not allowed for this token"
+
+
+class MethodNotAllowed(TollgateError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class UnsupportedMediaType(TollgateError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class TooManyRequests(TollgateError):
+    status, code, title = 429, "too_many_requests", "Too many requests"
+
+
+class InternalError(TollgateError):
+    status, code, title = 500, "internal_error", "Internal error"
+
+
+class Unavailable(TollgateError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class NotReady(TollgateError):
+    status, code, title = 503, "not_ready", "A dependency is not answering"
+
+
+def error_table() -> list[type[TollgateError]]:
+    """Every refusal class of this module: the one table the API and its docs read."""
+    found: list[type[TollgateError]] = []
+    pending: list[type[TollgateError]] = [TollgateError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.__module__ == __name__:
+            found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

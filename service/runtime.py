@@ -9,14 +9,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import redis
 from rq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.contract import make_queue
 from service.history.engine import make_engine
+from service.models import ModelTable, load_models
 from service.settings import Settings
-from service.state.clients import is_standalone, queue_redis, state_redis, warn_if_evicting
+from service.state.clients import (
+    QueueConnection,
+    is_standalone,
+    queue_redis,
+    state_redis,
+    warn_if_evicting,
+)
 from service.state.keys import KeySpace
 from service.state.store import Core
 from service.storage import Storage, make_storage
@@ -37,15 +43,19 @@ class Runtime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     storage: Storage
-    queue_connection: redis.Redis
+    queue_connection: QueueConnection
     queue: Queue
 
     @cached_property  # read on every worker callback: derive it once
     def callback_secret(self) -> str:
         return derived_secret(self.secret, "callback").hex()
 
+    @cached_property
+    def models(self) -> ModelTable:
+        return load_models(self.settings)
+
     async def close(self) -> None:
-        await self.core.client.aclose()
+        await self.core.close()
         await self.engine.dispose()
         self.storage.close()
         self.queue_connection.close()

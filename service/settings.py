@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     processor: str = "workers.processors.thumbnail:make_thumbnails"
+    # Path of a TOML file of [models.<name>] tables; unset: one model from the settings here.
+    models: str | None = None
     hold_ttl: int = Field(default=3600, ge=1)
     max_items: int = Field(default=1000, ge=1)
 
@@ -38,13 +40,29 @@ class Settings(BaseSettings):
     requeue_after: int = Field(default=300, ge=1)
     upload_url_ttl: int = Field(default=3600, ge=60)
     result_url_ttl: int = Field(default=86400, ge=60)
+    # Outputs are deleted this long after their job finished (inputs as soon as it ends).
+    result_ttl: int = Field(default=7 * 86400, ge=1)
     idempotency_ttl: int = Field(default=86400, ge=60)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Connections: a request body must have arrived body_read_timeout seconds after the
+    # request began; an idle keep-alive connection is closed after keepalive_timeout.
+    body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_timeout: int = Field(default=5, ge=1, le=600)
     max_item_size: int = Field(default=5 * 1024**3, ge=1)
     flush_batch: int = Field(default=200, ge=1, le=5000)
     flusher_interval: float = Field(default=1.0, gt=0)
+    # A record SQL refuses is tried this many times in all, waiting flush_retry_delay
+    # seconds (doubling) between tries, then set aside in the flush_failures table.
+    flush_attempts: int = Field(default=5, ge=1, le=100)
+    flush_retry_delay: float = Field(default=2.0, ge=0)
     redis_max_connections: int = Field(default=64, ge=1)
     redis_autopipeline: bool = True
+    # Webhooks: private, loopback and link-local targets only when this is true (tests, dev).
+    webhook_allow_private: bool = False
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    webhook_log_ttl: int = Field(default=7 * 86400, ge=60)
+    # Live progress (SSE): how often one process polls the change counters of its streams.
+    events_poll_interval: float = Field(default=0.25, ge=0.01, le=5)
 
     @property
     def embedded_redis(self) -> bool:

@@ -19,9 +19,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from rq import get_current_job
 from rq.timeouts import BaseTimeoutException
 
-from service.contract import BatchItem, item_callback_key
+from service.contract import (
+    MAX_REPORT_ITEMS,
+    BatchItem,
+    clean_error,
+    describe_error,
+    item_callback_key,
+)
 from service.settings import get_settings
 from workers.callbacks import (
     DEFAULT_TIMEOUT,
@@ -30,7 +37,7 @@ from workers.callbacks import (
     JobClosed,
     RetryingClient,
 )
-from workers.processors import Item, Output, Processor, load_processor
+from workers.processors import Item, Output, Processor, ensure_setup, load_processor
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,24 @@ class Batch:
 
 @lru_cache(maxsize=8)
 def cached_processor(spec: str) -> Processor:
+    """One instance per spec and process: its setup() then runs once per process."""
     return load_processor(spec)
+
+
+# Queue name -> processor spec, as `tollgate worker --model` serves them; a queue not named
+# here runs TOLLGATE_PROCESSOR (a version 1 worker).
+_SERVED: dict[str, str] = {}
+
+
+def serve_queue(queue_name: str, processor_spec: str) -> None:
+    """Batches taken from this queue, in this process, run this processor."""
+    _SERVED[queue_name] = processor_spec
+
+
+def processor_spec_for(queue_name: str | None) -> str:
+    if queue_name is not None and queue_name in _SERVED:
+        return _SERVED[queue_name]
+    return get_settings().processor
 
 
 @lru_cache(maxsize=1)
@@ -74,15 +98,23 @@ def shared_http() -> httpx.Client:
     return httpx.Client(timeout=DEFAULT_TIMEOUT)
 
 
-def preload(processor_spec: str) -> None:
-    """Pays the imports, the processor load and the HTTP client once, before any fork."""
-    cached_processor(processor_spec)
+def preload(processor_spec: str, *, setup: bool) -> None:
+    """Pays the imports, the processor load and the HTTP client once, before the first batch.
+
+    `setup`: also run the processor's setup() now (in-process workers). A worker that forks
+    must not: CUDA started in a parent is unusable in its children.
+    """
+    processor = cached_processor(processor_spec)
+    if setup and ensure_setup(processor):
+        log.info("processor %s is set up", processor_spec)
     shared_http()
 
 
 def process_batch(payload: dict[str, Any]) -> dict[str, Any]:
-    """RQ entry point (`workers.jobs.process_batch`); the processor is TOLLGATE_PROCESSOR."""
-    processor = cached_processor(get_settings().processor)
+    """RQ entry point (`workers.jobs.process_batch`): the processor served for the batch's
+    queue (`serve_queue`), else TOLLGATE_PROCESSOR."""
+    job = get_current_job()
+    processor = cached_processor(processor_spec_for(job.origin if job else None))
     return run_batch(Batch.from_payload(payload), processor, RetryingClient(shared_http()))
 
 
@@ -162,7 +194,7 @@ def run_processor(processor: Processor, items: list[Item]) -> list[Output]:
         raise
     except Exception as exc:
         if len(items) == 1:
-            return [Output.failed(items[0].index, f"processor error: {type(exc).__name__}: {exc}")]
+            return [Output.failed(items[0].index, describe_error("processor error", exc))]
         log.warning("processor failed on a batch of %d, retrying item by item: %s", len(items), exc)
     return [out for item in items for out in run_processor(processor, [item])]
 
@@ -182,18 +214,27 @@ def upload(http: RetryingClient, spec: BatchItem, output: Output) -> Output:
     return output
 
 
-def item_report(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "idempotency_key": item_callback_key(batch.job_id, spec.index),
-        "event": "item",
-        "item_index": spec.index,
+def item_entry(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
+    """One item's entry of a batched report (`event: "items"`)."""
+    entry: dict[str, Any] = {
+        "index": spec.index,
         "ok": output.error is None,
+        "idempotency_key": item_callback_key(batch.job_id, spec.index),
     }
     if output.error is None:
-        body["output_key"] = spec.output_key
+        entry["output_key"] = spec.output_key
     else:
-        body["error"] = output.error[:1000]
-    return body
+        entry["error"] = clean_error(output.error)
+    return entry
+
+
+def report_items(callbacks: CallbackClient, entries: list[dict[str, Any]],
+                 reported: set[int]) -> None:
+    """The batch's results in one request (more only past MAX_REPORT_ITEMS entries)."""
+    for start in range(0, len(entries), MAX_REPORT_ITEMS):
+        chunk = entries[start:start + MAX_REPORT_ITEMS]
+        callbacks.post({"event": "items", "items": chunk})
+        reported.update(entry["index"] for entry in chunk)
 
 
 def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[str, Any]:
@@ -251,27 +292,39 @@ def _process_and_report(
     check_open()
     results = {out.index: out for out in fetched if isinstance(out, Output)}
     inputs = [item for item in fetched if isinstance(item, Item)]
-    for output in run_processor(processor, inputs):
+    for output in set_up_and_run(processor, inputs):
         results[output.index] = output
     check_open()
     uploaded = in_parallel(lambda spec: upload(http, spec, results[spec.index]), batch.items)
 
-    # Reports go one by one, in item order: a 409 stops them at once.
-    for spec, output in zip(batch.items, uploaded, strict=True):
-        check_open()
-        callbacks.post(item_report(batch, spec, output))
-        reported.add(spec.index)
+    check_open()
+    report_items(callbacks, [item_entry(batch, spec, output)
+                             for spec, output in zip(batch.items, uploaded, strict=True)],
+                 reported)
+    for output in uploaded:
         summary["ok" if output.error is None else "failed"] += 1
+
+
+def set_up_and_run(processor: Processor, items: list[Item]) -> list[Output]:
+    """setup() once per process, then the batch; a failed setup fails this batch's items."""
+    try:
+        ensure_setup(processor)
+    except BaseTimeoutException:
+        raise
+    except Exception as exc:
+        log.exception("processor setup failed; failing the batch's items")
+        error = describe_error("processor setup failed", exc)
+        return [Output.failed(item.index, error) for item in items]
+    return run_processor(processor, items)
 
 
 def _report_leftovers(
     batch: Batch, callbacks: CallbackClient, reported: set[int], error: str
 ) -> None:
     """Fails the items a dying batch never reported, so the job settles now, not at lease end."""
-    for spec in batch.items:
-        if spec.index in reported:
-            continue
-        try:
-            callbacks.post(item_report(batch, spec, Output.failed(spec.index, error)))
-        except (JobClosed, CallbackError):
-            return
+    entries = [item_entry(batch, spec, Output.failed(spec.index, error))
+               for spec in batch.items if spec.index not in reported]
+    try:
+        report_items(callbacks, entries, reported)
+    except (JobClosed, CallbackError):
+        return

@@ -1,8 +1,14 @@
-"""Starts RQ workers on tollgate's queue: a process for `tollgate worker`, a thread for `dev`.
+"""Starts RQ workers on tollgate's queues: a process for `tollgate worker`, a thread for `dev`.
 
-A forking Worker runs each batch in a fresh work-horse, so a crashing processor cannot take
-the worker down. The embedded fakeredis lives inside one process and a forked child's
-writes to it are lost, so on the embedded default the work runs in-process (SimpleWorker).
+By default a worker runs each batch in its own process (SimpleWorker): the processor's
+setup() runs once, before the first batch, and a GPU processor keeps its CUDA context and
+weights between batches. A batch that runs past its RQ timeout is stopped by SIGALRM (the
+worker runs on the main thread). A processor that crashes the process takes the worker down;
+the job's running lease runs out and the sweeper settles it, as for a killed worker.
+`fork=True` (`tollgate worker --fork`) keeps RQ's forking Worker, a fresh work-horse per
+batch, for processors that leak memory: each horse then pays setup() again. The embedded
+fakeredis lives inside one process and a forked child's writes to it are lost, so on the
+embedded default the work always runs in-process.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from service.contract import SERIALIZER, make_queue
 from service.settings import Settings
-from workers.jobs import preload
+from workers.jobs import preload, serve_queue
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +40,13 @@ def _name(kind: str) -> str:
 
 def run_worker(
     settings: Settings, connection: redis.Redis, *, queue_name: str, burst: bool,
-    fork: bool = True,
+    processor: str | None = None, fork: bool = False,
 ) -> None:
     """Blocks until the worker stops (SIGINT/SIGTERM, or an empty queue with `burst`).
 
-    `fork=False` runs batches in the worker process itself: no fork per batch (about 0.1 s
-    each) and a GPU processor keeps its CUDA context and model between batches, at the price
-    of a processor crash taking the worker down (the lease and the sweeper still settle).
+    `processor`: the spec of the model this worker serves (TOLLGATE_PROCESSOR if None).
     """
+    spec = processor or settings.processor
     queue = make_queue(connection, queue_name)
     worker_class: type[Any] = Worker if fork else SimpleWorker
     if _embedded(settings):
@@ -50,7 +55,10 @@ def run_worker(
             "use `tollgate dev` for the embedded system, or point it at a real Redis"
         )
         worker_class = SimpleWorker
-    preload(settings.processor)
+    serve_queue(queue_name, spec)
+    preload(spec, setup=worker_class is SimpleWorker)
+    log.info("worker on queue %r runs %s, %s", queue_name, spec,
+             "a forked work-horse per batch" if worker_class is Worker else "in this process")
     worker = worker_class(
         [queue], connection=connection, serializer=SERIALIZER, name=_name("worker")
     )
@@ -87,10 +95,12 @@ class ThreadedSimpleWorker(SimpleWorker):
 class EmbeddedWorkerThread(threading.Thread):
     """The worker of `tollgate dev`; `stop()` ends it after the batch in hand."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis, queue_name: str) -> None:
-        super().__init__(name="tollgate-worker", daemon=True)
+    def __init__(self, settings: Settings, connection: redis.Redis, queue_name: str,
+                 processor: str | None = None) -> None:
+        super().__init__(name=f"tollgate-worker-{queue_name}", daemon=True)
         self.stop_event = threading.Event()
-        self.processor_spec = settings.processor
+        self.processor_spec = processor or settings.processor
+        serve_queue(queue_name, self.processor_spec)
         self.worker = ThreadedSimpleWorker(
             [make_queue(connection, queue_name)],
             connection=connection,
@@ -101,7 +111,7 @@ class EmbeddedWorkerThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            preload(self.processor_spec)
+            preload(self.processor_spec, setup=True)
             self.worker.work(burst=False, logging_level="INFO")
         except Exception:
             log.exception("the embedded worker stopped on an error")
@@ -112,8 +122,8 @@ class EmbeddedWorkerThread(threading.Thread):
 
 
 def start_embedded_worker_thread(
-    settings: Settings, connection: redis.Redis, queue_name: str
+    settings: Settings, connection: redis.Redis, queue_name: str, processor: str | None = None
 ) -> EmbeddedWorkerThread:
-    thread = EmbeddedWorkerThread(settings, connection, queue_name)
+    thread = EmbeddedWorkerThread(settings, connection, queue_name, processor)
     thread.start()
     return thread

@@ -8,21 +8,25 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusController
+from litestar.middleware import DefineMiddleware
 
 from service.api.auth import make_jwt_auth
-from service.api.metrics import metrics_middleware
+from service.api.connections import body_deadline_middleware
+from service.api.metrics import MetricsController, metrics_middleware
+from service.api.openapi import docs_assets, one_bearer_scheme, openapi_config
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.requests import TollgateRequest
 from service.api.routes.admin import AdminController
 from service.api.routes.callbacks import job_callback
 from service.api.routes.deps import DEPENDENCIES
 from service.api.routes.health import health, ready
 from service.api.routes.jobs import JobsController
 from service.api.routes.me import get_me
+from service.api.routes.models import list_models
 from service.api.routes.rules import RulesController
+from service.api.routes.webhooks import WEBHOOK_HANDLERS
+from service.api.uploads import check_upload
+from service.models import load_models
 from service.runtime import open_runtime, storage_secret
 from service.settings import Settings, get_settings
 from service.storage import LocalStorage, local_file_routes, make_storage
@@ -56,29 +60,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.close()
 
     jwt_auth = make_jwt_auth(settings, secret)
-    handlers: list[Any] = [get_me, RulesController, JobsController, job_callback,
-                           AdminController, health, ready, PrometheusController]
+    load_models(settings)  # a bad TOLLGATE_MODELS file stops the start, not a request
+    handlers: list[Any] = [get_me, list_models, RulesController, JobsController, job_callback,
+                           AdminController, health, ready, MetricsController, docs_assets(),
+                           *WEBHOOK_HANDLERS]
     # Local-folder storage serves its own signed upload/download URLs; the runtime shares
     # it. S3 storage is built by the lifespan, where its client can be closed.
     local_storage = make_storage(settings, storage_secret(secret)) \
         if settings.embedded_storage else None
     if isinstance(local_storage, LocalStorage):
-        handlers.extend(local_file_routes(local_storage))
+        handlers.extend(local_file_routes(local_storage, check_upload=check_upload))
 
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        on_app_init=[jwt_auth.on_app_init],
-        middleware=[metrics_middleware],
+        on_app_init=[jwt_auth.on_app_init, one_bearer_scheme],
+        middleware=[metrics_middleware, DefineMiddleware(
+            body_deadline_middleware, timeout_s=settings.body_read_timeout)],
+        request_class=TollgateRequest,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="tollgate", version="0.1.0", path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
-            components=Components(security_schemes={"bearer": SecurityScheme(
-                type="http", scheme="bearer", bearer_format="JWT")}),
-            security=[{"bearer": []}],
-        ),
+        openapi_config=openapi_config(version="0.1.0"),
         debug=False,
     )

@@ -3,16 +3,53 @@ validates."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ContentType = Annotated[
-    str, msgspec.Meta(max_length=127, pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
-]
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@:-]+$")]
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Bounds at the edge (API.md "Identifiers and bounds"). A user id never holds `:`, `{` or
+# `}`, so it can never spell another user's Redis keys; stored text holds no control
+# characters (PostgreSQL text cannot hold NUL). The patterns are shared with the path,
+# query and header parameters of service.api.params, so OpenAPI shows them all. Each ends
+# in `$(?!\n)`: Python's `$` (msgspec's) also matches before a final newline; ECMA's does not.
+USER_ID_PATTERN = r"^[A-Za-z0-9._@|+-]{1,128}$(?!\n)"
+USER_ID_MAX = 128
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$(?!\n)"
+IDEMPOTENCY_KEY_MAX = 200
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$(?!\n)"
+MAX_JSON_DEPTH = 32
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN)]
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
+ContentType = Annotated[str, msgspec.Meta(max_length=127, pattern=rf"^{_TOKEN}/{_TOKEN}$(?!\n)")]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_MAX,
+                                     pattern=USER_ID_PATTERN)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$(?!\n)")]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+                                             pattern=IDEMPOTENCY_KEY_PATTERN)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_CONTROL_PATTERN)]
+
+
+def check_stored_json(value: Any, depth: int = 0, where: str = "params") -> None:
+    """Free-form JSON a client stores: at most MAX_JSON_DEPTH deep, no control characters in
+    any key or string (msgspec turns the ValueError into a validation error naming it)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if not _NO_CONTROL.match(value):
+            raise ValueError(f"{where} holds a control character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_stored_json(key, depth + 1, where)
+            check_stored_json(item, depth + 1, where)
+    elif isinstance(value, list):
+        for item in value:
+            check_stored_json(item, depth + 1, where)
+
+
+_NO_CONTROL = re.compile(NO_CONTROL_PATTERN)
 PlanName = Literal["free", "pro"]
 
 
@@ -22,23 +59,51 @@ class ItemIn(msgspec.Struct, forbid_unknown_fields=True):
     size: Annotated[int, msgspec.Meta(ge=1)]
 
 
+WebhookEvent = Literal["started", "progress", "completed"]
+
+
+class WebhookIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Where a job's events go (API.md "Webhooks"); the address is checked by the API."""
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048,
+                                     pattern=r"^https?://[^\x00-\x20\x7f]+$(?!\n)")]
+    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=3)] = \
+        msgspec.field(default_factory=lambda: ["completed"])
+
+
 class JobCreate(msgspec.Struct, forbid_unknown_fields=True):
     items: Annotated[list[ItemIn], msgspec.Meta(min_length=1)]
+    webhook: WebhookIn | None = None
     rule_id: Id | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     params: dict[str, Any] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_stored_json(self.params)
+
+
+class ItemReportIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of a batched report (`event: "items"`)."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    ok: bool
+    idempotency_key: IdempotencyKey
+    output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    error: str | None = None
+
 
 class CallbackIn(msgspec.Struct, forbid_unknown_fields=True):
-    idempotency_key: IdempotencyKey
-    event: Literal["started", "item", "failed", "heartbeat"]
+    event: Literal["started", "item", "items", "failed", "heartbeat"]
+    # Required by every event but "items", whose entries carry one each.
+    idempotency_key: IdempotencyKey | None = None
     item_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
     ok: bool | None = None
     output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     error: str | None = None
+    items: Annotated[list[ItemReportIn], msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 
 class CallbackOut(msgspec.Struct):
@@ -48,8 +113,18 @@ class CallbackOut(msgspec.Struct):
     failed_items: int
 
 
+class ItemsCallbackOut(msgspec.Struct):
+    """The answer to a batched report: how many entries counted now, how many were known."""
+
+    counted: int
+    duplicates: int
+    status: str
+    done_items: int
+    failed_items: int
+
+
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
-    id: Id
+    id: UserId
     plan: PlanName = "free"
     credits: Annotated[int, msgspec.Meta(ge=0, le=10**12)] = 0
 
@@ -60,4 +135,178 @@ class PlanChange(msgspec.Struct, forbid_unknown_fields=True):
 
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
     amount: Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reason: Reason
+
+
+# ---- Response bodies --------------------------------------------------------------------
+# The services build plain dicts; the routes convert them with `body()` into these Structs,
+# which OpenAPI shows. Strict on purpose: a key a service adds but no Struct declares is a
+# loud error (a 500 in tests), never a field silently dropped. To add a response field,
+# declare it here: `X | UnsetType = UNSET` for one that is sometimes absent from the JSON.
+
+JobStatus = Literal["created", "uploaded", "queued", "running", "done", "failed", "canceled"]
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def body(cls: type[S], data: Any) -> S:
+    return msgspec.convert(data, cls)
+
+
+class Credits(msgspec.Struct, forbid_unknown_fields=True):
+    available: int
+    reserved: int
+    spent: int
+    granted: int
+
+
+class Concurrency(msgspec.Struct, forbid_unknown_fields=True):
+    active: int
+    limit: int
+
+
+class RuleSlots(msgspec.Struct, forbid_unknown_fields=True):
+    used: int
+    limit: int
+
+
+class MeView(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    plan: str
+    credits: Credits
+    concurrency: Concurrency
+    rule_slots: RuleSlots
+
+
+class CreditBalance(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    duplicate: bool  # True when this Idempotency-Key was applied before: nothing changed
+    credits: Credits
+
+
+class WebhookView(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    events: list[str]
+
+
+class RuleView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str
+    params: dict[str, Any]
+    created_at: str
+    model: str | UnsetType | None = UNSET
+    webhook: WebhookView | UnsetType | None = UNSET
+
+
+class RuleList(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[RuleView]
+
+
+class ItemView(msgspec.Struct, forbid_unknown_fields=True):
+    index: int
+    name: str | None
+    status: Literal["pending", "ok", "failed"]
+    result_url: str | UnsetType = UNSET  # a signed download URL, while status is ok
+    error: str | UnsetType = UNSET
+
+
+class JobLinks(msgspec.Struct, forbid_unknown_fields=True):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    status: JobStatus
+    total_items: int
+    done_items: int
+    failed_items: int
+    progress: float  # (done + failed) / total, 0..1
+    cost: int  # credits held at creation: items x price
+    charged: int
+    refunded: int
+    rule_id: str | None
+    created_at: str | None
+    updated_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    reason: str | None
+    model: str | UnsetType | None = UNSET
+    params: dict[str, Any] | UnsetType = UNSET
+    queue_position: int | UnsetType | None = UNSET
+    links: JobLinks | UnsetType = UNSET
+    webhook: WebhookView | UnsetType | None = UNSET
+    # True once the outputs are deleted (TOLLGATE_RESULT_TTL after finished_at): no result_url.
+    result_expired: bool | UnsetType = UNSET
+    items: list[ItemView] | UnsetType = UNSET  # on a single job, not in lists
+
+
+class Upload(msgspec.Struct, forbid_unknown_fields=True):
+    index: int
+    url: str
+    method: str
+    headers: dict[str, str]  # send exactly these with the upload
+    expires_at: str | None
+
+
+class JobCreated(JobView, kw_only=True, forbid_unknown_fields=True):
+    uploads: list[Upload]  # one per item while the job is created, else empty
+    idempotent_replay: bool  # True when an earlier request with this Idempotency-Key made it
+
+
+class JobPage(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[JobView]
+    next_cursor: str | None
+
+
+class Status(msgspec.Struct, forbid_unknown_fields=True):
+    status: str
+
+
+class ModelView(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    description: str
+    price_per_item: int
+    max_items: int
+    content_types: list[str]
+    default: bool
+    params_schema: dict[str, Any] | None = None  # a JSON Schema for job and rule params
+
+
+class ModelList(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[ModelView]
+
+
+class Problem(msgspec.Struct):
+    """An RFC 9457 problem document (application/problem+json); `code` is the stable part.
+
+    Some codes carry extra members, declared below; others may be added."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | UnsetType = UNSET
+    errors: list[dict[str, Any]] | UnsetType = UNSET  # validation_error: what was wrong where
+    missing: list[int] | UnsetType = UNSET  # uploads_missing: the item indexes not uploaded
+    job_status: str | UnsetType = UNSET  # invalid_transition: the job's status now
+    used: int | UnsetType = UNSET  # rule_slots_exhausted
+    limit: int | UnsetType = UNSET  # rule_slots_exhausted
+
+
+class WebhookDelivery(msgspec.Struct, forbid_unknown_fields=True):
+    id: str  # the webhook-id header: the same on every attempt of one event
+    type: Literal["job.started", "job.progress", "job.completed"]
+    attempts: int
+    last_status: int | None  # the receiver's HTTP status; null before it or without answer
+    delivered_at: str | None
+    next_attempt_at: str | None  # null once delivered or given up
+    gave_up_at: str | None  # set when the retries (at least 24 h of them) ran out
+
+
+class WebhookLog(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[WebhookDelivery]
+
+
+class WebhookSecret(msgspec.Struct, forbid_unknown_fields=True):
+    secret: str  # whsec_<base64>: the HMAC key is the base64-decoded part

@@ -59,20 +59,47 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_target(settings: Settings, model_name: str | None, queue: str | None
+                  ) -> tuple[str, str]:
+    """(queue, processor spec) of `tollgate worker`: the named model's, else the model that
+    listens on `--queue`, else the default model's."""
+    from service.errors import UnknownModel
+    from service.models import ModelsConfigError, load_models
+
+    try:
+        models = load_models(settings)
+        if model_name is None and queue is not None:
+            on_queue = [model for model in models if model.queue == queue]
+            # A queue no model names runs TOLLGATE_PROCESSOR, as version 1 workers did.
+            return queue, on_queue[0].processor if on_queue else settings.processor
+        model = models.get(model_name)
+    except UnknownModel:
+        sys.exit(f"no model {model_name!r}; configured: "
+                 f"{', '.join(m.name for m in load_models(settings))}")
+    except ModelsConfigError as exc:
+        sys.exit(str(exc))
+    if queue is not None and queue != model.queue:
+        sys.exit(f"model {model.name!r} is served on queue {model.queue!r}, not {queue!r}")
+    return model.queue, model.processor
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.state.clients import queue_redis
     from workers.runner import run_worker
 
     settings = get_settings()
-    run_worker(settings, queue_redis(settings), queue_name=args.queue or settings.queue_name,
-               burst=args.burst, fork=not args.no_fork)
+    queue, processor = worker_target(settings, args.model, args.queue)
+    run_worker(settings, queue_redis(settings), queue_name=queue, processor=processor,
+               burst=args.burst, fork=args.fork)
     return 0
 
 
 def cmd_flusher(args: argparse.Namespace) -> int:
+    from service.api.webhook_log import webhook_job_view
     from service.sweeper import run_flusher_with_requeue
 
-    asyncio.run(run_flusher_with_requeue(get_settings(), once=args.once))
+    asyncio.run(run_flusher_with_requeue(get_settings(), once=args.once,
+                                         job_view=webhook_job_view))
     return 0
 
 
@@ -95,9 +122,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from service.cli.inspect import inspect_job, inspect_user
+    from service.cli.inspect import inspect_failures, inspect_job, inspect_user
 
     settings = get_settings()
+    if args.what == "failures":  # SQL only
+        if args.retry not in (None, "all") and not args.retry.isdigit():
+            sys.exit(f"--retry takes a failure id (a number), not {args.retry!r}")
+        failures = asyncio.run(inspect_failures(settings, retry=args.retry))
+        print(json.dumps(failures, indent=2, sort_keys=True, default=str))
+        return 0
+    if args.id is None:
+        sys.exit(f"tollgate inspect {args.what} needs an id")
     if settings.embedded_redis:
         sys.exit("inspect reads a shared Redis: set TOLLGATE_REDIS_URL")
     report: dict[str, Any] = asyncio.run(
@@ -123,12 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     api.set_defaults(run=cmd_api)
 
-    worker = sub.add_parser("worker", help="an RQ worker for GPU items")
-    worker.add_argument("--queue", default=None)
+    worker = sub.add_parser("worker", help="an RQ worker for GPU items of one model")
+    worker.add_argument("--model", default=None,
+                        help="the model to serve: its queue and processor (default: the "
+                             "default model)")
+    worker.add_argument("--queue", default=None, help="the queue to listen on (default: the "
+                        "model's)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.add_argument("--no-fork", action="store_true",
-                        help="run batches in this process: no fork per batch, so a GPU "
-                             "processor keeps its model loaded (a crash takes the worker)")
+    mode = worker.add_mutually_exclusive_group()
+    mode.add_argument("--fork", action="store_true",
+                      help="a forked work-horse per batch, for processors that leak memory "
+                           "(setup() then runs per batch); default: batches run in this "
+                           "process and setup() runs once")
+    mode.add_argument("--no-fork", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=cmd_worker)
 
     flusher = sub.add_parser("flusher", help="flush finished jobs, expire holds and leases")
@@ -151,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--items", type=int, default=8)
     demo.set_defaults(run=cmd_demo)
 
-    inspect = sub.add_parser("inspect", help="show the Redis keys behind a user or job")
-    inspect.add_argument("what", choices=["user", "job"])
-    inspect.add_argument("id")
+    inspect = sub.add_parser("inspect", help="show the Redis keys behind a user or job, or "
+                                               "the records SQL refused to flush")
+    inspect.add_argument("what", choices=["user", "job", "failures"])
+    inspect.add_argument("id", nargs="?", default=None)
+    inspect.add_argument("--retry", nargs="?", const="all", default=None, metavar="ID",
+                         help="failures: write them (or only failure ID) to SQL again, after "
+                              "a fix; a written one leaves the list")
     inspect.set_defaults(run=cmd_inspect)
     return parser
 

@@ -85,6 +85,8 @@ class JobLog(Base):
     charged: Mapped[int] = mapped_column(BigInteger)
     refunded: Mapped[int] = mapped_column(BigInteger)
     rule_id: Mapped[str | None] = mapped_column(String(64))
+    # The model the job ran on (its price is `price`); NULL for jobs of version 1.
+    model: Mapped[str | None] = mapped_column(String(64))
     # [{index, name, content_type, size, status, output_key?, error?}]
     items: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -92,10 +94,19 @@ class JobLog(Base):
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Set when the sweeper deleted the job's files, TOLLGATE_RESULT_TTL after finished_at.
+    results_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # GET /jobs pages newest first by (created_at, id): one index range scan per page.
 Index("ix_jobs_log_user_created", JobLog.user_id, JobLog.created_at.desc(), JobLog.id.desc())
+# The same pages with ?status=: without it, a status filter read every row of the user.
+Index("ix_jobs_log_user_state_created", JobLog.user_id, JobLog.state, JobLog.created_at.desc(),
+      JobLog.id.desc())
+# The sweeper's "whose results are due for deletion": only rows not yet deleted are indexed.
+Index("ix_jobs_log_results_due", JobLog.finished_at,
+      postgresql_where=JobLog.results_deleted_at.is_(None),
+      sqlite_where=JobLog.results_deleted_at.is_(None))
 
 
 class LedgerEntry(Base):
@@ -110,3 +121,38 @@ class LedgerEntry(Base):
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime]
+
+
+class FlushFailure(Base):
+    """A record SQL kept refusing (too long, a NUL, a constraint), set aside by the flusher
+    so that it stops holding up the rest of its bucket; `tollgate inspect failures --retry`
+    writes it again after a fix."""
+
+    __tablename__ = "flush_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # job | ledger
+    # sha256 of kind and record id: one row per record, however often it is set aside.
+    record_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    record_id: Mapped[str] = mapped_column(Text)  # as JSON text: it may hold a NUL itself
+    # What Redis held, as JSON text (NUL escaped), rebuilt into a row on retry.
+    record: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime]
+    last_failed_at: Mapped[datetime]
+
+
+class AdminOp(Base):
+    """An admin write applied under an Idempotency-Key (today: plan changes). Written in the
+    same SQL transaction as the change, before Redis: a retry with the same key finds its row
+    and changes nothing, even after Redis lost its own record of the op."""
+
+    __tablename__ = "admin_ops"
+
+    # '<kind>:<user id>:<sha256 of the key, 32 hex>': fits for the longest user id.
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,12 +6,15 @@ user's jobs and the bucket's work indexes stays inside one Redis Cluster hash sl
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 import zlib
 from dataclasses import dataclass
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_SORTABLE_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 
 
 def new_sortable_id() -> str:
@@ -22,6 +25,11 @@ def new_sortable_id() -> str:
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def is_sortable_id(value: str) -> bool:
+    """A rule id or the head of a job id: checked before an id from a URL reaches a lookup."""
+    return len(value) == 26 and _SORTABLE_ID.match(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +46,22 @@ class KeySpace:
 
     def bucket_of_job(self, job_id: str) -> int | None:
         head, sep, tail = job_id.rpartition("-")
-        if not sep or len(head) != 26 or not tail.isdigit():
+        # Checked before any lookup: an id from a URL may hold anything (NUL, `:`, digits
+        # beyond int's string limit).
+        if (not sep or len(head) != 26 or not 1 <= len(tail) <= 5 or not tail.isascii()
+                or not tail.isdigit() or not is_sortable_id(head)):
             return None
         bucket = int(tail)
         return bucket if bucket < self.buckets else None
 
     def bucket(self, bucket: int) -> BucketKeys:
         return BucketKeys(f"{self.prefix}:{{{bucket}}}")
+
+    @property
+    def buckets_in_use(self) -> str:
+        """set: buckets that ever held a user (so counters, jobs, work), added before the
+        first script there; a metrics scrape reads only these."""
+        return f"{self.prefix}:buckets"
 
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(self.bucket(self.bucket_of_user(user_id)), user_id)
@@ -79,8 +96,33 @@ class BucketKeys:
         return f"{self.tag}:ledger"
 
     @property
+    def webhooks(self) -> str:
+        """zset: webhook delivery id -> next attempt ms (the outbox's due index)."""
+        return f"{self.tag}:webhooks"
+
+    @property
+    def webhook_outcomes(self) -> str:
+        """hash: delivery outcome (delivered, failed, gave_up) -> attempts."""
+        return f"{self.tag}:webhook-outcomes"
+
+    @property
     def flusher_lock(self) -> str:
         return f"{self.tag}:flusher-lock"
+
+    @property
+    def flush_attempts(self) -> str:
+        """hash: `<kind>:<record id>` -> failed SQL writes so far, `...:first` -> first ms."""
+        return f"{self.tag}:flush-attempts"
+
+    @property
+    def ledger_retry(self) -> str:
+        """zset: ledger entries (as read from the list) that SQL refused -> next attempt ms."""
+        return f"{self.tag}:ledger-retry"
+
+    @property
+    def counters(self) -> str:
+        """hash: business counters of the bucket (field -> count); a scrape sums buckets."""
+        return f"{self.tag}:counters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +150,15 @@ class UserKeys:
     def ops(self) -> str:
         return f"{self.base}:ops"
 
+    @property
+    def webhook_secret(self) -> str:
+        """string: `whsec_<base64>`; a key of its own, so setting it never creates a partial
+        user hash."""
+        return f"{self.base}:webhook-secret"
+
     def idempotency(self, key: str) -> str:
-        return f"{self.base}:idem:{key}"
+        # Hashed: a client's key becomes part of a key name, so it must have a fixed size.
+        return f"{self.base}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +176,23 @@ class JobKeys:
 
     @property
     def callbacks(self) -> str:
+        """list: the last 512 callback keys, newest first (the ring)."""
         return f"{self.base}:cb"
+
+    @property
+    def callback_set(self) -> str:
+        """set: the ring's keys again, kept in step with it, for O(1) membership."""
+        return f"{self.base}:cbset"
 
     @property
     def meta(self) -> str:
         """The job's item descriptions (JSON), written once at reserve and never by Lua logic."""
         return f"{self.base}:meta"
+
+    @property
+    def webhooks(self) -> str:
+        """hash: webhook delivery id -> JSON record; outlives the job's flush to SQL."""
+        return f"{self.base}:webhooks"
 
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(self.bucket, user_id)

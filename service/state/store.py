@@ -7,7 +7,7 @@ Methods are safe to retry: every script is idempotent by an operation id.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,16 +15,23 @@ from typing import Any
 from service.errors import TollgateError
 from service.state.autopipeline import AutoPipeline
 from service.state.codes import ERRORS, SUCCESS, Code
+from service.state.fsm import JobState
 from service.state.keys import JobKeys, KeySpace, UserKeys
 from service.state.plans import Plan
+from service.state.reads import StateReads
+from service.state.records import JobRecord, LedgerEntry, UserRecord
 from service.state.scripts import Script, load_scripts
-
-LIVE_STATES = ("created", "uploaded", "queued", "running")
-TERMINAL_STATES = ("done", "failed", "canceled")
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def op_digest(op_id: str) -> str:
+    """An admin operation id (an Idempotency-Key, up to 200 characters) in a fixed size: it
+    names the op in the user's ops hash and ends the ledger id `grant:<uid>:<digest>`, which
+    must fit credit_ledger.id for the longest user id."""
+    return hashlib.sha256(op_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,37 @@ class JobProgress:
     total: int
     charged: int | None = None
     refunded: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemReport:
+    """One entry of a batched report: the item's outcome under its callback key."""
+
+    callback_key: str
+    index: int
+    ok: bool
+    detail: str  # the output key, or the error
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    code: Code
+    state: str
+    done: int
+    failed: int
+    total: int
+    counted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoneySnapshot:
+    """What Redis holds of one user's money, read at one instant: the user record (None when
+    Redis has none), its jobs still in Redis, and its ledger entries not yet trimmed."""
+
+    user: UserRecord | None
+    jobs: list[JobRecord]
+    pending: list[LedgerEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +100,15 @@ class DueWork:
     due_flushes: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class FlushAttempt:
+    """A record SQL refused: its attempts so far, and whether it may be tried again."""
+
+    attempts: int
+    first_failed_ms: int
+    exhausted: bool
+
+
 def _check(reply: list[Any], script: str) -> Code:
     code = Code(reply[0])
     if code in SUCCESS:
@@ -78,8 +125,8 @@ def _progress(reply: list[Any], script: str) -> JobProgress:
     return JobProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), *extra)
 
 
-class Core:
-    """Holds the client and the scripts; share one per process."""
+class Core(StateReads):
+    """Holds the client and the scripts; share one per process. The reads are in StateReads."""
 
     def __init__(self, client: Any, keys: KeySpace, *, autopipeline: bool = False) -> None:
         self.client = client
@@ -88,30 +135,51 @@ class Core:
         # Scripts and single-key reads go through `runner`: the client itself, or an
         # AutoPipeline over it that batches what concurrent requests send in one loop turn.
         self.runner: Any = AutoPipeline(client) if autopipeline else client
+        self._buckets_marked: set[int] = set()
+
+    async def _use_bucket(self, bucket: int) -> None:
+        """Adds the bucket to the set a metrics scrape reads, before the first script there
+        (once per process: SADD is idempotent, the set only grows)."""
+        if bucket not in self._buckets_marked:
+            await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
+            self._buckets_marked.add(bucket)
 
     async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
         return await self.scripts[name](self.runner, keys, args)
 
-    def job_keys(self, job_id: str) -> JobKeys:
-        keys = self.keys.job(job_id)
-        if keys is None:
-            raise ERRORS[Code.NOT_FOUND](f"no job {job_id!r}")
-        return keys
-
     def _finish_keys(self, job: JobKeys, user: UserKeys) -> list[str]:
         b = job.bucket
-        return [job.base, user.base, user.active, b.holds, b.leases, b.queued, b.flush, b.ledger]
+        return [job.base, user.base, user.active, b.holds, b.leases, b.queued, b.flush, b.ledger,
+                job.webhooks, b.webhooks, b.counters]
 
     async def ping(self) -> None:
         await self._run("ping", [f"{self.keys.prefix}:ping"], [])
 
     async def ensure_user(self, user_id: str, plan: Plan, credits: int) -> bool:
-        """Provision a user once; True when this call created it."""
+        """Provision a user once, its signup entry in the Redis ledger; True when this call
+        created it."""
         user = self.keys.user(user_id)
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "ensure_user",
-            [user.base, user.bucket.ledger],
-            [user_id, plan.name, credits, plan.concurrency, plan.rule_slots, now_ms()],
+            [user.base, user.bucket.ledger, user.bucket.counters],
+            [user_id, plan.name, credits, plan.concurrency, plan.rule_slots, now_ms(),
+             0, credits, "1"],
+        )
+        return _check(reply, "ensure_user") is Code.OK
+
+    async def restore_user(
+        self, user_id: str, plan: Plan, *, available: int, spent: int, granted: int
+    ) -> bool:
+        """Create the user record with a balance SQL already holds (its ledger entries are
+        there, so none is pushed), unless Redis has it; True when this call created it."""
+        user = self.keys.user(user_id)
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
+        reply = await self._run(
+            "ensure_user",
+            [user.base, user.bucket.ledger, user.bucket.counters],
+            [user_id, plan.name, available, plan.concurrency, plan.rule_slots, now_ms(),
+             spent, granted, "0"],
         )
         return _check(reply, "ensure_user") is Code.OK
 
@@ -125,6 +193,9 @@ class Core:
         hold_ttl_ms: int,
         meta_json: str,
         rule_id: str = "",
+        model: str = "",
+        webhook_url: str = "",
+        webhook_events: tuple[str, ...] = (),
         idempotency_key: str | None = None,
         body_hash: str = "",
         idempotency_ttl_ms: int = 86_400_000,
@@ -139,12 +210,15 @@ class Core:
         job = JobKeys(user.bucket, job_id)
         now = at_ms if at_ms is not None else now_ms()
         idem = user.idempotency(idempotency_key or "-")
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "reserve",
-            [user.base, user.active, user.jobs, job.base, job.meta, user.bucket.holds, idem],
+            [user.base, user.active, user.jobs, job.base, job.meta, user.bucket.holds, idem,
+             user.bucket.ledger],
             [
                 job_id, user_id, total, price, now, now + hold_ttl_ms, meta_json,
                 "1" if idempotency_key else "0", body_hash, idempotency_ttl_ms, rule_id,
+                model, webhook_url, ",".join(webhook_events),
             ],
         )
         return _check(reply, "reserve"), str(reply[1])
@@ -157,7 +231,7 @@ class Core:
         now = now_ms()
         reply = await self._run(
             "transition",
-            [job.base, b.holds, b.leases, b.queued],
+            [job.base, b.holds, b.leases, b.queued, job.webhooks, b.webhooks],
             [job_id, owner, from_state, to_state, now, now + lease_ms],
         )
         return _progress(reply, "transition")
@@ -181,11 +255,42 @@ class Core:
         reply = await self._run(
             "item_result",
             [job.base, job.items, job.callbacks, user.base, user.active,
-             b.holds, b.leases, b.queued, b.flush, b.ledger],
+             b.holds, b.leases, b.queued, b.flush, b.ledger, job.webhooks, b.webhooks,
+             job.callback_set, b.counters],
             [job_id, owner, callback_key, index, "1" if ok else "0", detail,
              now, now + lease_ms, now + flush_delay_ms],
         )
         return _progress(reply, "item_result")
+
+    async def items_result(
+        self,
+        job_id: str,
+        owner: str,
+        reports: list[ItemReport],
+        *,
+        lease_ms: int,
+        flush_delay_ms: int,
+    ) -> BatchProgress:
+        """A batch of item reports in one script; each counts exactly once (item_result)."""
+        job = self.job_keys(job_id)
+        user = job.user(owner)
+        b = job.bucket
+        now = now_ms()
+        entries: list[str | int] = []
+        for report in reports:
+            entries += [report.callback_key, report.index, "1" if report.ok else "0",
+                        report.detail]
+        reply = await self._run(
+            "items_result",
+            [job.base, job.items, job.callbacks, job.callback_set, user.base, user.active,
+             b.holds, b.leases, b.queued, b.flush, b.ledger, job.webhooks, b.webhooks,
+             b.counters],
+            [job_id, owner, now, now + lease_ms, now + flush_delay_ms, len(reports), *entries],
+        )
+        code = _check(reply, "items_result")
+        counted, duplicates = (int(reply[5]), int(reply[6])) if len(reply) >= 7 else (0, 0)
+        return BatchProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]),
+                             counted, duplicates)
 
     async def settle(
         self,
@@ -193,7 +298,7 @@ class Core:
         owner: str,
         to_state: str,
         *,
-        from_states: tuple[str, ...] = ("queued", "running"),
+        from_states: tuple[str, ...] = (JobState.QUEUED, JobState.RUNNING),
         reason: str,
         flush_delay_ms: int,
     ) -> JobProgress:
@@ -244,10 +349,11 @@ class Core:
 
     async def grant(self, user_id: str, op_id: str, amount: int, reason: str) -> Balance:
         user = self.keys.user(user_id)
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "grant",
-            [user.base, user.ops, user.bucket.ledger],
-            [user_id, op_id, amount, reason, now_ms()],
+            [user.base, user.ops, user.bucket.ledger, user.bucket.counters],
+            [user_id, op_digest(op_id), amount, reason, now_ms()],
         )
         code = _check(reply, "grant")
         return Balance(code, *(int(v) for v in reply[1:5]))
@@ -257,7 +363,7 @@ class Core:
         reply = await self._run(
             "set_plan",
             [user.base, user.ops],
-            [op_id, plan.name, plan.concurrency, plan.rule_slots],
+            [op_digest(op_id), plan.name, plan.concurrency, plan.rule_slots],
         )
         return _check(reply, "set_plan")
 
@@ -278,7 +384,8 @@ class Core:
         user = job.user(owner)
         reply = await self._run(
             "flush_done",
-            [job.base, job.items, job.callbacks, job.meta, job.bucket.flush, user.jobs],
+            [job.base, job.items, job.callbacks, job.meta, job.bucket.flush, user.jobs,
+             job.callback_set],
             [job_id],
         )
         return _check(reply, "flush_done")
@@ -288,28 +395,78 @@ class Core:
         reply = await self._run("ledger_ack", [ledger], [count, first_entry])
         return _check(reply, "ledger_ack")
 
-    async def user_record(self, user_id: str) -> dict[str, str]:
-        record: dict[str, str] = await self.runner.hgetall(self.keys.user(user_id).base)
-        return record
+    async def flush_retry_later(
+        self, bucket: int, kind: str, record_id: str, entry: str, *, attempts_allowed: int,
+        delay_ms: int,
+    ) -> FlushAttempt:
+        """Counts a refused SQL write of a job (`entry` '') or ledger entry (`entry` as read
+        from the ledger list) and schedules the next attempt unless this was the last."""
+        b = self.keys.bucket(bucket)
+        reply = await self._run(
+            "flush_retry_later", [b.flush_attempts, b.flush, b.ledger_retry],
+            [kind, record_id, entry, now_ms(), attempts_allowed, delay_ms])
+        code = _check(reply, "flush_retry_later")
+        return FlushAttempt(int(reply[1]), int(reply[2]), code is Code.EXHAUSTED)
 
-    async def job_record(self, job_id: str) -> dict[str, str]:
-        keys = self.keys.job(job_id)
-        if keys is None:
-            return {}
-        record: dict[str, str] = await self.runner.hgetall(keys.base)
-        return record
+    async def flush_retry_end(
+        self, bucket: int, kind: str, record_id: str, entry: str, *, set_aside: bool
+    ) -> Code:
+        """A refused record is done with (written, or set aside: counted as a failure)."""
+        b = self.keys.bucket(bucket)
+        reply = await self._run(
+            "flush_retry_end", [b.flush_attempts, b.ledger_retry, b.counters],
+            [kind, record_id, entry, "1" if set_aside else "0"])
+        return _check(reply, "flush_retry_end")
 
-    async def job_snapshot(self, job_id: str) -> tuple[dict[str, str], dict[str, str], str | None]:
-        """The job hash, its items hash and its meta JSON, in one round trip."""
-        keys = self.job_keys(job_id)
-        if self.runner is not self.client:  # join the batch other requests are sending
-            job, items, meta = await asyncio.gather(
-                self.runner.hgetall(keys.base), self.runner.hgetall(keys.items),
-                self.runner.get(keys.meta))
-            return job, items, meta
+    async def forget_job_attempts(self, bucket: int, job_ids: list[str]) -> None:
+        """Drops the attempt counts of flushed jobs (most have none: HDEL of absent fields)."""
+        if job_ids:
+            fields = [f"job:{job_id}{end}" for job_id in job_ids for end in ("", ":first")]
+            # Through the runner: it joins the batch of the flush_done scripts sent with it.
+            await self.runner.execute_command(
+                "HDEL", self.keys.bucket(bucket).flush_attempts, *fields)
+
+    async def ledger_retries_due(self, bucket: int, limit: int) -> list[str]:
+        """Refused ledger entries whose next attempt is due, as read from the ledger list."""
+        due: list[str] = await self.client.zrangebyscore(
+            self.keys.bucket(bucket).ledger_retry, "-inf", now_ms(), start=0, num=limit)
+        return due
+
+    async def counter_totals(self, fields: list[str]) -> dict[str, int]:
+        """Business counters summed over every bucket, in one pipeline."""
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.base)
-            pipe.hgetall(keys.items)
-            pipe.get(keys.meta)
-            job, items, meta = await pipe.execute()
-        return job, items, meta
+            for bucket in range(self.keys.buckets):
+                pipe.hmget(self.keys.bucket(bucket).counters, fields)
+            replies = await pipe.execute()
+        totals = dict.fromkeys(fields, 0)
+        for values in replies:
+            for name, value in zip(fields, values, strict=True):
+                totals[name] += int(value or 0)
+        return totals
+
+    async def user_exists(self, user_id: str) -> bool:
+        return bool(await self.client.exists(self.keys.user(user_id).base))
+
+    async def known_user_ids(self) -> list[str]:
+        """Every user Redis holds a record of, by SCAN: for operators' tools, not requests."""
+        found: set[str] = set()
+        async for key in self.client.scan_iter(match=f"{self.keys.prefix}:*:user:*",
+                                               count=1000):
+            user_id = key.partition(":user:")[2]
+            if user_id and ":" not in user_id:  # not one of the user's other keys
+                found.add(user_id)
+        return sorted(found)
+
+    async def money_snapshot(self, user_id: str) -> MoneySnapshot:
+        """The user record, its job index and its bucket's ledger list in one MULTI (one hash
+        slot: they share the bucket tag), then the jobs of that index."""
+        user = self.keys.user(user_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(user.base)
+            pipe.zrange(user.jobs, 0, -1)
+            pipe.lrange(user.bucket.ledger, 0, -1)
+            record, job_ids, raw_entries = await pipe.execute()
+        jobs = await self.jobs(list(job_ids))
+        entries = (LedgerEntry.from_json(raw) for raw in raw_entries)
+        return MoneySnapshot(UserRecord.from_redis(record), [job for job in jobs if job],
+                             [entry for entry in entries if entry.user_id == user_id])

@@ -50,7 +50,17 @@ class FakeApi:
         return [body["event"] for body in self.callbacks]
 
     def item_reports(self) -> list[dict[str, Any]]:
-        return [body for body in self.callbacks if body["event"] == "item"]
+        """Every item's report, whether sent alone (`item`) or in a batch (`items`), in the
+        shape of an `item` event."""
+        reports = []
+        for body in self.callbacks:
+            if body["event"] == "item":
+                reports.append(body)
+            elif body["event"] == "items":
+                reports.extend({**{k: v for k, v in entry.items() if k != "index"},
+                                "event": "item", "item_index": entry["index"]}
+                               for entry in body["items"])
+        return reports
 
     def answer_callback(self, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -71,6 +81,9 @@ class FakeApi:
             items = len(self.item_reports())
             if self.close_after_items is not None and items >= self.close_after_items:
                 self.closed = True
+            if body["event"] == "items":
+                return 200, {"counted": len(body["items"]), "duplicates": 0,
+                             "status": "running", "done_items": items, "failed_items": 0}
             return 200, {"duplicate": False, "status": "running", "done_items": items,
                          "failed_items": 0}
 

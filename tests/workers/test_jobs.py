@@ -45,15 +45,17 @@ def run(api: FakeApi, http: RetryingClient, processor: Any, count: int = 3,
     return run_batch(Batch.from_payload(payload(api, count, **kwargs)), processor, http)
 
 
-def test_batch_sends_started_then_one_report_per_item(fake_api: FakeApi,
-                                                      http: RetryingClient) -> None:
+def test_batch_sends_started_then_one_report_for_the_whole_batch(
+    fake_api: FakeApi, http: RetryingClient
+) -> None:
     summary = run(fake_api, http, passthrough)
 
     rq_id = f"tg-{JOB_ID}-0"
     assert fake_api.callbacks == [
         {"idempotency_key": f"{rq_id}:started", "event": "started"},
-        *({"idempotency_key": f"{JOB_ID}:item:{i}", "event": "item", "item_index": i,
-           "ok": True, "output_key": f"out/{JOB_ID}/{i}"} for i in range(3)),
+        {"event": "items", "items": [
+            {"index": i, "ok": True, "idempotency_key": f"{JOB_ID}:item:{i}",
+             "output_key": f"out/{JOB_ID}/{i}"} for i in range(3)]},
     ]
     assert set(fake_api.auth_seen) == {f"Bearer {TOKEN}"}
     assert fake_api.outputs == {
@@ -103,17 +105,18 @@ def test_downloads_of_a_batch_run_side_by_side(fake_api: FakeApi,
 def test_a_retried_batch_repeats_the_same_item_keys(fake_api: FakeApi,
                                                     http: RetryingClient) -> None:
     run(fake_api, http, passthrough)
-    first = [body["idempotency_key"] for body in fake_api.callbacks]
+    first = [report["idempotency_key"] for report in fake_api.item_reports()]
     fake_api.callbacks.clear()
     run(fake_api, http, passthrough)
-    assert [body["idempotency_key"] for body in fake_api.callbacks] == first
+    assert [report["idempotency_key"] for report in fake_api.item_reports()] == first
+    assert first == [f"{JOB_ID}:item:{i}" for i in range(3)]
 
 
 def test_callbacks_are_retried_through_503s(fake_api: FakeApi, http: RetryingClient) -> None:
     fake_api.fail_callbacks = 3
     summary = run(fake_api, http, passthrough, count=2)
 
-    assert fake_api.events() == ["started", "item", "item"]
+    assert fake_api.events() == ["started", "items"]
     started = [a for a in fake_api.attempts if a["event"] == "started"]
     assert len(started) == 4
     assert summary["ok"] == 2
@@ -150,14 +153,26 @@ def test_409_on_started_stops_before_any_work(fake_api: FakeApi, http: RetryingC
     assert len(fake_api.attempts) == 1 and fake_api.outputs == {}
 
 
-def test_409_on_an_item_stops_the_batch_quietly(fake_api: FakeApi,
-                                                http: RetryingClient) -> None:
-    fake_api.close_after_items = 1
-    summary = run(fake_api, http, passthrough, count=4)
+def test_409_on_the_report_stops_the_batch_quietly(fake_api: FakeApi,
+                                                   http: RetryingClient) -> None:
+    def canceled_meanwhile(items: list[Item]) -> list[Output]:
+        fake_api.closed = True
+        return passthrough(items)
 
-    assert [r["item_index"] for r in fake_api.item_reports()] == [0]
-    assert [a.get("item_index") for a in fake_api.attempts] == [None, 0, 1]
-    assert summary["stopped"] == "job closed: canceled" and summary["ok"] == 1
+    summary = run(fake_api, http, canceled_meanwhile, count=4)
+
+    assert fake_api.item_reports() == []
+    assert [a["event"] for a in fake_api.attempts] == ["started", "items"]
+    assert summary["stopped"] == "job closed: canceled" and summary["ok"] == 0
+
+
+def test_a_batch_past_the_report_limit_reports_in_chunks(
+    fake_api: FakeApi, http: RetryingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("workers.jobs.MAX_REPORT_ITEMS", 2)
+    run(fake_api, http, passthrough, count=5)
+    reports = [body for body in fake_api.callbacks if body["event"] == "items"]
+    assert [[e["index"] for e in body["items"]] for body in reports] == [[0, 1], [2, 3], [4]]
 
 
 def test_heartbeat_renews_the_lease_while_the_processor_works(
@@ -170,11 +185,11 @@ def test_heartbeat_renews_the_lease_while_the_processor_works(
     run(fake_api, http, slow, count=2, lease_ttl_s=0.3)
 
     events = fake_api.events()
-    assert events[0] == "started" and events[-2:] == ["item", "item"]
+    assert events[0] == "started" and events[-1] == "items"
     beats = [b for b in fake_api.callbacks if b["event"] == "heartbeat"]
     assert beats and set(beats[0]) == {"idempotency_key", "event"}
     assert len({b["idempotency_key"] for b in beats}) == len(beats)
-    assert events.index("heartbeat") < events.index("item")
+    assert events.index("heartbeat") < events.index("items")
 
 
 def test_a_refused_heartbeat_flags_the_batch_closed(

@@ -3,11 +3,16 @@
 A processor gets a whole batch so a GPU processor can stack it into one tensor. It reports
 a bad item in that item's `Output.error`; an exception for the whole batch makes the worker
 retry the batch item by item, so one bad item fails only itself.
+
+A processor may have a `setup()` method (load weights, warm CUDA): the worker calls it once
+per process before the first batch, never per batch. A spec that names a class gets an
+instance of it, made once per process.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,7 +48,31 @@ def load_processor(spec: str) -> Processor:
     target: object = importlib.import_module(module_name)
     for part in attr.split("."):
         target = getattr(target, part)
+    if isinstance(target, type):  # a class: its instance is the processor
+        target = target()
     if not callable(target):
         raise TypeError(f"processor {spec!r} is not callable")
     processor: Processor = target
     return processor
+
+
+_SETUP_LOCK = threading.Lock()
+# Processors whose setup() ran in this process, by id (the value keeps the id from reuse).
+# A forked work-horse inherits a copy: what its parent set up stays set up in it.
+_SET_UP: dict[int, object] = {}
+
+
+def ensure_setup(processor: Processor) -> bool:
+    """Runs the processor's `setup()` unless it ran in this process; True when it ran now.
+
+    An exception leaves it not set up, so the next batch tries again.
+    """
+    setup = getattr(processor, "setup", None)
+    if setup is None or id(processor) in _SET_UP:
+        return False
+    with _SETUP_LOCK:
+        if id(processor) in _SET_UP:
+            return False
+        setup()
+        _SET_UP[id(processor)] = processor
+    return True

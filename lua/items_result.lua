@@ -1,0 +1,99 @@
+-- items_result: a worker's report of a whole batch of items (`event: "items"`), applied in
+-- one call. Each entry follows item_result's exactly-once rule (includes/count_items.lua):
+-- a callback key in the job's ring is a duplicate, an item with an outcome is a duplicate
+-- whatever its key. The entry that completes the job finishes it and settles its credits in
+-- this same call, as item_result does.
+--
+-- KEYS[1] job hash        tg:{b}:job:<jid>
+-- KEYS[2] job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
+-- KEYS[3] job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
+-- KEYS[4] job callback set tg:{b}:job:<jid>:cbset (the same keys, for O(1) membership)
+-- KEYS[5] user hash       KEYS[6] user active set
+-- KEYS[7] bucket holds    KEYS[8] bucket leases   KEYS[9] bucket queued
+-- KEYS[10] bucket flush   KEYS[11] bucket ledger
+-- KEYS[12] job webhook log  KEYS[13] bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[14] bucket counters tg:{b}:counters (includes/stats.lua)
+--
+-- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
+-- ARGV[4] new lease deadline ms  ARGV[5] flush due ms  ARGV[6] n, the number of entries
+-- then 4 per entry, i = 0..n-1: ARGV[7+4i] callback key  ARGV[8+4i] item index (0-based)
+--   ARGV[9+4i] '1' ok | '0' failed  ARGV[10+4i] output key or error
+--
+-- Returns {code, state, done, failed, total, counted, duplicates} with code one of
+--   'ok'                  at least one entry counted (state 'done'/'failed' when the job
+--                         finished in this call)
+--   'duplicate'           every entry was counted before
+--   'invalid_transition'  the job is not queued or running and some entry is new
+--   'not_found'           no such job for this owner        (just {code})
+--   'bad_argument'        {code, what}: an index out of range, a malformed entry or number;
+--                         nothing is written
+-- @include finish_job
+-- @include count_items
+local MAX_ENTRIES = 1000
+local job_id, owner = ARGV[1], ARGV[2]
+local now, lease_deadline, flush_due = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+if not now or not lease_deadline or not flush_due then return {'bad_argument', 'time'} end
+if not n or n < 1 or n > MAX_ENTRIES or n % 1 ~= 0 or #ARGV ~= 6 + 4 * n then
+  return {'bad_argument', 'items'}
+end
+
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
+if not job[1] or job[2] ~= owner then return {'not_found'} end
+local state = job[1]
+local done, failed, total = tonumber(job[3]), tonumber(job[4]), tonumber(job[5])
+local ring = {cb = KEYS[3], cbset = KEYS[4], items = KEYS[2]}
+
+-- Read and check every entry before the first write.
+local entries, fresh = {}, 0
+for i = 0, n - 1 do
+  local base = 7 + 4 * i
+  local index, flag = tonumber(ARGV[base + 1]), ARGV[base + 2]
+  if not index or index < 0 or index >= total or index % 1 ~= 0 then
+    return {'bad_argument', 'item_index'}
+  end
+  if flag ~= '1' and flag ~= '0' then return {'bad_argument', 'ok'} end
+  entries[i + 1] = {key = ARGV[base], index = index, ok = flag == '1', detail = ARGV[base + 3]}
+  if not callback_seen(ring, ARGV[base]) then fresh = fresh + 1 end
+end
+if fresh == 0 then return {'duplicate', state, done, failed, total, 0, n} end
+if state ~= 'queued' and state ~= 'running' then
+  return {'invalid_transition', state, done, failed, total}
+end
+
+local counted = 0
+for _, entry in ipairs(entries) do
+  -- Seen again here: the same key may come twice in one batch.
+  if not callback_seen(ring, entry.key) then
+    remember_callback(ring, entry.key)
+    if count_item(ring, entry.index, entry.ok, entry.detail) then
+      counted = counted + 1
+      if entry.ok then done = done + 1 else failed = failed + 1 end
+    end
+  end
+end
+local duplicates = n - counted
+if counted == 0 then return {'duplicate', state, done, failed, total, 0, duplicates} end
+redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'updated_at', now)
+stats_items(KEYS[14], KEYS[1], done - tonumber(job[3]), failed - tonumber(job[4]))
+
+if done + failed < total then
+  local o = {job = KEYS[1], hooks = KEYS[12], webhooks = KEYS[13]}
+  if state == 'queued' then
+    redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
+    redis.call('ZREM', KEYS[9], job_id)
+    job_changed(o, job_id, 'started', now)
+  end
+  redis.call('ZADD', KEYS[8], lease_deadline, job_id)
+  job_changed(o, job_id, 'progress', now)
+  return {'ok', 'running', done, failed, total, counted, duplicates}
+end
+
+local final = 'done'
+if done == 0 then final = 'failed' end
+local k = {job = KEYS[1], user = KEYS[5], active = KEYS[6], holds = KEYS[7], leases = KEYS[8],
+  queued = KEYS[9], flush = KEYS[10], ledger = KEYS[11], hooks = KEYS[12], webhooks = KEYS[13],
+  stats = KEYS[14]}
+finish_job(k, job_id, owner, final, 'completed', now, flush_due, done,
+  tonumber(job[6]), tonumber(job[7]))
+return {'ok', final, done, failed, total, counted, duplicates}

@@ -1,0 +1,153 @@
+"""The models a job can run on: each a processor with its own price, queue and limits.
+
+The one table of them, read from the TOML file that `TOLLGATE_MODELS` names. Without it there
+is one model, `thumbnail`, made from the version 1 settings (`TOLLGATE_PROCESSOR`,
+`TOLLGATE_PRICE_PER_ITEM`, `TOLLGATE_QUEUE_NAME`, `TOLLGATE_BATCH_SIZE`, `TOLLGATE_MAX_ITEMS`),
+so a version 1 set-up keeps working. The API prices and checks jobs with it, dispatch picks a
+job's queue and batch size from it, and `tollgate worker --model NAME` finds its processor in
+it. Workers never import it: they get a processor spec and a queue name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import UnknownModel
+from service.settings import Settings
+
+FALLBACK_MODEL = "thumbnail"
+NamePattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ContentTypeGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$&^_.+*-]+/[A-Za-z0-9!#$&^_.+*-]+$")]
+
+
+class ModelsConfigError(ValueError):
+    """The TOLLGATE_MODELS file cannot be used; raised at start-up, never per request."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=NamePattern)]
+    processor: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")]
+    price_per_item: Annotated[int, Field(ge=0)]
+    queue: Annotated[str, Field(min_length=1, max_length=200)]
+    batch_size: Annotated[int, Field(ge=1)]
+    max_items: Annotated[int, Field(ge=1)]
+    content_types: tuple[ContentTypeGlob, ...] = ("*/*",)
+    description: str = ""
+    default: bool = False
+    params_schema: dict[str, Any] | None = None
+
+    def accepts(self, content_type: str) -> bool:
+        """Globs like `image/*`; media types are case-insensitive."""
+        wanted = content_type.lower()
+        return any(fnmatchcase(wanted, glob.lower()) for glob in self.content_types)
+
+    def public_view(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "price_per_item": self.price_per_item, "max_items": self.max_items,
+                "content_types": list(self.content_types), "default": self.default,
+                "params_schema": self.params_schema}
+
+
+class ModelTable:
+    """Models by name, in the order the file lists them, and the one a job gets by default."""
+
+    def __init__(self, models: list[Model]) -> None:
+        if not models:
+            raise ModelsConfigError("no models configured: add a [models.<name>] table")
+        defaults = [m.name for m in models if m.default]
+        if len(defaults) > 1:
+            raise ModelsConfigError(f"several default models: {', '.join(defaults)}")
+        if not defaults:  # none marked: the first one listed
+            models = [models[0].model_copy(update={"default": True}), *models[1:]]
+        by_queue: dict[str, Model] = {}
+        for model in models:
+            other = by_queue.setdefault(model.queue, model)
+            # A worker loads the processor of the model it serves: a queue it shares with
+            # another processor would hand it batches it cannot run.
+            if other.processor != model.processor:
+                raise ModelsConfigError(
+                    f"models {other.name!r} and {model.name!r} share queue {model.queue!r} "
+                    f"but not a processor: give each its own queue")
+        self._by_name = {model.name: model for model in models}
+        self.default = next(model for model in models if model.default)
+
+    def __iter__(self) -> Iterator[Model]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str | None) -> Model:
+        """The named model, or the default one for None; UnknownModel (422) otherwise."""
+        if name is None:
+            return self.default
+        model = self._by_name.get(name)
+        if model is None:
+            raise UnknownModel(f"no model {name!r}; GET /models lists them",
+                               models=list(self._by_name))
+        return model
+
+    def queues(self) -> list[str]:
+        return list(dict.fromkeys(model.queue for model in self))
+
+
+def fallback_model(settings: Settings) -> Model:
+    return Model(name=FALLBACK_MODEL, processor=settings.processor,
+                 price_per_item=settings.price_per_item, queue=settings.queue_name,
+                 batch_size=settings.batch_size, max_items=settings.max_items,
+                 description="the version 1 processor (TOLLGATE_PROCESSOR)", default=True)
+
+
+def parse_models(document: dict[str, Any], settings: Settings) -> ModelTable:
+    """A parsed TOML document; fields a model leaves out come from the settings."""
+    tables = document.get("models")
+    if not isinstance(tables, dict) or not tables:
+        raise ModelsConfigError("the models file has no [models.<name>] tables")
+    models = []
+    for name, entry in tables.items():
+        if not isinstance(entry, dict):
+            raise ModelsConfigError(f"models.{name} is not a table")
+        values = {"queue": name, "batch_size": settings.batch_size,
+                  "max_items": settings.max_items, **entry, "name": name}
+        try:
+            models.append(Model.model_validate(values))
+        except ValidationError as exc:
+            raise ModelsConfigError(f"models.{name}: {exc}") from exc
+    return ModelTable(models)
+
+
+def read_models_file(path: str, settings: Settings) -> ModelTable:
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ModelsConfigError(f"TOLLGATE_MODELS={path!r} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelsConfigError(f"TOLLGATE_MODELS={path!r} is not valid TOML: {exc}") from exc
+    return parse_models(document, settings)
+
+
+def load_models(settings: Settings) -> ModelTable:
+    """The model table of these settings, read once per process (ModelsConfigError if bad)."""
+    # Keyed by the values it depends on: Settings objects are not hashable.
+    key = (settings.models, settings.processor, settings.price_per_item, settings.queue_name,
+           settings.batch_size, settings.max_items)
+    table = _TABLES.get(key)
+    if table is None:
+        table = (ModelTable([fallback_model(settings)]) if settings.models is None
+                 else read_models_file(settings.models, settings))
+        _TABLES[key] = table
+    return table
+
+
+_TABLES: dict[tuple[Any, ...], ModelTable] = {}
