@@ -5,6 +5,7 @@
 -- KEYS[1] job hash      KEYS[2] user hash     KEYS[3] user active set
 -- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
 -- KEYS[7] bucket flush  KEYS[8] bucket ledger
+-- KEYS[9] job webhook log  KEYS[10] bucket webhooks (the outbox, includes/outbox.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner  ARGV[3] reason  ARGV[4] now ms  ARGV[5] flush due ms
 -- ARGV[6] allowed from states, comma separated, or '' for any live state
@@ -32,7 +33,7 @@ if TERMINAL[state] or (allowed and not allowed[state]) then
 end
 
 local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
-  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8]}
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10]}
 local charge, refund = finish_job(k, job_id, owner, 'canceled', reason, now, flush_due,
   tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
 return {'ok', 'canceled', job[3], job[4], job[5], charge, refund}

@@ -5,6 +5,7 @@
 -- KEYS[2] bucket holds  tg:{b}:holds    (created/uploaded jobs, by hold deadline)
 -- KEYS[3] bucket leases tg:{b}:leases   (running jobs, by lease deadline)
 -- KEYS[4] bucket queued tg:{b}:queued   (queued jobs, by time queued)
+-- KEYS[5] job webhook log  KEYS[6] bucket webhooks (the outbox, includes/outbox.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner ('' = any; workers are checked by token)
 -- ARGV[3] expected from state  ARGV[4] to state  ARGV[5] now ms  ARGV[6] lease deadline ms
@@ -15,6 +16,7 @@
 --   'invalid_transition'  the job is in another state
 --   'not_found'           no such job (or another owner's)
 --   'bad_argument'        the move is not one of the three above
+-- @include outbox
 local ALLOWED = {created = 'uploaded', uploaded = 'queued', queued = 'running'}
 local job_id, owner, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, lease_deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -37,4 +39,6 @@ elseif to == 'running' then
   redis.call('ZADD', KEYS[3], lease_deadline, job_id)
   redis.call('HSET', KEYS[1], 'started_at', now)
 end
+local o = {job = KEYS[1], hooks = KEYS[5], webhooks = KEYS[6]}
+job_changed(o, job_id, to == 'running' and 'started' or nil, now)
 return {'ok', to, job[3], job[4], job[5]}

@@ -28,11 +28,13 @@ from service.dispatch import dispatch
 from service.errors import InvalidTransition, NotFound
 from service.history.engine import make_engine, make_session_factory
 from service.history.queries import insert_ledger, job_row_from_redis, upsert_jobs
-from service.runtime import make_core, open_runtime
+from service.runtime import Runtime, make_core, open_runtime
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.codes import Code
+from service.state.outbox import Outbox
 from service.state.store import TERMINAL_STATES, Core
+from service.webhooks import WebhookSender, sender_client
 
 log = logging.getLogger("tollgate.flusher")
 
@@ -46,6 +48,8 @@ SCRIPTS_IN_FLIGHT = 8
 
 T = TypeVar("T")
 Requeue = Callable[[str], Awaitable[None]]
+# (runtime, owner, job id) -> the API's job view; given by the command line (service.cli)
+RuntimeJobView = Callable[[Runtime, str, str], Awaitable[dict[str, Any]]]
 Sessions = async_sessionmaker[AsyncSession]
 
 
@@ -270,8 +274,10 @@ async def run_flusher(
     once: bool,
     requeue: Requeue | None = None,
     stop: asyncio.Event | None = None,
+    webhooks: WebhookSender | None = None,
 ) -> FlushStats:
-    """The flusher loop with its own Redis client and SQL engine; returns the totals."""
+    """The flusher loop with its own Redis client and SQL engine; returns the totals.
+    `webhooks` delivers in a loop of its own beside it (one pass after the flush if once)."""
     client = state_redis(settings)
     core = make_core(client, settings)  # its gathered scripts share pipelines
     engine = make_engine(settings.database_url)
@@ -281,6 +287,8 @@ async def run_flusher(
     totals = FlushStats()
     print(f"flusher: {settings.buckets} buckets, every {settings.flusher_interval}s"
           + (" (one pass)" if once else ""), flush=True)
+    delivering = None if webhooks is None or once else asyncio.create_task(
+        webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
     try:
         while not stop.is_set():
             try:
@@ -295,11 +303,16 @@ async def run_flusher(
             if stats:
                 print(f"flusher: {stats}", flush=True)
             if once:
+                if webhooks is not None:
+                    await webhooks.deliver_once()
                 break
             if not stats.saturated:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=settings.flusher_interval)
     finally:
+        stop.set()
+        if delivering is not None:
+            await delivering
         for sig in signals:
             asyncio.get_running_loop().remove_signal_handler(sig)
         await engine.dispose()
@@ -308,9 +321,11 @@ async def run_flusher(
     return totals
 
 
-async def run_flusher_with_requeue(settings: Settings, *, once: bool) -> None:
+async def run_flusher_with_requeue(settings: Settings, *, once: bool,
+                                   job_view: RuntimeJobView | None = None) -> None:
     """The sweeper with the API's own re-enqueue: a queued job nobody started needs fresh
-    presigned URLs and its callback token, so this opens a Runtime for it."""
+    presigned URLs and its callback token, so this opens a Runtime for it. With `job_view`
+    (the API's job view, passed in by the command line) it delivers webhooks too."""
     if not settings.jwt_secret:
         raise SystemExit("TOLLGATE_JWT_SECRET is not set (re-enqueued jobs need callback tokens)")
     rt = await open_runtime(settings, settings.jwt_secret)
@@ -318,7 +333,20 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool) -> None:
     async def requeue(job_id: str) -> None:
         await dispatch(rt, job_id)
 
+    webhooks = None
+    if job_view is not None:
+        view = job_view
+
+        async def render(owner: str, job_id: str) -> dict[str, Any] | None:
+            try:
+                return await view(rt, owner, job_id)
+            except NotFound:
+                return None
+
+        webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
     try:
-        await run_flusher(settings, once=once, requeue=requeue)
+        await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks)
     finally:
+        if webhooks is not None:
+            await webhooks.client.aclose()
         await rt.close()

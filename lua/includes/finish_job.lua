@@ -2,7 +2,9 @@
 -- item_result). Charges done * price, refunds the rest of the hold, frees the
 -- concurrency slot, drops the job from every work index and schedules its flush.
 -- Callers must have validated everything before calling: this only writes.
--- k = {job, user, active, holds, leases, queued, flush, ledger}
+-- k = {job, user, active, holds, leases, queued, flush, ledger, hooks?, webhooks?}
+-- (hooks, webhooks: the outbox keys of includes/outbox.lua; the 'completed' event)
+-- @include outbox
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
   local charge = done * price
   if charge > cost then charge = cost end
@@ -18,6 +20,7 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
   redis.call('ZREM', k.leases, job_id)
   redis.call('ZREM', k.queued, job_id)
   redis.call('ZADD', k.flush, flush_due, job_id)
+  job_changed(k, job_id, 'completed', now)
   if charge > 0 then
     redis.call('RPUSH', k.ledger, cjson.encode({id = job_id .. ':charge', user_id = owner,
       kind = 'charge', amount = -charge, job_id = job_id, at = now}))

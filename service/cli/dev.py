@@ -15,6 +15,7 @@ import uvicorn
 
 from service.api.app import create_app
 from service.api.auth import issue_token
+from service.api.webhook_log import webhook_job_view
 from service.cli.main import generated_secret
 from service.history.engine import run_migrations
 from service.settings import Settings
@@ -47,7 +48,8 @@ def run_dev(*, host: str, port: int) -> int:
     worker = start_embedded_worker_thread(settings, queue_redis(settings), settings.queue_name)
     # A daemon thread: it ends with the process (every flusher step is safe to cut short).
     flusher = threading.Thread(
-        target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False)),
+        target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False,
+                                                            job_view=webhook_job_view)),
         name="tollgate-flusher", daemon=True)
     flusher.start()
 

@@ -26,8 +26,17 @@ def lua_dir() -> Path:
     raise FileNotFoundError("tollgate's lua/ scripts are missing from the installation")
 
 
-def _expand(source: str, folder: Path) -> str:
-    return _INCLUDE.sub(lambda m: (folder / "includes" / f"{m[1]}.lua").read_text(), source)
+def _expand(source: str, folder: Path, seen: set[str] | None = None) -> str:
+    """Inlines `-- @include name` lines; an include may include others, each at most once."""
+    seen = set() if seen is None else seen
+
+    def include(match: re.Match[str]) -> str:
+        if match[1] in seen:
+            return ""
+        seen.add(match[1])
+        return _expand((folder / "includes" / f"{match[1]}.lua").read_text(), folder, seen)
+
+    return _INCLUDE.sub(include, source)
 
 
 @dataclass(frozen=True, slots=True)

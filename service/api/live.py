@@ -1,0 +1,118 @@
+"""Live progress (GET /jobs/{id}/events): one Server-Sent Event per change of a job.
+
+Each script that changes what a client sees bumps the job's change counter `seq` in the same
+call (lua/includes/outbox.lua). One `ChangeWatch` per API process polls the counters of every
+job that has an open stream, all in one round trip per tick, and wakes the streams whose job
+changed; only those read the job again. So an idle stream costs one pipelined HGET per
+tick, and a thousand streams cost one round trip per tick, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from litestar.response import ServerSentEventMessage
+
+from service.api.jobs import get_job
+from service.runtime import Runtime
+from service.state.fsm import TERMINAL
+from service.state.outbox import Outbox
+
+log = logging.getLogger("tollgate.live")
+
+KEEPALIVE_S = 15.0
+
+
+class ChangeWatch:
+    def __init__(self, outbox: Outbox, interval: float) -> None:
+        self.outbox = outbox
+        self.interval = interval
+        self.watchers: dict[str, set[asyncio.Event]] = {}
+        self.last: dict[str, str | None] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.ticks = 0
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        changed = asyncio.Event()
+        self.watchers.setdefault(job_id, set()).add(changed)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._poll(), name="tollgate-change-watch")
+        try:
+            yield changed
+        finally:
+            waiting = self.watchers.get(job_id)
+            if waiting is not None:
+                waiting.discard(changed)
+                if not waiting:
+                    del self.watchers[job_id]
+                    self.last.pop(job_id, None)
+
+    async def _poll(self) -> None:
+        while self.watchers:
+            started = time.monotonic()
+            job_ids = list(self.watchers)
+            try:
+                seqs = await self.outbox.seqs(job_ids)
+            except Exception:  # Redis away for a moment: the streams wait, then go on
+                log.exception("reading change counters failed")
+                seqs = [self.last.get(job_id) for job_id in job_ids]
+            self.ticks += 1
+            for job_id, seq in zip(job_ids, seqs, strict=True):
+                if job_id in self.last and self.last[job_id] == seq:
+                    continue
+                first = job_id not in self.last
+                self.last[job_id] = seq
+                if not first:
+                    for changed in self.watchers.get(job_id, ()):
+                        changed.set()
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def change_watch(state: Any, rt: Runtime) -> ChangeWatch:
+    """The process's one ChangeWatch, made on the first stream (on the app's event loop)."""
+    watch: ChangeWatch | None = getattr(state, "change_watch", None)
+    if watch is None:
+        watch = ChangeWatch(Outbox(rt.core), rt.settings.events_poll_interval)
+        state.change_watch = watch
+    return watch
+
+
+def _message(view: dict[str, Any], number: int) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=json.dumps(view, separators=(",", ":")), event="job",
+                                  id=number)
+
+
+def _shown(view: dict[str, Any]) -> tuple[Any, ...]:
+    return view["status"], view["done_items"], view["failed_items"]
+
+
+async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[str, Any]
+                     ) -> AsyncIterator[ServerSentEventMessage]:
+    """The stream of one job: `first` at once, then one event per change of its status or
+    counts, at most one per poll interval, until a terminal status has been sent."""
+    job_id, number, view = first["id"], 0, first
+    yield _message(view, number)
+    if view["status"] in TERMINAL:
+        return
+    with watch.watch(job_id) as changed:
+        while True:
+            try:
+                await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keep-alive")
+                continue
+            changed.clear()
+            latest = await get_job(rt, user_id, job_id, with_items=False)
+            if _shown(latest) == _shown(view):
+                continue
+            view, number = latest, number + 1
+            yield _message(view, number)
+            if view["status"] in TERMINAL:
+                return

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import ServerSentEvent
+
+from service.api import live, webhook_log
+from service.api.jobs import get_job
+from service.api.openapi import refusals
+from service.api.routes.deps import UserRequest
+from service.api.schemas import WebhookLog, WebhookSecret, body
+from service.errors import NotFound
+from service.runtime import Runtime
+
+
+@get("/jobs/{job_id:str}/events", tags=["jobs"], responses=refusals(NotFound),
+     summary="Live progress: one Server-Sent Event per change, until a terminal status",
+     media_type="text/event-stream")
+async def job_events(request: UserRequest, rt: NamedDependency[Runtime],
+                     job_id: FromPath[str]) -> ServerSentEvent:
+    user_id = request.user.user_id
+    first = await get_job(rt, user_id, job_id, with_items=False)  # 404 before the stream
+    watch = live.change_watch(request.app.state, rt)
+    return ServerSentEvent(live.job_events(rt, watch, user_id, first),
+                           headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+@get("/jobs/{job_id:str}/webhooks", tags=["jobs"], responses=refusals(NotFound),
+     summary="The deliveries of the job's webhook events")
+async def job_webhooks(request: UserRequest, rt: NamedDependency[Runtime],
+                       job_id: FromPath[str]) -> WebhookLog:
+    return body(WebhookLog, await webhook_log.delivery_log(rt, request.user.user_id, job_id))
+
+
+@get("/me/webhook-secret", tags=["webhooks"], responses=refusals(),
+     summary="The secret that signs the caller's webhook deliveries")
+async def get_webhook_secret(request: UserRequest, rt: NamedDependency[Runtime]
+                             ) -> WebhookSecret:
+    return body(WebhookSecret, await webhook_log.webhook_secret(rt, request.user.user_id))
+
+
+@post("/me/webhook-secret/rotate", status_code=200, tags=["webhooks"], responses=refusals(),
+      summary="Replace the signing secret; deliveries from now on use the new one")
+async def rotate_webhook_secret(request: UserRequest, rt: NamedDependency[Runtime]
+                                ) -> WebhookSecret:
+    return body(WebhookSecret,
+                await webhook_log.webhook_secret(rt, request.user.user_id, rotate=True))
+
+
+WEBHOOK_HANDLERS: list[Any] = [job_events, job_webhooks, get_webhook_secret,
+                               rotate_webhook_secret]

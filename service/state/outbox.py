@@ -1,0 +1,108 @@
+"""The outbox's side of Redis: webhook deliveries, signing secrets and the change counter.
+
+The scripts that change a job record its events themselves (lua/includes/outbox.lua); this
+is what the sweeper and the API do with them. Built over a Core: `Outbox(core)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.state.codes import ERRORS, SUCCESS, Code
+from service.state.keys import JobKeys
+from service.state.store import Core, now_ms
+
+
+class Outbox:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.keys = core.keys
+
+    async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
+        return await self.core.scripts[name](self.core.runner, keys, args)
+
+    def delivery_keys(self, delivery_id: str) -> JobKeys:
+        """A delivery id is '<job id>.<kind>[.<n>]': it names its job, so its log."""
+        return self.core.job_keys(delivery_id.partition(".")[0])
+
+    async def claim(self, bucket: int, *, limit: int, claim_ms: int) -> list[str]:
+        reply = await self._run("webhook_claim", [self.keys.bucket(bucket).webhooks],
+                                [now_ms(), limit, claim_ms])
+        return list(reply)
+
+    async def record(self, delivery_id: str) -> str | None:
+        raw: str | None = await self.core.runner.execute_command(
+            "HGET", self.delivery_keys(delivery_id).webhooks, delivery_id)
+        return raw
+
+    async def result(
+        self, delivery_id: str, outcome: str, *, attempts_seen: int, status: int | None,
+        next_attempt_ms: int = 0, body: str = "", log_ttl_ms: int,
+    ) -> Code:
+        job = self.delivery_keys(delivery_id)
+        b = job.bucket
+        reply = await self._run(
+            "webhook_result", [job.webhooks, b.webhooks, b.webhook_outcomes],
+            [delivery_id, outcome, attempts_seen, "" if status is None else status, now_ms(),
+             next_attempt_ms, body, log_ttl_ms])
+        code = Code(reply[0])
+        if code not in SUCCESS:
+            raise ERRORS[code](f"webhook_result: {code.value}", reply=reply[1:])
+        return code
+
+    async def log(self, job_id: str) -> dict[str, str]:
+        entries: dict[str, str] = await self.core.runner.hgetall(
+            self.core.job_keys(job_id).webhooks)
+        return entries
+
+    async def outcomes(self) -> dict[str, int]:
+        """Delivery attempts by outcome, summed over every bucket in one pipeline."""
+        async with self.core.client.pipeline(transaction=False) as pipe:
+            for bucket in range(self.keys.buckets):
+                pipe.hgetall(self.keys.bucket(bucket).webhook_outcomes)
+            replies = await pipe.execute()
+        totals: dict[str, int] = {}
+        for reply in replies:
+            for outcome, count in reply.items():
+                totals[outcome] = totals.get(outcome, 0) + int(count)
+        return totals
+
+    async def secret(self, user_id: str, fresh: str, *, rotate: bool = False) -> str:
+        """The user's signing secret; `fresh` becomes it on a rotation or when none exists."""
+        key = self.keys.user(user_id).webhook_secret
+        run = self.core.runner.execute_command
+        if rotate:
+            await run("SET", key, fresh)
+            return fresh
+        if await run("SET", key, fresh, "NX"):
+            return fresh
+        current: str = await run("GET", key)
+        return current
+
+    async def seqs(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's change counter (None: no live record), in one round trip."""
+        core = self.core
+        if core.runner is not core.client:
+            seqs: list[str | None] = list(await asyncio.gather(*(
+                core.runner.execute_command("HGET", core.job_keys(job_id).base, "seq")
+                for job_id in job_ids)))
+            return seqs
+        async with core.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(core.job_keys(job_id).base, "seq")
+            result: list[str | None] = await pipe.execute()
+        return result
+
+    async def queue_position(self, job_id: str) -> int | None:
+        """How many jobs were queued before this one, over every bucket (None: not queued).
+        By the score of the bucket's queued zset: O(buckets x log n), two round trips."""
+        keys = self.core.job_keys(job_id)
+        score = await self.core.runner.execute_command("ZSCORE", keys.bucket.queued, job_id)
+        if score is None:
+            return None
+        async with self.core.client.pipeline(transaction=False) as pipe:
+            for bucket in range(self.keys.buckets):
+                pipe.zcount(self.keys.bucket(bucket).queued, "-inf", f"({int(score)}")
+            counts = await pipe.execute()
+        return sum(int(count) for count in counts)

@@ -1,0 +1,63 @@
+"""Webhook URLs: private, loopback and link-local targets are refused unless allowed, and the
+signature is the Standard Webhooks one."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import WebhookUrlNotAllowed
+from service.webhooks import pinned_request, resolve_allowed, sign
+from tests.api.conftest import Api
+from tests.api.flow import items
+
+REFUSED = ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook",
+           "http://192.168.0.7/hook", "http://169.254.169.254/latest/meta-data",
+           "http://[::1]:8080/hook", "http://[fe80::1]/hook", "http://0.0.0.0/hook",
+           "http://[::ffff:127.0.0.1]/hook", "https://100.64.0.1/hook"]
+
+
+@pytest.mark.parametrize("url", REFUSED)
+async def test_a_private_webhook_url_is_refused(embedded_api: Api, url: str) -> None:
+    api = embedded_api
+    response = await api.client.post("/jobs", headers=api.auth(api.user()), json={
+        "items": items(1), "webhook": {"url": url}})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "webhook_url_not_allowed"
+
+
+@pytest.mark.parametrize("body", [{"url": "ftp://example.com/x"}, {"url": "http://"},
+                                  {"url": "https://example.com/x", "events": ["finished"]},
+                                  {"url": "https://example.com/x", "events": []}])
+async def test_a_malformed_webhook_is_a_validation_error(embedded_api: Api,
+                                                         body: dict[str, object]) -> None:
+    api = embedded_api
+    response = await api.client.post("/jobs", headers=api.auth(api.user()),
+                                      json={"items": items(1), "webhook": body})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] in ("validation_error", "webhook_url_not_allowed")
+
+
+async def test_the_flag_allows_private_addresses() -> None:
+    assert await resolve_allowed("http://127.0.0.1:9/hook", True) == "127.0.0.1"
+    with pytest.raises(WebhookUrlNotAllowed):
+        await resolve_allowed("http://127.0.0.1:9/hook", False)
+    with pytest.raises(WebhookUrlNotAllowed):
+        await resolve_allowed("http://user:pw@example.com/hook", True)
+
+
+def test_the_request_goes_to_the_checked_address_under_the_urls_name() -> None:
+    url, headers, extensions = pinned_request("https://hooks.example.com:8443/a/b?x=1",
+                                              "93.184.215.14")
+    assert url == "https://93.184.215.14:8443/a/b?x=1"
+    assert headers == {"host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}
+    url, headers, extensions = pinned_request("http://hooks.example.com/", "2606:2800::1")
+    assert url == "http://[2606:2800::1]/" and headers == {"host": "hooks.example.com"}
+    assert extensions == {}
+
+
+def test_signature_matches_the_standard_webhooks_vector() -> None:
+    # The test vector of the Standard Webhooks reference libraries.
+    assert sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330, b'{"test": 2432232314}') == \
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
