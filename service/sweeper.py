@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -24,24 +23,34 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.dead_letters import (
+    end_retries,
+    job_record,
+    ledger_record,
+    retry_or_set_aside,
+    write_records,
+)
 from service.dispatch import dispatch
 from service.errors import InvalidTransition, NotFound
 from service.history.engine import make_engine, make_session_factory
-from service.history.queries import insert_ledger, job_row_from_redis, upsert_jobs
+from service.retention import delete_inputs, expire_results
 from service.runtime import Runtime, make_core, open_runtime
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.codes import Code
+from service.state.fsm import TERMINAL, JobState
 from service.state.outbox import Outbox
-from service.state.store import TERMINAL_STATES, Core
+from service.state.store import Core
+from service.storage import Storage
 from service.webhooks import WebhookSender, sender_client
 
 log = logging.getLogger("tollgate.flusher")
 
 # A claimed entry comes back this much later if its flusher died before finishing it.
 CLAIM_MS = 30_000
-# Ledger entries read per bucket and pass: a finished job writes at most two.
-LEDGER_ENTRIES_PER_JOB = 2
+# Ledger entries read per bucket and pass: a job writes at most three (its hold at reserve,
+# then a release and a charge when it ends).
+LEDGER_ENTRIES_PER_JOB = 3
 # Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
 # connections, so the flusher must never start hundreds of calls at once.
 SCRIPTS_IN_FLIGHT = 8
@@ -60,6 +69,8 @@ class FlushStats:
     requeued: int = 0
     flushed_jobs: int = 0
     ledger_entries: int = 0
+    set_aside: int = 0  # records SQL kept refusing, moved to flush_failures
+    results_expired: int = 0  # jobs whose files were deleted after TOLLGATE_RESULT_TTL
     # Some batch came back full: there is more waiting, so the next pass should not sleep.
     saturated: bool = False
 
@@ -75,7 +86,8 @@ class FlushStats:
     def __str__(self) -> str:
         return (f"{self.flushed_jobs} jobs and {self.ledger_entries} ledger entries flushed, "
                 f"{self.expired_holds} holds expired, {self.expired_leases} leases expired, "
-                f"{self.requeued} queued jobs re-enqueued")
+                f"{self.requeued} queued jobs re-enqueued, {self.set_aside} records set aside, "
+                f"{self.results_expired} jobs' results expired")
 
 
 async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> list[T]:
@@ -87,47 +99,24 @@ async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> l
     return results
 
 
-async def _read_fields(core: Core, job_ids: list[str], field: str) -> dict[str, str | None]:
-    """One field of several job hashes of one bucket, in one round trip."""
-    if not job_ids:
-        return {}
-    async with core.client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(core.job_keys(job_id).base, field)
-        values = await pipe.execute()
-    return dict(zip(job_ids, values, strict=True))
-
-
-async def _read_jobs(
-    core: Core, job_ids: list[str]
-) -> list[tuple[dict[str, str], dict[str, str], str]]:
-    """(job hash, items hash, meta JSON) of each job, in one round trip."""
-    if not job_ids:
-        return []
-    async with core.client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            keys = core.job_keys(job_id)
-            pipe.hgetall(keys.base)
-            pipe.hgetall(keys.items)
-            pipe.get(keys.meta)
-        replies = await pipe.execute()
-    return [
-        (replies[i], replies[i + 1], replies[i + 2] or "") for i in range(0, len(replies), 3)
-    ]
+async def _owners(core: Core, job_ids: list[str]) -> dict[str, str | None]:
+    """The owner of each job of one bucket (None: the job is gone), in one round trip."""
+    jobs = await core.jobs(job_ids)
+    return {job_id: job.user_id if job else None for job_id, job in zip(job_ids, jobs, strict=True)}
 
 
 async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
-    owners = await _read_fields(core, job_ids, "owner")
+    owners = await _owners(core, job_ids)
 
     async def expire(job_id: str) -> bool:
         owner = owners[job_id]
         if owner is None:  # the job is gone: only its index entry is left
-            await core.client.zrem(core.keys.bucket(bucket).holds, job_id)
+            await core.drop_index_entry(bucket, "holds", job_id)
             return False
         try:
             progress = await core.cancel(job_id, owner, reason="hold_expired",
                                          flush_delay_ms=flush_ms,
-                                         from_states=("created", "uploaded"))
+                                         from_states=(JobState.CREATED, JobState.UPLOADED))
         except (InvalidTransition, NotFound):
             return False  # the job moved on (executed, canceled) after the claim
         return progress.code is Code.OK
@@ -136,15 +125,16 @@ async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: i
 
 
 async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
-    owners = await _read_fields(core, job_ids, "owner")
+    owners = await _owners(core, job_ids)
 
     async def expire(job_id: str) -> bool:
         owner = owners[job_id]
         if owner is None:
-            await core.client.zrem(core.keys.bucket(bucket).leases, job_id)
+            await core.drop_index_entry(bucket, "leases", job_id)
             return False
         try:
-            progress = await core.settle(job_id, owner, "failed", from_states=("running",),
+            progress = await core.settle(job_id, owner, JobState.FAILED,
+                                         from_states=(JobState.RUNNING,),
                                          reason="lease_expired", flush_delay_ms=flush_ms)
         except (InvalidTransition, NotFound):
             return False  # finished by its last callback after the claim
@@ -167,34 +157,49 @@ async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
 
 
 async def _flush_history(
-    core: Core, sessions: Sessions, bucket: int, job_ids: list[str], ledger_limit: int
-) -> tuple[int, int, bool]:
-    """Finished jobs and ledger entries to SQL in one transaction, then off Redis."""
-    ledger_key = core.keys.bucket(bucket).ledger
-    records = await _read_jobs(core, job_ids)
-    raw_entries: list[str] = await core.client.lrange(ledger_key, 0, ledger_limit - 1)
+    core: Core, sessions: Sessions, settings: Settings, bucket: int, job_ids: list[str],
+    ledger_limit: int, storage: Storage | None,
+) -> FlushStats:
+    """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
+    later or is set aside (service.dead_letters), and never holds up the rest."""
+    snapshots = await core.raw_job_snapshots(job_ids)
+    raw_entries = await core.ledger_head(bucket, ledger_limit)
+    retried = await core.ledger_retries_due(bucket, ledger_limit)
 
-    rows, owners, vanished = [], {}, []
-    for job_id, (job, items, meta) in zip(job_ids, records, strict=True):
+    jobs, vanished = [], []
+    for job_id, (job, items, meta) in zip(job_ids, snapshots, strict=True):
         if not job:
             vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
-        elif job.get("state") in TERMINAL_STATES:
-            rows.append(job_row_from_redis(job, items, meta))
-            owners[job_id] = job["owner"]
-    entries: list[dict[str, Any]] = [json.loads(raw) for raw in raw_entries]
+        elif job.get("state") in TERMINAL:
+            jobs.append(job_record(job, items, meta))
+    entries = [ledger_record(raw) for raw in raw_entries]
+    retries = [ledger_record(raw) for raw in retried]
 
-    if rows or entries:
-        async with sessions() as session, session.begin():
-            await upsert_jobs(session, rows)
-            await insert_ledger(session, entries)
+    refused = await write_records(sessions, [*jobs, *entries, *retries])
+    set_aside = await retry_or_set_aside(core, sessions, settings, bucket, refused)
+    waiting = {id(record) for record, _ in refused}
+    written = [record for record in jobs if id(record) not in waiting]
+    ended = [*written, *(record for record in set_aside if record.kind == "job")]
 
-    # Only now, with the rows committed, may the Redis records go.
+    # Only now, with the rows committed (or set aside), may the inputs and Redis records go.
     # A vanished job has no owner left; its index entry goes all the same.
-    await _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
-                   [*owners, *vanished])
-    if raw_entries:
+    if storage is not None:
+        await delete_inputs(storage, [(r.record_id, int(r.source["job"].get("total") or 0))
+                                      for r in ended])
+    owners = {record.record_id: record.owner for record in ended}
+    await asyncio.gather(
+        _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
+                 [*owners, *vanished]),
+        core.forget_job_attempts(bucket, [record.record_id for record in written]))
+    if raw_entries:  # every entry read is in SQL, waiting in the retry zset, or set aside
         await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
-    return len(rows), len(raw_entries), len(raw_entries) >= ledger_limit
+    await end_retries(core, bucket, [r for r in retries if id(r) not in waiting],
+                      set_aside=False)
+    await end_retries(core, bucket, set_aside, set_aside=True)
+    ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting)
+    return FlushStats(flushed_jobs=len(written), ledger_entries=ledger_written,
+                      set_aside=len(set_aside),
+                      saturated=max(len(raw_entries), len(retried)) >= ledger_limit)
 
 
 async def flush_bucket(
@@ -205,6 +210,7 @@ async def flush_bucket(
     *,
     requeue: Requeue | None = None,
     claim_ms: int = CLAIM_MS,
+    storage: Storage | None = None,
 ) -> FlushStats:
     limit = settings.flush_batch
     due = await core.claim_due(bucket, limit=limit, claim_ms=claim_ms,
@@ -214,10 +220,10 @@ async def flush_bucket(
     stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
     stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms)
     stats.requeued = await _requeue(due.stale_queued, requeue)
-    flushed, ledger, ledger_full = await _flush_history(
-        core, sessions, bucket, due.due_flushes, limit * LEDGER_ENTRIES_PER_JOB)
-    stats.flushed_jobs, stats.ledger_entries = flushed, ledger
-    stats.saturated = ledger_full or any(
+    flushed = await _flush_history(core, sessions, settings, bucket, due.due_flushes,
+                                   limit * LEDGER_ENTRIES_PER_JOB, storage)
+    stats.add(flushed)
+    stats.saturated = flushed.saturated or any(
         len(ids) >= limit
         for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
     return stats
@@ -231,6 +237,7 @@ async def flush_once(
     requeue: Requeue | None = None,
     claim_ms: int = CLAIM_MS,
     concurrency: int = 4,
+    storage: Storage | None = None,
 ) -> FlushStats:
     """One pass over every bucket, `concurrency` buckets at a time.
 
@@ -244,13 +251,16 @@ async def flush_once(
     async def one(bucket: int) -> None:
         async with gate:
             stats.add(await flush_bucket(core, session_factory, settings, bucket,
-                                         requeue=requeue, claim_ms=claim_ms))
+                                         requeue=requeue, claim_ms=claim_ms, storage=storage))
 
     outcomes = await asyncio.gather(*(one(bucket) for bucket in range(settings.buckets)),
                                     return_exceptions=True)
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if errors:
         raise errors[0]
+    if storage is not None:  # `storage` given: the inputs of flushed jobs went already
+        stats.results_expired = await expire_results(session_factory, storage,
+                                                     settings.result_ttl)
     if stats:
         log.info("flusher pass: %s", stats)
     return stats
@@ -275,6 +285,7 @@ async def run_flusher(
     requeue: Requeue | None = None,
     stop: asyncio.Event | None = None,
     webhooks: WebhookSender | None = None,
+    storage: Storage | None = None,
 ) -> FlushStats:
     """The flusher loop with its own Redis client and SQL engine; returns the totals.
     `webhooks` delivers in a loop of its own beside it (one pass after the flush if once)."""
@@ -292,7 +303,8 @@ async def run_flusher(
     try:
         while not stop.is_set():
             try:
-                stats = await flush_once(core, sessions, settings, requeue=requeue)
+                stats = await flush_once(core, sessions, settings, requeue=requeue,
+                                         storage=storage)
             except Exception:
                 if once:
                     raise
@@ -345,7 +357,8 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
 
         webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
     try:
-        await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks)
+        await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks,
+                          storage=rt.storage)
     finally:
         if webhooks is not None:
             await webhooks.client.aclose()

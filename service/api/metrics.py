@@ -10,15 +10,35 @@ this middleware looks each label set up once and keeps the children.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from service.api.business_metrics import business_metrics
+from service.runtime import Runtime
+from service.state.clients import RedisError
+
+log = logging.getLogger("tollgate.metrics")
 
 APP_NAME = "tollgate"
 LABELS = ("method", "path", "status_code", "app_name")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 REQUESTS = Counter("tollgate_requests_total", "Total requests", LABELS)
 DURATION = Histogram("tollgate_request_duration_seconds", "Request duration, in seconds", LABELS)
@@ -55,19 +75,29 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         if gauge is None:
             gauge = _in_progress[(method, path)] = IN_PROGRESS.labels(method, path, APP_NAME)
         status = 500  # unless a response starts
+        responded = left = False
         started = time.perf_counter()
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
+
+        async def receive_watching() -> ReceiveMessage:
+            nonlocal left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responded:
+                left = True  # Litestar then answers 500 to nobody
+            return message
 
         gauge.inc()
         try:
-            await app(scope, receive, send_with_status)
+            await app(scope, receive_watching, send_with_status)
         finally:
             gauge.dec()
+            if left:  # the client left before any answer (mid-body): not a server error
+                status = CLIENT_CLOSED_REQUEST
             requests, duration, errors = _finished(method, path, status)
             requests.inc()
             duration.observe(time.perf_counter() - started)
@@ -75,3 +105,24 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
                 errors.inc()
 
     return middleware
+
+
+class MetricsController(Controller):
+    """GET /metrics: this process's request metrics, then the business counters from Redis
+    (left out, with a log line, while Redis is unreachable: the rest still gets scraped)."""
+
+    path = "/metrics"
+
+    @get()
+    async def metrics(self, rt: NamedDependency[Runtime]) -> Response[bytes]:
+        registry = REGISTRY
+        if "prometheus_multiproc_dir" in os.environ or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+        try:
+            body += await business_metrics(rt.core, rt.queue_connection,
+                                           rt.models.queues())
+        except (RedisError, OSError) as error:
+            log.warning("business metrics left out of this scrape: %s", error)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,56 +1,56 @@
-"""`tollgate inspect`: the Redis keys and values behind a user or a job, for operators."""
+"""`tollgate inspect`: the Redis keys and values behind a user or a job, and the records SQL
+refused to flush, for operators."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
+from service.dead_letters import retry_failures
+from service.history.engine import make_engine, make_session_factory
+from service.history.failures import list_failures, record_of
 from service.settings import Settings
 from service.state.clients import state_redis
+from service.state.inspect import describe_job, describe_user
 from service.state.keys import KeySpace
+from service.state.store import Core
 
 
-async def _dump(client: Any, key: str) -> Any:
-    kind = await client.type(key)
-    if kind == "hash":
-        return await client.hgetall(key)
-    if kind == "set":
-        return sorted(await client.smembers(key))
-    if kind == "zset":
-        return await client.zrange(key, 0, 99, withscores=True)
-    if kind == "list":
-        return await client.lrange(key, 0, 99)
-    if kind == "string":
-        return await client.get(key)
-    return None
-
-
-async def _report(settings: Settings, keys: list[str]) -> dict[str, Any]:
-    client = state_redis(settings)
+async def _with_core(settings: Settings, describe: Callable[[Core, str], Awaitable[Any]],
+                     what: str) -> dict[str, Any]:
+    core = Core(state_redis(settings), KeySpace(settings.key_prefix, settings.buckets))
     try:
-        return {key: await _dump(client, key) for key in keys}
+        report: dict[str, Any] = await describe(core, what)
+        return report
     finally:
-        await client.aclose()
+        await core.close()
 
 
 async def inspect_user(settings: Settings, user_id: str) -> dict[str, Any]:
-    user = KeySpace(settings.key_prefix, settings.buckets).user(user_id)
-    return await _report(settings, [user.base, user.active, user.rules, user.jobs, user.ops])
+    return await _with_core(settings, describe_user, user_id)
 
 
 async def inspect_job(settings: Settings, job_id: str) -> dict[str, Any]:
-    keyspace = KeySpace(settings.key_prefix, settings.buckets)
-    job = keyspace.job(job_id)
-    if job is None:
-        return {"error": f"{job_id!r} is not a tollgate job id"}
-    report = await _report(settings, [job.base, job.items, job.callbacks, job.meta])
-    client = state_redis(settings)
+    return await _with_core(settings, describe_job, job_id)
+
+
+async def inspect_failures(settings: Settings, *, retry: str | None = None) -> dict[str, Any]:
+    """The records the flusher set aside (flush_failures), or the outcome of retrying them
+    (`retry`: "all" or a failure id)."""
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
     try:
-        b = job.bucket
-        report["indexes"] = {
-            name: await client.zscore(key, job_id)
-            for name, key in (("holds", b.holds), ("leases", b.leases), ("queued", b.queued),
-                              ("flush", b.flush))
-        }
+        if retry is not None:
+            outcomes = await retry_failures(sessions, None if retry == "all" else int(retry))
+            return {"retried": [asdict(outcome) for outcome in outcomes]}
+        async with sessions() as session:
+            failures = await list_failures(session)
+        return {"failures": [
+            {"id": row.id, "kind": row.kind, "record_id": record_of(row)[0],
+             "error": row.error, "attempts": row.attempts,
+             "first_failed_at": row.first_failed_at.isoformat(),
+             "last_failed_at": row.last_failed_at.isoformat(), "record": record_of(row)[1]}
+            for row in failures]}
     finally:
-        await client.aclose()
-    return report
+        await engine.dispose()

@@ -9,6 +9,7 @@ from service.errors import (
     ConcurrencyLimit,
     IdempotencyKeyReused,
     InsufficientCredits,
+    InternalError,
     InvalidTransition,
     NotFound,
     RuleSlotsExhausted,
@@ -27,9 +28,11 @@ class Code(StrEnum):
     RULE_SLOTS_EXHAUSTED = "rule_slots_exhausted"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     BAD_ARGUMENT = "bad_argument"
+    WRONG_TYPE = "wrong_type"
+    EXHAUSTED = "exhausted"  # flush_retry_later: the record's last attempt failed
 
 
-SUCCESS = frozenset({Code.OK, Code.ALREADY, Code.DUPLICATE})
+SUCCESS = frozenset({Code.OK, Code.ALREADY, Code.DUPLICATE, Code.EXHAUSTED})
 
 
 ERRORS: dict[Code, type[TollgateError]] = {
@@ -40,4 +43,7 @@ ERRORS: dict[Code, type[TollgateError]] = {
     Code.RULE_SLOTS_EXHAUSTED: RuleSlotsExhausted,
     Code.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     Code.BAD_ARGUMENT: BadArgument,
+    # A key that holds another type than the script writes: stored state no request can
+    # repair (user ids cannot collide any more), so a 500 the operator must look at.
+    Code.WRONG_TYPE: InternalError,
 }

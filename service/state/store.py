@@ -138,8 +138,11 @@ class Core(StateReads):
         self._buckets_marked: set[int] = set()
 
     async def _use_bucket(self, bucket: int) -> None:
-        """Adds the bucket to the set a metrics scrape reads, before the first script there
-        (once per process: SADD is idempotent, the set only grows)."""
+        """Adds the bucket to the set a metrics scrape reads, after a script there that
+        provisioned, funded or reserved succeeded: a refused call writes nothing. Once per
+        process (SADD is idempotent, the set only grows); every process that touches the
+        bucket marks it again, so a crash between the script and the SADD is mended by the
+        next one."""
         if bucket not in self._buckets_marked:
             await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
             self._buckets_marked.add(bucket)
@@ -159,29 +162,32 @@ class Core(StateReads):
         """Provision a user once, its signup entry in the Redis ledger; True when this call
         created it."""
         user = self.keys.user(user_id)
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "ensure_user",
             [user.base, user.bucket.ledger, user.bucket.counters],
             [user_id, plan.name, credits, plan.concurrency, plan.rule_slots, now_ms(),
              0, credits, "1"],
         )
-        return _check(reply, "ensure_user") is Code.OK
+        code = _check(reply, "ensure_user")
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
+        return code is Code.OK
 
     async def restore_user(
-        self, user_id: str, plan: Plan, *, available: int, spent: int, granted: int
+        self, user_id: str, plan: Plan, *, available: int, spent: int, granted: int,
+        signup_credits: int = 0,
     ) -> bool:
         """Create the user record with a balance SQL already holds (its ledger entries are
         there, so none is pushed), unless Redis has it; True when this call created it."""
         user = self.keys.user(user_id)
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "ensure_user",
             [user.base, user.bucket.ledger, user.bucket.counters],
             [user_id, plan.name, available, plan.concurrency, plan.rule_slots, now_ms(),
-             spent, granted, "0"],
+             spent, granted, "0", signup_credits],
         )
-        return _check(reply, "ensure_user") is Code.OK
+        code = _check(reply, "ensure_user")
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
+        return code is Code.OK
 
     async def reserve(
         self,
@@ -210,7 +216,6 @@ class Core(StateReads):
         job = JobKeys(user.bucket, job_id)
         now = at_ms if at_ms is not None else now_ms()
         idem = user.idempotency(idempotency_key or "-")
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "reserve",
             [user.base, user.active, user.jobs, job.base, job.meta, user.bucket.holds, idem,
@@ -221,7 +226,9 @@ class Core(StateReads):
                 model, webhook_url, ",".join(webhook_events),
             ],
         )
-        return _check(reply, "reserve"), str(reply[1])
+        code = _check(reply, "reserve")
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
+        return code, str(reply[1])
 
     async def transition(
         self, job_id: str, from_state: str, to_state: str, *, owner: str = "", lease_ms: int = 0
@@ -349,13 +356,13 @@ class Core(StateReads):
 
     async def grant(self, user_id: str, op_id: str, amount: int, reason: str) -> Balance:
         user = self.keys.user(user_id)
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
         reply = await self._run(
             "grant",
             [user.base, user.ops, user.bucket.ledger, user.bucket.counters],
             [user_id, op_digest(op_id), amount, reason, now_ms()],
         )
         code = _check(reply, "grant")
+        await self._use_bucket(self.keys.bucket_of_user(user_id))
         return Balance(code, *(int(v) for v in reply[1:5]))
 
     async def set_plan(self, user_id: str, op_id: str, plan: Plan) -> Code:

@@ -1,4 +1,4 @@
-"""What every storage backend offers: presigned URLs, existence checks, reads."""
+"""What every storage backend offers: presigned URLs, existence checks, reads, deletes."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ class Storage(Protocol):
     async def missing(self, keys: list[str]) -> list[int]: ...
 
     async def read(self, key: str) -> bytes: ...
+
+    async def delete(self, keys: list[str]) -> None:
+        """Deletes these objects; keys that are not there are no error."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object under a folder (`prefix` ends in "/"); returns how many."""
+        ...
 
     def close(self) -> None: ...
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -102,6 +104,36 @@ class LocalStorage:
 
     async def read(self, key: str) -> bytes:
         return await anyio.Path(self.path_for(key)).read_bytes()
+
+    async def delete(self, keys: list[str]) -> None:
+        def remove() -> None:
+            folders = set()
+            for key in keys:
+                path = self.path_for(key)
+                if not path.is_dir():
+                    path.unlink(missing_ok=True)
+                folders.add(path.parent)
+            for folder in folders:  # an emptied folder goes too; a folder in use stays
+                if folder != self.root:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+
+        await anyio.to_thread.run_sync(remove)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix.endswith("/"):
+            raise ValueError(f"not a folder prefix: {prefix!r}")
+        folder = self.path_for(prefix.rstrip("/"))
+
+        def remove() -> int:
+            if not folder.is_dir():
+                return 0
+            count = sum(1 for path in folder.rglob("*") if path.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            return count
+
+        count: int = await anyio.to_thread.run_sync(remove)
+        return count
 
     async def write(self, key: str, data: bytes) -> None:
         """Atomic: readers see the old file or the new one, never half of it."""

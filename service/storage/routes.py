@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mimetypes
 import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +19,10 @@ from service.errors import BadSignature, KeyConflict, NotFound, PayloadTooLarge
 from service.storage.local import ANY_TYPE, LocalStorage
 
 
-async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: int) -> None:
-    """Streams the body to a temp file beside `path`, then renames it into place."""
+async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: int,
+                        still_allowed: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Streams the body to a temp file beside `path`, then renames it into place, unless
+    `still_allowed` refuses once the bytes are in (the job moved on during the upload)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_size:
         raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
@@ -34,6 +38,8 @@ async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: i
                 if received > max_size:
                     raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
                 await out.write(chunk)
+        if still_allowed is not None:
+            await still_allowed()
         await tmp.replace(path)  # atomic: a reader never sees half a file
     finally:
         await tmp.unlink(missing_ok=True)
@@ -48,7 +54,13 @@ def _served_type(path: Path) -> str:
     return "application/octet-stream"
 
 
-def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
+# Asked before and after an upload's bytes arrive: raises a TollgateError (e.g. 409
+# invalid_transition) when the key may no longer be written, and the bytes are dropped.
+UploadCheck = Callable[[Request[Any, Any, Any], str], Awaitable[None]]
+
+
+def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = None
+                      ) -> list[HTTPRouteHandler]:
     """PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs."""
 
     @put("/files/{key:path}", status_code=200, request_max_body_size=None,
@@ -74,7 +86,10 @@ def local_file_routes(storage: LocalStorage) -> list[HTTPRouteHandler]:
             path = storage.path_for(key)
         except ValueError:
             raise BadSignature() from None
-        await _receive_file(request, path, max_size)
+        if check_upload is not None:
+            await check_upload(request, key)
+        await _receive_file(request, path, max_size,
+                            None if check_upload is None else partial(check_upload, request, key))
         return Response({}, status_code=200)
 
     @get("/files/{key:path}", include_in_schema=False)

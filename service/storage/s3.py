@@ -13,6 +13,8 @@ from service.storage.sigv4 import SigV4Presigner
 
 # Few keys: HEAD each one. Many keys sharing a folder: one LIST per 1000 keys is far cheaper.
 _HEAD_AT_MOST = 8
+# S3's DeleteObjects takes at most 1000 keys per request.
+_DELETE_AT_MOST = 1000
 
 
 def _is_absent(error: Exception) -> bool:
@@ -134,6 +136,45 @@ class S3Storage:
 
         data: bytes = await self._in_thread(fetch)
         return data
+
+    def _delete_now(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), _DELETE_AT_MOST):
+            chunk = keys[start:start + _DELETE_AT_MOST]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(f"S3 kept {len(errors)} of {len(chunk)} objects: "
+                                   f"{first.get('Key')!r}: {first.get('Code')}")
+
+    async def delete(self, keys: list[str]) -> None:
+        if keys:
+            await self._in_thread(partial(self._delete_now, keys))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix.endswith("/"):
+            raise ValueError(f"not a folder prefix: {prefix!r}")
+
+        def remove() -> int:
+            count = 0
+            token: str | None = None
+            while True:  # ends: every page is one S3 listing of a finite folder
+                args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                        "MaxKeys": self.list_page_size}
+                if token:
+                    args["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**args)
+                keys = [obj["Key"] for obj in page.get("Contents", [])]
+                self._delete_now(keys)
+                count += len(keys)
+                if not page.get("IsTruncated"):
+                    return count
+                token = page.get("NextContinuationToken")
+
+        count: int = await self._in_thread(remove)
+        return count
 
     async def write(self, key: str, data: bytes, content_type: str = "application/octet-stream"
                     ) -> None:

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import service.dead_letters as dead_letters
 import service.sweeper as flusher
 from service.errors import InvalidTransition
 from service.history.models import JobLog, LedgerEntry
@@ -101,7 +102,7 @@ def user_hashes(core: Core, *users: str) -> set[str]:
 async def three_finished_jobs(core: Core) -> list[str]:
     """ann: a done job (2 of 3 ok) and a canceled one; bob: a job whose every item failed.
 
-    Ledger: 2 signups, done job charge + release, canceled job release, failed job release.
+    Ledger: 2 signups, then a hold and a release per job and the done job's charge.
     """
     await new_user(core, "ann")
     await new_user(core, "bob")
@@ -112,7 +113,7 @@ async def three_finished_jobs(core: Core) -> list[str]:
     return [done, failed, canceled]
 
 
-EXPECTED_LEDGER = 6
+EXPECTED_LEDGER = 9
 
 
 async def test_finished_jobs_and_ledger_land_in_sql_and_leave_redis(
@@ -135,7 +136,7 @@ async def test_finished_jobs_and_ledger_land_in_sql_and_leave_redis(
         assert row.started_at is not None and row.finished_at is not None
         states = {job_id: (await session.get(JobLog, job_id)).state  # type: ignore[union-attr]
                   for job_id in (failed, canceled)}
-        charge = await session.get(LedgerEntry, f"{done}:charge")
+        charge = await session.get(LedgerEntry, f"charge:{done}")
         assert charge is not None and (charge.amount, charge.user_id) == (-2, "ann")
     assert states == {failed: "failed", canceled: "canceled"}
 
@@ -151,8 +152,9 @@ async def test_crash_before_the_sql_commit_writes_nothing_and_loses_nothing(
     async def crash(*_: Any) -> int:
         raise Crash
 
-    # upsert_jobs runs, then the ledger insert dies inside the same transaction.
-    monkeypatch.setattr(flusher, "insert_ledger", crash)
+    # upsert_jobs runs, then the ledger insert dies inside the same transaction (an error
+    # that is no refusal of a record: the pass fails, nothing is set aside).
+    monkeypatch.setattr(dead_letters, "insert_ledger", crash)
     with pytest.raises(Crash):
         await flush_once(core, sessions, settings_for(key_prefix), claim_ms=1)
     assert await sql_counts(sessions) == (0, 0)
@@ -230,10 +232,11 @@ async def test_two_flushers_at_once_write_every_row_once(
     first, second = await asyncio.gather(flush_once(core, sessions, settings),
                                          flush_once(core, sessions, settings))
     assert first.flushed_jobs + second.flushed_jobs == 12
-    # 1 signup + a charge and a release per job; both flushers may read the same entries.
-    assert await sql_counts(sessions) == (12, 25)
+    # 1 signup + a hold, a release and a charge per job; both flushers may read the same
+    # entries.
+    assert await sql_counts(sessions) == (12, 37)
     await flush_once(core, sessions, settings)  # whatever a lost ack left behind
-    assert await sql_counts(sessions) == (12, 25)
+    assert await sql_counts(sessions) == (12, 37)
     assert await redis_keys(real_redis, key_prefix) == user_hashes(core, "ann")
 
 
@@ -295,7 +298,7 @@ async def test_a_running_job_whose_lease_ran_out_fails_and_refunds_the_rest(
         ledger = (await session.scalars(
             select(LedgerEntry.amount).where(LedgerEntry.job_id == stuck))).all()
     assert row is not None and (row.state, row.charged, row.refunded) == ("failed", 1, 3)
-    assert sorted(ledger) == [-1, 3]
+    assert sorted(ledger) == [-4, -1, 4]  # hold, charge, release
 
 
 async def test_queued_jobs_nobody_started_go_to_the_requeue_hook_once(
@@ -405,7 +408,7 @@ async def test_the_flusher_runs_on_redis_cluster(
         first = await flush_once(core, sessions, settings)
         second = await flush_once(core, sessions, settings)
         assert (first.flushed_jobs, first.expired_holds, second.flushed_jobs) == (3, 1, 1)
-        assert await sql_counts(sessions) == (4, EXPECTED_LEDGER + 1)
+        assert await sql_counts(sessions) == (4, EXPECTED_LEDGER + 2)  # its hold, release
         assert not await core.job_record(expiring)
     finally:
         async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):

@@ -1,0 +1,219 @@
+"""Dead letters: a record SQL refuses is retried a few times, then set aside; never a stall.
+
+The flusher writes a bucket's finished jobs and ledger entries in one transaction. When SQL
+refuses that batch (a value too long for its column, a NUL in text, a constraint), each
+record is written in a transaction of its own, so only the refused ones stay behind and
+the rest of the bucket lands in the same pass. A refused record comes back after a growing
+delay, its attempts counted in Redis; after TOLLGATE_FLUSH_ATTEMPTS it is set aside in the
+flush_failures table, leaves Redis, counts in tollgate_flush_failures_total and is logged
+once. `tollgate inspect failures --retry` writes it again after a fix.
+
+Only refusals of the record itself are set aside. A lost connection, a deadlock or a bug
+raises as before: the pass fails and its work is redone, nothing is set aside for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.contract import clean_error
+from service.history.failures import (
+    delete_failure,
+    get_failure,
+    list_failures,
+    record_of,
+    retry_failed,
+    set_aside,
+)
+from service.history.queries import insert_ledger, upsert_jobs
+from service.settings import Settings
+from service.state.records import JobRecord, LedgerEntry
+from service.state.store import Core
+
+log = logging.getLogger("tollgate.flusher")
+
+Sessions = async_sessionmaker[AsyncSession]
+
+# What a record's own data can raise: SQL's refusals, and Python's while building its row
+# (a ledger entry without a field, a number too large for SQLite's INTEGER).
+_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError, KeyError)
+
+
+def is_refusal(error: BaseException) -> bool:
+    if isinstance(error, _DATA_ERRORS):
+        return True
+    # A bind parameter its column type refused (not a driver error: those are judged above).
+    return isinstance(error, StatementError) and not isinstance(error, DBAPIError)
+
+
+def error_text(error: BaseException) -> str:
+    """The database's own message, without the statement and its (maybe huge) parameters."""
+    cause = error.orig if isinstance(error, StatementError) and error.orig is not None else error
+    return clean_error(f"{type(cause).__name__}: {cause}")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One row the flusher writes, as Redis held it: a job's hashes, or a ledger entry's JSON
+    (a code fix in the conversion to a row then also fixes a set-aside record's retry)."""
+
+    kind: str  # "job" | "ledger"
+    record_id: str
+    source: dict[str, Any]  # job: {"job": hash, "items": hash, "meta": JSON}; ledger: {"entry"}
+    entry: str = ""  # a ledger entry exactly as read from Redis: its identity in list and zset
+
+    @property
+    def owner(self) -> str:
+        return str(self.source.get("job", {}).get("owner", ""))
+
+    def row(self) -> dict[str, Any]:
+        if self.kind == "ledger":
+            return LedgerEntry.from_json(self.source["entry"]).history_row()
+        job = JobRecord.from_redis(self.source["job"], self.source["items"],
+                                   self.source["meta"])
+        if job is None:
+            raise ValueError("the job hash is empty")
+        return job.history_row()
+
+
+def job_record(job: dict[str, str], items: dict[str, str], meta: str | None) -> Record:
+    return Record("job", job["id"], {"job": job, "items": items, "meta": meta})
+
+
+def ledger_record(entry: str) -> Record:
+    try:
+        parsed = json.loads(entry)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("id"):
+        record_id = str(parsed["id"])
+    else:  # not an entry any script writes: named by its text
+        record_id = "unreadable:" + hashlib.sha256(entry.encode()).hexdigest()[:32]
+    return Record("ledger", record_id, {"entry": entry}, entry)
+
+
+async def _write(session: AsyncSession, rows: list[tuple[Record, dict[str, Any]]]) -> None:
+    await upsert_jobs(session, [row for record, row in rows if record.kind == "job"])
+    await insert_ledger(session, [row for record, row in rows if record.kind == "ledger"])
+
+
+async def write_records(
+    sessions: Sessions, records: list[Record]
+) -> list[tuple[Record, BaseException]]:
+    """Writes every record SQL takes; returns the refused ones with their errors.
+
+    One transaction when all goes well; after a refusal, one transaction per record.
+    """
+    refused: list[tuple[Record, BaseException]] = []
+    rows: list[tuple[Record, dict[str, Any]]] = []
+    for record in records:
+        try:
+            rows.append((record, record.row()))
+        except _DATA_ERRORS as error:
+            refused.append((record, error))
+    if not rows:
+        return refused
+    try:
+        async with sessions() as session, session.begin():
+            await _write(session, rows)
+        return refused
+    except Exception as error:
+        if not is_refusal(error):
+            raise
+    for record, row in rows:
+        try:
+            async with sessions() as session, session.begin():
+                await _write(session, [(record, row)])
+        except Exception as error:
+            if not is_refusal(error):
+                raise
+            refused.append((record, error))
+    return refused
+
+
+async def retry_or_set_aside(
+    core: Core,
+    sessions: Sessions,
+    settings: Settings,
+    bucket: int,
+    refused: list[tuple[Record, BaseException]],
+) -> list[Record]:
+    """Counts each refusal; returns the records whose last attempt it was, now set aside in
+    SQL (the caller then takes a job's records out of Redis)."""
+    gone: list[Record] = []
+    for record, error in refused:
+        attempt = await core.flush_retry_later(
+            bucket, record.kind, record.record_id, record.entry,
+            attempts_allowed=settings.flush_attempts,
+            delay_ms=int(settings.flush_retry_delay * 1000))
+        text = error_text(error)
+        if not attempt.exhausted:
+            log.debug("flush: SQL refused %s %r (attempt %d), retrying later: %s",
+                      record.kind, record.record_id, attempt.attempts, text)
+            continue
+        async with sessions() as session, session.begin():
+            await set_aside(session, kind=record.kind, record_id=record.record_id,
+                            record=record.source, error=text, attempts=attempt.attempts,
+                            first_failed_at=datetime.fromtimestamp(
+                                attempt.first_failed_ms / 1000, UTC))
+        # The one line per record (no traceback): SQL refused it every time.
+        log.warning("flush: set aside %s %r after %d attempts (tollgate inspect failures): %s",
+                    record.kind, record.record_id[:200], attempt.attempts, text)
+        gone.append(record)
+    return gone
+
+
+async def end_retries(core: Core, bucket: int, records: list[Record], *, set_aside: bool
+                      ) -> None:
+    """Forgets the attempts of records done with: written after a retry, or set aside (then
+    counted in tollgate_flush_failures_total)."""
+    for record in records:
+        await core.flush_retry_end(bucket, record.kind, record.record_id, record.entry,
+                                   set_aside=set_aside)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    failure_id: int
+    kind: str
+    record_id: str
+    written: bool
+    error: str = ""
+
+
+async def retry_failures(sessions: Sessions, failure_id: int | None = None
+                         ) -> list[RetryOutcome]:
+    """Writes set-aside records again (all, or one): a written one leaves flush_failures in
+    the same transaction; a refused one stays, with its attempts and newest error."""
+    async with sessions() as session:
+        if failure_id is None:
+            failures = await list_failures(session)
+        else:
+            one = await get_failure(session, failure_id)
+            failures = [one] if one is not None else []
+    outcomes = []
+    for failure in failures:
+        record_id, source = record_of(failure)
+        record = Record(failure.kind, record_id, source)
+        try:
+            async with sessions() as session, session.begin():
+                await _write(session, [(record, record.row())])
+                await delete_failure(session, failure.id)
+        except Exception as error:
+            if not is_refusal(error):
+                raise
+            async with sessions() as session, session.begin():
+                await retry_failed(session, failure.id, error_text(error))
+            outcomes.append(RetryOutcome(failure.id, failure.kind, record_id, False,
+                                         error_text(error)))
+            continue
+        outcomes.append(RetryOutcome(failure.id, failure.kind, record_id, True))
+    return outcomes

@@ -1,0 +1,64 @@
+"""How long files live: a job's inputs go when it ends, its outputs TOLLGATE_RESULT_TTL later.
+
+The sweeper deletes the inputs of the jobs it flushes (after their rows are committed, so a
+crash only repeats the deletion), and once per pass deletes the whole folder of jobs that
+finished more than the TTL ago: outputs, and any input a late presigned S3 PUT brought back
+(S3 cannot refuse a PUT whose URL is still valid). jobs_log.results_deleted_at marks them;
+the job view then says `result_expired` and hands out no URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.contract import input_key, job_files
+from service.history.models import utcnow
+from service.history.retention import mark_results_deleted, results_due
+from service.storage import Storage
+
+log = logging.getLogger("tollgate.flusher")
+
+# Jobs whose folders one pass deletes; the next pass takes the next ones.
+EXPIRED_PER_PASS = 100
+
+
+async def delete_inputs(storage: Storage, jobs: list[tuple[str, int]]) -> None:
+    """Deletes the inputs of finished jobs, given as (job id, item count).
+
+    A storage outage must not hold up the flush: what is left goes with the job's folder
+    when its results expire.
+    """
+    keys = [input_key(job_id, index) for job_id, total in jobs for index in range(total)]
+    if not keys:
+        return
+    try:
+        await storage.delete(keys)
+    except Exception as error:
+        log.warning("deleting the inputs of %d finished jobs failed (%s: %s); they go with "
+                    "the results", len(jobs), type(error).__name__, error)
+
+
+def results_expired(finished_at: datetime | None, deleted_at: datetime | None, ttl_s: int
+                    ) -> bool:
+    """True once the files are gone or due to go (the sweeper may not have run yet)."""
+    if deleted_at is not None:
+        return True
+    return finished_at is not None and finished_at < utcnow() - timedelta(seconds=ttl_s)
+
+
+async def expire_results(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, ttl_s: int,
+    *, limit: int = EXPIRED_PER_PASS,
+) -> int:
+    """Deletes the folders of jobs finished more than `ttl_s` ago; returns how many."""
+    async with sessions() as session:
+        due = await results_due(session, utcnow() - timedelta(seconds=ttl_s), limit)
+    for job_id in due:
+        await storage.delete_prefix(job_files(job_id))
+    if due:
+        async with sessions() as session, session.begin():
+            await mark_results_deleted(session, due)
+    return len(due)
