@@ -7,18 +7,21 @@ from the token itself and needs no extra Redis read to check it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
+from litestar.exceptions import ImproperlyConfiguredException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from service.api.schemas import USER_ID_PATTERN
 from service.settings import Settings
 
 # Paths that never need a user token: probes, metrics, the schema, the self-signed local
@@ -48,6 +51,38 @@ def issue_token(secret: str, user_id: str, *, admin: bool = False, ttl_s: int = 
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+CLOCK_SKEW_S = 30
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+class TollgateToken(Token):
+    """A user or admin token: 30 s of clock skew on exp, nbf and iat; iat may be absent.
+
+    PyJWT checks the times with the leeway; Litestar's own stricter checks (exp in the
+    future, iat in the past, both to the second) are left out. `sub` must be a user id
+    (API.md): anything else could spell another user's Redis keys, so it is a 401.
+    """
+
+    @classmethod
+    def decode_payload(cls, encoded_token: str, secret: str, algorithms: list[str],
+                       issuer: str | Sequence[str] | None = None,
+                       audience: str | Sequence[str] | None = None,
+                       options: Any = None) -> Any:
+        return jwt.decode(encoded_token, key=secret, algorithms=algorithms,
+                          issuer=issuer, audience=audience, options=options,
+                          leeway=CLOCK_SKEW_S)
+
+    @classmethod
+    def _decode_datetime_claim(cls, payload: dict[str, Any], claim: str) -> datetime:
+        if claim == "iat" and claim not in payload:
+            return datetime.now(UTC)
+        return super()._decode_datetime_claim(payload, claim)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sub, str) or not _USER_ID.match(self.sub):
+            raise ImproperlyConfiguredException("sub is not a valid user id")
+
+
 class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
     """Verifies each token string once per process, then serves it from memory until `exp`.
 
@@ -70,7 +105,7 @@ class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
                 return cached[1]
             del self._verified[encoded_token]
         result = await super().authenticate_token(encoded_token, connection)
-        self._verified[encoded_token] = (result.auth.exp.timestamp(), result)
+        self._verified[encoded_token] = (result.auth.exp.timestamp() + CLOCK_SKEW_S, result)
         if len(self._verified) > self.MAX_TOKENS:
             self._verified.popitem(last=False)
         return result
@@ -101,4 +136,5 @@ def make_jwt_auth(
         exclude=PUBLIC_PATHS,
         require_claims=["exp", "sub"],
         authentication_middleware_class=CachedJWTAuthenticationMiddleware,
+        token_cls=TollgateToken,
     )

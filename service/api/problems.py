@@ -16,27 +16,34 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 
-from service.errors import TollgateError
+from service.errors import (
+    BadArgument,
+    Forbidden,
+    InternalError,
+    MalformedJson,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TollgateError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from service.state.clients import UNREACHABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "too_many_requests",
-    503: "unavailable",
-}
+# Litestar's own refusals (a missing token, an unknown route...) get the code of the
+# service.errors class for their status.
+_HTTP_ERRORS: dict[int, type[TollgateError]] = {cls.status: cls for cls in (
+    TollgateError, Unauthorized, Forbidden, NotFound, MethodNotAllowed, PayloadTooLarge,
+    UnsupportedMediaType, BadArgument, TooManyRequests, Unavailable)}
 
 
 def problem(
@@ -58,34 +65,47 @@ def _tollgate_error(_: Request[Any, Any, Any], exc: TollgateError) -> Response[A
 
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = exc.extra if isinstance(exc.extra, list) else None
-    status = 400 if "JSON" in (exc.detail or "") and not errors else 422
-    code = "malformed_json" if status == 400 else "validation_error"
-    return problem(status, code, "Invalid request", exc.detail, errors=errors or [])
+    error = MalformedJson if "JSON" in (exc.detail or "") and not errors else BadArgument
+    return problem(error.status, error.code, "Invalid request", exc.detail, errors=errors or [])
 
 
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if status >= 500:
-        return problem(status, "internal_error", "Internal error")
+        return problem(status, InternalError.code, InternalError.title)
     if status == 400 and isinstance(exc.__cause__, SerializationException):
-        return problem(400, "malformed_json", "The body is not valid JSON", exc.detail)
-    code = _HTTP_CODES.get(status, "http_error")
-    return problem(status, code, code.replace("_", " ").capitalize(), exc.detail)
+        return problem(400, MalformedJson.code, MalformedJson.title, exc.detail)
+    error = _HTTP_ERRORS.get(status, TollgateError)
+    return problem(status, error.code, error.title, exc.detail)
 
 
 def _store_unreachable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # Redis is down or restarting: the client (and a worker posting a callback) should
     # retry, not report a bug. Every operation is safe to retry.
     log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
-    response = problem(503, "unavailable", "Service unavailable",
+    response = problem(Unavailable.status, Unavailable.code, Unavailable.title,
                        "the state store is unreachable; retry shortly")
     response.headers["Retry-After"] = "1"
     return response
 
 
+def _sql_unreachable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # The SQL database is down, refusing connections or out of pool slots: like Redis, a
+    # 503 the client retries. Other DBAPI errors (a constraint, bad data) stay bugs.
+    if (isinstance(exc, DBAPIError) and not exc.connection_invalidated
+            and not isinstance(exc, OperationalError | InterfaceError)):
+        return _unexpected(request, exc)
+    log.warning("%s %s: SQL unreachable: %s", request.method, request.url.path,
+                type(exc.__cause__ or exc).__name__)
+    response = problem(Unavailable.status, Unavailable.code, Unavailable.title,
+                       "the database is unreachable; retry shortly")
+    response.headers["Retry-After"] = "2"
+    return response
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
+    return problem(HTTP_500_INTERNAL_SERVER_ERROR, InternalError.code, InternalError.title)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
@@ -95,7 +115,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     PermissionDeniedException: _http,
     NotFoundException: _http,
     HTTPException: _http,
-    RedisConnectionError: _store_unreachable,  # includes BusyLoadingError (Redis starting)
-    RedisTimeoutError: _store_unreachable,
+    **dict.fromkeys(UNREACHABLE_ERRORS, _store_unreachable),
+    DBAPIError: _sql_unreachable,  # OperationalError, InterfaceError, a dropped connection
+    SQLTimeoutError: _sql_unreachable,  # no pool connection in time
     Exception: _unexpected,
 }

@@ -19,7 +19,7 @@ from service.api.users import as_known_user
 from service.errors import NotFound, RuleSlotsExhausted
 from service.history.models import Rule
 from service.runtime import Runtime
-from service.state.keys import new_sortable_id
+from service.state.keys import is_sortable_id, new_sortable_id
 
 # A 'pending' row younger than this may belong to a request still in flight.
 PENDING_GRACE = timedelta(seconds=30)
@@ -42,7 +42,7 @@ async def repair_rules(rt: Runtime, user_id: str) -> None:
             async with rt.sessions() as session, session.begin():
                 await session.execute(delete(Rule).where(Rule.id == rule.id))
         elif rule.created_at < cutoff:
-            holds_slot = await rt.core.client.sismember(rt.core.keys.user(user_id).rules, rule.id)
+            holds_slot = await rt.core.holds_rule_slot(user_id, rule.id)
             async with rt.sessions() as session, session.begin():
                 if holds_slot:
                     await session.execute(
@@ -61,6 +61,8 @@ async def list_rules(rt: Runtime, user_id: str) -> list[dict[str, Any]]:
 
 
 async def get_rule(rt: Runtime, user_id: str, rule_id: str) -> Rule:
+    if not is_sortable_id(rule_id):  # before the lookup: a URL may hold a NUL
+        raise NotFound(f"no rule {rule_id!r}")
     async with rt.sessions() as session:
         rule = await session.get(Rule, rule_id)
     if rule is None or rule.user_id != user_id or rule.state != "active":

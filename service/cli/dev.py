@@ -17,6 +17,7 @@ from service.api.app import create_app
 from service.api.auth import issue_token
 from service.api.webhook_log import webhook_job_view
 from service.cli.main import generated_secret
+from service.cli.serve import uvicorn_options
 from service.history.engine import run_migrations
 from service.settings import Settings
 from service.sweeper import run_flusher_with_requeue
@@ -42,10 +43,14 @@ def run_dev(*, host: str, port: int) -> int:
     assert settings.jwt_secret
     run_migrations(settings.database_url)
 
+    from service.models import load_models
     from service.state.clients import queue_redis
     from workers.runner import start_embedded_worker_thread
 
-    worker = start_embedded_worker_thread(settings, queue_redis(settings), settings.queue_name)
+    # A worker thread per model queue, each with its model's processor.
+    served = {model.queue: model.processor for model in load_models(settings)}
+    workers = [start_embedded_worker_thread(settings, queue_redis(settings), queue, processor)
+               for queue, processor in served.items()]
     # A daemon thread: it ends with the process (every flusher step is safe to cut short).
     flusher = threading.Thread(
         target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False,
@@ -68,7 +73,9 @@ def run_dev(*, host: str, port: int) -> int:
     ]
     print("\n".join(lines), flush=True)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                    **uvicorn_options(settings))
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
     return 0

@@ -6,6 +6,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
+from service.contract import describe_error
 from workers.processors import Item, Output
 
 THUMBNAIL_SIZE = (256, 256)
@@ -31,5 +32,6 @@ def make_thumbnails(items: list[Item]) -> list[Output]:
         try:
             outputs.append(Output(item.index, thumbnail_png(item.data), "image/png"))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            outputs.append(Output.failed(item.index, f"cannot make a thumbnail: {exc}"))
+            outputs.append(Output.failed(item.index, describe_error("cannot make a thumbnail",
+                                                                    exc)))
     return outputs

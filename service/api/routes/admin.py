@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, patch, post
@@ -8,20 +7,26 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody
 
+from service.api.openapi import refusals
+from service.api.params import OptionalIdempotencyKey, UserIdPath
 from service.api.routes.deps import UserRequest
-from service.api.schemas import CreditGrant, IdempotencyKey, PlanChange, UserCreate
-from service.api.users import me
-from service.errors import BadArgument, TollgateError
-from service.history.queries import ensure_user_row, set_user_plan
+from service.api.schemas import (
+    IDEMPOTENCY_KEY_MAX,
+    IDEMPOTENCY_KEY_PATTERN,
+    CreditBalance,
+    CreditGrant,
+    Credits,
+    MeView,
+    PlanChange,
+    UserCreate,
+    body,
+)
+from service.api.users import admin_create_user, admin_grant, admin_set_plan, me
+from service.errors import Forbidden, InsufficientCredits, NotFound, UserExists
 from service.runtime import Runtime
 from service.state.codes import Code
-from service.state.plans import PLANS
-
-
-class UserExists(TollgateError):
-    status, code, title = 409, "user_exists", "The user exists already"
 
 
 def admins_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -29,7 +34,10 @@ def admins_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
         raise PermissionDeniedException("this endpoint needs a token with role=admin")
 
 
-OptionalKey = Annotated[IdempotencyKey | None, HeaderParameter(name="Idempotency-Key")]
+# Required: a retried grant must never add the credits twice.
+RequiredIdempotencyKey = Annotated[str, HeaderParameter(
+    name="Idempotency-Key", required=True, min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+    pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
 class AdminController(Controller):
@@ -37,32 +45,28 @@ class AdminController(Controller):
     tags = ["admin"]
     guards = [admins_only]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=refusals(Forbidden, UserExists, json_body=True))
     async def create_user(self, rt: NamedDependency[Runtime], data: JSONBody[UserCreate]
-                          ) -> dict[str, Any]:
-        async with rt.sessions() as session, session.begin():  # SQL first: see service.api.users
-            await ensure_user_row(session, data.id, data.plan)
-        created = await rt.core.ensure_user(data.id, PLANS[data.plan], data.credits)
-        if not created:
+                          ) -> MeView:
+        # SQL first, then Redis from SQL: see service.api.users
+        if not await admin_create_user(rt, data.id, data.plan, data.credits):
             raise UserExists(f"user {data.id!r} exists already")
-        return await me(rt, data.id)
+        return body(MeView, await me(rt, data.id))
 
-    @patch("/{user_id:str}")
-    async def set_plan(self, rt: NamedDependency[Runtime], user_id: FromPath[str],
-                       data: JSONBody[PlanChange], idempotency_key: OptionalKey = None
-                       ) -> dict[str, Any]:
-        await rt.core.set_plan(user_id, idempotency_key or uuid.uuid4().hex, PLANS[data.plan])
-        async with rt.sessions() as session, session.begin():
-            await set_user_plan(session, user_id, data.plan)
-        return await me(rt, user_id)
+    @patch("/{user_id:str}", responses=refusals(Forbidden, NotFound, json_body=True))
+    async def set_plan(self, rt: NamedDependency[Runtime], user_id: UserIdPath,
+                       data: JSONBody[PlanChange], idempotency_key: OptionalIdempotencyKey = None
+                       ) -> MeView:
+        await admin_set_plan(rt, user_id, data.plan, idempotency_key)
+        return body(MeView, await me(rt, user_id))
 
-    @post("/{user_id:str}/credits", status_code=200)
+    @post("/{user_id:str}/credits", status_code=200,
+          responses=refusals(Forbidden, NotFound, InsufficientCredits, json_body=True))
     async def grant_credits(self, request: UserRequest, rt: NamedDependency[Runtime],
-                            user_id: FromPath[str], data: JSONBody[CreditGrant],
-                            idempotency_key: OptionalKey = None) -> dict[str, Any]:
-        if idempotency_key is None:
-            raise BadArgument("an Idempotency-Key header is required for credit grants")
-        balance = await rt.core.grant(user_id, idempotency_key, data.amount, data.reason)
-        return {"user_id": user_id, "duplicate": balance.code is Code.ALREADY,
-                "credits": {"available": balance.available, "reserved": balance.reserved,
-                            "spent": balance.spent, "granted": balance.granted}}
+                            user_id: UserIdPath, data: JSONBody[CreditGrant],
+                            idempotency_key: RequiredIdempotencyKey) -> CreditBalance:
+        balance = await admin_grant(rt, user_id, idempotency_key, data.amount, data.reason)
+        return CreditBalance(user_id=user_id, duplicate=balance.code is Code.ALREADY,
+                             credits=Credits(available=balance.available,
+                                             reserved=balance.reserved, spent=balance.spent,
+                                             granted=balance.granted))
