@@ -30,6 +30,7 @@ The PostgreSQL variants run in a fresh database created (and dropped) on the ser
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import uuid
@@ -236,6 +237,9 @@ def watch_reserve(client: Redis, keys: KeySpace, retries: Counter[str]) -> Reser
                     })
                     pipe.set(job.meta, META)
                     pipe.zadd(user.bucket.holds, {job_id: now + HOLD_MS})
+                    pipe.rpush(user.bucket.ledger, json.dumps({
+                        "id": f"hold:{job_id}", "user_id": account.user_id, "kind": "hold",
+                        "amount": -COST, "job_id": job_id, "at": now}))
                     await pipe.execute()
                     return OK
                 except WatchError:

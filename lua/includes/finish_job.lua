@@ -2,9 +2,11 @@
 -- item_result). Charges done * price, refunds the rest of the hold, frees the
 -- concurrency slot, drops the job from every work index and schedules its flush.
 -- Callers must have validated everything before calling: this only writes.
--- k = {job, user, active, holds, leases, queued, flush, ledger, hooks?, webhooks?}
+-- k = {job, user, active, holds, leases, queued, flush, ledger, hooks?, webhooks?, stats?}
+-- (stats: the bucket's counters, includes/stats.lua)
 -- (hooks, webhooks: the outbox keys of includes/outbox.lua; the 'completed' event)
 -- @include outbox
+-- @include stats
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
   local charge = done * price
   if charge > cost then charge = cost end
@@ -21,13 +23,16 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
   redis.call('ZREM', k.queued, job_id)
   redis.call('ZADD', k.flush, flush_due, job_id)
   job_changed(k, job_id, 'completed', now)
-  if charge > 0 then
-    redis.call('RPUSH', k.ledger, cjson.encode({id = job_id .. ':charge', user_id = owner,
-      kind = 'charge', amount = -charge, job_id = job_id, at = now}))
+  stats_finished(k.stats, k.job, to_state, reason, charge, refund)
+  -- Two-phase ledger: the whole hold comes back, then the used part is charged, so the
+  -- sum of a user's entries is the balance and the sum of the charges is what was spent.
+  if cost > 0 then
+    redis.call('RPUSH', k.ledger, cjson.encode({id = 'release:' .. job_id, user_id = owner,
+      kind = 'release', amount = cost, job_id = job_id, at = now}))
   end
-  if refund > 0 then
-    redis.call('RPUSH', k.ledger, cjson.encode({id = job_id .. ':release', user_id = owner,
-      kind = 'release', amount = refund, job_id = job_id, at = now}))
+  if charge > 0 then
+    redis.call('RPUSH', k.ledger, cjson.encode({id = 'charge:' .. job_id, user_id = owner,
+      kind = 'charge', amount = 0 - charge, job_id = job_id, at = now}))
   end
   return charge, refund
 end

@@ -7,7 +7,7 @@ import pytest
 from service.errors import BadArgument, ConcurrencyLimit, InsufficientCredits, NotFound
 from service.state.codes import Code
 from service.state.plans import PLANS, Plan
-from service.state.store import Core
+from service.state.store import Core, op_digest
 from tests.core.job_setup import new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 
@@ -47,9 +47,10 @@ async def test_grant_adds_credits_and_a_ledger_entry(core: Core, frozen_clock: l
     granted = await core.grant(user, "op-1", 25, "promo")
     assert granted == type(granted)(Code.OK, 35, 0, 0, 35)
     assert await balance(core, user) == money(35, 0, 0, 35)
-    assert await core.client.hgetall(core.keys.user(user).ops) == {"grant:op-1": "25"}
+    op = op_digest("op-1")
+    assert await core.client.hgetall(core.keys.user(user).ops) == {f"grant:{op}": "25"}
     assert (await ledger(core, user))[-1] == {
-        "id": "grant:ann:op-1", "user_id": user, "kind": "grant", "amount": 25,
+        "id": f"grant:ann:{op}", "user_id": user, "kind": "grant", "amount": 25,
         "reason": "promo", "at": frozen_clock[0],
     }
 
@@ -106,7 +107,7 @@ async def test_set_plan_changes_the_limits_once_per_op_id(core: Core) -> None:
     assert await core.set_plan(user, "op-1", PLANS["pro"]) is Code.OK
     record = await core.user_record(user)
     assert (record["plan"], record["max_active"], record["max_rules"]) == ("pro", "10", "20")
-    assert await core.client.hget(core.keys.user(user).ops, "plan:op-1") == "pro"
+    assert await core.client.hget(core.keys.user(user).ops, f"plan:{op_digest('op-1')}") == "pro"
 
     before = await snapshot(core.client, core.keys.prefix)
     # A retry of op-1 must not undo a later change, whatever plan it carries.
@@ -141,3 +142,28 @@ async def test_a_lower_concurrency_limit_keeps_running_jobs_but_refuses_new_ones
     for job_id in jobs:
         await core.cancel(job_id, user, reason="user", flush_delay_ms=5_000)
     await new_job(core, user, total=1, price=1)
+
+
+async def test_the_longest_grant_ledger_id_fits_its_column(core: Core) -> None:
+    from service.history.models import LedgerEntry
+
+    user = "u" * 128  # the longest user id API.md allows
+    await core.ensure_user(user, PLANS["free"], 0)
+    await core.grant(user, "k" * 200, 5, "promo")  # the longest Idempotency-Key
+    entry = (await ledger(core, user))[-1]
+    assert entry["id"] == f"grant:{user}:{op_digest('k' * 200)}"
+    assert len(entry["id"]) <= LedgerEntry.__table__.c.id.type.length  # type: ignore[attr-defined]
+
+
+async def test_restore_user_rebuilds_a_balance_without_a_ledger_entry(core: Core) -> None:
+    assert await core.restore_user("ann", PLANS["pro"], available=30, spent=20,
+                                   granted=50) is True
+    assert await balance(core, "ann") == money(30, 0, 20, 50)
+    assert (await core.user_record("ann"))["plan"] == "pro"
+    assert await ledger(core, "ann") == []
+    # Never over a record Redis has.
+    assert await core.restore_user("ann", PLANS["free"], available=0, spent=0,
+                                   granted=0) is False
+    assert await balance(core, "ann") == money(30, 0, 20, 50)
+    with pytest.raises(BadArgument):  # granted must be available + spent
+        await core.restore_user("bob", PLANS["free"], available=1, spent=1, granted=1)

@@ -106,8 +106,10 @@ async def test_the_last_item_finishes_and_settles_the_job_in_the_same_call(
     assert await core.client.zscore(bucket.flush, job_id) == frozen_clock[0] + FLUSH_MS
     entries = [e for e in await ledger(core, user) if e.get("job_id") == job_id]
     assert [(e["id"], e["kind"], e["amount"]) for e in entries] == [
-        (f"{job_id}:charge", "charge", -20), (f"{job_id}:release", "release", 10)
+        (f"hold:{job_id}", "hold", -30), (f"release:{job_id}", "release", 30),
+        (f"charge:{job_id}", "charge", -20),
     ]
+    assert sum(e["amount"] for e in await ledger(core, user)) == 80  # the balance
     assert all(e["at"] == frozen_clock[0] and e["user_id"] == user for e in entries)
     await assert_balanced(core, user, [job_id])
 
@@ -131,7 +133,7 @@ async def test_a_job_whose_items_all_failed_ends_failed_and_is_fully_refunded(co
     assert (job["state"], job["charged"], job["refunded"]) == ("failed", "0", "20")
     assert await balance(core, user) == money(100, 0, 0, 100)
     entries = [e for e in await ledger(core, user) if e.get("job_id") == job_id]
-    assert [(e["kind"], e["amount"]) for e in entries] == [("release", 20)]
+    assert [(e["kind"], e["amount"]) for e in entries] == [("hold", -20), ("release", 20)]
 
 
 async def test_reports_after_the_job_finished_count_nothing(core: Core) -> None:

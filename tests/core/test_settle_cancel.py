@@ -8,7 +8,8 @@ import pytest
 
 from service.errors import BadArgument, InvalidTransition, NotFound
 from service.state.codes import Code
-from service.state.store import Core, JobProgress
+from service.state.replies import JobProgress
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, new_job, new_user, report
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 
@@ -50,7 +51,9 @@ async def test_settle_failed_charges_succeeded_items_and_refunds_the_rest(
     assert await balance(core, user) == money(90, 0, 10, 100)
     await assert_finished(core, job_id, user, frozen_clock[0])
     entries = [e for e in await ledger(core, user) if e.get("job_id") == job_id]
-    assert [(e["kind"], e["amount"]) for e in entries] == [("charge", -10), ("release", 30)]
+    assert [(e["kind"], e["amount"]) for e in entries] == [
+        ("hold", -40), ("release", 40), ("charge", -10)]
+    assert sum(e["amount"] for e in await ledger(core, user)) == 90  # the balance
 
 
 async def test_settle_a_queued_job_that_never_started(core: Core, frozen_clock: list[int]) -> None:
@@ -151,7 +154,7 @@ async def test_cancel_refunds_an_unused_job_in_full(
     await assert_finished(core, job_id, user, frozen_clock[0])
     entries = [e for e in await ledger(core, user) if e.get("job_id") == job_id]
     assert [(e["id"], e["kind"], e["amount"]) for e in entries] == [
-        (f"{job_id}:release", "release", 30)
+        (f"hold:{job_id}", "hold", -30), (f"release:{job_id}", "release", 30)
     ]
 
 

@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 
 from service.errors import BadArgument, InvalidTransition, NotFound
 from service.state.codes import Code
-from service.state.store import Core
+from service.state.store import Core, op_digest
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, LEASE_MS, new_job, new_user, report
 from tests.core.redis_state import snapshot
 
@@ -176,7 +176,7 @@ async def test_ledger_ack_trims_only_when_the_head_is_the_entry_read(core: Core)
     key = core.keys.bucket(bucket).ledger
     entries = await core.client.lrange(key, 0, -1)
     ids = [json.loads(e)["id"] for e in entries]
-    assert ids == ["signup:ann", "grant:ann:op-1", "grant:ann:op-2"]
+    assert ids == ["signup:ann", f"grant:ann:{op_digest('op-1')}", f"grant:ann:{op_digest('op-2')}"]
 
     assert await core.ledger_ack(bucket, 2, entries[0]) is Code.OK
     assert await core.client.lrange(key, 0, -1) == entries[2:]

@@ -85,7 +85,8 @@ async def test_a_job_runs_to_done_settles_flushes_and_leaves_no_redis_keys(
     assert await redis_keys_of(api, job["id"]) == []
     row, ledger = await sql_history(api, job["id"])
     assert row is not None and row.state == "done" and row.charged == 5
-    assert [(e.kind, e.amount) for e in ledger] == [("charge", -5)]
+    assert sorted((e.kind, e.amount) for e in ledger) == [
+        ("charge", -5), ("hold", -5), ("release", 5)]
     history = await job_view(api, user, job["id"])
     assert [item["status"] for item in history["items"]] == ["ok"] * 5
     credits = (await me(api, user))["credits"]

@@ -37,5 +37,7 @@ async def test_trillion_credit_grants_and_jobs_flush_to_postgres(
     finally:
         await engine.dispose()
     assert ledger["signup:whale"] == TRILLION
-    assert ledger[f"{job_id}:release"] == TRILLION // 2
+    assert ledger[f"hold:{job_id}"] == -TRILLION // 2
+    assert ledger[f"release:{job_id}"] == TRILLION // 2
+    assert sum(ledger.values()) == TRILLION
     assert job is not None and job.cost == TRILLION // 2 and job.refunded == TRILLION // 2

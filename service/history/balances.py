@@ -1,0 +1,144 @@
+"""What the SQL side knows of a user's money: ledger totals, open holds, history charges.
+
+The ledger is two-phase: a grant (signup included) adds, a job's `hold` takes its cost at
+reserve, its `release` gives the whole cost back when it ends and its `charge` takes what was
+used. So, once flushed, SUM(amount) is the balance available, -SUM(charges) is what was spent,
+SUM(grants) is what was granted, and a hold without a release is a job still live (or lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from service.history.models import AdminOp, JobLog, LedgerEntry, User, utcnow
+from service.history.queries import _insert, insert_ledger
+
+# Ids per IN (...) list: far below both SQLite's and PostgreSQL's bound-parameter limits.
+_CHUNK = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    total: int = 0  # SUM(amount): the balance available
+    charges: int = 0  # SUM(amount) of charges, <= 0: minus what was spent
+    grants: int = 0  # SUM(amount) of grants, signup included: what was granted
+    entries: int = 0
+
+
+def signup_row(user_id: str, credits: int, at: datetime | None = None) -> dict[str, Any]:
+    return {"id": f"signup:{user_id}", "user_id": user_id, "kind": "grant", "amount": credits,
+            "job_id": None, "reason": "signup", "at": at or utcnow()}
+
+
+def grant_row(user_id: str, op: str, amount: int, reason: str) -> dict[str, Any]:
+    """The same row as grant.lua's entry for this op (`op`: the digest of its key)."""
+    return {"id": f"grant:{user_id}:{op}", "user_id": user_id, "kind": "grant",
+            "amount": amount, "job_id": None, "reason": reason, "at": utcnow()}
+
+
+def release_row(user_id: str, job_id: str, cost: int, reason: str) -> dict[str, Any]:
+    """The same id as finish_job's own release: whichever reaches SQL first is the one."""
+    return {"id": f"release:{job_id}", "user_id": user_id, "kind": "release", "amount": cost,
+            "job_id": job_id, "reason": reason, "at": utcnow()}
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
+async def ledger_totals(
+    session: AsyncSession, user_ids: Sequence[str] | None = None
+) -> dict[str, LedgerTotals]:
+    """Per user, for these users or every user with an entry."""
+    query = select(
+        LedgerEntry.user_id,
+        func.coalesce(func.sum(LedgerEntry.amount), 0),
+        func.coalesce(func.sum(case((LedgerEntry.kind == "charge", LedgerEntry.amount),
+                                    else_=0)), 0),
+        func.coalesce(func.sum(case((LedgerEntry.kind == "grant", LedgerEntry.amount),
+                                    else_=0)), 0),
+        func.count(),
+    ).group_by(LedgerEntry.user_id)
+    totals: dict[str, LedgerTotals] = {}
+    for chunk in ([None] if user_ids is None else _chunks(list(user_ids))):
+        chunked = query if chunk is None else query.where(LedgerEntry.user_id.in_(chunk))
+        for user_id, total, charges, grants, entries in (await session.execute(chunked)).all():
+            totals[user_id] = LedgerTotals(int(total), int(charges), int(grants), int(entries))
+    return totals
+
+
+async def ledger_ids_present(session: AsyncSession, ids: Sequence[str]) -> set[str]:
+    """Which of these ledger ids SQL holds already."""
+    present: set[str] = set()
+    for chunk in _chunks(list(ids)):
+        present.update(await session.scalars(
+            select(LedgerEntry.id).where(LedgerEntry.id.in_(chunk))))
+    return present
+
+
+async def open_holds(session: AsyncSession, user_id: str) -> list[tuple[str, int]]:
+    """(job id, cost) of the user's holds that no release answered yet."""
+    release = aliased(LedgerEntry)
+    query = (
+        select(LedgerEntry.job_id, LedgerEntry.amount)
+        .outerjoin(release, release.id == "release:" + LedgerEntry.job_id)
+        .where(LedgerEntry.user_id == user_id, LedgerEntry.kind == "hold", release.id.is_(None))
+        .order_by(LedgerEntry.id)
+    )
+    return [(str(job_id), -int(amount)) for job_id, amount in (await session.execute(query))]
+
+
+async def refund_open_holds(session: AsyncSession, user_id: str, reason: str) -> int:
+    """Releases every open hold of the user (jobs Redis lost); returns how many."""
+    holds = await open_holds(session, user_id)
+    await insert_ledger(session, [release_row(user_id, job_id, cost, reason)
+                                  for job_id, cost in holds])
+    return len(holds)
+
+
+async def history_charged(
+    session: AsyncSession, user_ids: Sequence[str] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per user: (jobs in history, SUM(charged) of those jobs)."""
+    query = select(JobLog.user_id, func.count(), func.coalesce(func.sum(JobLog.charged), 0)
+                   ).group_by(JobLog.user_id)
+    charged: dict[str, tuple[int, int]] = {}
+    for chunk in ([None] if user_ids is None else _chunks(list(user_ids))):
+        chunked = query if chunk is None else query.where(JobLog.user_id.in_(chunk))
+        for user_id, jobs, total in (await session.execute(chunked)).all():
+            charged[user_id] = (int(jobs), int(total))
+    return charged
+
+
+async def jobs_in_history(session: AsyncSession, job_ids: Sequence[str]) -> set[str]:
+    present: set[str] = set()
+    for chunk in _chunks(list(job_ids)):
+        present.update(await session.scalars(select(JobLog.id).where(JobLog.id.in_(chunk))))
+    return present
+
+
+async def user_plan(session: AsyncSession, user_id: str) -> str | None:
+    plan: str | None = await session.scalar(select(User.plan).where(User.id == user_id))
+    return plan
+
+
+async def user_ids(session: AsyncSession) -> list[str]:
+    return list(await session.scalars(select(User.id).order_by(User.id)))
+
+
+async def record_admin_op(
+    session: AsyncSession, op_id: str, user_id: str, kind: str, value: str
+) -> bool:
+    """True when this op is new (the caller applies it in the same transaction)."""
+    statement = _insert(session, cast(Table, AdminOp.__table__)).values(
+        id=op_id, user_id=user_id, kind=kind, value=value, at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["id"]).returning(AdminOp.id)
+    return (await session.execute(statement)).first() is not None
