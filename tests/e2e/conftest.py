@@ -60,9 +60,12 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: dict[int, IO[bytes]] = {}
 
-    def start(self, processor: str, *, burst: bool, **extra: str) -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "service.cli.main", "worker", "--queue",
-                self.settings.queue_name, *(["--burst"] if burst else [])]
+    def start(self, processor: str, *, burst: bool, model: str | None = None,
+              **extra: str) -> subprocess.Popen[bytes]:
+        """A worker on the settings' queue, or on the queue of `model` (with its processor)."""
+        serves = ["--model", model] if model else ["--queue", self.settings.queue_name]
+        args = [sys.executable, "-m", "service.cli.main", "worker", *serves,
+                *(["--burst"] if burst else [])]
         # A file, not a pipe: nobody reads a long-running worker's output until it ends.
         log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop_all)
         proc = subprocess.Popen(args, env=worker_env(self.settings, processor, **extra),
@@ -77,8 +80,9 @@ class Workers:
         log.seek(0)
         return log.read().decode(errors="replace")
 
-    def run_burst(self, processor: str, timeout: float = 120, **extra: str) -> str:
-        proc = self.start(processor, burst=True, **extra)
+    def run_burst(self, processor: str, timeout: float = 120, model: str | None = None,
+                  **extra: str) -> str:
+        proc = self.start(processor, burst=True, model=model, **extra)
         proc.wait(timeout=timeout)
         assert proc.returncode == 0, self.output(proc)
         return self.output(proc)

@@ -101,20 +101,52 @@ def test_load_processor_refuses_bad_specs(spec: str) -> None:
         load_processor(spec)
 
 
-def test_torch_processor_inverts_a_batch_on_cpu_or_cuda() -> None:
-    pytest.importorskip("torch")
-    from workers.processors.torch_batch import invert_images
+def halves(width: int, height: int) -> bytes:
+    """Black on the left half, white on the right: one vertical edge in the middle."""
+    image = Image.new("RGB", (width, height), (0, 0, 0))
+    image.paste((255, 255, 255), (width // 2, 0, width, height))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
-    items = [item(0, png(64, 32, color=(10, 20, 30))), item(1, b"junk"),
-             item(2, png(64, 32, color=(255, 0, 128))), item(3, png(500, 500, color=(0, 0, 0)))]
-    outputs = invert_images(items)
+
+def test_torch_edge_maps_find_the_edge_of_a_batch(caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("torch")
+    from workers.processors.torch_batch import SIZE, EdgeMaps
+
+    processor = EdgeMaps()
+    with caplog.at_level("INFO", logger="workers.processors.torch_batch"):
+        outputs = processor([item(0, halves(SIZE, SIZE)), item(1, b"junk"),
+                             item(2, png(SIZE, SIZE, color=(90, 90, 90))),
+                             item(3, halves(64, 32))])
+    device = "cuda" if processor.device.type == "cuda" else "cpu"
+    assert any(f"EdgeMaps runs on {device}" in message for message in caplog.messages)
     assert [o.index for o in outputs] == [0, 1, 2, 3]
-    assert outputs[1].data is None and "cannot decode" in (outputs[1].error or "")
-    expected = {0: ((64, 32), (245, 235, 225)), 2: ((64, 32), (0, 255, 127)),
-                3: ((256, 256), (255, 255, 255))}
-    for index, (size, pixel) in expected.items():
+    assert outputs[1].data is None and "cannot decode image" in (outputs[1].error or "")
+    planes = {}
+    for index in (0, 2, 3):
         data = outputs[index].data
         assert data is not None and outputs[index].content_type == "image/png"
         with Image.open(io.BytesIO(data)) as image:
-            assert image.size == size
-            assert image.getpixel((5, 5)) == pixel
+            assert (image.size, image.mode) == ((SIZE, SIZE), "L")
+            planes[index] = image.copy()
+    # A full black-to-white step is a gradient of 4 on a 0..1 grey scale: 4 * 255 / sqrt(32).
+    middle = SIZE // 2
+    assert [planes[0].getpixel((x, 100)) for x in (0, middle - 2, middle - 1, middle,
+                                                   middle + 1, SIZE - 1)] == [0, 0, 180, 180,
+                                                                              0, 0]
+    assert planes[2].getextrema() == (0, 0)  # a flat image has no edges, borders included
+    assert planes[3].getpixel((10, 10)) == 0 and max(
+        planes[3].getpixel((x, 10)) for x in range(SIZE)) > 50  # resized: a softer edge
+
+
+def test_torch_edge_maps_run_setup_only_when_nobody_did() -> None:
+    pytest.importorskip("torch")
+    from workers.processors import ensure_setup
+    from workers.processors.torch_batch import EdgeMaps
+
+    processor = EdgeMaps()
+    assert ensure_setup(processor) and processor.network is not None
+    network = processor.network
+    processor([item(0, halves(8, 8))])
+    assert processor.network is network and not ensure_setup(processor)
