@@ -213,7 +213,7 @@ async def rq_baseline(queue: Any, prefix: str, round_no: int, jobs: int, items: 
 
 async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[str, str]],
                        items: int, meter: CpuMeter) -> Run:
-    from service.state.store import TERMINAL_STATES
+    from service.state.fsm import TERMINAL
 
     cpu = await meter.read()
     start = time.perf_counter()
@@ -223,7 +223,7 @@ async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[s
             for _, job_id in jobs:
                 pipe.hmget(keys.job(job_id).base, "state", "done")
             states = await pipe.execute()
-        if all(state in TERMINAL_STATES for state, _ in states):
+        if all(state in TERMINAL for state, _ in states):
             break
         await asyncio.sleep(0.005)
     seconds = time.perf_counter() - start
@@ -325,10 +325,11 @@ async def flusher_part(params: Params, stack: Any, redis: Any
     from bench.redis_side import ScriptRecorder, load_scripts_into, replay
     from service.contract import output_key
     from service.history.engine import make_engine, make_session_factory
-    from service.history.queries import insert_ledger, job_row_from_redis, upsert_jobs
+    from service.history.queries import insert_ledger, upsert_jobs
     from service.runtime import make_core
     from service.state.keys import KeySpace
     from service.state.plans import PLANS
+    from service.state.records import JobRecord, LedgerEntry
     from service.state.store import Core
     from service.sweeper import flush_once
 
@@ -402,7 +403,6 @@ async def flusher_part(params: Params, stack: Any, redis: Any
         for _, job_id in jobs:
             by_bucket.setdefault(keys.bucket_of_job(job_id) or 0, []).append(job_id)
         batches: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
-        import json
 
         for bucket, ids in by_bucket.items():
             async with redis.pipeline(transaction=False) as pipe:
@@ -414,9 +414,10 @@ async def flusher_part(params: Params, stack: Any, redis: Any
                     pipe.get(job.meta)
                 pipe.lrange(keys.bucket(bucket).ledger, 0, -1)
                 replies = await pipe.execute()
-            rows = [job_row_from_redis(replies[i], replies[i + 1], replies[i + 2] or "")
-                    for i in range(0, len(replies) - 1, 3)]
-            batches.append((rows, [json.loads(raw) for raw in replies[-1]]))
+            records = [JobRecord.from_redis(replies[i], replies[i + 1], replies[i + 2] or "")
+                       for i in range(0, len(replies) - 1, 3)]
+            batches.append(([record.history_row() for record in records if record],
+                            [LedgerEntry.from_json(raw).history_row() for raw in replies[-1]]))
         sql_start = time.perf_counter()
         for rows, entries in batches:
             async with sessions() as session, session.begin():

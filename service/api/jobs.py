@@ -18,7 +18,7 @@ from service.contract import input_key, output_key
 from service.dispatch import dispatch
 from service.errors import BadArgument, InvalidTransition, NotFound, UploadsMissing
 from service.history.models import JobLog
-from service.history.queries import history_job, history_page
+from service.history.queries import history_job
 from service.models import Model
 from service.retention import results_expired
 from service.runtime import Runtime
@@ -29,9 +29,7 @@ from service.state.records import (
     ITEM_OK,
     ITEM_PENDING,
     JobRecord,
-    datetime_to_ms,
     iso_z,
-    ms_to_datetime,
 )
 from service.state.store import now_ms
 from service.webhooks import EVENTS, resolve_allowed
@@ -153,6 +151,13 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
     return view
 
 
+async def with_queue_position(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
+    """A queued job's place in line (the view of any other has null): a live read."""
+    if view["status"] == JobState.QUEUED:
+        view["queue_position"] = await Outbox(rt.core).queue_position(view["id"])
+    return view
+
+
 async def get_job(rt: Runtime, user_id: str, job_id: str, *, with_items: bool = True
                   ) -> dict[str, Any]:
     if rt.core.keys.job(job_id) is None:
@@ -161,10 +166,7 @@ async def get_job(rt: Runtime, user_id: str, job_id: str, *, with_items: bool = 
     if job is not None:
         if job.user_id != user_id:
             raise NotFound(f"no job {job_id!r}")
-        view = job_view(rt, job, with_items)
-        if job.state == JobState.QUEUED:
-            view["queue_position"] = await Outbox(rt.core).queue_position(job_id)
-        return view
+        return await with_queue_position(rt, job_view(rt, job, with_items))
     async with rt.sessions() as session:
         row = await history_job(session, user_id, job_id)
     if row is None:
@@ -190,29 +192,6 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     if match is None:
         raise BadArgument("cursor is not one this API handed out")
     return int(match[1]), match[2]
-
-
-async def list_jobs(rt: Runtime, user_id: str, *, status: str | None, limit: int,
-                    cursor: str | None) -> dict[str, Any]:
-    before = decode_cursor(cursor) if cursor else None
-    # Live jobs of one user are few (the concurrency limit plus jobs awaiting their flush).
-    live: list[tuple[int, str, dict[str, Any]]] = []
-    for job in await rt.core.live_jobs(user_id):
-        key = (datetime_to_ms(job.created_at), job.id)
-        if (not status or job.state == status) and (before is None or key < before):
-            live.append((*key, job_view(rt, job, False)))
-    after = None if before is None else (ms_to_datetime(before[0]), before[1])
-    async with rt.sessions() as session:
-        rows = await history_page(session, user_id, limit=limit + 1, before=after, state=status)
-    seen = {job_id for _, job_id, _ in live}
-    merged = list(live)
-    for row in rows:
-        if row.id not in seen:
-            merged.append((datetime_to_ms(row.created_at), row.id, job_view(rt, row, False)))
-    merged.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
-    page = merged[:limit]
-    next_cursor = encode_cursor(page[-1][0], page[-1][1]) if len(merged) > limit else None
-    return {"items": [view for _, _, view in page], "next_cursor": next_cursor}
 
 
 async def _not_live(rt: Runtime, user_id: str, job_id: str) -> NoReturn:
@@ -252,7 +231,7 @@ async def execute(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
     # Also on a repeated execute: a crash right after the transition left nothing in RQ
     # (the sweeper would re-enqueue it later; a client's retry does it now, harmlessly).
     await dispatch(rt, job_id, job)
-    return job_view(rt, job, with_items=True)
+    return await with_queue_position(rt, job_view(rt, job, with_items=True))
 
 
 async def cancel(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:

@@ -76,7 +76,10 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if status == 400 and isinstance(exc.__cause__, SerializationException):
         return problem(400, MalformedJson.code, MalformedJson.title, exc.detail)
     error = _HTTP_ERRORS.get(status, TollgateError)
-    return problem(status, error.code, error.title, exc.detail)
+    response = problem(status, error.code, error.title, exc.detail)
+    if exc.headers and "allow" in {name.lower() for name in exc.headers}:
+        response.headers.update(exc.headers)  # a 405 names the methods (RFC 9110)
+    return response
 
 
 def _store_unreachable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

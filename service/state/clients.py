@@ -71,7 +71,18 @@ def is_standalone(client: Any) -> bool:
     return isinstance(client, AsyncRedis) and not isinstance(client, fakeredis.FakeAsyncRedis)
 
 
-def queue_redis(settings: Settings) -> redis.Redis:
+# RQ's connection, named here so nothing outside service.state imports redis.
+QueueConnection = redis.Redis
+# Whatever a Redis call raises (named here for the same reason).
+RedisError = redis.exceptions.RedisError
+# What a Redis call raises while the server is away: a ConnectionError (BusyLoadingError
+# too, while Redis starts) or a timeout. The API answers them with a 503.
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
+
+
+def queue_redis(settings: Settings) -> QueueConnection:
     """RQ's connection: standalone only (RQ has no Cluster support), raw bytes replies."""
     url = settings.queue_redis_url or settings.redis_url
     if url is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from service.errors import TollgateError
@@ -19,7 +18,15 @@ from service.state.fsm import JobState
 from service.state.keys import JobKeys, KeySpace, UserKeys
 from service.state.plans import Plan
 from service.state.reads import StateReads
-from service.state.records import JobRecord, LedgerEntry, UserRecord
+from service.state.replies import (
+    Balance,
+    BatchProgress,
+    DueWork,
+    FlushAttempt,
+    ItemReport,
+    JobProgress,
+    SlotUse,
+)
 from service.state.scripts import Script, load_scripts
 
 
@@ -32,81 +39,6 @@ def op_digest(op_id: str) -> str:
     names the op in the user's ops hash and ends the ledger id `grant:<uid>:<digest>`, which
     must fit credit_ledger.id for the longest user id."""
     return hashlib.sha256(op_id.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class JobProgress:
-    code: Code
-    state: str
-    done: int
-    failed: int
-    total: int
-    charged: int | None = None
-    refunded: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemReport:
-    """One entry of a batched report: the item's outcome under its callback key."""
-
-    callback_key: str
-    index: int
-    ok: bool
-    detail: str  # the output key, or the error
-
-
-@dataclass(frozen=True, slots=True)
-class BatchProgress:
-    code: Code
-    state: str
-    done: int
-    failed: int
-    total: int
-    counted: int
-    duplicates: int
-
-
-@dataclass(frozen=True, slots=True)
-class MoneySnapshot:
-    """What Redis holds of one user's money, read at one instant: the user record (None when
-    Redis has none), its jobs still in Redis, and its ledger entries not yet trimmed."""
-
-    user: UserRecord | None
-    jobs: list[JobRecord]
-    pending: list[LedgerEntry]
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    code: Code
-    available: int
-    reserved: int
-    spent: int
-    granted: int
-
-
-@dataclass(frozen=True, slots=True)
-class SlotUse:
-    code: Code
-    used: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class DueWork:
-    expired_holds: list[str]
-    expired_leases: list[str]
-    stale_queued: list[str]
-    due_flushes: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class FlushAttempt:
-    """A record SQL refused: its attempts so far, and whether it may be tried again."""
-
-    attempts: int
-    first_failed_ms: int
-    exhausted: bool
 
 
 def _check(reply: list[Any], script: str) -> Code:
@@ -438,42 +370,3 @@ class Core(StateReads):
         due: list[str] = await self.client.zrangebyscore(
             self.keys.bucket(bucket).ledger_retry, "-inf", now_ms(), start=0, num=limit)
         return due
-
-    async def counter_totals(self, fields: list[str]) -> dict[str, int]:
-        """Business counters summed over every bucket, in one pipeline."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for bucket in range(self.keys.buckets):
-                pipe.hmget(self.keys.bucket(bucket).counters, fields)
-            replies = await pipe.execute()
-        totals = dict.fromkeys(fields, 0)
-        for values in replies:
-            for name, value in zip(fields, values, strict=True):
-                totals[name] += int(value or 0)
-        return totals
-
-    async def user_exists(self, user_id: str) -> bool:
-        return bool(await self.client.exists(self.keys.user(user_id).base))
-
-    async def known_user_ids(self) -> list[str]:
-        """Every user Redis holds a record of, by SCAN: for operators' tools, not requests."""
-        found: set[str] = set()
-        async for key in self.client.scan_iter(match=f"{self.keys.prefix}:*:user:*",
-                                               count=1000):
-            user_id = key.partition(":user:")[2]
-            if user_id and ":" not in user_id:  # not one of the user's other keys
-                found.add(user_id)
-        return sorted(found)
-
-    async def money_snapshot(self, user_id: str) -> MoneySnapshot:
-        """The user record, its job index and its bucket's ledger list in one MULTI (one hash
-        slot: they share the bucket tag), then the jobs of that index."""
-        user = self.keys.user(user_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(user.base)
-            pipe.zrange(user.jobs, 0, -1)
-            pipe.lrange(user.bucket.ledger, 0, -1)
-            record, job_ids, raw_entries = await pipe.execute()
-        jobs = await self.jobs(list(job_ids))
-        entries = (LedgerEntry.from_json(raw) for raw in raw_entries)
-        return MoneySnapshot(UserRecord.from_redis(record), [job for job in jobs if job],
-                             [entry for entry in entries if entry.user_id == user_id])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from service.state.plans import PLANS, Plan
-from service.state.store import Core, JobProgress
+from service.state.replies import JobProgress
+from service.state.store import Core
 
 STEPS = (("created", "uploaded"), ("uploaded", "queued"), ("queued", "running"))
 LEASE_MS = 60_000

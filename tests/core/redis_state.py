@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.state.store import LIVE_STATES, Core
+from service.state.fsm import LIVE
+from service.state.store import Core
 
 
 async def balance(core: Core, user_id: str) -> dict[str, int]:
@@ -21,7 +22,7 @@ async def assert_balanced(core: Core, user_id: str, job_ids: list[str]) -> dict[
     held = 0
     for job_id in job_ids:
         job = await core.job_record(job_id)
-        if job.get("owner") == user_id and job["state"] in LIVE_STATES:
+        if job.get("owner") == user_id and job["state"] in LIVE:
             held += int(job["cost"])
     assert money["reserved"] == held, (money, held)
     return money

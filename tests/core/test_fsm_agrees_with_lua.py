@@ -13,7 +13,8 @@ from service.errors import TollgateError
 from service.state.codes import Code
 from service.state.fsm import LIVE, MOVES, JobState
 from service.state.plans import Plan
-from service.state.store import Core, JobProgress
+from service.state.replies import JobProgress
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, LEASE_MS, new_job, new_user, report
 
 Attempt = Callable[[Core, str, str, JobState, JobState], Awaitable[JobProgress]]

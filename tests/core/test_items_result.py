@@ -7,7 +7,8 @@ import pytest
 
 from service.errors import BadArgument, InvalidTransition, NotFound
 from service.state.codes import Code
-from service.state.store import BatchProgress, Core, ItemReport
+from service.state.replies import BatchProgress, ItemReport
+from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, LEASE_MS, new_job, new_user, report
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 

@@ -15,9 +15,10 @@ from service.history.queries import (
     history_job,
     history_page,
     insert_ledger,
-    job_row_from_redis,
     upsert_jobs,
 )
+from service.state.records import JobRecord
+from service.state.records import LedgerEntry as RedisLedgerEntry
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = 1_764_130_000_000  # ms
@@ -32,6 +33,12 @@ def redis_job(job_id: str, owner: str = "ann", *, created_ms: int = T0, total: i
         "started_at": str(created_ms + 100), "finished_at": str(created_ms + 500),
         "reason": "completed", "rule_id": "",
     }
+
+
+def job_row_from_redis(job: dict[str, str], items: dict[str, str], meta: str) -> dict[str, Any]:
+    record = JobRecord.from_redis(job, items, meta)
+    assert record is not None
+    return record.history_row()
 
 
 def job_row(job_id: str, owner: str = "ann", created_ms: int = T0) -> dict[str, Any]:
@@ -95,12 +102,12 @@ async def test_large_batches_split_into_statements_and_all_land(sessions: Sessio
 
 
 async def test_ledger_entries_insert_once_even_when_repeated(sessions: Sessions) -> None:
-    entries = [
+    entries = [RedisLedgerEntry.from_json(json.dumps(entry)).history_row() for entry in (
         {"id": "signup:ann", "user_id": "ann", "kind": "grant", "amount": 10, "reason": "signup",
          "at": T0},
         {"id": "j1:charge", "user_id": "ann", "kind": "charge", "amount": -2, "job_id": "j1",
          "at": T0 + 1},
-    ]
+    )]
     async with sessions() as session, session.begin():
         assert await insert_ledger(session, [*entries, entries[0]]) == 2
     async with sessions() as session, session.begin():

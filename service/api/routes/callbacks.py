@@ -16,7 +16,7 @@ from service.errors import BadArgument, InvalidTransition, NotFound, Unauthorize
 from service.runtime import Runtime
 from service.state.codes import Code
 from service.state.fsm import JobState
-from service.state.store import ItemReport, JobProgress
+from service.state.replies import ItemReport, JobProgress
 
 
 async def _apply_items(rt: Runtime, job_id: str, owner: str, data: CallbackIn
