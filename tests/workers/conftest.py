@@ -34,6 +34,7 @@ class FakeApi:
     close_on_heartbeat: bool = False
     close_after_items: int | None = None
     download_barrier: threading.Barrier | None = None
+    upload_barrier: threading.Barrier | None = None
     heartbeat_seen: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,6 +121,8 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
 
         def do_PUT(self) -> None:
             data = self._body()
+            if api.upload_barrier is not None:
+                api.upload_barrier.wait(timeout=30)
             with api.lock:
                 api.outputs[self.path.removeprefix("/out/")] = (
                     self.headers.get("Content-Type", ""), data)

@@ -102,6 +102,14 @@ def test_downloads_of_a_batch_run_side_by_side(fake_api: FakeApi,
     assert summary["ok"] == 4 and not fake_api.download_barrier.broken
 
 
+def test_uploads_of_a_batch_run_side_by_side(fake_api: FakeApi,
+                                             http: RetryingClient) -> None:
+    # Each upload waits until all four arrived: one at a time, the first would time out.
+    fake_api.upload_barrier = threading.Barrier(4)
+    summary = run(fake_api, http, passthrough, count=4)
+    assert summary["ok"] == 4 and not fake_api.upload_barrier.broken
+
+
 def test_a_retried_batch_repeats_the_same_item_keys(fake_api: FakeApi,
                                                     http: RetryingClient) -> None:
     run(fake_api, http, passthrough)
