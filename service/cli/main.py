@@ -142,6 +142,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from service.cli.audit import audit
+
+    settings = get_settings()
+    if settings.embedded_redis:
+        sys.exit("audit reads a shared Redis: set TOLLGATE_REDIS_URL")
+    return asyncio.run(audit(settings, args.user))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="failures: write them (or only failure ID) to SQL again, after "
                               "a fix; a written one leaves the list")
     inspect.set_defaults(run=cmd_inspect)
+
+    audit = sub.add_parser("audit", help="compare each user's credits in Redis with the SQL "
+                                         "ledger and job history; exit 1 on any difference")
+    audit.add_argument("--user", default=None, metavar="ID", help="check one user")
+    audit.set_defaults(run=cmd_audit)
     return parser
 
 
