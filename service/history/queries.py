@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, literal, select, tuple_
+from sqlalchemy import Select, Table, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,6 +92,12 @@ async def history_page(
     state: str | None = None,
 ) -> list[JobLog]:
     """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    query = history_page_query(user_id, limit=limit, before=before, state=state)
+    return list((await session.scalars(query)).all())
+
+
+def history_page_query(user_id: str, *, limit: int, before: tuple[datetime, str] | None,
+                       state: str | None) -> Select[tuple[JobLog]]:
     query = select(JobLog).where(JobLog.user_id == user_id)
     if state is not None:
         query = query.where(JobLog.state == state)
@@ -101,6 +107,5 @@ async def history_page(
         at, job_id = before
         query = query.where(tuple_(JobLog.created_at, JobLog.id) < tuple_(
             literal(at, JobLog.created_at.type), literal(job_id, JobLog.id.type)))
-    query = query.order_by(JobLog.created_at.desc(), JobLog.id.desc()).limit(limit)
-    return list((await session.scalars(query)).all())
+    return query.order_by(JobLog.created_at.desc(), JobLog.id.desc()).limit(limit)
 

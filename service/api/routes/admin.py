@@ -30,7 +30,11 @@ from service.state.codes import Code
 
 
 def admins_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    if not getattr(connection.user, "admin", False):
+    # Litestar's automatic OPTIONS answer (the allowed methods) runs without auth, so there
+    # is no user in its scope: `connection.user` would raise (a 500).
+    if connection.scope.get("method") == "OPTIONS":
+        return
+    if not getattr(connection.scope.get("user"), "admin", False):
         raise PermissionDeniedException("this endpoint needs a token with role=admin")
 
 

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api import jobs, rules
+from service.api import jobs, listing, rules
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
 from service.api.routes.deps import UserRequest
-from service.api.schemas import JobCreate, JobCreated, JobPage, JobView, body
+from service.api.schemas import JobCreate, JobCreated, JobPage, JobStatus, JobView, body
 from service.errors import (
     BadArgument,
     ConcurrencyLimit,
@@ -23,8 +23,6 @@ from service.errors import (
 )
 from service.runtime import Runtime
 
-Status = Literal["created", "uploaded", "queued", "running", "done", "failed", "canceled"]
-
 
 class JobsController(Controller):
     path = "/jobs"
@@ -35,11 +33,11 @@ class JobsController(Controller):
         self,
         request: UserRequest,
         rt: NamedDependency[Runtime],
-        status: FromQuery[Status | None] = None,
+        status: FromQuery[JobStatus | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Cursor = None,
     ) -> JobPage:
-        return body(JobPage, await jobs.list_jobs(rt, request.user.user_id, status=status,
+        return body(JobPage, await listing.list_jobs(rt, request.user.user_id, status=status,
                                                      limit=limit, cursor=cursor))
 
     @post("/", status_code=201, responses=refusals(

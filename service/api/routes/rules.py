@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from service.api import rules
+from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
-from service.api.schemas import RuleCreate
+from service.api.schemas import RuleCreate, RuleList, RuleView, body
+from service.errors import NotFound, RuleSlotsExhausted
 from service.runtime import Runtime
 
 
@@ -16,22 +16,23 @@ class RulesController(Controller):
     path = "/rules"
     tags = ["rules"]
 
-    @get("/")
+    @get("/", responses=refusals())
     async def list_rules(self, request: UserRequest, rt: NamedDependency[Runtime]
-                         ) -> dict[str, Any]:
-        return {"items": await rules.list_rules(rt, request.user.user_id)}
+                         ) -> RuleList:
+        return body(RuleList, {"items": await rules.list_rules(rt, request.user.user_id)})
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=refusals(RuleSlotsExhausted, json_body=True))
     async def create_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
-                          data: JSONBody[RuleCreate]) -> dict[str, Any]:
-        return await rules.create_rule(rt, request.user.user_id, data)
+                          data: JSONBody[RuleCreate]) -> RuleView:
+        return body(RuleView, await rules.create_rule(rt, request.user.user_id, data))
 
-    @get("/{rule_id:str}")
+    @get("/{rule_id:str}", responses=refusals(NotFound))
     async def get_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
-                       rule_id: FromPath[str]) -> dict[str, Any]:
-        return rules.rule_view(await rules.get_rule(rt, request.user.user_id, rule_id))
+                       rule_id: FromPath[str]) -> RuleView:
+        return body(RuleView,
+                    rules.rule_view(await rules.get_rule(rt, request.user.user_id, rule_id)))
 
-    @delete("/{rule_id:str}", status_code=204)
+    @delete("/{rule_id:str}", status_code=204, responses=refusals(NotFound))
     async def delete_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
                           rule_id: FromPath[str]) -> None:
         await rules.delete_rule(rt, request.user.user_id, rule_id)
