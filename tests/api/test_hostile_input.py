@@ -131,6 +131,20 @@ async def test_an_admin_path_id_outside_the_charset_is_422(client: Client) -> No
         assert_problem(response, 422, "validation_error")
 
 
+async def test_options_on_the_admin_routes_is_not_a_500(client: Client) -> None:
+    # Found by the fuzzer: the admin guard read a user Litestar's OPTIONS answer never has.
+    for path in ("/admin/users", "/admin/users/ann", "/admin/users/ann/credits"):
+        response = await client.options(path, headers=auth("root", admin=True))
+        assert response.status_code == 204, response.text
+        assert "POST" in response.headers["allow"] or "PATCH" in response.headers["allow"]
+
+
+async def test_a_405_names_the_allowed_methods(client: Client) -> None:
+    response = await client.request("TRACE", "/me", headers=auth(user()))
+    assert_problem(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+
+
 # --- Idempotency-Key -----------------------------------------------------------------------
 
 async def test_an_idempotency_key_over_200_characters_is_422(client: Client) -> None:
