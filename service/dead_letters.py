@@ -35,7 +35,7 @@ from service.history.failures import (
 )
 from service.history.queries import insert_ledger, upsert_jobs
 from service.settings import Settings
-from service.state.records import JobRecord, LedgerEntry
+from service.state.records import JOB_ID, JOB_OWNER, JobRecord, LedgerEntry
 from service.state.store import Core
 
 log = logging.getLogger("tollgate.flusher")
@@ -72,7 +72,7 @@ class Record:
 
     @property
     def owner(self) -> str:
-        return str(self.source.get("job", {}).get("owner", ""))
+        return str(self.source.get("job", {}).get(JOB_OWNER, ""))
 
     def row(self) -> dict[str, Any]:
         if self.kind == "ledger":
@@ -85,7 +85,7 @@ class Record:
 
 
 def job_record(job: dict[str, str], items: dict[str, str], meta: str | None) -> Record:
-    return Record("job", job["id"], {"job": job, "items": items, "meta": meta})
+    return Record("job", job[JOB_ID], {"job": job, "items": items, "meta": meta})
 
 
 def ledger_record(entry: str) -> Record:

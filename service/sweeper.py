@@ -40,6 +40,7 @@ from service.state.clients import state_redis
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.outbox import Outbox
+from service.state.records import JOB_STATE, JOB_TOTAL
 from service.state.store import Core
 from service.storage import Storage
 from service.webhooks import WebhookSender, sender_client
@@ -162,15 +163,15 @@ async def _flush_history(
 ) -> FlushStats:
     """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
     later or is set aside (service.dead_letters), and never holds up the rest."""
-    snapshots = await core.raw_job_snapshots(job_ids)
-    raw_entries = await core.ledger_head(bucket, ledger_limit)
-    retried = await core.ledger_retries_due(bucket, ledger_limit)
+    snapshots, raw_entries, retried = await asyncio.gather(
+        core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
+        core.ledger_retries_due(bucket, ledger_limit))
 
     jobs, vanished = [], []
     for job_id, (job, items, meta) in zip(job_ids, snapshots, strict=True):
         if not job:
             vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
-        elif job.get("state") in TERMINAL:
+        elif job.get(JOB_STATE) in TERMINAL:
             jobs.append(job_record(job, items, meta))
     entries = [ledger_record(raw) for raw in raw_entries]
     retries = [ledger_record(raw) for raw in retried]
@@ -184,7 +185,7 @@ async def _flush_history(
     # Only now, with the rows committed (or set aside), may the inputs and Redis records go.
     # A vanished job has no owner left; its index entry goes all the same.
     if storage is not None:
-        await delete_inputs(storage, [(r.record_id, int(r.source["job"].get("total") or 0))
+        await delete_inputs(storage, [(r.record_id, int(r.source["job"].get(JOB_TOTAL) or 0))
                                       for r in ended])
     owners = {record.record_id: record.owner for record in ended}
     await asyncio.gather(

@@ -33,6 +33,7 @@ import httpx
 from service.errors import NotFound, WebhookUrlNotAllowed
 from service.settings import Settings
 from service.state.codes import Code
+from service.state.fsm import JobState
 from service.state.outbox import Outbox
 from service.state.store import now_ms
 
@@ -138,7 +139,7 @@ def _as_of(view: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     total = int(view.get("total_items") or 0)
     view = {**view, "status": snapshot["status"], "done_items": done, "failed_items": failed,
             "progress": round((done + failed) / total, 4) if total else 0.0}
-    if snapshot["status"] != "queued":
+    if snapshot["status"] != JobState.QUEUED:
         view["queue_position"] = None
     return view
 

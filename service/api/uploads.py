@@ -16,6 +16,7 @@ from litestar import Request
 from service.contract import job_of_input_key
 from service.errors import InvalidTransition
 from service.runtime import Runtime
+from service.state.fsm import JobState
 
 
 async def check_upload(request: Request[Any, Any, Any], key: str) -> None:
@@ -23,9 +24,9 @@ async def check_upload(request: Request[Any, Any, Any], key: str) -> None:
     if job_id is None:
         return  # a worker's output: its signature alone decides
     runtime: Runtime = request.app.state.runtime
-    job = await runtime.core.job_record(job_id)
-    state = job.get("state")
-    if state is None:  # flushed to history: finished long ago
+    job = await runtime.core.job(job_id)
+    if job is None:  # flushed to history: finished long ago
         raise InvalidTransition("uploads are closed: the job has finished")
-    if state != "created":
-        raise InvalidTransition(f"uploads are closed: the job is {state}", job_status=state)
+    if job.state != JobState.CREATED:
+        raise InvalidTransition(f"uploads are closed: the job is {job.state}",
+                                job_status=str(job.state))

@@ -15,7 +15,8 @@ from urllib.parse import urljoin
 import httpx
 from PIL import Image, ImageDraw
 
-TERMINAL = frozenset({"done", "failed", "canceled"})
+from service.state.fsm import TERMINAL
+
 POLL_INTERVAL_S = 0.25
 BAR_WIDTH = 30
 

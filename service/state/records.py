@@ -16,6 +16,8 @@ from typing import Any, overload
 from service.state.fsm import JobState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Job hash fields read before a record is converted (the flusher keeps refused ones raw).
+JOB_ID, JOB_OWNER, JOB_STATE, JOB_TOTAL = "id", "owner", "state", "total"
 # What item_result.lua stores per item index: 'ok:<output key>' or 'failed:<error>'.
 ITEM_OK, ITEM_FAILED, ITEM_PENDING = "ok", "failed", "pending"
 
@@ -113,10 +115,10 @@ class JobRecord:
         """None for an empty hash (no such job); items only when `outcomes` is given."""
         if not job:
             return None
-        total = _int(job, "total")
+        total = _int(job, JOB_TOTAL)
         created_at = ms_to_datetime(job.get("created_at")) or datetime.now(UTC)
         return cls(
-            id=job["id"], user_id=job["owner"], state=JobState(job["state"]),
+            id=job[JOB_ID], user_id=job[JOB_OWNER], state=JobState(job[JOB_STATE]),
             total_items=total, done_items=_int(job, "done"), failed_items=_int(job, "failed"),
             price=_int(job, "price"), cost=_int(job, "cost"), charged=_int(job, "charged"),
             refunded=_int(job, "refunded"), rule_id=job.get("rule_id") or None,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from itertools import product
+from typing import get_args
 
+from service.api.schemas import JobStatus
 from service.errors import TollgateError
 from service.state.codes import Code
 from service.state.fsm import LIVE, MOVES, JobState
@@ -103,3 +105,7 @@ async def test_every_move_the_scripts_make_is_in_moves_and_no_other(core: Core) 
 def test_moves_cover_every_state_and_terminal_states_never_move() -> None:
     assert set(MOVES) == set(JobState)
     assert all(not MOVES[state] for state in JobState if state not in LIVE)
+
+
+def test_the_api_status_names_exactly_the_job_states() -> None:
+    assert set(get_args(JobStatus)) == set(JobState)
