@@ -106,7 +106,8 @@ async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
             except TimeoutError:
-                yield ServerSentEventMessage(comment="keep-alive")
+                # data=None: a comment only (an empty data line would be an event)
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
             changed.clear()
             latest = await get_job(rt, user_id, job_id, with_items=False)
