@@ -6,6 +6,7 @@
 -- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
 -- KEYS[7] bucket flush  KEYS[8] bucket ledger
 -- KEYS[9] job webhook log  KEYS[10] bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[11] bucket counters tg:{b}:counters (includes/stats.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner  ARGV[3] reason  ARGV[4] now ms  ARGV[5] flush due ms
 -- ARGV[6] allowed from states, comma separated, or '' for any live state
@@ -13,6 +14,7 @@
 -- Returns {code, state, done, failed, total, charged, refunded} with code one of
 --   'ok' | 'already' (already canceled) | 'invalid_transition' (done/failed, or not an
 --   allowed from state) | 'not_found' | 'bad_argument'
+--   | 'wrong_type' (a key holds another type: nothing written)
 -- @include finish_job
 local job_id, owner, reason = ARGV[1], ARGV[2], ARGV[3]
 local now, flush_due = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -33,7 +35,10 @@ if TERMINAL[state] or (allowed and not allowed[state]) then
 end
 
 local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
-  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10]}
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
+  stats = KEYS[11]}
+local bad = finish_job_wrong_type(k)
+if bad then return {'wrong_type', bad} end
 local charge, refund = finish_job(k, job_id, owner, 'canceled', reason, now, flush_due,
   tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
 return {'ok', 'canceled', job[3], job[4], job[5], charge, refund}

@@ -4,6 +4,7 @@
 -- KEYS[1] user hash      tg:{b}:user:<uid>
 -- KEYS[2] user ops       tg:{b}:user:<uid>:ops  (hash op id -> amount, applied admin ops)
 -- KEYS[3] bucket ledger  tg:{b}:ledger
+-- KEYS[4] bucket counters tg:{b}:counters (includes/stats.lua: credits:granted | revoked)
 --
 -- ARGV[1] user id  ARGV[2] operation id  ARGV[3] amount (integer, may be negative)
 -- ARGV[4] reason   ARGV[5] now ms
@@ -11,6 +12,7 @@
 -- Returns {code, available, reserved, spent, granted} with code one of
 --   'ok' | 'already' | 'not_found' | 'insufficient_credits' (a removal below zero)
 --   | 'bad_argument'
+-- @include stats
 local amount, now = tonumber(ARGV[3]), tonumber(ARGV[5])
 if not amount or amount % 1 ~= 0 or not now then return {'bad_argument', 'amount'} end
 local user = redis.call('HMGET', KEYS[1], 'available', 'reserved', 'spent', 'granted')
@@ -25,4 +27,6 @@ redis.call('HSET', KEYS[1], 'available', available, 'granted', granted)
 redis.call('HSET', KEYS[2], 'grant:' .. ARGV[2], amount)
 redis.call('RPUSH', KEYS[3], cjson.encode({id = 'grant:' .. ARGV[1] .. ':' .. ARGV[2],
   user_id = ARGV[1], kind = 'grant', amount = amount, reason = ARGV[4], at = now}))
+if amount > 0 then stats_add(KEYS[4], 'credits:granted', amount) end
+if amount < 0 then stats_add(KEYS[4], 'credits:revoked', 0 - amount) end
 return {'ok', available, user[2], user[3], granted}

@@ -6,6 +6,7 @@
 -- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
 -- KEYS[7] bucket flush  KEYS[8] bucket ledger
 -- KEYS[9] job webhook log  KEYS[10] bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[11] bucket counters tg:{b}:counters (includes/stats.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner  ARGV[3] to state ('done' | 'failed')
 -- ARGV[4] allowed from states, comma separated (e.g. 'queued,running')
@@ -14,6 +15,7 @@
 -- Returns {code, state, done, failed, total, charged, refunded} with code one of
 --   'ok' | 'already' (already in the target state) | 'invalid_transition' | 'not_found'
 --   | 'bad_argument'
+--   | 'wrong_type' (a key holds another type: nothing written)
 -- @include finish_job
 local job_id, owner, to, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local now, flush_due = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -35,7 +37,10 @@ if not allowed[state] then
 end
 
 local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
-  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10]}
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
+  stats = KEYS[11]}
+local bad = finish_job_wrong_type(k)
+if bad then return {'wrong_type', bad} end
 local charge, refund = finish_job(k, job_id, owner, to, reason, now, flush_due,
   tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
 return {'ok', to, job[3], job[4], job[5], charge, refund}

@@ -45,6 +45,7 @@ METRIC_NAMES: dict[str, frozenset[str]] = {
     "tollgate_requests_total": _HTTP_LABELS,
     "tollgate_request_duration_seconds": _HTTP_LABELS,
     "tollgate_requests_error_total": _HTTP_LABELS,
+    "tollgate_requests_in_progress": frozenset({"method", "path", "app_name"}),
     "tollgate_jobs_total": frozenset({"model", "status"}),
     "tollgate_items_total": frozenset({"model", "outcome"}),
     "tollgate_credits_total": frozenset({"kind"}),

@@ -9,6 +9,8 @@ JSON under RQ's JSONSerializer (no pickle in Redis); every worker must use the s
 
 from __future__ import annotations
 
+from typing import Any
+
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -87,3 +89,11 @@ def enqueue_job(
         except DuplicateJobError:
             continue
     return ids
+
+
+def queue_depths(connection: Any, names: list[str]) -> dict[str, int]:
+    """Jobs waiting in each RQ queue (LLEN of its list), in one round trip. Synchronous."""
+    pipe = connection.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+    return {name: int(depth) for name, depth in zip(names, pipe.execute(), strict=True)}
