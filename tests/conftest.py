@@ -17,10 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# The shared Redis of the tests (only ever touched under a key prefix of the test's own);
+# tests that FLUSHALL, SCRIPT FLUSH or kill a Redis start their own (`own_redis`).
+REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_DSN = os.environ.get("TOLLGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE = os.environ.get("TOLLGATE_REQUIRE_SERVICES") == "1"
 
@@ -62,11 +65,49 @@ def key_prefix() -> str:
     return f"tgt{uuid.uuid4().hex[:10]}"
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+
 @pytest.fixture
 def redis_url() -> str:
-    where = f"{REDIS_HOST}:{REDIS_PORT}"
-    need("Redis", _port_open(REDIS_HOST, REDIS_PORT), f"nothing listens on {where}")
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+    host, port = _host_port(REDIS_URL)
+    need("Redis", _port_open(host, port), f"nothing listens on {host}:{port}")
+    return REDIS_URL if urlsplit(REDIS_URL).path.strip("/") else f"{REDIS_URL.rstrip('/')}/0"
+
+
+class OwnRedis:
+    """A redis-server of the test's own on a free port, without persistence: one it may
+    kill, restart, FLUSHALL or SCRIPT FLUSH (never the shared one)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    need("redis-server", shutil.which("redis-server") is not None, "it is not on PATH")
+    server = OwnRedis(free_port())
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

@@ -5,52 +5,17 @@ recover by themselves)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from service.api.auth import issue_token
 from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.api.conftest import SECRET, ServerThread
-from tests.conftest import free_port, need, wait_for_port
+from tests.conftest import OwnRedis, free_port
 
 JOB = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}]}
-
-
-class OwnRedis:
-    """A redis-server of this test's own, without persistence, that can be killed."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    need("redis-server", shutil.which("redis-server") is not None, "it is not on PATH")
-    server = OwnRedis(free_port())
-    server.start()
-    yield server
-    server.kill()
 
 
 async def test_a_redis_crash_answers_503_then_the_api_recovers_without_a_restart(
