@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.jobs import decode_cursor, encode_cursor, job_view
+from service.api.jobs import decode_cursor, encode_cursor, job_view, with_queue_position
 from service.history.queries import history_page
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL
@@ -60,4 +60,6 @@ async def list_jobs(rt: Runtime, user_id: str, *, status: str | None, limit: int
         next_cursor = encode_cursor(*floor)
     else:
         next_cursor = None
-    return {"items": [job_view(rt, job, False) for _, job in page], "next_cursor": next_cursor}
+    # Queued jobs are at most the plan's concurrency: their places cost a read each.
+    items = [await with_queue_position(rt, job_view(rt, job, False)) for _, job in page]
+    return {"items": items, "next_cursor": next_cursor}

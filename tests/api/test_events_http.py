@@ -112,8 +112,26 @@ async def test_queued_jobs_show_their_place_and_every_job_its_links(api: Api) ->
     assert created["links"] == {"self": base, "events": f"{base}/events",
                                 "cancel": f"{base}/cancel"}
 
+    listed = await api.client.get("/jobs", headers=api.auth(user))
+    places = {job["id"]: job["queue_position"] for job in listed.json()["items"]}
+    assert places == {first["id"]: 0, second["id"]: 1, created["id"]: None}
+
     await report_item(api, first["id"], user, 0)  # done: the second moves up
     response = await api.client.get(f"/jobs/{second['id']}", headers=api.auth(user))
     assert response.json()["queue_position"] == 0
     response = await api.client.get(f"/jobs/{first['id']}", headers=api.auth(user))
     assert response.json()["queue_position"] is None
+
+
+async def test_a_stream_on_the_embedded_defaults(embedded_api: Api) -> None:
+    api = embedded_api
+    user = api.user()
+    job = await create_job(api, user, 1)
+    events: list[tuple[float, dict[str, Any]]] = []
+    first = asyncio.Event()
+    reader = asyncio.create_task(read_events(api, user, job["id"], events, first))
+    await asyncio.wait_for(first.wait(), 5)
+    canceled = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
+    assert canceled.status_code == 200
+    await asyncio.wait_for(reader, 10)
+    assert [e["data"]["status"] for _, e in events] == ["created", "canceled"]
