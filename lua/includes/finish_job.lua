@@ -7,6 +7,13 @@
 -- (hooks, webhooks: the outbox keys of includes/outbox.lua; the 'completed' event)
 -- @include outbox
 -- @include stats
+-- @include key_types
+-- Callers check this before their first write: the position of the first key of `k` that
+-- holds another type than finish_job writes, or nil.
+local function finish_job_wrong_type(k)
+  return wrong_type({{k.job, 'hash'}, {k.user, 'hash'}, {k.active, 'set'}, {k.holds, 'zset'},
+    {k.leases, 'zset'}, {k.queued, 'zset'}, {k.flush, 'zset'}, {k.ledger, 'list'}})
+end
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
   local charge = done * price
   if charge > cost then charge = cost end

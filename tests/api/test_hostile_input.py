@@ -323,6 +323,31 @@ async def test_reserve_on_a_wrong_typed_key_writes_nothing(core: Core) -> None:
     assert (await core.user_record("victim62"))["reserved"] == "2"
 
 
+@pytest.mark.parametrize("finish", ["cancel", "settle"])
+async def test_finishing_a_job_on_a_wrong_typed_key_writes_nothing(core: Core,
+                                                                    finish: str) -> None:
+    assert await core.ensure_user("victim62", PLANS["free"], 10)
+    job_id = core.keys.new_job_id("victim62")
+    await core.reserve(job_id=job_id, user_id="victim62", total=2, price=1,
+                       hold_ttl_ms=60_000, meta_json="[]")
+    await core.transition(job_id, "created", "uploaded", owner="victim62")
+    await core.transition(job_id, "uploaded", "queued", owner="victim62")
+    user_keys = core.keys.user("victim62")
+    await core.client.delete(user_keys.active)
+    await core.client.hset(user_keys.active, "plan", "free")  # a hash where a set belongs
+    user_before = await core.user_record("victim62")
+    job_before = await core.job_record(job_id)
+    with pytest.raises(Exception) as raised:
+        if finish == "cancel":
+            await core.cancel(job_id, "victim62", reason="user", flush_delay_ms=0)
+        else:
+            await core.settle(job_id, "victim62", "failed", reason="x", flush_delay_ms=0)
+    assert await core.user_record("victim62") == user_before
+    assert await core.job_record(job_id) == job_before
+    assert getattr(raised.value, "code", None) == "internal_error"
+    assert "wrong_type" in str(raised.value)
+
+
 # --- SQL outage ----------------------------------------------------------------------------
 
 @pytest.fixture
