@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from service.cli.demo import progress_bar, run_demo
+from service.client import Job
 
 TOKEN = "user-token"
 
@@ -32,9 +33,9 @@ class ScriptedApi:
         status = self.final_status if finished else "running"
         done = 8 if finished and status == "done" else min(self.polls * 3, 8)
         return {"id": "J-1", "status": status, "total_items": 8, "done_items": done,
-                "failed_items": 0, "cost": 8, "charged": done if finished else None,
-                "refunded": 8 - done if finished else None,
-                "items": [{"index": i, "status": "done", "result_url": f"http://r/{i}"}
+                "failed_items": 0, "cost": 8, "charged": done if finished else 0,
+                "refunded": 8 - done if finished else 0,
+                "items": [{"index": i, "status": "ok", "result_url": f"http://r/{i}"}
                           for i in range(8)]}
 
 
@@ -151,6 +152,6 @@ def test_unreachable_api_is_a_clear_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_progress_bar_counts_done_and_failed() -> None:
-    bar = progress_bar({"total_items": 4, "done_items": 1, "failed_items": 1,
-                        "status": "running"})
+    bar = progress_bar(Job(id="J", total_items=4, done_items=1, failed_items=1,
+                           status="running"))
     assert bar == "[" + "#" * 15 + "." * 15 + "] 2/4 running"

@@ -1,0 +1,30 @@
+"""tollgate's Python client, sync and async, on httpx. It imports nothing of the server
+(an import-linter contract keeps it so): copy or vendor it freely.
+
+    from service.client import Tollgate
+    with Tollgate("http://127.0.0.1:8000", token) as tg:
+        job = tg.run(["cat.png", "dog.png"])
+"""
+
+from service.client.aio import AsyncTollgate
+from service.client.problems import (
+    ConcurrencyLimit,
+    InsufficientCredits,
+    InvalidTransition,
+    NotFound,
+    ProblemError,
+    Unauthorized,
+    Unavailable,
+    UploadsMissing,
+    ValidationFailed,
+)
+from service.client.sync import Tollgate
+from service.client.views import Item, Job, JobEvent, JobPage, Upload
+from service.client.webhooks import WebhookVerificationError, sign_webhook, verify_webhook
+
+__all__ = [
+    "AsyncTollgate", "ConcurrencyLimit", "InsufficientCredits", "InvalidTransition", "Item",
+    "Job", "JobEvent", "JobPage", "NotFound", "ProblemError", "Tollgate", "Unauthorized",
+    "Unavailable", "Upload", "UploadsMissing", "ValidationFailed", "WebhookVerificationError",
+    "sign_webhook", "verify_webhook",
+]

@@ -1,0 +1,132 @@
+"""The asyncio client: `AsyncTollgate(url, token)`, the same calls as Tollgate, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from service.client.files import FileSpec, backoff, read_files
+from service.client.problems import raise_for_problem
+from service.client.sse import EventParser
+from service.client.sync import job_body, key_header
+from service.client.views import Job, JobEvent, JobPage, Upload, as_job
+
+
+class AsyncTollgate:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                      transport=transport,
+                                      headers={"Authorization": f"Bearer {token}"})
+        self.storage = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncTollgate:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.storage.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.http.request(method, path, **kwargs)
+        raise_for_problem(response)
+        return response.json() if response.content else None
+
+    async def me(self) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call("GET", "/me")
+        return body
+
+    async def create(self, files: Sequence[FileSpec], *, rule_id: str | None = None,
+                     model: str | None = None, params: dict[str, Any] | None = None,
+                     webhook: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> Job:
+        items, contents = read_files(files)
+        job = as_job(await self._call("POST", "/jobs", headers=key_header(idempotency_key),
+                                      json=job_body(items, rule_id, model, params, webhook)))
+        await self.upload(job.uploads, contents)
+        return job
+
+    async def upload(self, uploads: Sequence[Upload], contents: Sequence[bytes]) -> None:
+        async def one(upload: Upload) -> None:
+            response = await self.storage.request(
+                upload.method, urljoin(self.base_url + "/", upload.url), headers=upload.headers,
+                content=contents[upload.index])
+            raise_for_problem(response)
+
+        await asyncio.gather(*(one(upload) for upload in uploads))
+
+    async def confirm(self, job_id: str) -> Job:
+        return as_job(await self._call("POST", f"/jobs/{job_id}/confirm-upload"))
+
+    async def execute(self, job_id: str) -> Job:
+        return as_job(await self._call("POST", f"/jobs/{job_id}/execute"))
+
+    async def get(self, job_id: str) -> Job:
+        return as_job(await self._call("GET", f"/jobs/{job_id}"))
+
+    async def cancel(self, job_id: str) -> Job:
+        return as_job(await self._call("POST", f"/jobs/{job_id}/cancel"))
+
+    async def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0,  # noqa: ASYNC109
+                  **create: Any) -> Job:
+        job = await self.create(files, **create)
+        await self.confirm(job.id)
+        await self.execute(job.id)
+        return await self.wait(job.id, timeout=timeout)
+
+    async def wait(self, job_id: str, *, timeout: float = 600.0,  # noqa: ASYNC109
+                   initial_delay: float = 0.2,
+                   max_delay: float = 5.0, factor: float = 1.5) -> Job:
+        deadline = time.monotonic() + timeout
+        for delay in backoff(initial_delay, factor, max_delay):
+            job = await self.get(job_id)
+            if job.finished:
+                return job
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        async with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=timeout,
+                                    headers={"Accept": "text/event-stream"}) as response:
+            if response.is_error:
+                await response.aread()
+                raise_for_problem(response)
+            parser = EventParser()
+            async for line in response.aiter_lines():
+                event = parser.feed(line)
+                if event is not None and event.event == "job":
+                    yield JobEvent(id=event.id, job=as_job(json.loads(event.data)))
+
+    async def page(self, *, status: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> JobPage:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        data = await self._call("GET", "/jobs", params=params)
+        return JobPage(items=[as_job(job) for job in data["items"]],
+                       next_cursor=data.get("next_cursor"))
+
+    async def list(self, *, status: str | None = None, limit: int = 50) -> AsyncIterator[Job]:
+        cursor: str | None = None
+        while True:
+            page = await self.page(status=status, limit=limit, cursor=cursor)
+            for job in page.items:
+                yield job
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
