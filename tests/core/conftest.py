@@ -83,7 +83,7 @@ def server_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def server_core(server_backend: str, request: pytest.FixtureRequest, key_prefix: str) -> Core:
     """A Core on a real server only (standalone, standalone auto-pipelined as the API runs
-    it, or cluster): races and SCRIPT FLUSH."""
+    it, or cluster): races. (SCRIPT FLUSH runs on a Redis of its own: test_script_flush.)"""
     fixture = {"real": "real_redis", "pipelined": "real_redis",
                "cluster": "cluster_redis"}[server_backend]
     return Core(request.getfixturevalue(fixture), KeySpace(key_prefix, BUCKETS),

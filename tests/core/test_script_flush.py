@@ -1,17 +1,26 @@
 """The script cache empties on restart, failover and SCRIPT FLUSH: every call must still work
-(EVALSHA gets NOSCRIPT and falls back to EVAL on whichever node owns the keys)."""
+(EVALSHA gets NOSCRIPT and falls back to EVAL on whichever node owns the keys).
+
+SCRIPT FLUSH runs only on a Redis the tests started: a redis-server of this test's own
+(plain and auto-pipelined) or the session's 3-node cluster, never the shared Redis."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from service.state.codes import Code
+from service.state.keys import KeySpace
 from service.state.plans import PLANS
 from service.state.scripts import Script
 from service.state.store import Core
+from tests.conftest import OwnRedis
+from tests.core.conftest import BUCKETS
 from tests.core.job_setup import FLUSH_MS, HOLD_MS
 from tests.core.redis_state import assert_balanced
 
@@ -44,8 +53,22 @@ async def flushed(core: Core) -> Core:
     return core
 
 
-async def test_every_call_works_on_an_empty_script_cache(server_core: Core) -> None:
-    core = with_private_scripts(server_core)
+@pytest.fixture
+async def own_client(own_redis: OwnRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(own_redis.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["own", "own-pipelined", "cluster"])
+def flushable_core(request: pytest.FixtureRequest, key_prefix: str) -> Core:
+    fixture = "cluster_redis" if request.param == "cluster" else "own_client"
+    return Core(request.getfixturevalue(fixture), KeySpace(key_prefix, BUCKETS),
+                autopipeline=request.param == "own-pipelined")
+
+
+async def test_every_call_works_on_an_empty_script_cache(flushable_core: Core) -> None:
+    core = with_private_scripts(flushable_core)
     await (await flushed(core)).ping()
     assert await (await flushed(core)).ensure_user("ann", PLANS["free"], 100) is True
     assert (await (await flushed(core)).grant("ann", "op-1", 50, "promo")).code is Code.OK
