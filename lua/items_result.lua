@@ -57,7 +57,7 @@ for i = 0, n - 1 do
   if not callback_seen(ring, ARGV[base]) then fresh = fresh + 1 end
 end
 if fresh == 0 then return {'duplicate', state, done, failed, total, 0, n} end
-if false then
+if state ~= 'queued' and state ~= 'running' then
   return {'invalid_transition', state, done, failed, total}
 end
 

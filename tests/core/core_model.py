@@ -124,6 +124,38 @@ class CoreModel:
             self._finish(job_id, "done" if job.done else "failed")
         return "ok"
 
+    def items_result(self, job_id: str, entries: list[tuple[str, int, bool]]
+                     ) -> tuple[str, int, int]:
+        """(code, counted, duplicates) of a batched report: every entry checked first, then
+        each counted as item_result would."""
+        job = self.jobs[job_id]
+        if any(index >= job.total for _, index, _ in entries):
+            return "bad_argument", 0, 0
+        if all(key in job.callback_keys for key, _, _ in entries):
+            return "duplicate", 0, len(entries)
+        if job.state not in ("queued", "running"):
+            return "invalid_transition", 0, 0
+        counted = 0
+        for key, index, ok in entries:
+            if key in job.callback_keys:
+                continue
+            job.callback_keys.append(key)
+            if index in job.items:
+                continue
+            counted += 1
+            job.items[index] = ok
+            if ok:
+                job.done += 1
+            else:
+                job.failed += 1
+        if counted == 0:
+            return "duplicate", 0, len(entries)
+        if job.done + job.failed < job.total:
+            job.state = "running"
+        else:
+            self._finish(job_id, "done" if job.done else "failed")
+        return "ok", counted, len(entries) - counted
+
     def settle(self, job_id: str, to_state: str, from_states: tuple[str, ...]) -> str:
         job = self.jobs[job_id]
         if job.state == to_state:

@@ -27,7 +27,7 @@ from service.errors import TollgateError
 from service.state.codes import ERRORS
 from service.state.keys import KeySpace
 from service.state.plans import PLANS, Plan
-from service.state.store import Core
+from service.state.store import Core, ItemReport
 from tests.core.core_model import LIVE, STEPS, CoreModel
 
 USERS = ("ann", "bob", "cy")
@@ -159,6 +159,27 @@ class CoreMachine(RuleBasedStateMachine):
                 lease_ms=60_000, flush_delay_ms=5_000,
             ))
             assert code == self.model.item_result(job_id, key, index, ok)
+
+    @rule(job_id=jobs, entries=st.lists(
+        st.tuples(st.sampled_from(["c0", "c1", "c2", "new"]), st.integers(0, 4), st.booleans()),
+        min_size=1, max_size=6,
+    ))
+    def batched_report(self, job_id: str, entries: list[tuple[str, int, bool]]) -> None:
+        """A worker's batch in one call (items_result), with the same mix as item_results."""
+        owner = self.model.jobs[job_id].owner
+        reports = []
+        for key, index, ok in entries:
+            if key == "new":
+                self.fresh_keys += 1
+                key = f"new-{self.fresh_keys}"
+            reports.append((key, index, ok))
+        code, reply = self.outcome(self.core.items_result(
+            job_id, owner, [ItemReport(key, index, ok, "d") for key, index, ok in reports],
+            lease_ms=60_000, flush_delay_ms=5_000))
+        expected = self.model.items_result(job_id, reports)
+        assert code == expected[0]
+        if code in ("ok", "duplicate"):
+            assert (reply.counted, reply.duplicates) == expected[1:]
 
     @rule(job_id=jobs, to_state=st.sampled_from(["done", "failed"]),
           from_states=st.sampled_from([("queued", "running"), ("running",), ("created",)]))
