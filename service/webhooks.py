@@ -35,13 +35,14 @@ from service.settings import Settings
 from service.state.codes import Code
 from service.state.fsm import JobState
 from service.state.outbox import Outbox
+from service.state.records import iso_z, ms_to_datetime
 from service.state.store import now_ms
 
 log = logging.getLogger("tollgate.webhooks")
 
 EVENTS = ("started", "progress", "completed")
 DEFAULT_EVENTS = ("completed",)
-# Seconds before each retry: the first within 10 s, the last attempt ~31.7 h after the first.
+# Seconds before each retry: the first within 10 s, the last attempt ~39.7 h after the first.
 RETRY_DELAYS_S = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800, 28800, 28800)
 DELIVERIES_IN_FLIGHT = 16
 SECRET_BYTES = 24
@@ -115,15 +116,11 @@ def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict[st
     return pinned, {"host": host_header}, extensions
 
 
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
 def log_entry(record: dict[str, Any]) -> dict[str, Any]:
     """One delivery as GET /jobs/{id}/webhooks shows it."""
     def at(field: str) -> str | None:
         value = record.get(field)
-        return iso_ms(int(value)) if isinstance(value, int | float) else None
+        return iso_z(ms_to_datetime(int(value))) if isinstance(value, int | float) else None
 
     return {"id": record["id"], "type": record["type"], "attempts": int(record["attempts"]),
             "last_status": record.get("last_status"), "delivered_at": at("delivered_at"),
@@ -197,7 +194,8 @@ class WebhookSender:
         if view is None:
             return None
         at = int((record.get("snapshot") or {}).get("at") or record["created_at"])
-        payload = {"type": record["type"], "timestamp": iso_ms(at), "data": _as_of(view, record)}
+        payload = {"type": record["type"], "timestamp": iso_z(ms_to_datetime(at)),
+                   "data": _as_of(view, record)}
         return json.dumps(payload, separators=(",", ":")).encode()
 
     async def attempt(self, delivery_id: str) -> bool:

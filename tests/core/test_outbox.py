@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from service.errors import NotFound
 from service.state.outbox import Outbox
 from service.state.store import Core, now_ms
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, LEASE_MS, new_user, report
@@ -149,3 +152,23 @@ async def test_claim_postpones_and_result_is_counted_once(core: Core) -> None:
     assert await due(core, job_id) == {}
     assert 0 < await core.client.pttl(core.job_keys(job_id).webhooks) <= 60_000
     assert await outbox.outcomes() == {"failed": 1, "delivered": 1}
+
+
+async def test_a_delivery_that_gave_up_leaves_the_due_index(core: Core) -> None:
+    outbox = Outbox(core)
+    user = await new_user(core, "u-gave-up")
+    job_id = await hooked_job(core, user, ("completed",))
+    await core.cancel(job_id, user, reason="user", flush_delay_ms=FLUSH_MS)
+    delivery = f"{job_id}.completed"
+    await outbox.result(delivery, "gave_up", attempts_seen=0, status=None, log_ttl_ms=60_000)
+    record = (await log_of(outbox, job_id))[delivery]
+    assert record["gave_up_at"] and "next_attempt_at" not in record
+    assert "last_status" not in record  # nothing answered
+    assert await due(core, job_id) == {}
+    assert await outbox.outcomes() == {"gave_up": 1}
+    # A delivery whose log is gone only leaves the due index.
+    await core.client.zadd(core.job_keys(job_id).bucket.webhooks, {f"{job_id}.started": 1})
+    with pytest.raises(NotFound):
+        await outbox.result(f"{job_id}.started", "delivered", attempts_seen=0, status=200,
+                            log_ttl_ms=60_000)
+    assert await due(core, job_id) == {}
