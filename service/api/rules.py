@@ -20,15 +20,15 @@ from service.errors import NotFound, RuleSlotsExhausted
 from service.history.models import Rule
 from service.runtime import Runtime
 from service.state.keys import is_sortable_id, new_sortable_id
+from service.state.records import iso_z
 
 # A 'pending' row younger than this may belong to a request still in flight.
 PENDING_GRACE = timedelta(seconds=30)
 
 
 def rule_view(rule: Rule) -> dict[str, Any]:
-    created = rule.created_at
     return {"id": rule.id, "name": rule.name, "params": rule.params,
-            "created_at": created.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+            "created_at": iso_z(rule.created_at)}
 
 
 async def repair_rules(rt: Runtime, user_id: str) -> None:

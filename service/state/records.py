@@ -40,6 +40,10 @@ def datetime_to_ms(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
+@overload
+def iso_z(value: datetime) -> str: ...
+@overload
+def iso_z(value: datetime | None) -> str | None: ...
 def iso_z(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a 'Z', as the API shows every time (a naive time is UTC)."""
     if value is None:
