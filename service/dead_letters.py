@@ -6,7 +6,8 @@ split in halves, and halves of those, until each refused record is alone in a tr
 of its own: only the refused ones stay behind, the rest of the bucket lands in the same
 pass. A refused record comes back after a growing delay, its attempts counted in Redis;
 after TOLLGATE_FLUSH_ATTEMPTS it is set aside in the flush_failures table, leaves Redis,
-counts in tollgate_flush_failures_total and is logged once. `tollgate inspect failures --retry` writes it again after a fix.
+counts in tollgate_flush_failures_total and is logged once. `tollgate inspect failures
+--retry` writes it again after a fix.
 
 Only refusals of the record itself are set aside. A lost connection, a deadlock or a bug
 raises as before: the pass fails and its work is redone, nothing is set aside for it.
