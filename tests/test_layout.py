@@ -1,7 +1,11 @@
-"""The shape of the code: no module grows past what a reader takes in at once."""
+"""The shape of the code: modules a reader takes in at once, and Redis behind service.state.
+
+Imports of redis and fakeredis are held to service.state by an import-linter contract
+(pyproject.toml); this catches the other way in, Core's client used from outside."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,3 +19,14 @@ def test_no_module_in_service_or_workers_is_over_400_lines() -> None:
     too_long = {str(path.relative_to(ROOT)): lines for path in modules
                 if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert too_long == {}
+
+
+def test_only_service_state_uses_the_redis_client_of_core() -> None:
+    raw_call = re.compile(r"\bcore\.(client|runner)\b")
+    outside = [path for path in sorted((ROOT / "service").rglob("*.py"))
+               if (ROOT / "service" / "state") not in path.parents]
+    assert len(outside) > 20
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in outside
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if raw_call.search(line)]
+    assert offenders == []

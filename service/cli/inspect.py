@@ -14,6 +14,7 @@ from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.inspect import describe_job, describe_user
 from service.state.keys import KeySpace
+from service.state.records import iso_z
 from service.state.store import Core
 
 
@@ -49,8 +50,8 @@ async def inspect_failures(settings: Settings, *, retry: str | None = None) -> d
         return {"failures": [
             {"id": row.id, "kind": row.kind, "record_id": record_of(row)[0],
              "error": row.error, "attempts": row.attempts,
-             "first_failed_at": row.first_failed_at.isoformat(),
-             "last_failed_at": row.last_failed_at.isoformat(), "record": record_of(row)[1]}
+             "first_failed_at": iso_z(row.first_failed_at),
+             "last_failed_at": iso_z(row.last_failed_at), "record": record_of(row)[1]}
             for row in failures]}
     finally:
         await engine.dispose()
