@@ -8,6 +8,7 @@ running lease; a worker that dies stops renewing and the sweeper settles the job
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -42,6 +43,7 @@ from workers.processors import Item, Output, Processor, ensure_setup, load_proce
 log = logging.getLogger(__name__)
 
 IO_THREADS = 8
+MAX_REPORT_BYTES = 256 * 1024
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -228,11 +230,27 @@ def item_entry(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
     return entry
 
 
+def report_chunks(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """One request's worth each: at most MAX_REPORT_ITEMS entries and about
+    MAX_REPORT_BYTES of JSON, well under the API's body limit even when every item failed
+    with a long error."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for entry in entries:
+        entry_size = len(json.dumps(entry)) + 1
+        if chunks[-1] and (len(chunks[-1]) >= MAX_REPORT_ITEMS
+                           or size + entry_size > MAX_REPORT_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += entry_size
+    return [chunk for chunk in chunks if chunk]
+
+
 def report_items(callbacks: CallbackClient, entries: list[dict[str, Any]],
                  reported: set[int]) -> None:
-    """The batch's results in one request (more only past MAX_REPORT_ITEMS entries)."""
-    for start in range(0, len(entries), MAX_REPORT_ITEMS):
-        chunk = entries[start:start + MAX_REPORT_ITEMS]
+    """The batch's results in one request (more only for a very large batch)."""
+    for chunk in report_chunks(entries):
         callbacks.post({"event": "items", "items": chunk})
         reported.update(entry["index"] for entry in chunk)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -181,6 +182,19 @@ def test_a_batch_past_the_report_limit_reports_in_chunks(
     run(fake_api, http, passthrough, count=5)
     reports = [body for body in fake_api.callbacks if body["event"] == "items"]
     assert [[e["index"] for e in body["items"]] for body in reports] == [[0, 1], [2, 3], [4]]
+
+
+def test_long_errors_split_a_report_before_it_nears_the_body_limit() -> None:
+    from workers.jobs import MAX_REPORT_BYTES, report_chunks
+
+    entries = [{"index": i, "ok": False, "idempotency_key": f"k{i}", "error": "x" * 1000}
+               for i in range(1000)]
+    chunks = report_chunks(entries)
+    assert [e for chunk in chunks for e in chunk] == entries
+    assert len(chunks) > 1
+    assert all(len(json.dumps({"event": "items", "items": chunk})) <= MAX_REPORT_BYTES + 100
+               for chunk in chunks)
+    assert report_chunks(entries[:3]) == [entries[:3]]
 
 
 def test_heartbeat_renews_the_lease_while_the_processor_works(
