@@ -42,10 +42,10 @@ async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> li
     items = [
         BatchItem(
             index=index, name=item["name"], content_type=item["content_type"],
-            input_url=storage.presign_download(input_key(job_id, index), ttl),
+            input_url=storage.presign_download(input_key(job_id, index), ttl, internal=True),
             # Outputs: any Content-Type (the processor decides it), up to the item size limit.
             output_url=storage.presign_upload(output_key(job_id, index), None,
-                                              settings.max_item_size, ttl).url,
+                                              settings.max_item_size, ttl, internal=True).url,
             output_key=output_key(job_id, index),
         )
         for index, item in enumerate(job.items)
@@ -54,7 +54,7 @@ async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> li
     queue = rt.queue if model.queue == rt.queue.name else make_queue(rt.queue_connection,
                                                                       model.queue)
     return await anyio.to_thread.run_sync(lambda: enqueue_job(
-        queue, job_id=job_id, callback_url=f"{settings.public_url}/jobs/{job_id}/callback",
+        queue, job_id=job_id, callback_url=f"{settings.worker_url}/jobs/{job_id}/callback",
         callback_token=token, items=items, batch_size=model.batch_size,
         lease_ttl_s=settings.lease_ttl, timeout_s=max(600, settings.lease_ttl * 10),
     ))

@@ -15,11 +15,15 @@ class Settings(BaseSettings):
     queue_redis_url: str | None = None
     database_url: str = "sqlite:///./tollgate.db"
     public_url: str = "http://127.0.0.1:8000"
+    # The API as workers reach it (callback URLs, local-folder file URLs); unset: public_url.
+    internal_url: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     signup_credits: int = Field(default=10, ge=0)
     storage_dir: str = "./tollgate-data"
     s3_endpoint: str | None = None
+    # S3 as clients reach it: the URLs handed to clients are signed for it; unset: s3_endpoint.
+    s3_public_endpoint: str | None = None
     s3_bucket: str = "tollgate"
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
@@ -63,6 +67,11 @@ class Settings(BaseSettings):
     webhook_log_ttl: int = Field(default=7 * 86400, ge=60)
     # Live progress (SSE): how often one process polls the change counters of its streams.
     events_poll_interval: float = Field(default=0.25, ge=0.01, le=5)
+
+    @property
+    def worker_url(self) -> str:
+        """The API's base URL for workers (callbacks, local-folder files)."""
+        return (self.internal_url or self.public_url).rstrip("/")
 
     @property
     def embedded_redis(self) -> bool:

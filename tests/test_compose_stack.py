@@ -332,6 +332,7 @@ def test_workers_take_their_queue_from_the_settings() -> None:
     for name in ("worker", "worker-gpu"):
         args = command_args(services()[name])
         assert args[:2] == ["tollgate", "worker"] and "--queue" not in args, name
+        assert args[args.index("--model") + 1] == "thumbnail", name  # TOLLGATE_WORKER_MODEL
     assert "--no-fork" in command_args(services()["worker-gpu"])  # CUDA cannot cross a fork
 
 
@@ -426,6 +427,7 @@ def test_host_clients_get_urls_they_can_reach() -> None:
     assert env["TOLLGATE_PUBLIC_URL"] == "http://localhost:8000"
     assert env["TOLLGATE_S3_PUBLIC_ENDPOINT"] == "http://localhost:9000"
     assert env["TOLLGATE_S3_ENDPOINT"] == "http://minio:9000"  # inside the compose network
+    assert env["TOLLGATE_INTERNAL_URL"] == "http://api:8000"  # workers' callbacks, inside too
     # The default public URLs are the ports that the stack publishes.
     assert ("", "8000", 8000) in published(services()["api"])
     assert ("127.0.0.1", "9000", 9000) in published(services()["minio"])

@@ -22,6 +22,8 @@ __all__ = ["LocalStorage", "PresignedUpload", "S3Storage", "Storage", "local_fil
 
 def make_storage(settings: Settings, secret: bytes) -> Storage:
     if settings.embedded_storage:
-        return LocalStorage(Path(settings.storage_dir), settings.public_url, secret)
+        return LocalStorage(Path(settings.storage_dir), settings.public_url, secret,
+                            internal_url=settings.worker_url)
     return S3Storage(settings.s3_endpoint, settings.s3_bucket, settings.s3_region,
-                     settings.s3_access_key, settings.s3_secret_key)
+                     settings.s3_access_key, settings.s3_secret_key,
+                     public_endpoint=settings.s3_public_endpoint)

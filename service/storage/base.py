@@ -17,11 +17,13 @@ class PresignedUpload:
 
 
 class Storage(Protocol):
+    # `internal`: a URL for a worker (the internal address); otherwise for a client.
     def presign_upload(
-        self, key: str, content_type: str | None, size: int, ttl_s: int
+        self, key: str, content_type: str | None, size: int, ttl_s: int, *,
+        internal: bool = False,
     ) -> PresignedUpload: ...
 
-    def presign_download(self, key: str, ttl_s: int) -> str: ...
+    def presign_download(self, key: str, ttl_s: int, *, internal: bool = False) -> str: ...
 
     async def missing(self, keys: list[str]) -> list[int]: ...
 

@@ -28,10 +28,12 @@ ANY_TYPE = "*"
 class LocalStorage:
     """Files under `root`, reachable through URLs this service signs and serves itself."""
 
-    def __init__(self, root: Path, public_url: str, secret: bytes) -> None:
+    def __init__(self, root: Path, public_url: str, secret: bytes, *,
+                 internal_url: str | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_url = public_url.rstrip("/")
+        self.internal_url = (internal_url or public_url).rstrip("/")
         self._secret = secret
 
     @staticmethod
@@ -76,25 +78,27 @@ class LocalStorage:
                               content_type)
         return hmac.compare_digest(expected.encode(), sig.encode())
 
-    def _url(self, key: str, query: str) -> str:
-        return f"{self.public_url}/files/{quote(key, safe='/')}?{query}"
+    def _url(self, key: str, query: str, internal: bool) -> str:
+        base = self.internal_url if internal else self.public_url
+        return f"{base}/files/{quote(key, safe='/')}?{query}"
 
-    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
-                       ) -> PresignedUpload:
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int, *,
+                       internal: bool = False) -> PresignedUpload:
         """`content_type=None` signs a URL that takes any Content-Type (worker outputs)."""
         self.check_key(key)  # no resolve(): presigning 1000 URLs must not touch the disk
         exp, expires_at = _expiry(ttl_s)
         sig = self._sign(key, "PUT", exp, str(size), ANY_TYPE if content_type is None
                          else content_type)
         any_type = "&ct=any" if content_type is None else ""
-        url = self._url(key, f"m=PUT&exp={exp}&max={size}{any_type}&sig={sig}")
+        url = self._url(key, f"m=PUT&exp={exp}&max={size}{any_type}&sig={sig}", internal)
         headers = {} if content_type is None else {"Content-Type": content_type}
         return PresignedUpload(url, "PUT", headers, expires_at)
 
-    def presign_download(self, key: str, ttl_s: int) -> str:
+    def presign_download(self, key: str, ttl_s: int, *, internal: bool = False) -> str:
         self.check_key(key)
         exp, _ = _expiry(ttl_s)
-        return self._url(key, f"m=GET&exp={exp}&sig={self._sign(key, 'GET', exp, '', '')}")
+        sig = self._sign(key, "GET", exp, "", "")
+        return self._url(key, f"m=GET&exp={exp}&sig={sig}", internal)
 
     async def missing(self, keys: list[str]) -> list[int]:
         def scan() -> list[int]:

@@ -41,28 +41,42 @@ class S3Storage:
     list_page_size = 1000  # S3's maximum
 
     def __init__(self, endpoint: str | None, bucket: str, region: str,
-                 access_key: str | None, secret_key: str | None, *, threads: int = 16) -> None:
+                 access_key: str | None, secret_key: str | None, *, threads: int = 16,
+                 public_endpoint: str | None = None) -> None:
+        """`endpoint`: S3 as this service and the workers reach it; `public_endpoint`: as
+        clients reach it (compose: http://minio:9000 inside, http://localhost:9000 outside).
+        A URL's signature covers its host, so each kind is signed for its own endpoint."""
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.region = region
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                max_pool_connections=threads,
-                retries={"max_attempts": 3, "mode": "standard"},
-            ),
-        )
+
+        def client(endpoint_url: str | None) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                config=Config(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"},
+                    max_pool_connections=threads,
+                    retries={"max_attempts": 3, "mode": "standard"},
+                ),
+            )
+
+        self.client: Any = client(endpoint)
+        # Signs client URLs when credentials come from the environment (no I/O to sign).
+        self._public_client: Any = (client(public_endpoint) if public_endpoint
+                                    else self.client)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tollgate-s3")
-        self._presigner = (
-            SigV4Presigner(self.client.meta.endpoint_url, bucket, region, access_key, secret_key)
+        self._presigners = (
+            (SigV4Presigner(self.client.meta.endpoint_url, bucket, region, access_key,
+                            secret_key),
+             SigV4Presigner(self._public_client.meta.endpoint_url, bucket, region, access_key,
+                            secret_key))
             if access_key and secret_key
             else None  # credentials from the environment/IAM: let boto3 sign
         )
@@ -70,24 +84,26 @@ class S3Storage:
     async def _in_thread(self, call: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int
-                       ) -> PresignedUpload:
+    def presign_upload(self, key: str, content_type: str | None, size: int, ttl_s: int, *,
+                       internal: bool = False) -> PresignedUpload:
         _, expires_at = _expiry(ttl_s)
-        if self._presigner is not None:
-            url = self._presigner.presign("PUT", key, ttl_s, content_type)
+        if self._presigners is not None:
+            url = self._presigners[0 if internal else 1].presign("PUT", key, ttl_s, content_type)
         else:
             params = {"Bucket": self.bucket, "Key": key}
             if content_type is not None:
                 params["ContentType"] = content_type
-            url = self.client.generate_presigned_url(
+            signer = self.client if internal else self._public_client
+            url = signer.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=ttl_s, HttpMethod="PUT")
         headers = {} if content_type is None else {"Content-Type": content_type}
         return PresignedUpload(url, "PUT", headers, expires_at)
 
-    def presign_download(self, key: str, ttl_s: int) -> str:
-        if self._presigner is not None:
-            return self._presigner.presign("GET", key, ttl_s)
-        url: str = self.client.generate_presigned_url(
+    def presign_download(self, key: str, ttl_s: int, *, internal: bool = False) -> str:
+        if self._presigners is not None:
+            return self._presigners[0 if internal else 1].presign("GET", key, ttl_s)
+        signer = self.client if internal else self._public_client
+        url: str = signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_s
         )
         return url
@@ -202,3 +218,5 @@ class S3Storage:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+        if self._public_client is not self.client:
+            self._public_client.close()
