@@ -85,9 +85,9 @@ def api_cpu(server: HttpServer) -> float:
     return sum(process_cpu(pid) for pid in server.pids())
 
 
-async def measure(client: Any, server: HttpServer, seconds: float) -> dict[str, float]:
+async def measure(client: Any, server: HttpServer | None, seconds: float) -> dict[str, float]:
     commands0, redis0 = await counters(client)
-    api0, t0 = api_cpu(server), time.monotonic()
+    api0, t0 = (api_cpu(server) if server else 0.0), time.monotonic()
     await asyncio.sleep(seconds)
     commands1, redis1 = await counters(client)
     elapsed = time.monotonic() - t0
@@ -95,7 +95,7 @@ async def measure(client: Any, server: HttpServer, seconds: float) -> dict[str, 
         # Minus the two INFO calls of each reading.
         "redis_commands_per_s": round((commands1 - commands0 - 2) / elapsed, 1),
         "redis_cpu_pct": round((redis1 - redis0) / elapsed * 100, 2),
-        "api_cpu_pct": round((api_cpu(server) - api0) / elapsed * 100, 1),
+        "api_cpu_pct": round(((api_cpu(server) if server else 0.0) - api0) / elapsed * 100, 1),
     }
 
 
@@ -119,6 +119,78 @@ async def latencies(core: Any, streams: Streams, jobs: list[tuple[str, str]], ch
     return {"latency_p50_ms": round(statistics.median(samples), 1),
             "latency_p95_ms": round(samples[int(len(samples) * 0.95) - 1], 1),
             "latency_max_ms": round(samples[-1], 1)}
+
+
+# The alternative DESIGN.md names: the script publishes each change on a sharded channel of
+# the job (slot-aware, allowed in scripts on Redis 7) and streams subscribe.
+BUMP = "return redis.call('HINCRBY', KEYS[1], 'seq', 1)"
+BUMP_AND_PUBLISH = ("local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) "
+                    "redis.call('SPUBLISH', KEYS[2], seq) return seq")
+
+
+async def script_usec(client: Any, source: str, keys: list[str], calls: int) -> float:
+    """Server time of one call of `source`, from INFO commandstats."""
+    sha = await client.script_load(source)
+    await client.config_resetstat()
+    for _ in range(calls):
+        await client.evalsha(sha, len(keys), *keys)
+    stats = (await client.info("commandstats")).get("cmdstat_evalsha") or {}
+    return round(int(stats.get("usec", 0)) / max(int(stats.get("calls", 1)), 1), 2)
+
+
+async def spublish_phase(redis_url: str, core: Any, jobs: list[tuple[str, str]],
+                         seconds: float, changes: int) -> dict[str, float]:
+    """SSUBSCRIBE to every job's channel on one connection; cost idle and per change, and
+    latency from a script's SPUBLISH to the message."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, decode_responses=True)
+    channels = {job_id: core.job_keys(job_id).base + ":changes" for job_id, _ in jobs}
+    pubsub = client.pubsub()
+    arrived: dict[str, float] = {}
+    came: dict[str, asyncio.Event] = {}
+    try:
+        for start in range(0, len(jobs), 200):
+            await pubsub.ssubscribe(*list(channels.values())[start:start + 200])
+
+        async def listen() -> None:
+            while True:
+                message = await pubsub.get_sharded_message(timeout=1.0) \
+                    if hasattr(pubsub, "get_sharded_message") else \
+                    await pubsub.get_message(timeout=1.0)
+                if message and message["type"] == "smessage":
+                    arrived[message["channel"]] = time.monotonic()
+                    if message["channel"] in came:
+                        came[message["channel"]].set()
+
+        listener = asyncio.create_task(listen())
+        phase = await measure(client, None, seconds)
+        publish = await client.script_load(BUMP_AND_PUBLISH)
+        samples = []
+        for _ in range(changes):
+            await asyncio.sleep(random.uniform(0, 0.3))
+            job_id, _ = random.choice(jobs)
+            channel = channels[job_id]
+            came[channel] = asyncio.Event()
+            started = time.monotonic()
+            await client.evalsha(publish, 2, core.job_keys(job_id).base, channel)
+            await asyncio.wait_for(came[channel].wait(), 10)
+            samples.append((arrived[channel] - started) * 1000)
+        listener.cancel()
+        samples.sort()
+        job_key = core.job_keys(jobs[0][0]).base
+        phase.update({
+            "latency_p50_ms": round(statistics.median(samples), 2),
+            "latency_p95_ms": round(samples[int(len(samples) * 0.95) - 1], 2),
+            "latency_max_ms": round(samples[-1], 2),
+            "script_us_bump": await script_usec(client, BUMP, [job_key], 2000),
+            "script_us_bump_publish": await script_usec(
+                client, BUMP_AND_PUBLISH, [job_key, channels[jobs[0][0]]], 2000),
+        })
+        return phase
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
 
 
 async def setup_jobs(core: Any, count: int) -> list[tuple[str, str]]:
@@ -185,11 +257,14 @@ async def main() -> None:
                     phases[label].update(await latencies(
                         core, streams, jobs[:count], args.changes, next_item))
                     await streams.close()
+            label = f"SPUBLISH: {args.streams} subscribed"
+            phases[label] = await spublish_phase(redis_url, core, jobs, args.seconds,
+                                                 args.changes)
             idle = phases["0 streams"]["redis_commands_per_s"]
             for values in phases.values():
                 values["per_stream_commands_per_s"] = 0.0
             for label, values in phases.items():
-                count = int(label.split()[0])
+                count = int(label.split()[0]) if label[0].isdigit() else args.streams
                 if count:
                     values["per_stream_commands_per_s"] = round(
                         (values["redis_commands_per_s"] - idle) / count, 2)
@@ -201,7 +276,9 @@ async def main() -> None:
 
     columns = [("redis_cpu_pct", "Redis CPU %"), ("per_stream_commands_per_s", "cmd/s per stream"),
                ("api_cpu_pct", "API CPU %"), ("latency_p50_ms", "p50 ms"),
-               ("latency_p95_ms", "p95 ms"), ("latency_max_ms", "max ms")]
+               ("latency_p95_ms", "p95 ms"), ("latency_max_ms", "max ms"),
+               ("script_us_bump", "script µs: bump"),
+               ("script_us_bump_publish", "bump + SPUBLISH")]
     baseline = Baseline("0 streams (Redis commands/s)", idle, phases["0 streams"])
     rows = [Row(label, values["redis_commands_per_s"],
                 round(values["redis_commands_per_s"] / max(idle, 0.1), 2), None, values)
