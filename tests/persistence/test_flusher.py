@@ -24,6 +24,7 @@ import service.sweeper as flusher
 from service.errors import InvalidTransition
 from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
+from service.state.keys import KeySpace
 from service.state.plans import PLANS
 from service.state.store import Core
 from service.sweeper import FlushStats, flush_once, run_flusher
@@ -92,7 +93,11 @@ async def sql_job_ids(sessions: Sessions) -> set[str]:
 
 
 async def redis_keys(client: Any, key_prefix: str) -> set[str]:
-    return {key async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000)}
+    """The keys left, without the ones kept for good: the business counters of each bucket
+    and the set of buckets in use (what a metrics scrape reads)."""
+    keys = KeySpace(key_prefix, BUCKETS)
+    kept = {keys.buckets_in_use, *(keys.bucket(b).counters for b in range(BUCKETS))}
+    return {key async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000)} - kept
 
 
 def user_hashes(core: Core, *users: str) -> set[str]:
