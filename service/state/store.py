@@ -87,8 +87,10 @@ class Core(StateReads):
         return [job.base, user.base, user.active, b.holds, b.leases, b.queued, b.flush, b.ledger,
                 job.webhooks, b.webhooks, b.counters]
 
-    async def ping(self) -> None:
-        await self._run("ping", [f"{self.keys.prefix}:ping"], [])
+    async def ping(self) -> str | None:
+        """Runs ping.lua; returns the value of the `<prefix>:ping` key it reads (None if unset)."""
+        value: str | None = await self._run("ping", [f"{self.keys.prefix}:ping"], [])
+        return value
 
     async def ensure_user(self, user_id: str, plan: Plan, credits: int) -> bool:
         """Provision a user once, its signup entry in the Redis ledger; True when this call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from rq import Queue
@@ -138,12 +139,15 @@ async def test_heartbeat_renews_the_lease_and_reports_progress_until_the_job_end
     await report_item(api, job["id"], user, 0)
     keys = KeySpace(api.settings.key_prefix, api.settings.buckets).job(job["id"])
     assert keys is not None
-    lease_before = await real_redis.zscore(keys.bucket.leases, job["id"])
+    # The lease as if it were about to run out: only a renewal can push it out again.
+    await real_redis.zadd(keys.bucket.leases, {job["id"]: 1})
+    sent_ms = time.time() * 1000
     beat = await callback(api, job["id"], user, idempotency_key="hb1", event="heartbeat")
     assert beat.status_code == 200
     assert beat.json() == {"duplicate": False, "status": "running", "done_items": 1,
                            "failed_items": 0}
-    assert await real_redis.zscore(keys.bucket.leases, job["id"]) >= lease_before
+    renewed = await real_redis.zscore(keys.bucket.leases, job["id"])
+    assert renewed >= sent_ms + api.settings.lease_ttl * 1000 - 1000, renewed
     await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
     late = await callback(api, job["id"], user, idempotency_key="hb2", event="heartbeat")
     assert late.status_code == 409 and late.json()["code"] == "invalid_transition"

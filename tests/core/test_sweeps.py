@@ -237,4 +237,6 @@ async def test_renew_lease_for_another_owner_is_not_found(core: Core) -> None:
 
 
 async def test_ping_runs_a_script(core: Core) -> None:
-    await core.ping()
+    assert await core.ping() is None  # nothing under the key yet
+    await core.client.set(f"{core.keys.prefix}:ping", "pong")
+    assert await core.ping() == "pong"  # what the script read, so the script ran
