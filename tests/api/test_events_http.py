@@ -8,9 +8,12 @@ import json
 import time
 from typing import Any
 
+import httpx
+
 from service.api.webhook_log import webhook_job_view
+from service.settings import Settings
 from service.sweeper import run_flusher_with_requeue
-from tests.api.conftest import Api
+from tests.api.conftest import Api, ServerThread
 from tests.api.flow import create_job, queued_job, report_item, upload_all
 
 
@@ -135,3 +138,26 @@ async def test_a_stream_on_the_embedded_defaults(embedded_api: Api) -> None:
     assert canceled.status_code == 200
     await asyncio.wait_for(reader, 10)
     assert [e["data"]["status"] for _, e in events] == ["created", "canceled"]
+
+
+async def test_a_stream_the_client_closed_is_no_longer_watched(real_settings: Settings,
+                                                               real_redis: Any) -> None:
+    port = int(real_settings.public_url.rsplit(":", 1)[1])
+    with ServerThread(real_settings, port) as served:
+        async with httpx.AsyncClient(base_url=real_settings.public_url, timeout=30) as client:
+            api = Api(real_settings.public_url, real_settings, client)
+            user = api.user()
+            job = await create_job(api, user, 1)
+            async with client.stream("GET", f"/jobs/{job['id']}/events",
+                                     headers=api.auth(user)) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+                watch = served.server.config.app.state.change_watch
+                assert list(watch.watchers) == [job["id"]]
+            deadline = time.monotonic() + 5
+            while watch.watchers:
+                assert time.monotonic() < deadline, "the closed stream is still watched"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(watch.interval * 2)
+            assert watch.task is None or watch.task.done()  # the poll stops with no streams
