@@ -12,7 +12,7 @@ from sqlalchemy import select
 from service.history.models import JobLog, LedgerEntry
 from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api
-from tests.api.flow import callback, me, queued_job, report_item
+from tests.api.flow import me, queued_job
 from tests.api.history import flush_everything
 from tests.e2e.conftest import Workers
 
@@ -140,24 +140,6 @@ async def test_cancel_while_running_stops_charging(api: Api, workers: Workers) -
     credits = (await me(api, user))["credits"]
     assert credits["spent"] == charged and credits["reserved"] == 0
     assert_balanced(credits)
-
-
-async def test_duplicate_and_out_of_order_callbacks(api: Api) -> None:
-    user = api.user()
-    job = await queued_job(api, user, 3)
-    # An item report before 'started' starts the job; 'started' afterwards is a no-op.
-    await report_item(api, job["id"], user, 2)
-    started = await callback(api, job["id"], user, idempotency_key="late-start", event="started")
-    assert started.json()["duplicate"] and started.json()["status"] == "running"
-    await report_item(api, job["id"], user, 0)
-    assert (await report_item(api, job["id"], user, 2))["duplicate"]
-    assert (await report_item(api, job["id"], user, 0, key="retry-with-new-key"))["duplicate"]
-    last = await report_item(api, job["id"], user, 1, ok=False)
-    assert last["status"] == "done" and last["done_items"] == 2
-    again = await report_item(api, job["id"], user, 1, ok=False)
-    assert again["duplicate"] and again["status"] == "done"
-    view = await job_view(api, user, job["id"])
-    assert (view["charged"], view["refunded"]) == (2, 1)
 
 
 async def test_a_queued_job_lost_by_the_queue_is_enqueued_again_and_finishes(
