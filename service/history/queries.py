@@ -97,7 +97,7 @@ async def history_page(
 
 
 def history_page_query(user_id: str, *, limit: int, before: tuple[datetime, str] | None,
-                       state: str | None) -> Select[tuple[JobLog]]:
+                       state: str | None) -> Select[JobLog]:
     query = select(JobLog).where(JobLog.user_id == user_id)
     if state is not None:
         query = query.where(JobLog.state == state)
