@@ -1,4 +1,4 @@
-"""The `tollgate` command's own subcommands: token, migrate, inspect."""
+"""The `tollgate` command's own subcommands: token, migrate, inspect, audit."""
 
 from __future__ import annotations
 
@@ -73,3 +73,30 @@ async def test_inspect_shows_a_users_and_a_jobs_keys(real_redis: Any, redis_url:
     job = json.loads(tollgate("inspect", "job", job_id, **env).stdout)
     assert job[core.job_keys(job_id).base]["state"] == "created"
     assert job["indexes"]["holds"] is not None and job["indexes"]["flush"] is None
+
+
+async def test_audit_exits_1_on_a_difference_and_0_without(
+        real_redis: Any, redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    from service.history.engine import run_migrations
+
+    database = f"sqlite:///{tmp_path}/audit.db"
+    run_migrations(database)
+    engine = sqlalchemy.create_engine(database)
+    with engine.begin() as connection:  # SQL first, as provisioning does
+        connection.execute(sqlalchemy.text(
+            "INSERT INTO users (id, plan, created_at) VALUES ('ann', 'free', '2026-01-01')"))
+    engine.dispose()
+    core = Core(real_redis, KeySpace(key_prefix, 16))
+    await core.ensure_user("ann", PLANS["free"], 10)  # its signup entry waits in Redis
+    await core.reserve(job_id=core.keys.new_job_id("ann"), user_id="ann", total=2, price=1,
+                       hold_ttl_ms=60_000, meta_json="[]")
+    env = {"TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_KEY_PREFIX": key_prefix,
+           "TOLLGATE_BUCKETS": "16", "TOLLGATE_DATABASE_URL": database}
+    clean = tollgate("audit", **env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "1 users checked, 0 differences" in clean.stdout
+
+    await real_redis.hincrby(core.keys.user("ann").base, "spent", 3)
+    found = tollgate("audit", "--user", "ann", **env)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "DIFFERENCE ann: spent vs -SUM(charges): redis 3, sql 0" in found.stdout
