@@ -27,7 +27,7 @@ from workers.processors.noop import passthrough
 def the_batch(served: Api, job_id: str) -> Batch:
     """The batch payload the API enqueued, as a worker would take it off the queue."""
     settings = served.settings
-    connection = redis.Redis.from_url(settings.queue_redis_url or settings.redis_url)
+    connection = redis.Redis.from_url(settings.queue_redis_url or settings.redis_url or "")
     try:
         job = Job.fetch(rq_job_id(job_id, 0), connection=connection, serializer=SERIALIZER)
         return Batch.from_payload(job.args[0])
