@@ -33,6 +33,10 @@ class BadSignature(TollgateError):
                          **extra)
 
 
+class RequestTimeout(TollgateError):
+    status, code, title = 408, "request_timeout", "The request body did not arrive in time"
+
+
 class PayloadTooLarge(TollgateError):
     status, code, title = 413, "payload_too_large", "Upload larger than declared"
 

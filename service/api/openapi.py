@@ -19,6 +19,7 @@ from service.api.schemas import Problem
 from service.errors import (
     BadArgument,
     MalformedJson,
+    RequestTimeout,
     TollgateError,
     Unauthorized,
     Unavailable,
@@ -38,8 +39,8 @@ def refusals(*errors: type[TollgateError], user: bool = True, json_body: bool = 
     listed = list(errors) + list(_ALWAYS)
     if user:
         listed.append(Unauthorized)
-    if json_body:
-        listed += [MalformedJson, BadArgument]
+    if json_body:  # a body that is not JSON, not valid, or not sent in time (connections.py)
+        listed += [MalformedJson, BadArgument, RequestTimeout]
     by_status: dict[int, list[type[TollgateError]]] = defaultdict(list)
     for error in listed:
         if error not in by_status[error.status]:
