@@ -167,3 +167,33 @@ async def test_a_price_change_never_reprices_a_live_job(api: Api, repriced: Api)
     await flush_everything(api)  # into jobs_log, with its model
     history = (await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
     assert (history["model"], history["cost"], history["charged"]) == ("heavy", 12, 9)
+
+
+@pytest.fixture
+async def without_heavy(api: Api, tmp_path: Path) -> AsyncIterator[Api]:
+    """A second API on the same services whose models file no longer has `heavy`."""
+    port = free_port()
+    path = tmp_path / "thumbnail-only.toml"
+    path.write_text(MODELS.split("[models.heavy]")[0].format(prefix=api.settings.key_prefix))
+    settings = Settings(**{**api.settings.model_dump(), "public_url": f"http://127.0.0.1:{port}",
+                           "models": str(path)})
+    with ServerThread(settings, port):
+        async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
+            yield Api(settings.public_url, settings, client)
+
+
+async def test_a_job_whose_model_left_the_configuration_fails_refunded_at_dispatch(
+        api: Api, without_heavy: Api) -> None:
+    user = api.user()
+    job = await create_job(api, user, 2, model="heavy")
+    await upload_all(job)
+    confirmed = await api.client.post(f"/jobs/{job['id']}/confirm-upload", headers=api.auth(user))
+    assert confirmed.status_code == 200
+    executed = await without_heavy.client.post(f"/jobs/{job['id']}/execute",
+                                               headers=api.auth(user))
+    assert executed.status_code == 202, executed.text
+    view = (await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
+    assert (view["status"], view["charged"], view["refunded"]) == ("failed", 0, 6)
+    assert "no longer served" in view["reason"]
+    assert rq_ids(api, f"{api.settings.key_prefix}-heavy") == []
+    assert (await me(api, user))["credits"]["reserved"] == 0
