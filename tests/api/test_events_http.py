@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import httpx
+from litestar import Litestar
 
 from service.api.webhook_log import webhook_job_view
 from service.settings import Settings
@@ -153,7 +154,9 @@ async def test_a_stream_the_client_closed_is_no_longer_watched(real_settings: Se
                 async for line in response.aiter_lines():
                     if line.startswith("data: "):
                         break
-                watch = served.server.config.app.state.change_watch
+                app = served.server.config.app
+                assert isinstance(app, Litestar)
+                watch = app.state.change_watch
                 assert list(watch.watchers) == [job["id"]]
             deadline = time.monotonic() + 5
             while watch.watchers:
