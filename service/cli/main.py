@@ -30,7 +30,13 @@ def _secret_or_exit(settings: Settings) -> str:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    import re
+
     from service.api.auth import issue_token
+    from service.api.schemas import USER_ID_PATTERN
+
+    if not re.match(USER_ID_PATTERN, args.user_id):
+        sys.exit(f"{args.user_id!r} is not a user id: 1-128 characters of A-Z a-z 0-9 . _ @ | + -")
 
     print(issue_token(_secret_or_exit(get_settings()), args.user_id, admin=args.admin,
                       ttl_s=args.ttl))
@@ -122,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from service.cli.inspect import inspect_failures, inspect_job, inspect_user
+    from service.cli.inspect import inspect_failures, inspect_job, inspect_user, missing
 
     settings = get_settings()
     if args.what == "failures":  # SQL only
@@ -134,11 +140,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.id is None:
         sys.exit(f"tollgate inspect {args.what} needs an id")
     if settings.embedded_redis:
-        sys.exit("inspect reads a shared Redis: set TOLLGATE_REDIS_URL")
+        sys.exit("inspect reads a shared Redis: set TOLLGATE_REDIS_URL (under `tollgate dev`, "
+                 "the URL it prints)")
     report: dict[str, Any] = asyncio.run(
         inspect_user(settings, args.id) if args.what == "user" else inspect_job(settings, args.id)
     )
     print(json.dumps(report, indent=2, sort_keys=True))
+    if missing(report):
+        where = (" (a finished job leaves Redis after its flush: GET /jobs/ID reads it from "
+                 "SQL)" if args.what == "job" else "")
+        print(f"no {args.what} {args.id!r} in Redis{where}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -220,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from service.logs import setup_console_logging
+
+    setup_console_logging()
     result: int = args.run(args)
     return result
 

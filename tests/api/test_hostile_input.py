@@ -505,3 +505,11 @@ def test_item_errors_show_no_heap_addresses() -> None:
 
     assert describe_error("processor error", ValueError(leaked)) == (
         "processor error: ValueError: cannot identify image file")
+
+
+def test_the_token_command_refuses_a_user_id_outside_the_charset() -> None:
+    from service.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "victim62:jobs"])
+    assert "is not a user id" in str(exited.value.code)
