@@ -73,11 +73,10 @@ async def test_every_users_ledger_adds_up_after_a_random_concurrent_workload(
 
 async def test_audit_finds_a_difference_planted_in_redis(
     core: Core, sessions: Sessions, key_prefix: str, database_url: str, real_redis: Any,
-    capsys: pytest.CaptureFixture[str],
+    redis_url: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = settings_for(key_prefix, BUCKETS).model_copy(
-        update={"database_url": database_url, "redis_url": "redis://"
-                + "{host}:{port}".format(**real_redis.connection_pool.connection_kwargs)})
+        update={"database_url": database_url, "redis_url": redis_url})
     users, tally = await run_workload(core, sessions, settings, seed(), users=6,
                                       ops_per_client=10)
     await drain(core, sessions, settings, tally)
