@@ -14,10 +14,15 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/listing.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_POSTGRES_DSN, base_parser, fresh_prefix, run
 from bench.stack import Database, Stack, delete_run_keys

@@ -6,7 +6,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api import jobs, listing, rules
+from service.api import jobs, listing
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
 from service.api.routes.deps import UserRequest
@@ -28,7 +28,10 @@ class JobsController(Controller):
     path = "/jobs"
     tags = ["jobs"]
 
-    @get("/", responses=refusals(BadArgument))
+    @get("/", responses=refusals(BadArgument), description=(
+        "The caller's jobs, live and history together, newest first. Pass `next_cursor` "
+        "back as `cursor` until it is null; with a `status` filter a page may hold fewer "
+        "than `limit` jobs (even none) and still have a `next_cursor`."))
     async def list_jobs(
         self,
         request: UserRequest,
@@ -50,8 +53,6 @@ class JobsController(Controller):
         data: JSONBody[JobCreate],
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> JobCreated:
-        if data.rule_id is not None:
-            await rules.get_rule(rt, request.user.user_id, data.rule_id)
         return body(JobCreated,
                     await jobs.create_job(rt, request.user.user_id, data, idempotency_key))
 
