@@ -244,7 +244,7 @@ class WebhookSender:
                                             extensions=extensions)
         try:
             async with asyncio.timeout(self.settings.webhook_timeout):
-                response = await self.client.send(request)
+                response = await self.client.send(request, stream=True)  # body unread
                 await response.aclose()
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             log.info("webhook %s to %s: no answer (%s)", msg_id, url, type(exc).__name__)
