@@ -16,6 +16,7 @@
 -- ARGV[10] idempotency record TTL ms             ARGV[11] rule id or ''
 -- ARGV[12] model name (its price is ARGV[4]: both are fixed on the job from here on)
 -- ARGV[13] webhook URL or ''   ARGV[14] webhook events, comma separated (includes/outbox.lua)
+-- ARGV[15] params JSON or '' (copied from the rule or the body: the job keeps them as they were)
 --
 -- Returns:
 --   {'ok', job_id}                       reserved now
@@ -67,7 +68,8 @@ redis.call('ZADD', KEYS[3], now, job_id)
 redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
   'total', total, 'done', 0, 'failed', 0, 'price', price, 'cost', cost,
   'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now, 'rule_id', ARGV[11],
-  'model', ARGV[12] or '', 'webhook_url', ARGV[13] or '', 'webhook_events', ARGV[14] or '')
+  'model', ARGV[12] or '', 'webhook_url', ARGV[13] or '', 'webhook_events', ARGV[14] or '',
+  'params', ARGV[15] or '')
 redis.call('SET', KEYS[5], ARGV[7])
 redis.call('ZADD', KEYS[6], deadline, job_id)
 if cost > 0 then

@@ -12,8 +12,10 @@ import binascii
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import redis
@@ -99,6 +101,16 @@ class BatchItem:
     output_key: str
 
 
+def frozen_params(params: Any) -> Any:
+    """A job's params as its processor sees them: objects become read-only mappings
+    (types.MappingProxyType), arrays tuples, all the way down; one for all its items."""
+    if isinstance(params, Mapping):
+        return MappingProxyType({str(k): frozen_params(v) for k, v in params.items()})
+    if isinstance(params, list | tuple):
+        return tuple(frozen_params(v) for v in params)
+    return params
+
+
 def rq_job_id(job_id: str, batch_no: int) -> str:
     return f"tg-{job_id}-{batch_no}"
 
@@ -116,7 +128,10 @@ def batch_payload(
     callback_token: str,
     lease_ttl_s: int,
     items: list[BatchItem],
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`params`: the job's, the same for every batch and item of it (API.md "Rules are
+    processing presets")."""
     return {
         "job_id": job_id,
         "batch_no": batch_no,
@@ -125,6 +140,7 @@ def batch_payload(
         "callback_token": callback_token,
         "lease_ttl_s": lease_ttl_s,
         "items": [asdict(item) for item in items],
+        "params": dict(params or {}),
     }
 
 

@@ -57,4 +57,5 @@ async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> li
         queue, job_id=job_id, callback_url=f"{settings.worker_url}/jobs/{job_id}/callback",
         callback_token=token, items=items, batch_size=model.batch_size,
         lease_ttl_s=settings.lease_ttl, timeout_s=max(600, settings.lease_ttl * 10),
+        params=job.params or {},
     ))

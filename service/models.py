@@ -16,14 +16,30 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import ValidationError as ParamsViolation
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import UnknownModel
+from service.errors import BadArgument, UnknownModel
 from service.settings import Settings
 
 FALLBACK_MODEL = "thumbnail"
 NamePattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ContentTypeGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$&^_.+*-]+/[A-Za-z0-9!#$&^_.+*-]+$")]
+# The params of the version 1 model: workers.processors.thumbnail reads `size` and `format`.
+THUMBNAIL_PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "size": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256,
+                 "description": "the longest side of the thumbnail, in pixels"},
+        "format": {"enum": ["png", "jpeg", "webp"], "default": "png",
+                   "description": "the image format of the thumbnail"},
+    },
+    "additionalProperties": False,
+}
+# A refusal lists at most this many of the ways params break the schema.
+MAX_PARAMS_ERRORS = 20
 
 
 class ModelsConfigError(ValueError):
@@ -43,6 +59,18 @@ class Model(BaseModel):
     description: str = ""
     default: bool = False
     params_schema: dict[str, Any] | None = None
+
+    @field_validator("params_schema")
+    @classmethod
+    def _a_valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A schema JSON Schema itself refuses is a start-up error, never a 500 per request."""
+        if schema is not None:
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise ValueError(f"params_schema is not a Draft 2020-12 JSON Schema: "
+                                 f"{exc.message}") from None
+        return schema
 
     def accepts(self, content_type: str) -> bool:
         """Globs like `image/*`; media types are case-insensitive."""
@@ -78,6 +106,9 @@ class ModelTable:
                     f"but not a processor: give each its own queue")
         self._by_name = {model.name: model for model in models}
         self.default = next(model for model in models if model.default)
+        # Compiled once per model and process (the table is read once per process).
+        self._validators = {model.name: Draft202012Validator(model.params_schema)
+                            for model in models if model.params_schema is not None}
 
     def __iter__(self) -> Iterator[Model]:
         return iter(self._by_name.values())
@@ -101,12 +132,65 @@ class ModelTable:
     def queues(self) -> list[str]:
         return list(dict.fromkeys(model.queue for model in self))
 
+    def check_params(self, model: Model, params: dict[str, Any]) -> None:
+        """Params a job or rule of this model may carry: valid against the model's
+        params_schema, or an empty object for a model without one; else 422 naming the
+        field (`field`, and every problem in `errors`, as `params.<path>`)."""
+        validator = self._validators.get(model.name)
+        if validator is None:
+            if params:
+                name = next(iter(params))
+                where = params_path((name,))
+                raise BadArgument(
+                    f"{where}: model {model.name!r} takes no params (it declares no "
+                    f"params_schema)", field=where,
+                    errors=[{"message": "not allowed: the model takes no params", "key": where,
+                             "source": "body"}])
+            return
+        violations = list(validator.iter_errors(params))
+        if not violations:
+            return
+        first = best_match(violations)
+        where = violation_path(first)
+        raise BadArgument(f"{where}: {first.message}", field=where, errors=[
+            {"message": violation.message, "key": violation_path(violation), "source": "body"}
+            for violation in violations[:MAX_PARAMS_ERRORS]])
+
+
+def params_path(parts: Any) -> str:
+    """`params.size`, `params.sizes[0]`: the JSON path of a value inside params."""
+    path = "params"
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def violation_path(violation: ParamsViolation) -> str:
+    """The field a schema violation is about; for a missing or unexpected property, that
+    property (jsonschema reports the object holding it)."""
+    parts = list(violation.absolute_path)
+    instance, required = violation.instance, violation.validator_value
+    if (violation.validator == "required" and isinstance(instance, dict)
+            and isinstance(required, list)):
+        missing = [name for name in required if name not in instance]
+        if missing:
+            parts.append(missing[0])
+    elif (violation.validator in ("additionalProperties", "unevaluatedProperties")
+          and isinstance(instance, dict)):
+        declared = violation.schema.get("properties", {}) if isinstance(violation.schema,
+                                                                          dict) else {}
+        extra = [name for name in instance if name not in declared]
+        if extra:
+            parts.append(extra[0])
+    return params_path(parts)
+
 
 def fallback_model(settings: Settings) -> Model:
     return Model(name=FALLBACK_MODEL, processor=settings.processor,
                  price_per_item=settings.price_per_item, queue=settings.queue_name,
                  batch_size=settings.batch_size, max_items=settings.max_items,
-                 description="the version 1 processor (TOLLGATE_PROCESSOR)", default=True)
+                 description="the version 1 processor (TOLLGATE_PROCESSOR)", default=True,
+                 params_schema=THUMBNAIL_PARAMS_SCHEMA)
 
 
 def parse_models(document: dict[str, Any], settings: Settings) -> ModelTable:

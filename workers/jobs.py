@@ -12,9 +12,9 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from service.contract import (
     BatchItem,
     clean_error,
     describe_error,
+    frozen_params,
     item_callback_key,
 )
 from service.settings import get_settings
@@ -38,7 +39,14 @@ from workers.callbacks import (
     JobClosed,
     RetryingClient,
 )
-from workers.processors import Item, Output, Processor, ensure_setup, load_processor
+from workers.processors import (
+    NO_PARAMS,
+    Item,
+    Output,
+    Processor,
+    ensure_setup,
+    load_processor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ class Batch:
     callback_token: str
     lease_ttl_s: float
     items: list[BatchItem]
+    # The job's params, read-only (every Item of the batch gets this one mapping).
+    params: Mapping[str, Any] = field(default_factory=lambda: NO_PARAMS)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Batch:
@@ -66,6 +76,8 @@ class Batch:
             callback_token=str(payload["callback_token"]),
             lease_ttl_s=float(payload["lease_ttl_s"]),
             items=[BatchItem(**item) for item in payload["items"]],
+            # A batch enqueued before params existed has none.
+            params=frozen_params(payload.get("params") or {}),
         )
 
 
@@ -165,14 +177,15 @@ class LeaseHeartbeat:
                 log.warning("lease heartbeat for %s failed: %s", self.batch.job_id, exc)
 
 
-def download(http: RetryingClient, spec: BatchItem) -> Item | Output:
+def download(http: RetryingClient, spec: BatchItem,
+             params: Mapping[str, Any] = NO_PARAMS) -> Item | Output:
     try:
         response = http.request("GET", spec.input_url)
     except CallbackError as exc:
         return Output.failed(spec.index, f"download failed: {exc}")
     if response.status_code != 200:
         return Output.failed(spec.index, f"download failed: HTTP {response.status_code}")
-    return Item(spec.index, spec.name, spec.content_type, response.content)
+    return Item(spec.index, spec.name, spec.content_type, response.content, params)
 
 
 def _checked(items: list[Item], outputs: object) -> list[Output]:
@@ -306,7 +319,7 @@ def _process_and_report(
         if heartbeat.closed.is_set():
             raise JobClosed("the lease heartbeat was refused")
 
-    fetched = in_parallel(lambda spec: download(http, spec), batch.items)
+    fetched = in_parallel(lambda spec: download(http, spec, batch.params), batch.items)
     check_open()
     results = {out.index: out for out in fetched if isinstance(out, Output)}
     inputs = [item for item in fetched if isinstance(item, Item)]

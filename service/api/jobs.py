@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import anyio
 import msgspec
 
+from service.api.rules import Preset, job_preset
 from service.api.schemas import ItemIn, JobCreate
 from service.api.users import as_known_user
 from service.contract import input_key, output_key
@@ -76,17 +77,21 @@ async def create_job(
     rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None
 ) -> dict[str, Any]:
     settings = rt.settings
-    model = model_for_items(rt.models.get(body.model), body.items)
+    # The rule's model, params and webhook, with the job's own fields over them; copied
+    # onto the job now, so a later edit or delete of the rule changes nothing here.
+    preset: Preset = await job_preset(rt, user_id, body)
+    model = model_for_items(rt.models.get(preset.model), body.items)
+    rt.models.check_params(model, preset.params)
     for item in body.items:
         if item.size > settings.max_item_size:
             raise BadArgument(f"item {item.name!r} is larger than {settings.max_item_size} bytes"
                                 )
     meta = [{"name": i.name, "content_type": i.content_type, "size": i.size} for i in body.items]
     webhook_url, webhook_events = "", ()  # type: tuple[str, tuple[str, ...]]
-    if body.webhook is not None:  # 422 webhook_url_not_allowed for a private address
-        await resolve_allowed(body.webhook.url, settings.webhook_allow_private)
-        webhook_url = body.webhook.url
-        webhook_events = tuple(event for event in EVENTS if event in body.webhook.events)
+    if preset.webhook is not None:  # 422 webhook_url_not_allowed for a private address
+        await resolve_allowed(preset.webhook.url, settings.webhook_allow_private)
+        webhook_url = preset.webhook.url
+        webhook_events = tuple(event for event in EVENTS if event in preset.webhook.events)
     job_id = rt.core.keys.new_job_id(user_id)
     created_ms = now_ms()
     reserve = functools.partial(
@@ -95,12 +100,14 @@ async def create_job(
         meta_json=json.dumps(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
         body_hash=body_hash(body), idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
+        params_json=json.dumps(preset.params, separators=(",", ":")),
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back
         view = job_view(rt, JobRecord.reserved(
             job_id, user_id, total=len(meta), price=model.price_per_item,
-            rule_id=body.rule_id, model=model.name, at_ms=created_ms), with_items=False)
+            rule_id=body.rule_id, model=model.name, at_ms=created_ms, params=preset.params),
+            with_items=False)
     else:
         view = await get_job(rt, user_id, job_id, with_items=False)
     if view["status"] == JobState.CREATED:
@@ -136,7 +143,8 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
         "id": job.id, "status": str(job.state), "total_items": total, "done_items": done,
         "failed_items": failed, "progress": round((done + failed) / total, 4) if total else 0.0,
         "cost": job.cost, "charged": job.charged, "refunded": job.refunded,
-        "rule_id": job.rule_id, "model": job.model, "created_at": iso_z(job.created_at),
+        "rule_id": job.rule_id, "model": job.model, "params": job.params or {},
+        "created_at": iso_z(job.created_at),
         "updated_at": iso_z(job.updated_at), "started_at": iso_z(job.started_at),
         "finished_at": iso_z(job.finished_at), "reason": job.reason,
         "queue_position": None, "links": job_links(rt, job.id),

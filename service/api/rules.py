@@ -5,30 +5,73 @@ deleting marks it 'deleting', releases the slot, then deletes the row. So a Redi
 has a row, and an 'active' row always has a slot. A crash leaves a 'pending' or 'deleting'
 row that `repair_rules` finishes on the user's next rule request (both Redis steps are
 idempotent by rule id).
+
+A rule is a processing preset (API.md "Rules are processing presets"): a model, its params
+(checked against the model's params_schema) and a webhook, which a job made with `rule_id`
+copies at creation (`job_preset`); fields the job gives itself win.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import delete, select, update
 
-from service.api.schemas import RuleCreate
+from service.api.schemas import JobCreate, RuleCreate, RulePatch, WebhookIn
 from service.api.users import as_known_user
 from service.errors import NotFound, RuleSlotsExhausted
 from service.history.models import Rule
 from service.runtime import Runtime
 from service.state.keys import is_sortable_id, new_sortable_id
 from service.state.records import iso_z
+from service.webhooks import resolve_allowed
 
 # A 'pending' row younger than this may belong to a request still in flight.
 PENDING_GRACE = timedelta(seconds=30)
 
 
 def rule_view(rule: Rule) -> dict[str, Any]:
-    return {"id": rule.id, "name": rule.name, "params": rule.params,
-            "created_at": iso_z(rule.created_at)}
+    return {"id": rule.id, "name": rule.name, "model": rule.model, "params": rule.params,
+            "webhook": rule.webhook, "created_at": iso_z(rule.created_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """What a job runs with: its model (None: the default one), params and webhook."""
+
+    model: str | None
+    params: dict[str, Any]
+    webhook: WebhookIn | None
+
+
+def _webhook_in(stored: dict[str, Any] | None) -> WebhookIn | None:
+    return None if stored is None else msgspec.convert(stored, WebhookIn)
+
+
+def _webhook_stored(webhook: WebhookIn | None) -> dict[str, Any] | None:
+    return None if webhook is None else {"url": webhook.url, "events": list(webhook.events)}
+
+
+async def job_preset(rt: Runtime, user_id: str, body: JobCreate) -> Preset:
+    """The job's own fields over its rule's (404 for a rule the user does not have)."""
+    if body.rule_id is None:
+        return Preset(body.model, body.params if body.params is not None else {}, body.webhook)
+    rule = await get_rule(rt, user_id, body.rule_id)
+    return Preset(
+        model=body.model if body.model is not None else rule.model,
+        params=body.params if body.params is not None else dict(rule.params),
+        webhook=body.webhook if body.webhook is not None else _webhook_in(rule.webhook))
+
+
+async def _check_preset(rt: Runtime, model: str | None, params: dict[str, Any],
+                        webhook: WebhookIn | None) -> None:
+    """422 for a model not configured, params its schema refuses, a private webhook URL."""
+    rt.models.check_params(rt.models.get(model), params)
+    if webhook is not None:
+        await resolve_allowed(webhook.url, rt.settings.webhook_allow_private)
 
 
 async def repair_rules(rt: Runtime, user_id: str) -> None:
@@ -71,8 +114,9 @@ async def get_rule(rt: Runtime, user_id: str, rule_id: str) -> Rule:
 
 
 async def create_rule(rt: Runtime, user_id: str, body: RuleCreate) -> dict[str, Any]:
+    await _check_preset(rt, body.model, body.params, body.webhook)
     rule = Rule(id=new_sortable_id(), user_id=user_id, name=body.name, params=body.params,
-                state="pending")
+                model=body.model, webhook=_webhook_stored(body.webhook), state="pending")
     async with rt.sessions() as session, session.begin():
         session.add(rule)
     try:
@@ -87,6 +131,36 @@ async def create_rule(rt: Runtime, user_id: str, body: RuleCreate) -> dict[str, 
         await session.execute(update(Rule).where(Rule.id == rule.id).values(state="active"))
     rule.state = "active"
     return rule_view(rule)
+
+
+async def update_rule(rt: Runtime, user_id: str, rule_id: str, patch: RulePatch
+                      ) -> dict[str, Any]:
+    """The fields given replace the rule's; the model and params are checked together, as
+    they will be used. Jobs made from the rule before keep their own copy."""
+    rule = await get_rule(rt, user_id, rule_id)
+    values: dict[str, Any] = {}
+    if not isinstance(patch.name, msgspec.UnsetType):
+        values["name"] = patch.name
+    model = rule.model if isinstance(patch.model, msgspec.UnsetType) else patch.model
+    params = rule.params if isinstance(patch.params, msgspec.UnsetType) else patch.params
+    webhook = (_webhook_in(rule.webhook) if isinstance(patch.webhook, msgspec.UnsetType)
+               else patch.webhook)
+    await _check_preset(rt, model, params,
+                        None if isinstance(patch.webhook, msgspec.UnsetType) else webhook)
+    if not isinstance(patch.model, msgspec.UnsetType):
+        values["model"] = model
+    if not isinstance(patch.params, msgspec.UnsetType):
+        values["params"] = params
+    if not isinstance(patch.webhook, msgspec.UnsetType):
+        values["webhook"] = _webhook_stored(webhook)
+    if values:
+        async with rt.sessions() as session, session.begin():
+            changed = (await session.execute(update(Rule).where(
+                Rule.id == rule_id, Rule.user_id == user_id, Rule.state == "active",
+            ).values(**values, updated_at=datetime.now(UTC)).returning(Rule.id))).first()
+        if changed is None:  # deleted meanwhile
+            raise NotFound(f"no rule {rule_id!r}")
+    return rule_view(await get_rule(rt, user_id, rule_id))
 
 
 async def delete_rule(rt: Runtime, user_id: str, rule_id: str) -> None:

@@ -20,6 +20,10 @@ IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$(?!\n)"
 IDEMPOTENCY_KEY_MAX = 200
 NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$(?!\n)"
 MAX_JSON_DEPTH = 32
+# Params of a job or rule (API.md "Rules are processing presets"): the params object is
+# level 1 of at most PARAMS_MAX_DEPTH levels of objects and arrays, PARAMS_MAX_BYTES of JSON.
+PARAMS_MAX_DEPTH = 8
+PARAMS_MAX_BYTES = 16 * 1024
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN)]
 _TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
@@ -32,21 +36,31 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENC
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_CONTROL_PATTERN)]
 
 
-def check_stored_json(value: Any, depth: int = 0, where: str = "params") -> None:
-    """Free-form JSON a client stores: at most MAX_JSON_DEPTH deep, no control characters in
-    any key or string (msgspec turns the ValueError into a validation error naming it)."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+def check_stored_json(value: Any, depth: int = 0, where: str = "params",
+                      max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Free-form JSON a client stores: objects and arrays at most `max_depth` levels deep
+    (`value` itself is level 1), no control characters in any key or string. The ValueError
+    names the field by its JSON path (`params.a[0]`); msgspec makes it a validation error."""
     if isinstance(value, str):
         if not _NO_CONTROL.match(value):
             raise ValueError(f"{where} holds a control character")
+    elif isinstance(value, dict | list) and depth >= max_depth:
+        raise ValueError(f"{where} nests deeper than {max_depth} levels")
     elif isinstance(value, dict):
         for key, item in value.items():
-            check_stored_json(key, depth + 1, where)
-            check_stored_json(item, depth + 1, where)
+            check_stored_json(key, depth + 1, f"{where} (a key)", max_depth)
+            check_stored_json(item, depth + 1, f"{where}.{key}", max_depth)
     elif isinstance(value, list):
-        for item in value:
-            check_stored_json(item, depth + 1, where)
+        for index, item in enumerate(value):
+            check_stored_json(item, depth + 1, f"{where}[{index}]", max_depth)
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """The bounds of job and rule params; their model's params_schema is checked later."""
+    check_stored_json(params, max_depth=PARAMS_MAX_DEPTH)
+    size = len(msgspec.json.encode(params))
+    if size > PARAMS_MAX_BYTES:
+        raise ValueError(f"params is {size} bytes of JSON; at most {PARAMS_MAX_BYTES}")
 
 
 _NO_CONTROL = re.compile(NO_CONTROL_PATTERN)
@@ -70,19 +84,48 @@ class WebhookIn(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.field(default_factory=lambda: ["completed"])
 
 
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class JobCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """With `rule_id`, the rule's model, params and webhook; a field given here overrides
+    the rule's (params as a whole object)."""
+
     items: Annotated[list[ItemIn], msgspec.Meta(min_length=1)]
     webhook: WebhookIn | None = None
     rule_id: Id | None = None
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    model: ModelName | None = None
+    params: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params is not None:
+            check_params(self.params)
 
 
 class RuleCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """A processing preset: no model is the default model (fixed when a job uses it)."""
+
     name: Name
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    model: ModelName | None = None
+    webhook: WebhookIn | None = None
 
     def __post_init__(self) -> None:
-        check_stored_json(self.params)
+        check_params(self.params)
+
+
+class RulePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """PATCH /rules/{id}: the fields given replace the rule's; `model` or `webhook` null
+    clears it (the default model, no webhook)."""
+
+    name: Name | UnsetType = UNSET
+    params: dict[str, Any] | UnsetType = UNSET
+    model: ModelName | UnsetType | None = UNSET
+    webhook: WebhookIn | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, UnsetType):
+            check_params(self.params)
 
 
 class ItemReportIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -61,6 +61,10 @@ class Rule(Base):
     user_id: Mapped[str] = mapped_column(String(200), index=True)
     name: Mapped[str] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    # A processing preset: the model (NULL: the default one when a job uses the rule) and
+    # the webhook {url, events} (NULL: none) a job made from it takes, unless it names its own.
+    model: Mapped[str | None] = mapped_column(String(64), default=None)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, default=None)
     # 'pending' until its Redis slot is taken, 'deleting' until the slot is released: a
     # crash between the SQL step and the Redis step leaves a row a repair pass can finish.
     state: Mapped[str] = mapped_column(String(16), default="pending")
@@ -87,6 +91,9 @@ class JobLog(Base):
     rule_id: Mapped[str | None] = mapped_column(String(64))
     # The model the job ran on (its price is `price`); NULL for jobs of version 1.
     model: Mapped[str | None] = mapped_column(String(64))
+    # The params the job ran with, copied at creation (from its rule or its own body); NULL
+    # for jobs from before params.
+    params: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, default=None)
     # [{index, name, content_type, size, status, output_key?, error?}]
     items: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON)
     reason: Mapped[str | None] = mapped_column(Text)

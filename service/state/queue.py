@@ -9,6 +9,7 @@ JSON under RQ's JSONSerializer (no pickle in Redis); every worker must use the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rq import Queue
@@ -57,6 +58,7 @@ def enqueue_job(
     batch_size: int,
     lease_ttl_s: int,
     timeout_s: int,
+    params: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Enqueues every batch of the job that is not live; returns all its batches' RQ ids.
 
@@ -76,7 +78,7 @@ def enqueue_job(
         payload = batch_payload(
             job_id=job_id, batch_no=batch_no, callback_url=callback_url,
             callback_token=callback_token, lease_ttl_s=lease_ttl_s,
-            items=ordered[start:start + batch_size],
+            items=ordered[start:start + batch_size], params=params,
         )
         try:
             # unique=True checks and pushes in one Lua script: two enqueuers racing on the

@@ -90,6 +90,17 @@ def _int(record: Mapping[str, str], name: str) -> int:
     return int(record.get(name) or 0)
 
 
+def parse_params(raw: str | None) -> dict[str, Any] | None:
+    """The params JSON reserve.lua stored on the job; None for a job from before params."""
+    if not raw:
+        return None
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return None
+    return params if isinstance(params, dict) else None
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """A job hash (tg:{b}:job:<id>), with its items when they were read too."""
@@ -112,6 +123,8 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     items: list[dict[str, Any]] | None = None
+    # Copied at creation (from its rule, or its own body): what its processor receives.
+    params: dict[str, Any] | None = None
 
     @classmethod
     def from_redis(cls, job: Mapping[str, str], outcomes: Mapping[str, str] | None = None,
@@ -132,17 +145,20 @@ class JobRecord:
             started_at=ms_to_datetime(job.get("started_at")),
             finished_at=ms_to_datetime(job.get("finished_at")),
             items=None if outcomes is None else item_rows(outcomes, meta_json, total),
+            params=parse_params(job.get("params")),
         )
 
     @classmethod
     def reserved(cls, job_id: str, owner: str, *, total: int, price: int, rule_id: str | None,
-                 model: str | None, at_ms: int) -> JobRecord:
+                 model: str | None, at_ms: int, params: dict[str, Any] | None = None
+                 ) -> JobRecord:
         """The job exactly as reserve.lua has just written it (no need to read it back)."""
         at = ms_to_datetime(at_ms)
         return cls(id=job_id, user_id=owner, state=JobState.CREATED, total_items=total,
                    done_items=0, failed_items=0, price=price, cost=total * price, charged=0,
                    refunded=0, rule_id=rule_id or None, model=model or None, reason=None,
-                   created_at=at, updated_at=at, started_at=None, finished_at=None)
+                   created_at=at, updated_at=at, started_at=None, finished_at=None,
+                   params=params)
 
     def history_row(self) -> dict[str, Any]:
         """The jobs_log row: the same names, items always there."""

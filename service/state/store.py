@@ -14,7 +14,7 @@ from typing import Any
 from service.errors import TollgateError
 from service.state.autopipeline import AutoPipeline
 from service.state.codes import ERRORS, SUCCESS, Code
-from service.state.fsm import JobState
+from service.state.fsm import TERMINAL, JobState
 from service.state.keys import JobKeys, KeySpace, UserKeys
 from service.state.plans import Plan
 from service.state.reads import StateReads
@@ -78,6 +78,20 @@ class Core(StateReads):
         if bucket not in self._buckets_marked:
             await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
             self._buckets_marked.add(bucket)
+        await self._mark_due(bucket, now_ms())  # its ledger entry waits for the flusher
+
+    async def _mark_job_due(self, job_id: str, due_ms: int) -> None:
+        bucket = self.keys.bucket_of_job(job_id)
+        if bucket is not None:  # it is: job_keys checked the id before the script ran
+            await self._mark_due(bucket, due_ms)
+
+    async def _mark_due(self, bucket: int, due_ms: int) -> None:
+        """Tells the flusher's due index (service/state/due.py) that the bucket has work due
+        by `due_ms`, after the script that made it: the index lives in slots of its own,
+        which a bucket's script may not write. ZADD LT never postpones an earlier mark. A
+        crash between the script and this call is mended by the flusher's safety net."""
+        await self.runner.execute_command("ZADD", self.keys.due_index(bucket), "LT", due_ms,
+                                          bucket)
 
     async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
         return await self.scripts[name](self.runner, keys, args)
@@ -136,6 +150,7 @@ class Core(StateReads):
         model: str = "",
         webhook_url: str = "",
         webhook_events: tuple[str, ...] = (),
+        params_json: str = "",
         idempotency_key: str | None = None,
         body_hash: str = "",
         idempotency_ttl_ms: int = 86_400_000,
@@ -157,7 +172,7 @@ class Core(StateReads):
             [
                 job_id, user_id, total, price, now, now + hold_ttl_ms, meta_json,
                 "1" if idempotency_key else "0", body_hash, idempotency_ttl_ms, rule_id,
-                model, webhook_url, ",".join(webhook_events),
+                model, webhook_url, ",".join(webhook_events), params_json,
             ],
         )
         code = _check(reply, "reserve")
@@ -175,7 +190,10 @@ class Core(StateReads):
             [job.base, b.holds, b.leases, b.queued, job.webhooks, b.webhooks],
             [job_id, owner, from_state, to_state, now, now + lease_ms],
         )
-        return _progress(reply, "transition")
+        progress = _progress(reply, "transition")
+        if to_state in (JobState.QUEUED, JobState.RUNNING):  # a requeue or lease deadline
+            await self._mark_job_due(job_id, now + lease_ms if lease_ms else now)
+        return progress
 
     async def item_result(
         self,
@@ -201,7 +219,10 @@ class Core(StateReads):
             [job_id, owner, callback_key, index, "1" if ok else "0", detail,
              now, now + lease_ms, now + flush_delay_ms],
         )
-        return _progress(reply, "item_result")
+        progress = _progress(reply, "item_result")
+        if progress.state in TERMINAL:  # a flush and ledger entries wait (a renewed lease
+            await self._mark_job_due(job_id, now + flush_delay_ms)  # only moves later)
+        return progress
 
     async def items_result(
         self,
@@ -229,6 +250,8 @@ class Core(StateReads):
             [job_id, owner, now, now + lease_ms, now + flush_delay_ms, len(reports), *entries],
         )
         code = _check(reply, "items_result")
+        if reply[1] in TERMINAL:
+            await self._mark_job_due(job_id, now + flush_delay_ms)
         counted, duplicates = (int(reply[5]), int(reply[6])) if len(reply) >= 7 else (0, 0)
         return BatchProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]),
                              counted, duplicates)
@@ -250,7 +273,9 @@ class Core(StateReads):
             self._finish_keys(job, job.user(owner)),
             [job_id, owner, to_state, ",".join(from_states), reason, now, now + flush_delay_ms],
         )
-        return _progress(reply, "settle")
+        progress = _progress(reply, "settle")
+        await self._mark_job_due(job_id, now)  # ledger entries wait
+        return progress
 
     async def cancel(
         self,
@@ -268,7 +293,9 @@ class Core(StateReads):
             self._finish_keys(job, job.user(owner)),
             [job_id, owner, reason, now, now + flush_delay_ms, ",".join(from_states)],
         )
-        return _progress(reply, "cancel")
+        progress = _progress(reply, "cancel")
+        await self._mark_job_due(job_id, now)  # ledger entries wait
+        return progress
 
     async def renew_lease(self, job_id: str, owner: str, lease_ms: int) -> Code:
         job = self.job_keys(job_id)

@@ -13,7 +13,7 @@ from tests.api.flow import me
 
 
 async def _create(api: Api, user: str, name: str = "r") -> dict[str, object]:
-    response = await api.client.post("/rules", json={"name": name, "params": {"x": 1}},
+    response = await api.client.post("/rules", json={"name": name, "params": {"size": 64}},
                                      headers=api.auth(user))
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
@@ -23,7 +23,7 @@ async def _create(api: Api, user: str, name: str = "r") -> dict[str, object]:
 async def test_rule_crud_and_slots(api: Api) -> None:
     user = api.user()
     rule = await _create(api, user, "first")
-    assert rule["name"] == "first" and rule["params"] == {"x": 1}
+    assert rule["name"] == "first" and rule["params"] == {"size": 64}
     fetched = await api.client.get(f"/rules/{rule['id']}", headers=api.auth(user))
     assert fetched.json() == rule
     listed = await api.client.get("/rules", headers=api.auth(user))

@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """One input. `params`: the job's params (a rule's, or the job's own), read-only and the
+    same for every item of the job, checked against the model's params_schema by the API;
+    a field the schema gives a default may be absent, so read it with `.get(name, default)`."""
+
     index: int
     name: str
     content_type: str
     data: bytes
+    params: Mapping[str, Any] = field(default_factory=lambda: NO_PARAMS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,36 +1,86 @@
-"""The default processor: a PNG thumbnail of at most 256x256 for each image."""
+"""The default processor: a thumbnail of each image, as the job's params ask.
+
+Params (the `thumbnail` model's params_schema, service/models.py): `size`, the longest side
+in pixels (16..1024, default 256), and `format`, `png`, `jpeg` or `webp` (default png). The
+image keeps its aspect ratio and is never enlarged.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from service.contract import describe_error
 from workers.processors import Item, Output
 
-THUMBNAIL_SIZE = (256, 256)
+DEFAULT_SIZE, MIN_SIZE, MAX_SIZE = 256, 16, 1024
+THUMBNAIL_SIZE = (DEFAULT_SIZE, DEFAULT_SIZE)
+DEFAULT_FORMAT = "png"
+# params `format` -> (PIL format, Content-Type of the output)
+FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
+           "webp": ("WEBP", "image/webp")}
 # Modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, HSV, F) is converted first.
 PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})
 
 
-def thumbnail_png(data: bytes) -> bytes:
+def _storable(image: Image.Image, image_format: str) -> Image.Image:
+    """The image in a mode the format stores (JPEG has no alpha; WebP is RGB(A) only)."""
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image_format == "PNG":
+        if image.mode in PNG_MODES:
+            return image
+        return image.convert("RGBA" if has_alpha else "RGB")
+    if image_format == "JPEG":
+        return image if image.mode in ("L", "RGB") else image.convert("RGB")
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def thumbnail(data: bytes, size: int = DEFAULT_SIZE, image_format: str = "PNG") -> bytes:
+    """The image scaled to fit size x size, encoded as `image_format` (a PIL format name)."""
     with Image.open(io.BytesIO(data)) as decoded:
         decoded.load()
-        image: Image.Image = decoded
-        if image.mode not in PNG_MODES:
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        image.thumbnail(THUMBNAIL_SIZE)
+        image = _storable(decoded, image_format)
+        image.thumbnail((size, size))
         out = io.BytesIO()
-        image.save(out, format="PNG")
+        image.save(out, format=image_format)
         return out.getvalue()
+
+
+def thumbnail_png(data: bytes) -> bytes:
+    return thumbnail(data)
+
+
+def thumbnail_params(params: Mapping[str, Any]) -> tuple[int, str, str]:
+    """(size, PIL format, Content-Type) from the job's params; ValueError if the API let
+    through params of another schema (a worker served under a model that declares other
+    params)."""
+    size = params.get("size", DEFAULT_SIZE)
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"params.size must be an integer from {MIN_SIZE} to {MAX_SIZE}, "
+                         f"not {size!r}")
+    name = params.get("format", DEFAULT_FORMAT)
+    if name not in FORMATS:
+        raise ValueError(f"params.format must be one of {', '.join(FORMATS)}, not {name!r}")
+    image_format, content_type = FORMATS[name]
+    return size, image_format, content_type
 
 
 def make_thumbnails(items: list[Item]) -> list[Output]:
     outputs = []
     for item in items:
         try:
-            outputs.append(Output(item.index, thumbnail_png(item.data), "image/png"))
+            size, image_format, content_type = thumbnail_params(item.params)
+        except ValueError as exc:
+            outputs.append(Output.failed(item.index, describe_error("bad params", exc)))
+            continue
+        try:
+            outputs.append(Output(item.index, thumbnail(item.data, size, image_format),
+                                  content_type))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             outputs.append(Output.failed(item.index, describe_error("cannot make a thumbnail",
                                                                     exc)))

@@ -8,6 +8,14 @@ the CPU, stacked into one uint8 tensor (N, 3, 256, 256), and run through the net
 op under `torch.inference_mode()`; each item comes back as the gradient magnitude, an 8-bit
 greyscale PNG. torch is imported on first use: it is the optional "gpu" extra.
 
+Params: `strength` (a number from 0 to 4, default 1) scales the gradient magnitude: above 1
+faint edges show, below 1 only strong ones do. Declare it in the model's params_schema:
+
+    [models.edges]
+    processor = "workers.processors.torch_batch:EdgeMaps"
+    params_schema = { type = "object", additionalProperties = false, properties = {
+        strength = { type = "number", minimum = 0, maximum = 4, default = 1 } } }
+
 Serve it with `processor = "workers.processors.torch_batch:EdgeMaps"` in a model.
 """
 
@@ -30,6 +38,17 @@ GREY = (0.299, 0.587, 0.114)
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 # The largest gradient magnitude of a 0..1 grey image (4 on each axis) maps to 255.
 FULL_SCALE = 255.0 / math.sqrt(4.0**2 + 4.0**2)
+DEFAULT_STRENGTH, MAX_STRENGTH = 1.0, 4.0
+
+
+def strength_of(items: list[Item]) -> float:
+    """The job's `strength` param (the same on every item of a batch: one job's)."""
+    value = items[0].params.get("strength", DEFAULT_STRENGTH) if items else DEFAULT_STRENGTH
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= value <= MAX_STRENGTH:
+        raise ValueError(f"params.strength must be a number from 0 to {MAX_STRENGTH:g}, "
+                         f"not {value!r}")
+    return float(value)
 
 
 def _pixels(data: bytes) -> bytes:
@@ -78,6 +97,11 @@ class EdgeMaps:
 
         if self.network is None:  # called outside a worker, which calls setup() first
             self.setup()
+        try:
+            strength = strength_of(items)
+        except ValueError as exc:
+            error = describe_error("bad params", exc)
+            return [Output.failed(item.index, error) for item in items]
         outputs: dict[int, Output] = {}
         decoded: list[tuple[int, bytes]] = []
         for item in items:
@@ -92,7 +116,7 @@ class EdgeMaps:
             with torch.inference_mode():
                 x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
                 gradients = self.network(x)  # (N, 2, SIZE, SIZE)
-                magnitude = gradients.square().sum(dim=1).sqrt() * FULL_SCALE
+                magnitude = gradients.square().sum(dim=1).sqrt() * (FULL_SCALE * strength)
                 planes = magnitude.clamp_(0, 255).to(torch.uint8).cpu()
             for (index, _), plane in zip(decoded, planes, strict=True):
                 outputs[index] = Output(index, _png(plane.numpy().tobytes()), "image/png")
