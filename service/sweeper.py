@@ -1,8 +1,22 @@
-"""The sweeper (`tollgate flusher`): walks every bucket and finishes the work no request will do.
+"""The sweeper (`tollgate flusher`): visits the buckets with due work and finishes the work
+no request will do.
 
 Per bucket and pass: cancel jobs whose upload hold expired (refunding them), fail running
 jobs whose lease ran out (a killed worker), hand queued jobs nobody started back to the
 queue, and move finished jobs and credit-ledger entries into SQL.
+
+Which buckets: the due index (service/state/due.py), so an idle pass costs the same for 64
+or 16,384 buckets (16 small scripts, one per index shard). Core marks a bucket after each
+script that leaves due work there (`ZADD LT` on its shard; a bucket's own script cannot,
+the shards live in other hash slots). A pass takes the due buckets (each moved to a
+placeholder score), visits them, and settles each to the next due time read from its keys
+after the visit; a write that lands during the visit lowers the score, and the settle keeps
+the lower one. The marks are a second call after the script, so a crash between the two
+loses one: the safety net (`reindex_buckets`) reads the next due time of every bucket in
+use (`tg:buckets`: Core adds a bucket after each script that provisions, funds or reserves
+there) every FULL_SWEEP_S and of every bucket on the flusher's first pass, and lowers the
+index to it. A saturated bucket
+(a heavy user's backlog) is taken again at once, up to MAX_ROUNDS rounds a pass.
 
 Crash safety comes from the order of steps: the SQL rows are committed (INSERT ... ON
 CONFLICT DO NOTHING) before any Redis record is deleted, the ledger list is trimmed only
@@ -19,7 +33,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +52,7 @@ from service.runtime import Runtime, make_core, open_runtime
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.codes import Code
+from service.state.due import DueIndex, new_placeholder
 from service.state.fsm import TERMINAL, JobState
 from service.state.outbox import Outbox
 from service.state.records import JOB_STATE, JOB_TOTAL
@@ -52,11 +67,16 @@ CLAIM_MS = 30_000
 # Ledger entries read per bucket and pass: a job writes at most three (its hold at reserve,
 # then a release and a charge when it ends).
 LEDGER_ENTRIES_PER_JOB = 3
+# Rounds of flush_batch a bucket may take in one pass while it comes back saturated.
+MAX_ROUNDS = 25
+# The due index's safety net runs this often (and on a flusher's first pass).
+FULL_SWEEP_S = 60.0
 # Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
 # connections, so the flusher must never start hundreds of calls at once.
 SCRIPTS_IN_FLIGHT = 8
 
 T = TypeVar("T")
+Reindex = Literal["in_use", "all"]
 Requeue = Callable[[str], Awaitable[None]]
 # (runtime, owner, job id) -> the API's job view; given by the command line (service.cli)
 RuntimeJobView = Callable[[Runtime, str, str], Awaitable[dict[str, Any]]]
@@ -230,6 +250,14 @@ async def flush_bucket(
     return stats
 
 
+async def reindex_buckets(core: Core, settings: Settings, which: Reindex) -> int:
+    """The due index's safety net (see the module docstring): "in_use" reads the buckets
+    in use, "all" every bucket (a flusher's first pass). Returns the buckets with work."""
+    due = DueIndex(core)
+    buckets = range(settings.buckets) if which == "all" else await due.buckets_in_use()
+    return await due.reindex(buckets, settings.requeue_after * 1000)
+
+
 async def flush_once(
     core: Core,
     session_factory: Sessions,
@@ -239,8 +267,14 @@ async def flush_once(
     claim_ms: int = CLAIM_MS,
     concurrency: int = 4,
     storage: Storage | None = None,
+    reindex: Reindex | None = None,
 ) -> FlushStats:
-    """One pass over every bucket, `concurrency` buckets at a time.
+    """One pass over the buckets the due index names, `concurrency` buckets at a time;
+    with `reindex`, the safety net runs first.
+
+    A bucket that comes back saturated is taken again at once, up to MAX_ROUNDS rounds, so
+    one heavy user's backlog drains within the pass. Each visited bucket's next due time is
+    read after its visit and settled into the index, after an error too.
 
     Safe to run in several processes at once. A bucket that fails does not stop the
     others (cancelling one mid-transaction could leave a SQLite write lock behind); the
@@ -248,13 +282,31 @@ async def flush_once(
     """
     stats = FlushStats()
     gate = asyncio.Semaphore(concurrency)
+    due = DueIndex(core)
+    requeue_after_ms = settings.requeue_after * 1000
+    if reindex is not None:
+        await reindex_buckets(core, settings, reindex)
+    placeholder = new_placeholder()
+    buckets = await due.take(placeholder, limit=settings.buckets)
 
     async def one(bucket: int) -> None:
         async with gate:
-            stats.add(await flush_bucket(core, session_factory, settings, bucket,
-                                         requeue=requeue, claim_ms=claim_ms, storage=storage))
+            try:
+                for _ in range(MAX_ROUNDS):
+                    done = await flush_bucket(core, session_factory, settings, bucket,
+                                              requeue=requeue, claim_ms=claim_ms,
+                                              storage=storage)
+                    saturated, done.saturated = done.saturated, False
+                    stats.add(done)
+                    if not saturated:
+                        break
+                else:  # more waits: the next pass comes without a pause
+                    stats.saturated = True
+            finally:  # the work left (after an error too) decides the bucket's next visit
+                await due.settle(bucket, placeholder,
+                                 await due.next_due(bucket, requeue_after_ms))
 
-    outcomes = await asyncio.gather(*(one(bucket) for bucket in range(settings.buckets)),
+    outcomes = await asyncio.gather(*(one(bucket) for bucket in buckets),
                                     return_exceptions=True)
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if errors:
@@ -301,20 +353,24 @@ async def run_flusher(
           + (" (one pass)" if once else ""), flush=True)
     delivering = None if webhooks is None or once else asyncio.create_task(
         webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
+    loop = asyncio.get_running_loop()
+    reindex: Reindex | None = "all"  # first pass: every bucket (work from before a restart)
+    last_sweep = loop.time()
     try:
         while not stop.is_set():
             try:
                 stats = await flush_once(core, sessions, settings, requeue=requeue,
-                                         storage=storage)
+                                         storage=storage, reindex=reindex)
+                if reindex is not None:
+                    last_sweep = loop.time()
+                reindex = "in_use" if loop.time() - last_sweep >= FULL_SWEEP_S else None
             except Exception:
                 if once:
                     raise
                 # Redis or SQL away for a moment: every step is redoable, so try again.
                 log.exception("flusher pass failed; retrying in %ss", settings.flusher_interval)
                 stats = FlushStats()
-            totals.add(stats)
-            if stats:
-                print(f"flusher: {stats}", flush=True)
+            totals.add(stats)  # a pass that did something is logged by flush_once
             if once:
                 if webhooks is not None:
                     await webhooks.deliver_once()
@@ -335,7 +391,8 @@ async def run_flusher(
 
 
 async def run_flusher_with_requeue(settings: Settings, *, once: bool,
-                                   job_view: RuntimeJobView | None = None) -> None:
+                                   job_view: RuntimeJobView | None = None,
+                                   stop: asyncio.Event | None = None) -> None:
     """The sweeper with the API's own re-enqueue: a queued job nobody started needs fresh
     presigned URLs and its callback token, so this opens a Runtime for it. With `job_view`
     (the API's job view, passed in by the command line) it delivers webhooks too."""
@@ -359,7 +416,7 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
         webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
     try:
         await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks,
-                          storage=rt.storage)
+                          storage=rt.storage, stop=stop)
     finally:
         if webhooks is not None:
             await webhooks.client.aclose()

@@ -26,6 +26,7 @@ from service.api.routes.models import list_models
 from service.api.routes.rules import RulesController
 from service.api.routes.webhooks import WEBHOOK_HANDLERS
 from service.api.uploads import check_upload
+from service.logs import install_redaction
 from service.models import load_models
 from service.runtime import open_runtime, storage_secret
 from service.settings import Settings, get_settings
@@ -40,6 +41,7 @@ class MissingSecret(RuntimeError):
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    install_redaction()  # signed URLs stay out of every log line of this process
     secret = settings.jwt_secret
     if not secret and not settings.jwt_public_key:
         raise MissingSecret(

@@ -13,6 +13,14 @@ from typing import TextIO
 
 import httpx
 from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from service.client import Job, ProblemError, Tollgate
 
@@ -36,30 +44,33 @@ def demo_image(n: int) -> bytes:
     return out.getvalue()
 
 
-def progress_bar(job: Job) -> str:
-    finished = job.done_items + job.failed_items
-    filled = BAR_WIDTH * finished // job.total_items if job.total_items else 0
-    bar = "#" * filled + "." * (BAR_WIDTH - filled)
-    return f"[{bar}] {finished}/{job.total_items} {job.status}"
+def progress_label(job: Job) -> str:
+    """The text beside the bar; padded, so a shorter status never leaves a longer one's tail."""
+    return f"{job.status:<8}"
 
 
 def _follow(tg: Tollgate, job_id: str, timeout_s: float, out: TextIO) -> Job:
-    sys.stdout.flush()  # the steps so far, before the bar starts redrawing its line
+    """Polls the job under a rich progress bar on `out`: redrawn in place on a terminal,
+    printed once when it ends otherwise (a log file gets no carriage returns)."""
+    sys.stdout.flush()  # the steps so far, before the bar takes the line
     deadline = time.monotonic() + timeout_s
-    while True:
-        job = tg.get(job_id)
-        out.write("\r" + progress_bar(job))
-        out.flush()
-        if job.finished:
-            out.write("\n")
-            return job
-        if time.monotonic() > deadline:
-            out.write("\n")
-            raise DemoError(
-                f"job {job_id} is still {job.status} after {timeout_s:.0f} s: is a "
-                "worker running? (`tollgate dev` runs one; otherwise start `tollgate worker`)"
-            )
-        time.sleep(POLL_INTERVAL_S)
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(file=out)) as progress:
+        task = progress.add_task(f"{'queued':<8}", total=None)
+        while True:
+            job = tg.get(job_id)
+            progress.update(task, description=progress_label(job), total=job.total_items,
+                            completed=job.done_items + job.failed_items)
+            if job.finished:
+                return job
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"job {job_id} is still {job.status} after {timeout_s:.0f} s: is a "
+                    "worker running? (`tollgate dev` runs one; otherwise start `tollgate "
+                    "worker`)"
+                )
+            time.sleep(POLL_INTERVAL_S)
 
 
 def _report(job: Job, names: list[str]) -> None:

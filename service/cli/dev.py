@@ -8,7 +8,10 @@ fakeredis, so the worker is a SimpleWorker loop in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import signal
 import threading
 
 import uvicorn
@@ -22,6 +25,8 @@ from service.history.engine import run_migrations
 from service.settings import Settings
 from service.sweeper import run_flusher_with_requeue
 
+log = logging.getLogger(__name__)
+
 
 def _describe(settings: Settings) -> list[str]:
     return [
@@ -31,6 +36,37 @@ def _describe(settings: Settings) -> list[str]:
         "storage: " + (f"local folder {os.path.abspath(settings.storage_dir)}"
                        if settings.embedded_storage else f"S3 {settings.s3_endpoint}"),
     ]
+
+
+class FlusherThread(threading.Thread):
+    """The flusher on its own event loop; `stop()` ends it after the pass in hand."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="tollgate-flusher", daemon=True)
+        self.settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_flusher: asyncio.Event | None = None
+        self._loop_ready = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop, self._stop_flusher = asyncio.get_running_loop(), asyncio.Event()
+        self._loop_ready.set()
+        try:
+            await run_flusher_with_requeue(self.settings, once=False, job_view=webhook_job_view,
+                                           stop=self._stop_flusher)
+        except Exception:
+            log.exception("the flusher stopped on an error")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._loop_ready.wait(timeout)
+        loop, stop = self._loop, self._stop_flusher
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # its loop ended already
+                loop.call_soon_threadsafe(stop.set)
+        self.join(timeout)
 
 
 def run_dev(*, host: str, port: int) -> int:
@@ -45,21 +81,35 @@ def run_dev(*, host: str, port: int) -> int:
 
     from service.models import load_models
     from service.state.clients import queue_redis
+    from service.state.embedded_tcp import EmbeddedRedisOverTcp
     from workers.runner import start_embedded_worker_thread
+
+    server: uvicorn.Server | None = None
+    stopping = False
+
+    def on_signal(signum: int, _: object) -> None:
+        # Uvicorn takes SIGINT/SIGTERM while it serves and raises the signal again once it
+        # stopped: this handler then lets the stop below run instead of killing the process.
+        nonlocal stopping
+        stopping = True
+        if server is not None:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
 
     # A worker thread per model queue, each with its model's processor.
     served = {model.queue: model.processor for model in load_models(settings)}
     workers = [start_embedded_worker_thread(settings, queue_redis(settings), queue, processor)
                for queue, processor in served.items()]
-    # A daemon thread: it ends with the process (every flusher step is safe to cut short).
-    flusher = threading.Thread(
-        target=lambda: asyncio.run(run_flusher_with_requeue(settings, once=False,
-                                                            job_view=webhook_job_view)),
-        name="tollgate-flusher", daemon=True)
+    flusher = FlusherThread(settings)
     flusher.start()
+    # The embedded state, readable from other processes (`tollgate inspect`).
+    over_tcp = EmbeddedRedisOverTcp() if settings.embedded_redis else None
 
     token = issue_token(settings.jwt_secret, "dev-user", ttl_s=7 * 86400)
     admin = issue_token(settings.jwt_secret, "dev-admin", admin=True, ttl_s=7 * 86400)
+    inspect_env = f"TOLLGATE_REDIS_URL={over_tcp.url} " if over_tcp is not None else ""
     lines = [
         "tollgate dev: API + worker + flusher in one process",
         *("  " + line for line in _describe(settings)),
@@ -70,12 +120,20 @@ def run_dev(*, host: str, port: int) -> int:
         "next, in another shell:",
         f"  curl -s -H 'Authorization: Bearer {token}' {settings.public_url}/me",
         f"  tollgate demo --url {settings.public_url} --token {token}",
+        f"  {inspect_env}tollgate inspect user dev-user",
     ]
     print("\n".join(lines), flush=True)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                    **uvicorn_options(settings))
+        if not stopping:
+            server = uvicorn.Server(uvicorn.Config(
+                create_app(settings), host=host, port=port, log_level="warning",
+                **uvicorn_options(settings)))
+            server.run()
     finally:
         for worker in workers:
             worker.stop()
+        flusher.stop()
+        if over_tcp is not None:
+            over_tcp.close()
+        print("tollgate dev: stopped", flush=True)
     return 0

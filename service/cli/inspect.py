@@ -36,6 +36,13 @@ async def inspect_job(settings: Settings, job_id: str) -> dict[str, Any]:
     return await _with_core(settings, describe_job, job_id)
 
 
+def missing(report: dict[str, Any]) -> bool:
+    """True when Redis holds no record of the user or job (its hash comes first)."""
+    if "error" in report:
+        return True
+    return not next(iter(report.values()), None)
+
+
 async def inspect_failures(settings: Settings, *, retry: str | None = None) -> dict[str, Any]:
     """The records the flusher set aside (flush_failures), or the outcome of retrying them
     (`retry`: "all" or a failure id)."""

@@ -100,6 +100,28 @@ class LocalStorage:
         sig = self._sign(key, "GET", exp, "", "")
         return self._url(key, f"m=GET&exp={exp}&sig={sig}", internal)
 
+    @staticmethod
+    def _type_path(path: Path) -> Path:
+        # Beside the file, hidden (as the upload's temporary file is): the Content-Type its
+        # PUT named, which S3 would keep as the object's metadata.
+        return path.parent / f".{path.name}.content-type"
+
+    async def remember_content_type(self, key: str, content_type: str | None) -> None:
+        """Keeps the Content-Type an upload came with (a processor's image/png), or forgets
+        an earlier one (None)."""
+        where = anyio.Path(self._type_path(self.path_for(key)))
+        if content_type:
+            await where.write_text(content_type)
+        else:
+            await where.unlink(missing_ok=True)
+
+    async def content_type_of(self, key: str) -> str | None:
+        where = anyio.Path(self._type_path(self.path_for(key)))
+        try:
+            return (await where.read_text()).strip() or None
+        except FileNotFoundError:
+            return None
+
     async def missing(self, keys: list[str]) -> list[int]:
         def scan() -> list[int]:
             return [i for i, key in enumerate(keys) if not self.path_for(key).is_file()]
@@ -116,6 +138,7 @@ class LocalStorage:
                 path = self.path_for(key)
                 if not path.is_dir():
                     path.unlink(missing_ok=True)
+                    self._type_path(path).unlink(missing_ok=True)
                 folders.add(path.parent)
             for folder in folders:  # an emptied folder goes too; a folder in use stays
                 if folder != self.root:
@@ -132,7 +155,8 @@ class LocalStorage:
         def remove() -> int:
             if not folder.is_dir():
                 return 0
-            count = sum(1 for path in folder.rglob("*") if path.is_file())
+            count = sum(1 for path in folder.rglob("*")
+                        if path.is_file() and not path.name.startswith("."))
             shutil.rmtree(folder, ignore_errors=True)
             return count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -45,12 +46,34 @@ async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: i
         await tmp.unlink(missing_ok=True)
 
 
-def _served_type(path: Path) -> str:
-    """Images show inline; anything else (HTML, SVG, scripts) is served as opaque bytes,
-    so an uploaded file can never run as a page on the API's origin."""
-    guessed, _ = mimetypes.guess_type(path.name)
-    if guessed and guessed.startswith("image/") and guessed != "image/svg+xml":
-        return guessed
+# A Content-Type kept from an upload: `type/subtype` and simple parameters, nothing else.
+_CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}"
+                           r"(\s*;\s*[a-z0-9_.-]{1,32}=[a-z0-9_.-]{1,64})*$", re.IGNORECASE)
+# Served as they are; anything else could act on the API's origin (HTML, SVG, XML, scripts).
+_INLINE_SAFE = ("audio/", "video/", "application/json", "application/pdf", "text/plain",
+                "text/csv")
+
+
+def kept_type(header: str | None) -> str | None:
+    """The Content-Type of an upload as it will be kept, or None (absent or malformed)."""
+    if header and len(header) <= 200 and _CONTENT_TYPE.match(header.strip()):
+        return header.strip().lower()
+    return None
+
+
+def _served_type(path: Path, kept: str | None = None) -> str:
+    """The type the upload came with (a processor's image/png), else a guess from the name.
+    Images (not SVG) and a few inert types are served as they are; anything else (HTML,
+    SVG, scripts) as opaque bytes, so an uploaded file can never run as a page on the API's
+    origin."""
+    chosen = kept or mimetypes.guess_type(path.name)[0]
+    if not chosen:
+        return "application/octet-stream"
+    base = chosen.split(";")[0].strip()
+    if base.startswith("image/") and base != "image/svg+xml":
+        return chosen
+    if base.startswith(_INLINE_SAFE):
+        return chosen
     return "application/octet-stream"
 
 
@@ -90,6 +113,7 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
             await check_upload(request, key)
         await _receive_file(request, path, max_size,
                             None if check_upload is None else partial(check_upload, request, key))
+        await storage.remember_content_type(key, kept_type(request.headers.get("content-type")))
         return Response({}, status_code=200)
 
     @get("/files/{key:path}", include_in_schema=False)
@@ -108,7 +132,8 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
             raise BadSignature() from None
         if not await anyio.Path(path).is_file():
             raise NotFound(f"no object {key!r}")
-        return File(path, content_disposition_type="inline", media_type=_served_type(path),
+        served = _served_type(path, await storage.content_type_of(key))
+        return File(path, content_disposition_type="inline", media_type=served,
                     headers={"X-Content-Type-Options": "nosniff"})
 
     return [upload_file, download_file]

@@ -94,7 +94,9 @@ async def test_upload_then_download_over_http(
     response = await client.put(path_of(upload.url), content=body, headers=upload.headers)
     assert response.status_code == 200, response.text
     assert await storage.read("jobs/j1/in/0") == body
-    assert [p.name for p in storage.path_for("jobs/j1/in/0").parent.iterdir()] == ["0"]
+    # No temporary file left; the upload's Content-Type is kept beside the file.
+    assert sorted(p.name for p in storage.path_for("jobs/j1/in/0").parent.iterdir()) == [
+        ".0.content-type", "0"]
 
     response = await client.get(path_of(storage.presign_download("jobs/j1/in/0", 600)))
     assert response.status_code == 200

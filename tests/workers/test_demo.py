@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.cli.demo import progress_bar, run_demo
+from service.cli.demo import progress_label, run_demo
 from service.client import Job
 
 TOKEN = "user-token"
@@ -124,7 +124,10 @@ def test_demo_runs_the_whole_client_flow(scripted_api: ScriptedApi,
     assert len({data for _, data in scripted_api.uploads.values()}) == 8
 
     out, err = capsys.readouterr()
-    assert "[" + "#" * 30 + "] 8/8 done" in err
+    # rich's bar, printed once (no terminal here): no carriage return, no leftover text.
+    assert "\r" not in err
+    bar = [line for line in err.splitlines() if "8/8" in line]
+    assert len(bar) == 1 and bar[0].startswith("done ") and "━" in bar[0], err
     assert "charged 8, refunded 0" in out
     assert "http://r/7" in out
 
@@ -151,7 +154,8 @@ def test_unreachable_api_is_a_clear_error(capsys: pytest.CaptureFixture[str]) ->
     assert "cannot talk to" in capsys.readouterr().err
 
 
-def test_progress_bar_counts_done_and_failed() -> None:
-    bar = progress_bar(Job(id="J", total_items=4, done_items=1, failed_items=1,
-                           status="running"))
-    assert bar == "[" + "#" * 15 + "." * 15 + "] 2/4 running"
+def test_progress_label_is_padded_so_a_shorter_status_leaves_nothing_behind() -> None:
+    labels = [progress_label(Job(id="J", total_items=4, status=status))
+              for status in ("queued", "running", "done")]
+    assert {len(label) for label in labels} == {8}
+    assert [label.strip() for label in labels] == ["queued", "running", "done"]
