@@ -177,3 +177,15 @@ def test_the_client_loads_nothing_else_of_service() -> None:
                                        capture_output=True, text=True).stdout.replace("'", '"'))
     assert loaded and all(m == "service" or m.startswith("service.client") for m in loaded)
 
+
+
+async def test_uploads_go_to_presigned_s3_urls_on_the_real_services(api: Api,
+                                                                    tmp_path: Path) -> None:
+    user = api.user()
+    files = [png(tmp_path / "red.png", (255, 0, 0)), png(tmp_path / "green.png", (0, 255, 0))]
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        job = await tg.create(files, idempotency_key="order-1")
+        assert all(upload.url.startswith(api.settings.s3_endpoint or "") for upload in job.uploads)
+        assert (await tg.confirm(job.id)).status == "uploaded"  # every object is in S3
+        again = await tg.create(files, idempotency_key="order-1")
+        assert again.id == job.id and again.idempotent_replay
