@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from service.history.models import AdminOp, User
 from service.runtime import open_runtime
@@ -93,3 +94,36 @@ async def test_a_refused_removal_leaves_no_ledger_row(api: Api) -> None:
     taken = await api.client.post(f"/admin/users/{user}/credits",
                                   json={"amount": -4, "reason": "chargeback"}, headers=headers)
     assert taken.status_code == 200 and taken.json()["credits"]["available"] == 6
+
+
+class SqlDown(Exception):
+    """Stands in for SQL failing in the middle of an admin write."""
+
+
+async def test_admin_writes_go_to_sql_first(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.api.users as users
+
+    user = api.user()
+    await api.admin_create_user(user, plan="free", credits=10)
+
+    async def down(*_: object, **__: object) -> None:
+        raise SqlDown
+
+    monkeypatch.setattr(users, "set_user_plan", down)
+    monkeypatch.setattr(users, "insert_ledger", down)
+    moved = await patch_plan(api, user, "pro", key="k1")
+    granted = await api.client.post(
+        f"/admin/users/{user}/credits", json={"amount": 5, "reason": "x"},
+        headers=api.auth("root", admin=True) | {"Idempotency-Key": "g1"})
+    assert moved.status_code >= 500 and granted.status_code >= 500
+    # SQL refused, so Redis was never asked: nothing changed anywhere.
+    view = await me(api, user)
+    assert (view["plan"], view["credits"]["granted"]) == ("free", 10)
+    assert await sql_state(api, user) == ("free", 0)
+
+    monkeypatch.undo()  # SQL is back: the retries apply, once
+    assert (await patch_plan(api, user, "pro", key="k1")).json()["plan"] == "pro"
+    again = await api.client.post(
+        f"/admin/users/{user}/credits", json={"amount": 5, "reason": "x"},
+        headers=api.auth("root", admin=True) | {"Idempotency-Key": "g1"})
+    assert again.status_code == 200 and again.json()["credits"]["granted"] == 15
