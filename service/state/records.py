@@ -34,7 +34,7 @@ def ms_to_datetime(value: str | int | None) -> datetime | None:
 
 
 def datetime_to_ms(value: datetime) -> int:
-    """Exact (no float on the way): the ms a cursor carries must find the same row again."""
+    """The inverse of ms_to_datetime: a cursor's ms must find the same row again."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return (value - _EPOCH) // timedelta(milliseconds=1)
