@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from service.errors import BadArgument
+
 # Bounds at the edge (API.md "Identifiers and bounds"). A user id never holds `:`, `{` or
 # `}`, so it can never spell another user's Redis keys; stored text holds no control
 # characters (PostgreSQL text cannot hold NUL). The patterns are shared with the path,
@@ -40,27 +42,42 @@ def check_stored_json(value: Any, depth: int = 0, where: str = "params",
                       max_depth: int = MAX_JSON_DEPTH) -> None:
     """Free-form JSON a client stores: objects and arrays at most `max_depth` levels deep
     (`value` itself is level 1), no control characters in any key or string. The ValueError
-    names the field by its JSON path (`params.a[0]`); msgspec makes it a validation error."""
+    names the field by its JSON path (`params.a[0]`, in `field`); msgspec makes it a
+    validation error."""
     if isinstance(value, str):
         if not _NO_CONTROL.match(value):
-            raise ValueError(f"{where} holds a control character")
+            raise StoredJsonError(where, f"{where} holds a control character")
     elif isinstance(value, dict | list) and depth >= max_depth:
-        raise ValueError(f"{where} nests deeper than {max_depth} levels")
+        raise StoredJsonError(where, f"{where} nests deeper than {max_depth} levels")
     elif isinstance(value, dict):
         for key, item in value.items():
-            check_stored_json(key, depth + 1, f"{where} (a key)", max_depth)
+            check_stored_json(key, depth + 1, where, max_depth)  # names the object holding it
             check_stored_json(item, depth + 1, f"{where}.{key}", max_depth)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_stored_json(item, depth + 1, f"{where}[{index}]", max_depth)
 
 
+class StoredJsonError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def check_params(params: dict[str, Any]) -> None:
-    """The bounds of job and rule params; their model's params_schema is checked later."""
-    check_stored_json(params, max_depth=PARAMS_MAX_DEPTH)
-    size = len(msgspec.json.encode(params))
-    if size > PARAMS_MAX_BYTES:
-        raise ValueError(f"params is {size} bytes of JSON; at most {PARAMS_MAX_BYTES}")
+    """The bounds of job and rule params; their model's params_schema is checked later.
+
+    A BadArgument, not a ValueError: msgspec lets it through, so the 422 names the field
+    (`field`, `errors[].key`) as the schema check's refusals do."""
+    try:
+        check_stored_json(params, max_depth=PARAMS_MAX_DEPTH)
+        size = len(msgspec.json.encode(params))
+        if size > PARAMS_MAX_BYTES:
+            raise StoredJsonError("params", f"params is {size} bytes of JSON; at most "
+                                            f"{PARAMS_MAX_BYTES}")
+    except StoredJsonError as exc:
+        raise BadArgument(str(exc), field=exc.field, errors=[
+            {"message": str(exc), "key": exc.field, "source": "body"}]) from None
 
 
 _NO_CONTROL = re.compile(NO_CONTROL_PATTERN)
