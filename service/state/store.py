@@ -29,6 +29,8 @@ from service.state.replies import (
 )
 from service.state.scripts import Script, load_scripts
 
+MARK_AGAIN_S = 600  # how often a process adds a bucket it uses to `tg:buckets` again
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -67,17 +69,16 @@ class Core(StateReads):
         # Scripts and single-key reads go through `runner`: the client itself, or an
         # AutoPipeline over it that batches what concurrent requests send in one loop turn.
         self.runner: Any = AutoPipeline(client) if autopipeline else client
-        self._buckets_marked: set[int] = set()
+        self._buckets_marked: dict[int, float] = {}  # bucket -> when this process marked it
 
     async def _use_bucket(self, bucket: int) -> None:
         """Adds the bucket to the set a metrics scrape reads, after a script there that
         provisioned, funded or reserved succeeded: a refused call writes nothing. Once per
-        process (SADD is idempotent, the set only grows); every process that touches the
-        bucket marks it again, so a crash between the script and the SADD is mended by the
-        next one."""
-        if bucket not in self._buckets_marked:
+        process every 10 minutes (SADD is idempotent, the set only grows): a crash between
+        the script and the SADD, or a Redis that lost the set, is mended by the next call."""
+        if time.monotonic() - self._buckets_marked.get(bucket, -MARK_AGAIN_S) >= MARK_AGAIN_S:
             await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
-            self._buckets_marked.add(bucket)
+            self._buckets_marked[bucket] = time.monotonic()
         await self._mark_due(bucket, now_ms())  # its ledger entry waits for the flusher
 
     async def _mark_job_due(self, job_id: str, due_ms: int) -> None:
