@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy import func, select
 
 from service.cli.audit import audit, run_audit
 from service.history.balances import LedgerTotals, history_charged, ledger_totals
 from service.history.models import LedgerEntry
+from service.state.keys import KeySpace
 from service.state.store import Core
 from tests.persistence.conftest import BUCKETS
 from tests.persistence.workload import Sessions, drain, run_workload, settings_for
@@ -25,6 +28,18 @@ pytestmark = pytest.mark.redis
 
 USERS = 30
 OPS_PER_CLIENT = 25  # two clients per user: 1,500 operations
+
+
+@pytest.fixture
+async def core(redis_url: str, key_prefix: str, real_redis: Any) -> AsyncIterator[Core]:
+    """A Core whose pool waits for a free connection instead of raising: 60 clients and a
+    flusher may want more than redis-py's default 100 at once. (real_redis: the cleanup.)"""
+    pool = BlockingConnectionPool.from_url(redis_url, decode_responses=True,
+                                           max_connections=100, timeout=30)
+    client = Redis(connection_pool=pool)
+    yield Core(client, KeySpace(key_prefix, BUCKETS))
+    await client.aclose()
+    await pool.aclose()
 
 
 def seed() -> int:
