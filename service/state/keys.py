@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _SORTABLE_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+# The due index is split over this many keys so that every API write's ZADD does not land
+# on one Redis Cluster node; a flusher pass reads all of them (a fixed cost).
+DUE_SHARDS = 16
 
 
 def new_sortable_id() -> str:
@@ -62,6 +65,16 @@ class KeySpace:
         """set: buckets that ever held a user (so counters, jobs, work), added before the
         first script there; a metrics scrape reads only these."""
         return f"{self.prefix}:buckets"
+
+    def due_index(self, bucket: int) -> str:
+        """zset: bucket -> ms by which the flusher must visit it (service/state/due.py). One
+        of DUE_SHARDS keys, each in a hash slot of its own: written by Python after a
+        bucket's script (a script may touch only its bucket's slot), never by Lua there."""
+        return f"{self.prefix}:due:{{d{bucket % DUE_SHARDS}}}"
+
+    @property
+    def due_indexes(self) -> list[str]:
+        return [f"{self.prefix}:due:{{d{shard}}}" for shard in range(DUE_SHARDS)]
 
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(self.bucket(self.bucket_of_user(user_id)), user_id)

@@ -221,8 +221,8 @@ class Core(StateReads):
              now, now + lease_ms, now + flush_delay_ms],
         )
         progress = _progress(reply, "item_result")
-        if progress.state in TERMINAL:  # a flush and ledger entries wait (a renewed lease
-            await self._mark_job_due(job_id, now + flush_delay_ms)  # only moves later)
+        if progress.state in TERMINAL:  # its ledger entries wait (a renewed lease only
+            await self._mark_job_due(job_id, now)  # moves a deadline later: no mark)
         return progress
 
     async def items_result(
@@ -252,7 +252,7 @@ class Core(StateReads):
         )
         code = _check(reply, "items_result")
         if reply[1] in TERMINAL:
-            await self._mark_job_due(job_id, now + flush_delay_ms)
+            await self._mark_job_due(job_id, now)
         counted, duplicates = (int(reply[5]), int(reply[6])) if len(reply) >= 7 else (0, 0)
         return BatchProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]),
                              counted, duplicates)

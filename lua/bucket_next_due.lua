@@ -1,0 +1,27 @@
+-- bucket_next_due: when the flusher must next visit this bucket, read only (the due index's
+-- source of truth: service/state/due.py writes the answer into the index).
+--
+-- KEYS[1] bucket holds   KEYS[2] bucket leases   KEYS[3] bucket queued   KEYS[4] bucket flush
+-- KEYS[5] bucket ledger  KEYS[6] bucket ledger-retry
+--
+-- ARGV[1] requeue after ms (a queued job is due that long after its score)  ARGV[2] now ms
+--
+-- Returns the earliest due ms, ARGV[2] when ledger entries wait, or -1: nothing to do
+local requeue_after, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not requeue_after or not now then return redis.error_reply('bucket_next_due: bad arguments') end
+if redis.call('LLEN', KEYS[5]) > 0 then return now end
+
+local best = -1
+local function first(key, add)
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if head[2] then
+    local due = tonumber(head[2]) + add
+    if best < 0 or due < best then best = due end
+  end
+end
+first(KEYS[1], 0)
+first(KEYS[2], 0)
+first(KEYS[3], requeue_after)
+first(KEYS[4], 0)
+first(KEYS[6], 0)
+return best

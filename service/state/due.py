@@ -1,0 +1,97 @@
+"""The due index: which buckets the flusher must visit, and from when.
+
+`tg:due:{dN}` (DUE_SHARDS zsets, service/state/keys.py) map a bucket to the ms by which its
+next visit is due. Three writers, all outside the bucket's own scripts (a script may touch
+one hash slot only, and every shard has a slot of its own):
+
+- Core marks a bucket after a script there that created due work (`ZADD LT`: a score only
+  ever goes down, so a mark never postpones an earlier one);
+- the flusher takes the due buckets (`due_take.lua`, score -> a placeholder far in the
+  future), visits them, reads the bucket's next due time (`bucket_next_due.lua`, from its
+  holds, leases, queued, flush, ledger and ledger-retry keys) and settles it
+  (`due_settle.lua`): still at its placeholder -> the time read (or out of the index);
+  lowered meanwhile by a write -> the lower of both;
+- the safety net (`reindex`) reads the next due time of a list of buckets and lowers their
+  scores to it: it finds work whose mark was lost (a process that died between its script
+  and its ZADD) and buckets left at a placeholder by a flusher that died mid-visit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from service.state.store import Core, now_ms
+
+# Scores at or above this are placeholders of a visit in progress (about year 144,000);
+# below 2**53, so every placeholder is an exact double.
+PLACEHOLDER_FLOOR = 2**52
+# Scripts gathered at once by a safety-net read (joined into pipelines by the runner).
+REINDEX_GROUP = 256
+
+
+def new_placeholder() -> int:
+    """A score of its own for one pass, so a settle knows its visit's mark from another's."""
+    return PLACEHOLDER_FLOOR + 1 + secrets.randbelow(2**40)
+
+
+class DueIndex:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.keys = core.keys
+
+    async def take(self, placeholder: int, *, limit: int, at_ms: int | None = None) -> list[int]:
+        """Due buckets of every shard (at most `limit` a shard), set to `placeholder`."""
+        now = now_ms() if at_ms is None else at_ms
+        script = self.core.scripts["due_take"]
+        replies = await asyncio.gather(*(
+            script(self.core.runner, [key], [now, limit, placeholder])
+            for key in self.keys.due_indexes))
+        return sorted(int(bucket) for reply in replies for bucket in reply
+                      if int(bucket) < self.keys.buckets)
+
+    async def next_due(self, bucket: int, requeue_after_ms: int) -> int | None:
+        """The ms by which the bucket needs its next visit (None: it has no work)."""
+        b = self.keys.bucket(bucket)
+        due = int(await self.core.scripts["bucket_next_due"](
+            self.core.runner,
+            [b.holds, b.leases, b.queued, b.flush, b.ledger, b.ledger_retry],
+            [requeue_after_ms, now_ms()]))
+        return None if due < 0 else due
+
+    async def settle(self, bucket: int, placeholder: int | None, next_due: int | None) -> str:
+        """After a visit (`placeholder` it set) or a safety-net read (None: any placeholder)."""
+        reply: list[Any] = await self.core.scripts["due_settle"](
+            self.core.runner, [self.keys.due_index(bucket)],
+            [bucket, "" if placeholder is None else placeholder,
+             -1 if next_due is None else next_due, PLACEHOLDER_FLOOR])
+        return str(reply[1])
+
+    async def reindex(self, buckets: Iterable[int], requeue_after_ms: int) -> int:
+        """The safety net: every bucket's score lowered to its real next due time (a bucket
+        stuck at a dead flusher's placeholder with no work leaves the index). Returns how
+        many buckets have work."""
+        pending = list(buckets)
+        with_work = 0
+        for start in range(0, len(pending), REINDEX_GROUP):
+            group = pending[start:start + REINDEX_GROUP]
+            dues = await asyncio.gather(*(self.next_due(b, requeue_after_ms) for b in group))
+            with_work += sum(due is not None for due in dues)
+            await asyncio.gather(*(self.settle(b, None, due)
+                                   for b, due in zip(group, dues, strict=True)))
+        return with_work
+
+    async def buckets_in_use(self) -> list[int]:
+        """The buckets that ever held a user (Core marks them): the only ones with work."""
+        members = await self.core.client.smembers(self.keys.buckets_in_use)
+        return sorted(b for b in (int(m) for m in members) if b < self.keys.buckets)
+
+    async def scores(self) -> dict[int, float]:
+        """Every indexed bucket and its score (tests and `tollgate inspect`)."""
+        found: dict[int, float] = {}
+        for key in self.keys.due_indexes:
+            for member, score in await self.core.client.zrange(key, 0, -1, withscores=True):
+                found[int(member)] = float(score)
+        return found

@@ -1,0 +1,280 @@
+"""The flusher's due index (service/state/due.py) on fakeredis, real Redis and a Cluster.
+
+A pass visits the buckets with due work and no other; a write during a visit is never lost;
+the safety net finds work whose index write was lost; a heavy user's backlog drains in one
+pass. SQL is a SQLite file (the flusher needs one); the visits are counted by wrapping
+`flush_bucket`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+import service.sweeper as sweeper
+from service.bucket_sweep import FlushStats
+from service.history.engine import make_engine, make_session_factory, run_migrations
+from service.settings import Settings
+from service.state.due import PLACEHOLDER_FLOOR, DueIndex, new_placeholder
+from service.state.keys import DUE_SHARDS
+from service.state.replies import ItemReport
+from service.state.store import Core, now_ms
+from service.sweeper import flush_once
+from tests.core.conftest import BUCKETS
+from tests.core.job_setup import new_job, new_user
+
+pytestmark = pytest.mark.redis
+
+Sessions = async_sessionmaker[AsyncSession]
+REQUEUE_S = 300
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    run_migrations(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def visits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every bucket flush_once visits, in order (one entry a round)."""
+    seen: list[int] = []
+    real = sweeper.flush_bucket
+
+    async def counted(core: Core, sessions: Sessions, settings: Settings, bucket: int,
+                      **kwargs: Any) -> FlushStats:
+        seen.append(bucket)
+        return await real(core, sessions, settings, bucket, **kwargs)
+
+    monkeypatch.setattr(sweeper, "flush_bucket", counted)
+    return seen
+
+
+def settings_for(core: Core, **extra: Any) -> Settings:
+    return Settings(key_prefix=core.keys.prefix, buckets=BUCKETS, flush_delay=0,
+                    requeue_after=REQUEUE_S, **extra)
+
+
+def users_in_two_buckets(core: Core) -> tuple[str, str]:
+    names = [f"user-{i}" for i in range(50)]
+    first = names[0]
+    bucket = core.keys.bucket_of_user(first)
+    second = next(n for n in names if core.keys.bucket_of_user(n) != bucket)
+    return first, second
+
+
+async def test_a_bucket_with_due_work_is_visited_and_an_idle_one_is_not(
+    core: Core, sessions: Sessions, visits: list[int]
+) -> None:
+    ann, bob = users_in_two_buckets(core)
+    await new_user(core, ann)
+    await new_user(core, bob)
+    ann_bucket, bob_bucket = core.keys.bucket_of_user(ann), core.keys.bucket_of_user(bob)
+    settings = settings_for(core)
+
+    stats = await flush_once(core, sessions, settings)  # both signups wait in the ledger
+    assert sorted(visits) == sorted([ann_bucket, bob_bucket])
+    assert stats.ledger_entries == 2
+    assert await DueIndex(core).scores() == {}  # nothing left to do anywhere
+
+    visits.clear()
+    assert not await flush_once(core, sessions, settings)
+    assert visits == []  # idle buckets cost nothing
+
+    job = await new_job(core, ann, state="created")
+    await core.cancel(job, ann, reason="user", flush_delay_ms=0)
+    stats = await flush_once(core, sessions, settings)
+    assert visits == [ann_bucket]
+    assert stats.flushed_jobs == 1
+
+
+async def test_the_index_holds_the_next_due_time_and_the_flusher_waits_for_it(
+    core: Core, sessions: Sessions, visits: list[int]
+) -> None:
+    ann, _ = users_in_two_buckets(core)
+    await new_user(core, ann)
+    bucket = core.keys.bucket_of_user(ann)
+    hold_job = await new_job(core, ann, state="created", hold_ms=600_000)
+    queued_job = await new_job(core, ann, state="queued")
+    await flush_once(core, sessions, settings_for(core))  # the ledger goes, the jobs wait
+
+    b = core.keys.bucket(bucket)
+    hold_due = int(await core.client.zscore(b.holds, hold_job))
+    queued_due = int(await core.client.zscore(b.queued, queued_job)) + REQUEUE_S * 1000
+    assert await DueIndex(core).scores() == {bucket: min(hold_due, queued_due)}
+
+    visits.clear()
+    assert not await flush_once(core, sessions, settings_for(core))
+    assert visits == []  # not due yet: not visited
+
+
+async def test_a_write_during_a_visit_lowers_the_score_and_the_settle_keeps_it(
+    core: Core,
+) -> None:
+    ann, _ = users_in_two_buckets(core)
+    await new_user(core, ann)
+    bucket = core.keys.bucket_of_user(ann)
+    due = DueIndex(core)
+    placeholder = new_placeholder()
+    assert await due.take(placeholder, limit=10) == [bucket]
+    assert await due.scores() == {bucket: placeholder}
+    assert await due.take(new_placeholder(), limit=10) == []  # a second flusher skips it
+
+    # The visit read "nothing to do" but a reserve came in before its settle.
+    await new_job(core, ann, state="created")
+    marked = (await due.scores())[bucket]
+    assert marked < PLACEHOLDER_FLOOR
+    assert await due.settle(bucket, placeholder, None) == "kept"
+    assert await due.scores() == {bucket: marked}
+
+    # Nobody wrote: the visit's own placeholder makes way for what it read.
+    other = new_placeholder()
+    assert await due.take(other, limit=10) == [bucket]
+    assert await due.settle(bucket, other, None) == "removed"
+    assert await due.scores() == {}
+
+
+async def test_the_safety_net_finds_work_whose_index_write_was_lost(
+    core: Core, sessions: Sessions, visits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, bob = users_in_two_buckets(core)
+    settings = settings_for(core)
+
+    async def lost(self: Core, bucket: int, due_ms: int = 0) -> None:
+        """The process died between the script and its ZADD (or SADD)."""
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Core, "_mark_due", lost)
+        await new_user(core, ann)
+    assert await DueIndex(core).scores() == {}
+    assert not await flush_once(core, sessions, settings)
+    assert visits == []  # the index does not know: only the safety net can find it
+
+    stats = await flush_once(core, sessions, settings, reindex="in_use")
+    assert visits == [core.keys.bucket_of_user(ann)]
+    assert stats.ledger_entries == 1
+
+    # Lost too: the bucket-in-use mark (SADD) -- the first pass of a flusher walks them all.
+    visits.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(Core, "_mark_due", lost)
+        patch.setattr(Core, "_use_bucket", lost)
+        await new_user(core, bob)
+    assert not await flush_once(core, sessions, settings, reindex="in_use")
+    stats = await flush_once(core, sessions, settings, reindex="all")
+    assert visits == [core.keys.bucket_of_user(bob)]
+    assert stats.ledger_entries == 1
+
+
+async def test_a_flusher_that_died_mid_visit_leaves_a_placeholder_the_safety_net_clears(
+    core: Core, sessions: Sessions, visits: list[int]
+) -> None:
+    ann, bob = users_in_two_buckets(core)
+    await new_user(core, ann)
+    await new_user(core, bob)
+    due = DueIndex(core)
+    taken = await due.take(new_placeholder(), limit=10)  # ... and the flusher dies here
+    assert len(taken) == 2
+    assert not await flush_once(core, sessions, settings_for(core))
+    assert visits == []
+
+    stats = await flush_once(core, sessions, settings_for(core), reindex="in_use")
+    assert sorted(visits) == sorted(taken)
+    assert stats.ledger_entries == 2
+    # A placeholder over a bucket with no work left goes too.
+    await due.take(new_placeholder(), limit=10)
+    await core.client.zadd(core.keys.due_index(taken[0]), {str(taken[0]): new_placeholder()})
+    assert await due.reindex(taken, REQUEUE_S * 1000) == 0
+    assert await due.scores() == {}
+
+
+async def test_a_heavy_users_backlog_drains_in_one_pass(
+    core: Core, sessions: Sessions, visits: list[int]
+) -> None:
+    ann, _ = users_in_two_buckets(core)
+    await new_user(core, ann, credits=100_000)
+    for _ in range(130):  # one at a time: the plan allows 10 live jobs
+        job = await new_job(core, ann, state="created")
+        await core.cancel(job, ann, reason="user", flush_delay_ms=0)
+    stats = await flush_once(core, sessions, settings_for(core, flush_batch=20))
+    assert stats.flushed_jobs == 130
+    assert not stats.saturated
+    assert len(visits) == 7  # 6 full rounds of 20, then one of 10
+    assert set(visits) == {core.keys.bucket_of_user(ann)}
+
+
+def test_the_index_shards_spread_over_slots_of_their_own(core: Core) -> None:
+    keys = core.keys.due_indexes
+    assert len(set(keys)) == DUE_SHARDS
+    assert all(core.keys.due_index(b) in keys for b in range(BUCKETS))
+    assert core.keys.due_index(3) != core.keys.due_index(4)
+    assert now_ms() < PLACEHOLDER_FLOOR
+
+
+async def test_every_write_that_leaves_due_work_marks_its_bucket(
+    core: Core, sessions: Sessions
+) -> None:
+    """After each step the flusher has settled the index; the step must bring the bucket's
+    score down to when its new work is due (a missing mark leaves the later time)."""
+    ann, _ = users_in_two_buckets(core)
+    await new_user(core, ann)
+    bucket = core.keys.bucket_of_user(ann)
+    due = DueIndex(core)
+    settings = settings_for(core)
+
+    async def settled() -> float | None:
+        await flush_once(core, sessions, settings)
+        return (await due.scores()).get(bucket)
+
+    assert await settled() is None
+    job = await new_job(core, ann, state="created", hold_ms=600_000)
+    assert (await due.scores())[bucket] <= now_ms()  # the hold's ledger entry
+    assert await settled() == await core.client.zscore(core.keys.bucket(bucket).holds, job)
+
+    await core.transition(job, "created", "uploaded")
+    await core.transition(job, "uploaded", "queued")
+    assert (await due.scores())[bucket] <= now_ms()
+    queued_at = await core.client.zscore(core.keys.bucket(bucket).queued, job)
+    assert await settled() == queued_at + REQUEUE_S * 1000
+
+    await core.transition(job, "queued", "running", lease_ms=60_000)
+    lease = await core.client.zscore(core.keys.bucket(bucket).leases, job)
+    assert (await due.scores())[bucket] == lease
+    assert await settled() == lease
+
+    for index in range(3):  # the last report ends the job: flush and ledger entries wait
+        await core.item_result(job, ann, callback_key=f"cb-{index}", index=index, ok=True,
+                               detail="out", lease_ms=60_000, flush_delay_ms=30_000)
+    assert (await due.scores())[bucket] <= now_ms()
+    flush_at = await core.client.zscore(core.keys.bucket(bucket).flush, job)
+    assert await settled() == flush_at
+    await core.client.zadd(core.keys.bucket(bucket).flush, {job: 0})  # due now, no mark:
+    assert await settled() == flush_at  # not visited before the index says so
+    await due.reindex([bucket], REQUEUE_S * 1000)  # the safety net sees it
+    assert await settled() is None
+
+    batched = await new_job(core, ann, state="running")
+    await settled()
+    await core.items_result(batched, ann, [ItemReport(f"b-{i}", i, True, "out") for i in range(3)],
+                            lease_ms=60_000, flush_delay_ms=30_000)
+    assert (await due.scores())[bucket] <= now_ms()
+
+    for finish in ("settle", "cancel"):
+        await core.client.zadd(core.keys.bucket(bucket).flush, {batched: 0})
+        await settled()
+        other = await new_job(core, ann, state="running")
+        await settled()
+        assert (await due.scores())[bucket] > now_ms() + 30_000  # the lease, far off
+        if finish == "settle":
+            await core.settle(other, ann, "failed", reason="test", flush_delay_ms=0)
+        else:
+            await core.cancel(other, ann, reason="user", flush_delay_ms=0)
+        assert (await due.scores())[bucket] <= now_ms()
+        batched = other
