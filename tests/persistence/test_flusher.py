@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import service.dead_letters as dead_letters
 import service.sweeper as flusher
+from service.bucket_sweep import FlushStats
 from service.errors import InvalidTransition
 from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
@@ -28,7 +29,7 @@ from service.state.due import DueIndex
 from service.state.keys import KeySpace
 from service.state.plans import PLANS
 from service.state.store import Core
-from service.sweeper import FlushStats, flush_once, run_flusher
+from service.sweeper import flush_once, run_flusher
 from tests.persistence.conftest import BUCKETS
 
 pytestmark = pytest.mark.redis

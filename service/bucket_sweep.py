@@ -1,0 +1,220 @@
+"""One bucket's sweep: what the flusher (service.sweeper) does in each bucket it visits.
+
+Cancel jobs whose upload hold expired (refunding them), fail running jobs whose lease ran
+out (a killed worker), hand queued jobs nobody started back to the queue, and move finished
+jobs and credit-ledger entries into SQL.
+
+Crash safety comes from the order of steps: the SQL rows are committed (INSERT ... ON
+CONFLICT DO NOTHING) before any Redis record is deleted, the ledger list is trimmed only
+if it still starts with the entry that was read, and every claim is only a postponement.
+A flusher that dies between any two steps leaves work that the next pass redoes without
+loss and without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.dead_letters import (
+    end_retries,
+    job_record,
+    ledger_record,
+    retry_or_set_aside,
+    write_records,
+)
+from service.errors import InvalidTransition, NotFound
+from service.retention import delete_inputs
+from service.settings import Settings
+from service.state.codes import Code
+from service.state.fsm import TERMINAL, JobState
+from service.state.records import JOB_STATE, JOB_TOTAL
+from service.state.store import Core
+from service.storage import Storage
+
+log = logging.getLogger("tollgate.flusher")
+
+# A claimed entry comes back this much later if its flusher died before finishing it.
+CLAIM_MS = 30_000
+# Ledger entries read per bucket and pass: a job writes at most three (its hold at reserve,
+# then a release and a charge when it ends).
+LEDGER_ENTRIES_PER_JOB = 3
+# Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
+# connections, so the flusher must never start hundreds of calls at once.
+SCRIPTS_IN_FLIGHT = 8
+
+T = TypeVar("T")
+Requeue = Callable[[str], Awaitable[None]]
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@dataclass(slots=True)
+class FlushStats:
+    expired_holds: int = 0
+    expired_leases: int = 0
+    requeued: int = 0
+    flushed_jobs: int = 0
+    ledger_entries: int = 0
+    set_aside: int = 0  # records SQL kept refusing, moved to flush_failures
+    results_expired: int = 0  # jobs whose files were deleted after TOLLGATE_RESULT_TTL
+    # Some batch came back full: there is more waiting, so the next pass should not sleep.
+    saturated: bool = False
+
+    def add(self, other: FlushStats) -> None:
+        for field in fields(self):
+            if field.name != "saturated":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        self.saturated = self.saturated or other.saturated
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self) if f.name != "saturated")
+
+    def __str__(self) -> str:
+        return (f"{self.flushed_jobs} jobs and {self.ledger_entries} ledger entries flushed, "
+                f"{self.expired_holds} holds expired, {self.expired_leases} leases expired, "
+                f"{self.requeued} queued jobs re-enqueued, {self.set_aside} records set aside, "
+                f"{self.results_expired} jobs' results expired")
+
+
+async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> list[T]:
+    """call(job_id) for every job, at most SCRIPTS_IN_FLIGHT at a time, results in order."""
+    results: list[T] = []
+    for start in range(0, len(job_ids), SCRIPTS_IN_FLIGHT):
+        chunk = job_ids[start : start + SCRIPTS_IN_FLIGHT]
+        results += await asyncio.gather(*(call(job_id) for job_id in chunk))
+    return results
+
+
+async def _owners(core: Core, job_ids: list[str]) -> dict[str, str | None]:
+    """The owner of each job of one bucket (None: the job is gone), in one round trip."""
+    jobs = await core.jobs(job_ids)
+    return {job_id: job.user_id if job else None for job_id, job in zip(job_ids, jobs, strict=True)}
+
+
+async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
+    owners = await _owners(core, job_ids)
+
+    async def expire(job_id: str) -> bool:
+        owner = owners[job_id]
+        if owner is None:  # the job is gone: only its index entry is left
+            await core.drop_index_entry(bucket, "holds", job_id)
+            return False
+        try:
+            progress = await core.cancel(job_id, owner, reason="hold_expired",
+                                         flush_delay_ms=flush_ms,
+                                         from_states=(JobState.CREATED, JobState.UPLOADED))
+        except (InvalidTransition, NotFound):
+            return False  # the job moved on (executed, canceled) after the claim
+        return progress.code is Code.OK
+
+    return sum(await _bounded(expire, job_ids))
+
+
+async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
+    owners = await _owners(core, job_ids)
+
+    async def expire(job_id: str) -> bool:
+        owner = owners[job_id]
+        if owner is None:
+            await core.drop_index_entry(bucket, "leases", job_id)
+            return False
+        try:
+            progress = await core.settle(job_id, owner, JobState.FAILED,
+                                         from_states=(JobState.RUNNING,),
+                                         reason="lease_expired", flush_delay_ms=flush_ms)
+        except (InvalidTransition, NotFound):
+            return False  # finished by its last callback after the claim
+        return progress.code is Code.OK
+
+    return sum(await _bounded(expire, job_ids))
+
+
+async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
+    if requeue is None:
+        return 0
+    count = 0
+    for job_id in job_ids:
+        try:
+            await requeue(job_id)
+            count += 1
+        except Exception:  # one broken job must not stop the sweep of the others
+            log.exception("re-enqueueing job %s failed", job_id)
+    return count
+
+
+async def _flush_history(
+    core: Core, sessions: Sessions, settings: Settings, bucket: int, job_ids: list[str],
+    ledger_limit: int, storage: Storage | None,
+) -> FlushStats:
+    """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
+    later or is set aside (service.dead_letters), and never holds up the rest."""
+    snapshots, raw_entries, retried = await asyncio.gather(
+        core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
+        core.ledger_retries_due(bucket, ledger_limit))
+
+    jobs, vanished = [], []
+    for job_id, (job, items, meta) in zip(job_ids, snapshots, strict=True):
+        if not job:
+            vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
+        elif job.get(JOB_STATE) in TERMINAL:
+            jobs.append(job_record(job, items, meta))
+    entries = [ledger_record(raw) for raw in raw_entries]
+    retries = [ledger_record(raw) for raw in retried]
+
+    refused = await write_records(sessions, [*jobs, *entries, *retries])
+    set_aside = await retry_or_set_aside(core, sessions, settings, bucket, refused)
+    waiting = {id(record) for record, _ in refused}
+    written = [record for record in jobs if id(record) not in waiting]
+    ended = [*written, *(record for record in set_aside if record.kind == "job")]
+
+    # Only now, with the rows committed (or set aside), may the inputs and Redis records go.
+    # A vanished job has no owner left; its index entry goes all the same.
+    if storage is not None:
+        await delete_inputs(storage, [(r.record_id, int(r.source["job"].get(JOB_TOTAL) or 0))
+                                      for r in ended])
+    owners = {record.record_id: record.owner for record in ended}
+    await asyncio.gather(
+        _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
+                 [*owners, *vanished]),
+        core.forget_job_attempts(bucket, [record.record_id for record in written]))
+    if raw_entries:  # every entry read is in SQL, waiting in the retry zset, or set aside
+        await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
+    await end_retries(core, bucket, [r for r in retries if id(r) not in waiting],
+                      set_aside=False)
+    await end_retries(core, bucket, set_aside, set_aside=True)
+    ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting)
+    return FlushStats(flushed_jobs=len(written), ledger_entries=ledger_written,
+                      set_aside=len(set_aside),
+                      saturated=max(len(raw_entries), len(retried)) >= ledger_limit)
+
+
+async def flush_bucket(
+    core: Core,
+    sessions: Sessions,
+    settings: Settings,
+    bucket: int,
+    *,
+    requeue: Requeue | None = None,
+    claim_ms: int = CLAIM_MS,
+    storage: Storage | None = None,
+) -> FlushStats:
+    limit = settings.flush_batch
+    due = await core.claim_due(bucket, limit=limit, claim_ms=claim_ms,
+                               requeue_after_ms=settings.requeue_after * 1000)
+    flush_ms = settings.flush_delay * 1000
+    stats = FlushStats()
+    stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
+    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms)
+    stats.requeued = await _requeue(due.stale_queued, requeue)
+    flushed = await _flush_history(core, sessions, settings, bucket, due.due_flushes,
+                                   limit * LEDGER_ENTRIES_PER_JOB, storage)
+    stats.add(flushed)
+    stats.saturated = flushed.saturated or any(
+        len(ids) >= limit
+        for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
+    return stats
