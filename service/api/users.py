@@ -132,7 +132,7 @@ async def admin_grant(rt: Runtime, user_id: str, idempotency_key: str, amount: i
     row = grant_row(user_id, op_digest(idempotency_key), amount, reason)
     async with rt.sessions() as session, session.begin():
         if not await insert_ledger(session, [row]):
-            user = (await rt.core.money_snapshot(user_id)).user
+            user, _, _ = await rt.core.user_usage(user_id)
             if user is None:
                 raise NotFound(f"no user {user_id!r}")
             return Balance(Code.ALREADY, user.available, user.reserved, user.spent,
