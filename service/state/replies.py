@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from service.state.codes import Code
+from service.errors import TollgateError
+from service.state.codes import ERRORS, SUCCESS, Code
 from service.state.records import JobRecord, LedgerEntry, UserRecord
 
 
@@ -81,3 +83,21 @@ class FlushAttempt:
     attempts: int
     first_failed_ms: int
     exhausted: bool
+
+
+def check_reply(reply: list[Any], script: str) -> Code:
+    """The reply's code when it is a success, else the matching TollgateError raised."""
+    code = Code(reply[0])
+    if code in SUCCESS:
+        return code
+    error: type[TollgateError] = ERRORS[code]
+    detail = f"{script}: {code.value}" + (f" ({reply[1]})" if len(reply) > 1 else "")
+    extra = {"job_status": reply[1]} if code is Code.INVALID_TRANSITION and len(reply) > 1 else {}
+    raise error(detail, reply=reply[1:], **extra)
+
+
+def job_progress(reply: list[Any], script: str) -> JobProgress:
+    """{code, state, done, failed, total[, charged, refunded]}, as the job scripts answer."""
+    code = check_reply(reply, script)
+    extra = [int(v) for v in reply[5:7]] if len(reply) >= 7 else [None, None]
+    return JobProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), *extra)

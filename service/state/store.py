@@ -11,9 +11,8 @@ import hashlib
 import time
 from typing import Any
 
-from service.errors import TollgateError
 from service.state.autopipeline import AutoPipeline
-from service.state.codes import ERRORS, SUCCESS, Code
+from service.state.codes import ERRORS, Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.keys import JobKeys, KeySpace, UserKeys
 from service.state.plans import Plan
@@ -26,6 +25,8 @@ from service.state.replies import (
     ItemReport,
     JobProgress,
     SlotUse,
+    check_reply,
+    job_progress,
 )
 from service.state.scripts import Script, load_scripts
 
@@ -41,22 +42,6 @@ def op_digest(op_id: str) -> str:
     names the op in the user's ops hash and ends the ledger id `grant:<uid>:<digest>`, which
     must fit credit_ledger.id for the longest user id."""
     return hashlib.sha256(op_id.encode()).hexdigest()[:32]
-
-
-def _check(reply: list[Any], script: str) -> Code:
-    code = Code(reply[0])
-    if code in SUCCESS:
-        return code
-    error: type[TollgateError] = ERRORS[code]
-    detail = f"{script}: {code.value}" + (f" ({reply[1]})" if len(reply) > 1 else "")
-    extra = {"job_status": reply[1]} if code is Code.INVALID_TRANSITION and len(reply) > 1 else {}
-    raise error(detail, reply=reply[1:], **extra)
-
-
-def _progress(reply: list[Any], script: str) -> JobProgress:
-    code = _check(reply, script)
-    extra = [int(v) for v in reply[5:7]] if len(reply) >= 7 else [None, None]
-    return JobProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), *extra)
 
 
 class Core(StateReads):
@@ -117,7 +102,7 @@ class Core(StateReads):
             [user_id, plan.name, credits, plan.concurrency, plan.rule_slots, now_ms(),
              0, credits, "1"],
         )
-        code = _check(reply, "ensure_user")
+        code = check_reply(reply, "ensure_user")
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return code is Code.OK
 
@@ -134,7 +119,7 @@ class Core(StateReads):
             [user_id, plan.name, available, plan.concurrency, plan.rule_slots, now_ms(),
              spent, granted, "0", signup_credits],
         )
-        code = _check(reply, "ensure_user")
+        code = check_reply(reply, "ensure_user")
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return code is Code.OK
 
@@ -176,7 +161,7 @@ class Core(StateReads):
                 model, webhook_url, ",".join(webhook_events), params_json,
             ],
         )
-        code = _check(reply, "reserve")
+        code = check_reply(reply, "reserve")
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return code, str(reply[1])
 
@@ -191,7 +176,7 @@ class Core(StateReads):
             [job.base, b.holds, b.leases, b.queued, job.webhooks, b.webhooks],
             [job_id, owner, from_state, to_state, now, now + lease_ms],
         )
-        progress = _progress(reply, "transition")
+        progress = job_progress(reply, "transition")
         if to_state in (JobState.QUEUED, JobState.RUNNING):  # a requeue or lease deadline
             await self._mark_job_due(job_id, now + lease_ms if lease_ms else now)
         return progress
@@ -220,7 +205,7 @@ class Core(StateReads):
             [job_id, owner, callback_key, index, "1" if ok else "0", detail,
              now, now + lease_ms, now + flush_delay_ms],
         )
-        progress = _progress(reply, "item_result")
+        progress = job_progress(reply, "item_result")
         if progress.state in TERMINAL:  # its ledger entries wait (a renewed lease only
             await self._mark_job_due(job_id, now)  # moves a deadline later: no mark)
         return progress
@@ -250,7 +235,7 @@ class Core(StateReads):
              b.counters],
             [job_id, owner, now, now + lease_ms, now + flush_delay_ms, len(reports), *entries],
         )
-        code = _check(reply, "items_result")
+        code = check_reply(reply, "items_result")
         if reply[1] in TERMINAL:
             await self._mark_job_due(job_id, now)
         counted, duplicates = (int(reply[5]), int(reply[6])) if len(reply) >= 7 else (0, 0)
@@ -274,7 +259,7 @@ class Core(StateReads):
             self._finish_keys(job, job.user(owner)),
             [job_id, owner, to_state, ",".join(from_states), reason, now, now + flush_delay_ms],
         )
-        progress = _progress(reply, "settle")
+        progress = job_progress(reply, "settle")
         await self._mark_job_due(job_id, now)  # ledger entries wait
         return progress
 
@@ -294,7 +279,7 @@ class Core(StateReads):
             self._finish_keys(job, job.user(owner)),
             [job_id, owner, reason, now, now + flush_delay_ms, ",".join(from_states)],
         )
-        progress = _progress(reply, "cancel")
+        progress = job_progress(reply, "cancel")
         await self._mark_job_due(job_id, now)  # ledger entries wait
         return progress
 
@@ -303,18 +288,18 @@ class Core(StateReads):
         reply = await self._run(
             "renew_lease", [job.base, job.bucket.leases], [job_id, owner, now_ms() + lease_ms]
         )
-        return _check(reply, "renew_lease")
+        return check_reply(reply, "renew_lease")
 
     async def rule_slot_take(self, user_id: str, rule_id: str) -> SlotUse:
         user = self.keys.user(user_id)
         reply = await self._run("rule_slot_take", [user.base, user.rules], [rule_id])
-        code = _check(reply, "rule_slot_take")
+        code = check_reply(reply, "rule_slot_take")
         return SlotUse(code, int(reply[1]), int(reply[2]))
 
     async def rule_slot_release(self, user_id: str, rule_id: str) -> Code:
         user = self.keys.user(user_id)
         reply = await self._run("rule_slot_release", [user.rules], [rule_id])
-        return _check(reply, "rule_slot_release")
+        return check_reply(reply, "rule_slot_release")
 
     async def grant(self, user_id: str, op_id: str, amount: int, reason: str) -> Balance:
         user = self.keys.user(user_id)
@@ -323,7 +308,7 @@ class Core(StateReads):
             [user.base, user.ops, user.bucket.ledger, user.bucket.counters],
             [user_id, op_digest(op_id), amount, reason, now_ms()],
         )
-        code = _check(reply, "grant")
+        code = check_reply(reply, "grant")
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return Balance(code, *(int(v) for v in reply[1:5]))
 
@@ -334,7 +319,7 @@ class Core(StateReads):
             [user.base, user.ops],
             [op_digest(op_id), plan.name, plan.concurrency, plan.rule_slots],
         )
-        return _check(reply, "set_plan")
+        return check_reply(reply, "set_plan")
 
     async def claim_due(
         self, bucket: int, *, limit: int, claim_ms: int, requeue_after_ms: int
@@ -357,12 +342,12 @@ class Core(StateReads):
              job.callback_set],
             [job_id],
         )
-        return _check(reply, "flush_done")
+        return check_reply(reply, "flush_done")
 
     async def ledger_ack(self, bucket: int, count: int, first_entry: str) -> Code:
         ledger = self.keys.bucket(bucket).ledger
         reply = await self._run("ledger_ack", [ledger], [count, first_entry])
-        return _check(reply, "ledger_ack")
+        return check_reply(reply, "ledger_ack")
 
     async def flush_retry_later(
         self, bucket: int, kind: str, record_id: str, entry: str, *, attempts_allowed: int,
@@ -374,7 +359,7 @@ class Core(StateReads):
         reply = await self._run(
             "flush_retry_later", [b.flush_attempts, b.flush, b.ledger_retry],
             [kind, record_id, entry, now_ms(), attempts_allowed, delay_ms])
-        code = _check(reply, "flush_retry_later")
+        code = check_reply(reply, "flush_retry_later")
         return FlushAttempt(int(reply[1]), int(reply[2]), code is Code.EXHAUSTED)
 
     async def flush_retry_end(
@@ -385,7 +370,7 @@ class Core(StateReads):
         reply = await self._run(
             "flush_retry_end", [b.flush_attempts, b.ledger_retry, b.counters],
             [kind, record_id, entry, "1" if set_aside else "0"])
-        return _check(reply, "flush_retry_end")
+        return check_reply(reply, "flush_retry_end")
 
     async def forget_job_attempts(self, bucket: int, job_ids: list[str]) -> None:
         """Drops the attempt counts of flushed jobs (most have none: HDEL of absent fields)."""
