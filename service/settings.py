@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     max_items: int = Field(default=1000, ge=1)
 
     key_prefix: str = "tg"
-    buckets: int = Field(default=64, ge=1, le=16384)
+    # Hash-slot buckets: fixed for the life of the data (`tollgate rebucket` moves it). 1,024
+    # spreads over a Cluster of hundreds of shards; reads that still walk every bucket
+    # (webhook outbox pass, queue position, audit) cost 16x more at the 16,384 maximum.
+    buckets: int = Field(default=1024, ge=1, le=16384)
     price_per_item: int = Field(default=1, ge=0)
     lease_ttl: int = Field(default=60, ge=2)
     flush_delay: int = Field(default=5, ge=0)

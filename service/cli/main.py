@@ -163,6 +163,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(audit(settings, args.user))
 
 
+def cmd_rebucket(args: argparse.Namespace) -> int:
+    from service.cli.rebucket import run_rebucket
+
+    settings = get_settings()
+    if settings.embedded_redis:
+        sys.exit("rebucket moves keys in a shared Redis: set TOLLGATE_REDIS_URL")
+    return asyncio.run(run_rebucket(settings, args.to, dry_run=args.dry_run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                                          "ledger and job history; exit 1 on any difference")
     audit.add_argument("--user", default=None, metavar="ID", help="check one user")
     audit.set_defaults(run=cmd_audit)
+
+    rebucket = sub.add_parser("rebucket", help="move every user's Redis keys to a new "
+                                               "TOLLGATE_BUCKETS (API, workers and flusher "
+                                               "stopped; only growing)")
+    rebucket.add_argument("--to", type=int, required=True, metavar="N",
+                          help="the new bucket count (TOLLGATE_BUCKETS is the current one)")
+    rebucket.add_argument("--dry-run", action="store_true", help="count, move nothing")
+    rebucket.set_defaults(run=cmd_rebucket)
     return parser
 
 
