@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from rq.job import Job
 
-from service.contract import BatchItem, batch_payload
+from service.contract import SERIALIZER, BatchItem, batch_payload, make_queue
 from service.models import THUMBNAIL_PARAMS_SCHEMA
-from tests.workers.conftest import TOKEN, FakeApi
+from service.state.queue import enqueue_job
+from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
 from workers.callbacks import RetryingClient
 from workers.jobs import Batch, run_batch
 from workers.processors import Item, Output
@@ -136,6 +138,23 @@ def test_every_item_of_a_batch_gets_the_jobs_params_read_only(
     assert all(isinstance(one, MappingProxyType) for one in seen)
     assert errors == ["TypeError", "TypeError", "AttributeError"] * 3
     assert params == {"size": 64, "nested": {"a": 1}, "list": [1, 2]}  # the payload unchanged
+
+
+@pytest.mark.redis
+def test_every_batch_of_a_job_carries_its_params(sync_redis: Any, key_prefix: str) -> None:
+    queue = make_queue(sync_redis, key_prefix)
+    job_id = unique_job_id(key_prefix)
+    params = {"size": 64, "format": "webp", "tags": ["a"]}
+    specs = [BatchItem(i, f"f{i}", "image/png", f"http://in/{i}", f"http://out/{i}", f"o/{i}")
+             for i in range(5)]
+    ids = enqueue_job(queue, job_id=job_id, callback_url="http://api/cb", callback_token="t",
+                      items=specs, batch_size=2, lease_ttl_s=30, timeout_s=900, params=params)
+    assert len(ids) == 3
+    for rq_id in ids:
+        job = Job.fetch(rq_id, connection=sync_redis, serializer=SERIALIZER)
+        assert job.args[0]["params"] == params
+        assert dict(Batch.from_payload(job.args[0]).params) == {
+            "size": 64, "format": "webp", "tags": ("a",)}
 
 
 def test_a_batch_from_before_params_gets_an_empty_mapping() -> None:
