@@ -36,13 +36,26 @@ def test_every_part_of_a_record_is_redacted(caplog: pytest.LogCaptureFixture) ->
     assert "SECRET" not in text and text.count("?<redacted>") == 4, text
 
 
-def test_uvicorn_access_lines_keep_their_shape(caplog: pytest.LogCaptureFixture) -> None:
+def test_uvicorn_access_lines_keep_their_shape() -> None:
     install_redaction()
-    access = logging.getLogger("uvicorn.access")
-    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+    access = logging.getLogger("uvicorn.access")  # uvicorn's config stops its propagation
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    access.addHandler(handler)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
         access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
                     "/files/k?m=GET&exp=1&sig=SECRET", "1.1", 200)
-    line = AccessFormatter(fmt="%(message)s", use_colors=False).format(caplog.records[-1])
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    line = AccessFormatter(fmt="%(message)s", use_colors=False).format(records[-1])
     assert line == '127.0.0.1:5 - "GET /files/k?<redacted> HTTP/1.1" 200'
 
 
