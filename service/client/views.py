@@ -3,6 +3,8 @@ adds later is ignored, so an older client keeps working."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 TERMINAL = ("done", "failed", "canceled")
@@ -42,6 +44,7 @@ class Job(msgspec.Struct):
     refunded: int = 0
     rule_id: str | None = None
     model: str | None = None
+    params: dict[str, Any] = msgspec.field(default_factory=dict)  # copied from its rule or given
     created_at: str | None = None
     updated_at: str | None = None
     started_at: str | None = None

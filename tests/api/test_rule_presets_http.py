@@ -273,3 +273,21 @@ async def test_a_job_takes_its_rules_preset_and_its_own_fields_win(api: Api) -> 
     assert (await api.client.get(f"/jobs/{plain['id']}",
                                  headers=api.auth(user))).json()["params"] == {
         "size": 64, "format": "jpeg"}
+
+
+async def test_the_python_client_sends_and_shows_params(api: Api) -> None:
+    from service.client import AsyncTollgate, ProblemError
+
+    user = api.user()
+    await api.admin_create_user(user, plan="pro", credits=100)  # two jobs at once
+    rule = await post_rule(api, user, model="thumb", params={"size": 48})
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        from_rule = await tg.create([("a.png", b"png", "image/png")], rule_id=rule["id"])
+        own = await tg.create([("b.png", b"png", "image/png")], params={"size": 32,
+                                                                        "format": "jpeg"})
+        assert (from_rule.params, from_rule.rule_id, own.params) == (
+            {"size": 48}, rule["id"], {"size": 32, "format": "jpeg"})
+        assert (await tg.get(own.id)).params == {"size": 32, "format": "jpeg"}
+        with pytest.raises(ProblemError) as refused:
+            await tg.create([("c.png", b"png", "image/png")], params={"size": 2})
+    assert (refused.value.status, refused.value.code) == (422, "validation_error")
