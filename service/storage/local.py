@@ -109,11 +109,17 @@ class LocalStorage:
     async def remember_content_type(self, key: str, content_type: str | None) -> None:
         """Keeps the Content-Type an upload came with (a processor's image/png), or forgets
         an earlier one (None)."""
-        where = anyio.Path(self._type_path(self.path_for(key)))
+        await anyio.to_thread.run_sync(self.remember_content_type_at, self.path_for(key),
+                                       content_type)
+
+    def remember_content_type_at(self, path: Path, content_type: str | None) -> None:
+        """The same for the file at `path` (from path_for), blocking: the /files PUT route
+        runs it in the thread call that renames the upload into place."""
+        where = self._type_path(path)
         if content_type:
-            await where.write_text(content_type)
+            where.write_text(content_type)
         else:
-            await where.unlink(missing_ok=True)
+            where.unlink(missing_ok=True)
 
     async def content_type_of(self, key: str) -> str | None:
         where = anyio.Path(self._type_path(self.path_for(key)))

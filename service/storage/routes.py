@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import mimetypes
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import anyio
 from litestar import Request, Response, get, put
@@ -19,31 +20,63 @@ from litestar.response import File
 from service.errors import BadSignature, KeyConflict, NotFound, PayloadTooLarge
 from service.storage.local import ANY_TYPE, LocalStorage
 
+# Bytes gathered in the event loop before one thread call writes them: an item of this size
+# or less (every upload of a usual job) costs two thread calls in all (write, rename) instead
+# of one per file operation, each a hand-off to anyio's worker threads (measured with
+# bench/job_cost.py: the thread hops were most of the API's CPU per local upload).
+WRITE_BUFFER = 1024 * 1024
+
 
 async def _receive_file(request: Request[Any, Any, Any], path: Path, max_size: int,
-                        still_allowed: Callable[[], Awaitable[None]] | None = None) -> None:
+                        still_allowed: Callable[[], Awaitable[None]] | None = None,
+                        after_rename: Callable[[], None] | None = None) -> None:
     """Streams the body to a temp file beside `path`, then renames it into place, unless
-    `still_allowed` refuses once the bytes are in (the job moved on during the upload)."""
+    `still_allowed` refuses once the bytes are in (the job moved on during the upload).
+    `after_rename` (blocking) runs in the same thread call as the rename."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_size:
         raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
-    if await anyio.Path(path).is_dir():
-        raise KeyConflict("another object's key continues below this one")
-    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    tmp = anyio.Path(path.parent / f".{path.name}.{secrets.token_hex(6)}.part")
-    received = 0
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    out: BinaryIO | None = None
+
+    def write(chunks: list[bytes], last: bool) -> None:
+        nonlocal out
+        if out is None:
+            if path.is_dir():
+                raise KeyConflict("another object's key continues below this one")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "wb")  # noqa: SIM115  (closed below or in the finally)
+        out.writelines(chunks)
+        if last:
+            out.close()
+
+    received, buffered, chunks = 0, 0, []
+    replaced = False
     try:
-        async with await anyio.open_file(tmp, "wb") as out:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > max_size:
-                    raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
-                await out.write(chunk)
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_size:
+                raise PayloadTooLarge(f"this URL accepts at most {max_size} bytes")
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if buffered >= WRITE_BUFFER:
+                await anyio.to_thread.run_sync(write, chunks, False)
+                chunks, buffered = [], 0
+        await anyio.to_thread.run_sync(write, chunks, True)
         if still_allowed is not None:
             await still_allowed()
-        await tmp.replace(path)  # atomic: a reader never sees half a file
+
+        def rename() -> None:
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            if after_rename is not None:
+                after_rename()
+
+        await anyio.to_thread.run_sync(rename)
+        replaced = True
     finally:
-        await tmp.unlink(missing_ok=True)
+        if out is not None and not replaced:
+            out.close()
+            await anyio.to_thread.run_sync(partial(tmp.unlink, missing_ok=True))
 
 
 # A Content-Type kept from an upload: `type/subtype` and simple parameters, nothing else.
@@ -112,8 +145,9 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
         if check_upload is not None:
             await check_upload(request, key)
         await _receive_file(request, path, max_size,
-                            None if check_upload is None else partial(check_upload, request, key))
-        await storage.remember_content_type(key, kept_type(request.headers.get("content-type")))
+                            None if check_upload is None else partial(check_upload, request, key),
+                            partial(storage.remember_content_type_at, path,
+                                    kept_type(request.headers.get("content-type"))))
         return Response({}, status_code=200)
 
     @get("/files/{key:path}", include_in_schema=False)
