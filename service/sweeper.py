@@ -13,9 +13,9 @@ after the visit; a write that lands during the visit lowers the score, and the s
 the lower one. The marks are a second call after the script, so a crash between the two
 loses one: the safety net (`reindex_buckets`) reads the next due time of every bucket in
 use (`tg:buckets`: Core adds a bucket after each script that provisions, funds or reserves
-there) every FULL_SWEEP_S and of every bucket on the flusher's first pass, and lowers the
-index to it. A saturated bucket (a heavy user's backlog) is taken again at once, up to
-MAX_ROUNDS rounds a pass.
+there) about every FULL_SWEEP_S, a share a pass (SafetyNet), and of every bucket on the
+flusher's first pass, and lowers the index to it. A saturated bucket (a heavy user's
+backlog) is taken again at once, up to MAX_ROUNDS rounds a pass.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from service.bucket_sweep import CLAIM_MS, FlushStats, Requeue, Sessions, flush_bucket
@@ -53,12 +54,40 @@ Reindex = Literal["in_use", "all"]
 RuntimeJobView = Callable[[Runtime, str, str], Awaitable[dict[str, Any]]]
 
 
-async def reindex_buckets(core: Core, settings: Settings, which: Reindex) -> int:
+async def reindex_buckets(core: Core, settings: Settings,
+                          which: Reindex | Sequence[int]) -> int:
     """The due index's safety net (see the module docstring): "in_use" reads the buckets
-    in use, "all" every bucket (a flusher's first pass). Returns the buckets with work."""
+    in use, "all" every bucket (a flusher's first pass), or the buckets given (one share of
+    the rolling net). Returns the buckets with work."""
     due = DueIndex(core)
-    buckets = range(settings.buckets) if which == "all" else await due.buckets_in_use()
+    buckets: Sequence[int] = (range(settings.buckets) if which == "all" else
+                              await due.buckets_in_use() if which == "in_use" else which)
     return await due.reindex(buckets, settings.requeue_after * 1000)
+
+
+class SafetyNet:
+    """The rolling safety net of the flusher loop: every bucket on the first pass, then the
+    buckets in use, a share a pass, so that each is re-read about every FULL_SWEEP_S and
+    no pass pays for all of them at once (16,384 buckets take seconds)."""
+
+    def __init__(self, core: Core, settings: Settings) -> None:
+        self.due = DueIndex(core)
+        self.interval = settings.flusher_interval
+        self.first = True
+        self.pending: list[int] = []
+        self.share = 1
+
+    async def next_share(self) -> Reindex | list[int] | None:
+        if self.first:
+            return "all"
+        if not self.pending:  # a new cycle: the set as it is now
+            self.pending = await self.due.buckets_in_use()
+            self.share = max(1, math.ceil(len(self.pending) * self.interval / FULL_SWEEP_S))
+        share, self.pending = self.pending[:self.share], self.pending[self.share:]
+        return share or None
+
+    def done(self) -> None:
+        self.first = False
 
 
 async def flush_once(
@@ -70,7 +99,7 @@ async def flush_once(
     claim_ms: int = CLAIM_MS,
     concurrency: int = 4,
     storage: Storage | None = None,
-    reindex: Reindex | None = None,
+    reindex: Reindex | Sequence[int] | None = None,
 ) -> FlushStats:
     """One pass over the buckets the due index names, `concurrency` buckets at a time;
     with `reindex`, the safety net runs first.
@@ -87,7 +116,7 @@ async def flush_once(
     gate = asyncio.Semaphore(concurrency)
     due = DueIndex(core)
     requeue_after_ms = settings.requeue_after * 1000
-    if reindex is not None:
+    if reindex:
         await reindex_buckets(core, settings, reindex)
     placeholder = new_placeholder()
     buckets = await due.take(placeholder, limit=settings.buckets)
@@ -156,17 +185,13 @@ async def run_flusher(
           + (" (one pass)" if once else ""), flush=True)
     delivering = None if webhooks is None or once else asyncio.create_task(
         webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
-    loop = asyncio.get_running_loop()
-    reindex: Reindex | None = "all"  # first pass: every bucket (work from before a restart)
-    last_sweep = loop.time()
+    net = SafetyNet(core, settings)
     try:
         while not stop.is_set():
             try:
                 stats = await flush_once(core, sessions, settings, requeue=requeue,
-                                         storage=storage, reindex=reindex)
-                if reindex is not None:
-                    last_sweep = loop.time()
-                reindex = "in_use" if loop.time() - last_sweep >= FULL_SWEEP_S else None
+                                         storage=storage, reindex=await net.next_share())
+                net.done()
             except Exception:
                 if once:
                     raise

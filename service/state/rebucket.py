@@ -9,7 +9,8 @@ id as before. Only growing is allowed, so every old job id stays below the new c
 
 Refused while any job is live or not yet flushed (a bucket's holds, leases, queued or flush
 zset is not empty): the user's active set and jobs zset would then hold jobs in another
-bucket. Stop the API and the workers, let `tollgate flusher --once` flush, then rebucket.
+bucket. Let the live jobs end, stop the API and the workers, let `tollgate flusher --once`
+flush, then rebucket.
 Ledger entries waiting in an old bucket's list stay there; the flusher finds them (its
 first pass reads every bucket).
 

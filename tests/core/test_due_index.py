@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import service.bucket_sweep as bucket_sweep
 import service.sweeper as sweeper
 from service.bucket_sweep import FlushStats
 from service.history.engine import make_engine, make_session_factory, run_migrations
@@ -46,7 +47,7 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
 def visits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every bucket flush_once visits, in order (one entry a round)."""
     seen: list[int] = []
-    real = sweeper.flush_bucket
+    real = bucket_sweep.flush_bucket
 
     async def counted(core: Core, sessions: Sessions, settings: Settings, bucket: int,
                       **kwargs: Any) -> FlushStats:
@@ -278,3 +279,23 @@ async def test_every_write_that_leaves_due_work_marks_its_bucket(
             await core.cancel(other, ann, reason="user", flush_delay_ms=0)
         assert (await due.scores())[bucket] <= now_ms()
         batched = other
+
+
+async def test_the_rolling_safety_net_reads_every_bucket_in_use_once_a_cycle(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [f"user-{i}" for i in range(40)]
+    for user in users:
+        await new_user(core, user)
+    in_use = sorted({core.keys.bucket_of_user(user) for user in users})
+    assert len(in_use) > 6
+    # One pass a second, a cycle of 3 s: a third of the buckets a pass.
+    monkeypatch.setattr(sweeper, "FULL_SWEEP_S", 3.0)
+    net = sweeper.SafetyNet(core, settings_for(core, flusher_interval=1.0))
+    assert await net.next_share() == "all"
+    assert await net.next_share() == "all"  # until a pass with it went through
+    net.done()
+    for _ in range(2):  # two cycles
+        shares = [await net.next_share() for _ in range(3)]
+        assert all(isinstance(s, list) and len(s) <= -(-len(in_use) // 3) for s in shares)
+        assert sorted(b for s in shares for b in s or []) == in_use
