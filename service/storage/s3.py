@@ -11,8 +11,10 @@ from typing import Any
 from service.storage.base import PresignedUpload, _expiry
 from service.storage.sigv4 import SigV4Presigner
 
-# Few keys: HEAD each one. Many keys sharing a folder: one LIST per 1000 keys is far cheaper.
-_HEAD_AT_MOST = 8
+# One key: HEAD it. More keys sharing a folder: one LIST per 1000 keys is far cheaper. Even
+# for a job of 8 items one LIST beats 8 HEADs: each boto3 call costs the API about 2 ms of
+# CPU, and eight made confirm-upload cost ~16 ms (bench/job_cost.py, issue 11).
+_HEAD_AT_MOST = 1
 # S3's DeleteObjects takes at most 1000 keys per request.
 _DELETE_AT_MOST = 1000
 
