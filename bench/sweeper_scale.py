@@ -15,6 +15,9 @@ file unless --database-url). Two measurements, each against a baseline from the 
   user and the spread jobs under the rule before (one round of flush_batch per bucket and
   pass, every bucket walked).
 
+The safety net: all buckets in use at once (what a pass would pay without the rolling net)
+and one pass's share of the rolling net (a sixtieth of them at 1 s passes).
+
     python bench/sweeper_scale.py                 # 16,384 buckets, 5,000 jobs
     python bench/sweeper_scale.py --quick
 """
@@ -22,6 +25,7 @@ file unless --database-url). Two measurements, each against a baseline from the 
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import socket
 import statistics
@@ -42,7 +46,7 @@ from service.settings import Settings
 from service.state.plans import Plan
 from service.state.replies import ItemReport
 from service.state.store import Core
-from service.sweeper import flush_once, reindex_buckets
+from service.sweeper import FULL_SWEEP_S, flush_once, reindex_buckets
 
 ITEMS = 8
 PLAN = Plan(name="bench", rule_slots=1, concurrency=100_000)
@@ -151,6 +155,11 @@ async def measure(redis_url: str, database_url: str, args: Any) -> Result:
         start, cmds = time.perf_counter(), await commands(client)
         await reindex_buckets(core, idle, "in_use")
         sweep_s, sweep_cmds = time.perf_counter() - start, await commands(client) - cmds - 1
+        # What the flusher loop pays a pass: one share of the rolling net (1 s passes).
+        share = math.ceil(args.buckets * idle.flusher_interval / FULL_SWEEP_S)
+        start = time.perf_counter()
+        await reindex_buckets(core, idle, list(range(share)))
+        share_s = time.perf_counter() - start
 
         warm = Settings(redis_url=redis_url, key_prefix="warm-up", buckets=args.drain_buckets,
                         flush_delay=0)  # SQL and the scripts warmed before the first drain
@@ -180,6 +189,7 @@ async def measure(redis_url: str, database_url: str, args: Any) -> Result:
     rows = [Row("idle pass, due index (now)", now_ps, now_ps / before_ps,
                 extra={"buckets": args.buckets, "redis_commands_per_pass": round(now_cmds),
                        "safety_net_s": round(sweep_s, 3),
+                       "safety_net_share": share, "safety_net_share_s": round(share_s, 4),
                        "safety_net_redis_commands": sweep_cmds})]
     spread = statistics.median(rate for rate, _ in rates["spread"])
     per_round = [heavy / spread_rate for (heavy, _), (spread_rate, _)
@@ -206,7 +216,9 @@ async def measure(redis_url: str, database_url: str, args: Any) -> Result:
                   rows, quick=args.quick), args.out,
            [("redis_commands_per_pass", "Redis commands a pass"),
             ("safety_net_s", "safety net over every bucket, s"),
-            ("safety_net_redis_commands", "its Redis commands")])
+            ("safety_net_redis_commands", "its Redis commands"),
+            ("safety_net_share", "buckets re-read a pass"),
+            ("safety_net_share_s", "their time, s")])
     return Result("sweeper_drain", f"Flusher: jobs/s draining {args.jobs:,} finished jobs into "
                   f"SQL, ratio to the same jobs spread over {args.users} users' buckets", machine,
                   params, Baseline(f"drain: spread over {args.users} buckets (now)", spread,

@@ -33,6 +33,7 @@ import httpx
 from service.errors import NotFound, WebhookUrlNotAllowed
 from service.settings import Settings
 from service.state.codes import Code
+from service.state.due import DueIndex
 from service.state.fsm import JobState
 from service.state.outbox import Outbox
 from service.state.records import iso_z, ms_to_datetime
@@ -169,8 +170,10 @@ class WebhookSender:
         return sum(await asyncio.gather(*(one(i) for i in ids)))
 
     async def deliver_once(self) -> int:
+        """One pass over the buckets in use (a delivery exists only where a user does), so
+        an idle pass costs what the users cost, not TOLLGATE_BUCKETS."""
         total = 0
-        for bucket in range(self.settings.buckets):
+        for bucket in await DueIndex(self.outbox.core).buckets_in_use():
             total += await self.deliver_bucket(bucket)
         return total
 

@@ -19,6 +19,7 @@ import pytest
 from service.api.webhook_log import webhook_job_view
 from service.runtime import open_runtime
 from service.settings import Settings
+from service.state.due import DueIndex
 from service.state.outbox import Outbox
 from service.sweeper import run_flusher_with_requeue
 from service.webhooks import WebhookSender, sender_client
@@ -228,3 +229,24 @@ async def test_the_address_is_checked_again_at_delivery(
     assert receiver.requests == []
     [entry] = await log_of(api, user, job["id"])
     assert entry["attempts"] == 1 and entry["last_status"] is None
+
+
+async def test_a_delivery_pass_reads_only_the_buckets_in_use(
+    api: Api, receiver: Receiver, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = api.user()
+    job = await running_job(api, user, receiver, ["completed"], n=1)
+    await report_item(api, job["id"], user, 0)
+    visited: list[int] = []
+    deliver_bucket = sender.deliver_bucket
+
+    async def counted(bucket: int, limit: int = 200) -> int:
+        visited.append(bucket)
+        return await deliver_bucket(bucket, limit)
+
+    monkeypatch.setattr(sender, "deliver_bucket", counted)
+    assert await sender.deliver_once() == 1
+    in_use = await DueIndex(sender.outbox.core).buckets_in_use()
+    assert visited == in_use
+    assert sender.outbox.core.keys.bucket_of_job(job["id"]) in visited
+    assert len(visited) < api.settings.buckets  # not every bucket
