@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from litestar import Litestar, get, post
@@ -37,8 +38,16 @@ async def bare_post(data: Echo) -> dict[str, object]:
     return {"ok": True, "service": "bare", "event": data.event}
 
 
+@post("/bare/any", status_code=200)
+async def bare_post_any(data: dict[str, Any]) -> dict[str, object]:
+    """Any JSON object, decoded and dropped: the bare POST that bench/http_api.py sends the
+    very body of a tollgate POST row to (a POST /jobs body, an 8-item batched report), so
+    the two differ only in what tollgate does with it."""
+    return {"ok": True, "service": "bare", "fields": len(data)}
+
+
 def create_app() -> Litestar:
-    return Litestar(route_handlers=[bare, bare_post], debug=False)
+    return Litestar(route_handlers=[bare, bare_post, bare_post_any], debug=False)
 
 
 def main(argv: list[str] | None = None) -> int:

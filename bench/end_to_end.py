@@ -1,23 +1,35 @@
 """End to end: jobs/s and items/s through real `tollgate worker` processes with the no-op
-processor, as a ratio to RQ running the same number of no-op jobs with the same workers;
-flusher rows/s into PostgreSQL, as a ratio to writing the same rows with SQL alone; Redis
-memory per live and per finished, not yet flushed job.
+processor, as a ratio to the same RQ workers running batches that make the same storage
+transfers without any tollgate call; flusher rows/s into PostgreSQL, as a ratio to writing the
+same rows with SQL alone; Redis memory per live and per finished, not yet flushed job.
 
     python bench/end_to_end.py [--quick] [--workers 1,2,4] [--jobs 24] [--items 8]
-                               [--flush-jobs 2000] [--api-processes 1]
+                               [--flush-jobs 2000] [--api-processes 1] [--repeats 3]
+                               [--fork]
 
 Workers: real Redis, a fresh PostgreSQL database, local-folder storage, the API as a real
 server subprocess (`python -m service.cli.main api`, granian, `--api-processes`), and N
-`python -m service.cli.main worker` processes (forking RQ workers, the processor
-`workers.processors.noop:passthrough`). `--jobs` jobs of `--items` items (one RQ batch each
-at the default batch size of 8) are created, uploaded and confirmed through the API before
-the clock starts; the clock runs from the first POST /jobs/{id}/execute to the moment every
-job is terminal (polled in Redis, not through the API). Each batch downloads its inputs from
-the API, runs the processor, uploads the outputs and reports each item by callback. The
-baseline, with the same worker processes on the same queue: as many RQ jobs calling a
-trivial function (`noop_task` below, with a payload of the same size), enqueued directly,
-timed from the first enqueue to the last finish. On 2 CPUs the API, Redis and the workers
-share the cores; the row says how many.
+`python -m service.cli.main worker` processes: in-process workers (the default of `tollgate
+worker`: setup() once, no fork per batch; `--fork` measures the forking mode instead), the
+processor `workers.processors.noop:passthrough`. Every job of the run, `--items` items each (one RQ
+batch at the default batch size of 8), is created, uploaded and confirmed through the API
+before any clock starts. A tollgate leg runs `--jobs` of them: its clock runs from the first
+POST /jobs/{id}/execute to the moment every job is terminal (polled in Redis, not through
+the API). Each batch downloads its inputs (side by side), runs the processor, uploads the
+outputs (side by side) and reports the batch in one request (`event: "items"`), after its
+`started` report.
+
+The baseline, with the same worker processes on the same queue in the same round: a leg of
+as many RQ jobs running `transfer_task` below, enqueued directly, timed from the first
+enqueue to the last finish. Each downloads the same 8 inputs through URLs signed as the API
+signs them for workers (`internal=True`), with the worker's own HTTP client and download
+code, and uploads the same bytes to output URLs signed the same way: the batch's storage
+transfers, without any tollgate call (no execute, no `started` or `items` report, no Lua).
+With local-folder storage those transfers are served by the API process's /files routes,
+as in the tollgate run. Per worker count the legs alternate, baseline first and last
+(`--repeats` tollgate legs); a tollgate leg's ratio is its jobs/s over the mean of the two
+baseline legs around it, and the row's ratio is the median over its legs (target 0.8). On
+2 CPUs the API, Redis and the workers share the cores; the row says how many.
 
 Flusher: `--flush-jobs` finished 8-item jobs created through `service.state.store.Core` on real
 Redis (reserve, transition, item_result; replayed in pipelines), then `service.sweeper.
@@ -52,6 +64,7 @@ from bench.common import (
     base_parser,
     fresh_prefix,
     machine_info,
+    median,
     report,
 )
 
@@ -59,15 +72,31 @@ NAME = "end_to_end"
 PROCESSOR = "workers.processors.noop:passthrough"
 CREDITS = 10**9  # fits credit_ledger.amount (a 32-bit INTEGER column)
 JOBS_PER_USER = 10  # the pro plan's concurrency
+TARGET = 0.8  # issue 11: items/s at least 0.8 of the same workers making the transfers alone
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + b"0" * 1016  # 1 KiB per input
 
 
-def noop_task(payload: dict[str, Any]) -> None:
-    """The RQ baseline's job function: takes a batch-sized payload and does nothing.
+def transfer_task(payload: dict[str, Any]) -> int:
+    """The RQ baseline's job function: one batch's storage transfers as the worker makes
+    them (workers.jobs' download and upload, side by side, on its shared HTTP client), the
+    downloaded bytes uploaded as the outputs; no callback, no other tollgate call.
+    Returns the number of items moved both ways; raises if any transfer failed."""
+    from service.contract import BatchItem
+    from workers.callbacks import RetryingClient
+    from workers.jobs import download, in_parallel, shared_http, upload
+    from workers.processors import Item, Output
 
-    (This module imports only the standard library and bench.common at the top, so a
-    work-horse that imports it pays almost nothing.)"""
-    del payload
+    http = RetryingClient(shared_http())
+    specs = [BatchItem(**item) for item in payload["items"]]
+    fetched = in_parallel(lambda spec: download(http, spec), specs)
+    outputs = [Output(item.index, item.data, item.content_type) if isinstance(item, Item)
+               else item for item in fetched]
+    uploaded = in_parallel(lambda pair: upload(http, pair[0], pair[1]),
+                           list(zip(specs, outputs, strict=True)))
+    failed = [out.error for out in uploaded if out.error is not None]
+    if failed:
+        raise RuntimeError(f"baseline transfers failed: {failed[:3]}")
+    return len(uploaded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +107,8 @@ class Params:
     api_server: str
     api_processes: int
     flush_jobs: int
+    repeats: int = 1
+    fork: bool = False
 
 
 # --- the worker part ---------------------------------------------------------------------------
@@ -181,16 +212,50 @@ async def wait_for_workers(queue: Any, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
-async def rq_baseline(queue: Any, prefix: str, round_no: int, jobs: int, items: int,
-                      meter: CpuMeter) -> Run:
+def baseline_payloads(stack: Any, api_url: str, job_ids: list[str], items: int,
+                      round_no: int) -> list[dict[str, Any]]:
+    """One batch payload per job: its uploaded inputs and fresh output keys, signed as the
+    API signs a batch's URLs for workers (service.dispatch)."""
+    from dataclasses import asdict as as_dict
+
+    from service.contract import BatchItem, input_key
+    from service.runtime import storage_secret
+    from service.storage import make_storage
+
+    settings = stack.settings(public_url=api_url)
+    storage = make_storage(settings, storage_secret(stack.secret))
+    ttl = settings.hold_ttl + settings.result_url_ttl
+    payloads = []
+    try:
+        for job_id in job_ids:
+            batch = []
+            for index in range(items):
+                out = f"bench/{job_id}/round{round_no}/out/{index}"
+                batch.append(as_dict(BatchItem(
+                    index=index, name=f"img-{index}.png", content_type="image/png",
+                    input_url=storage.presign_download(input_key(job_id, index), ttl,
+                                                       internal=True),
+                    output_url=storage.presign_upload(out, None, settings.max_item_size, ttl,
+                                                      internal=True).url,
+                    output_key=out)))
+            payloads.append({"items": batch})
+    finally:
+        storage.close()
+    return payloads
+
+
+def merged(runs: list[Run]) -> Run:
+    """Several legs as one: their jobs over their summed time, their mean cores."""
+    return Run(sum(r.jobs for r in runs), sum(r.items for r in runs),
+               sum(r.seconds for r in runs),
+               {k: round(sum(r.cpu[k] for r in runs) / len(runs), 2) for k in runs[0].cpu})
+
+
+async def rq_baseline(queue: Any, prefix: str, round_no: int, payloads: list[dict[str, Any]],
+                      items: int, meter: CpuMeter) -> Run:
     from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-    payload = {"job_id": "x" * 29, "batch_no": 0, "callback_url": "http://127.0.0.1/x" * 4,
-               "callback_token": "t" * 90, "lease_ttl_s": 60,
-               "items": [{"index": i, "name": f"img-{i}.png", "content_type": "image/png",
-                          "input_url": "http://127.0.0.1:1/files/in" + "x" * 150,
-                          "output_url": "http://127.0.0.1:1/files/out" + "x" * 150,
-                          "output_key": "jobs/x/out/0"} for i in range(items)]}
+    jobs = len(payloads)
     finished = FinishedJobRegistry(queue=queue)
     failed = FailedJobRegistry(queue=queue)
     done_before = finished.count
@@ -198,8 +263,8 @@ async def rq_baseline(queue: Any, prefix: str, round_no: int, jobs: int, items: 
     start = time.perf_counter()
 
     def enqueue() -> None:
-        for i in range(jobs):
-            queue.enqueue_call("bench.end_to_end.noop_task", args=(payload,),
+        for i, payload in enumerate(payloads):
+            queue.enqueue_call("bench.end_to_end.transfer_task", args=(payload,),
                                job_id=f"{prefix}-rq-{round_no}-{i}", result_ttl=600)
 
     await asyncio.to_thread(enqueue)
@@ -251,7 +316,7 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
     await asyncio.to_thread(start_all, [api])
     client = Client(api.url, stack.secret)
     try:
-        total = params.jobs * len(params.workers)
+        total = params.jobs * params.repeats * len(params.workers)
         users = [f"e2e{i}" for i in range(math.ceil(total / JOBS_PER_USER))]
         await asyncio.gather(*(client.create_user(u) for u in users))
         owners = [users[i // JOBS_PER_USER] for i in range(total)]
@@ -261,15 +326,33 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
         pairs = list(zip(owners, created, strict=True))
         for round_no, count in enumerate(params.workers):
             env = stack.env(public_url=api.url, TOLLGATE_PROCESSOR=PROCESSOR)
-            workers = [Service(f"worker-{i}", [sys.executable, "-m", "service.cli.main", "worker",
-                                               "--queue", stack.prefix], env).start()
-                       for i in range(count)]
+            command = [sys.executable, "-m", "service.cli.main", "worker", "--queue",
+                       stack.prefix, *(["--fork"] if params.fork else [])]
+            workers = [Service(f"worker-{i}", command, env).start() for i in range(count)]
             await wait_for_workers(queue, count)
             meter = CpuMeter(api, workers, redis)
-            base = await rq_baseline(queue, stack.prefix, round_no, params.jobs, params.items,
-                                     meter)
-            mine = pairs[round_no * params.jobs:(round_no + 1) * params.jobs]
-            run = await tollgate_run(client, redis, keys, mine, params.items, meter)
+            per_round = params.jobs * params.repeats
+            mine = pairs[round_no * per_round:(round_no + 1) * per_round]
+            # Baseline, tollgate, baseline, tollgate, ..., baseline: a slow spell on the
+            # shared machine hits both; each tollgate leg's ratio is over the mean of the
+            # baseline legs around it, the row's ratio the median over legs.
+            bases: list[Run] = []
+            runs: list[Run] = []
+            for leg in range(params.repeats + 1):
+                leg_jobs = mine[min(leg, params.repeats - 1) * params.jobs:][:params.jobs]
+                payloads = await asyncio.to_thread(
+                    baseline_payloads, stack, api.url, [job_id for _, job_id in leg_jobs],
+                    params.items, (params.repeats + 1) * round_no + leg)
+                bases.append(await rq_baseline(queue, stack.prefix,
+                                               (params.repeats + 1) * round_no + leg,
+                                               payloads, params.items, meter))
+                if leg < params.repeats:
+                    runs.append(await tollgate_run(client, redis, keys, leg_jobs,
+                                                   params.items, meter))
+            leg_ratios = [r.jobs_per_s / ((bases[i].jobs_per_s + bases[i + 1].jobs_per_s) / 2)
+                          for i, r in enumerate(runs)]
+            run = merged(runs)
+            base = merged(bases)
             for worker in workers:
                 await asyncio.to_thread(worker.stop, 15.0)
             workers = []
@@ -277,15 +360,21 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
             noun = "worker" if count == 1 else "workers"
             print(f"  {count} {noun}: tollgate {run.jobs_per_s:.1f} jobs/s "
                   f"{run.items_per_s:.0f} items/s in {run.seconds:.2f}s, cores {run.cpu}; "
-                  f"RQ no-op {base.jobs_per_s:.1f} jobs/s in {base.seconds:.2f}s", flush=True)
+                  f"RQ transfers alone {base.jobs_per_s:.1f} jobs/s in {base.seconds:.2f}s, "
+                  f"cores {base.cpu}", flush=True)
             rows.append(Row(
                 f"tollgate, {count} {noun} ({params.items}-item jobs)", run.jobs_per_s,
-                run.jobs_per_s / base.jobs_per_s, None, {
+                median(leg_ratios), TARGET, {
+                    "leg_ratios": [round(x, 3) for x in leg_ratios],
+                    "ratio_range": [round(min(leg_ratios), 3), round(max(leg_ratios), 3)],
+                    "legs_jobs_per_s": [round(r.jobs_per_s, 2) for r in runs],
                     "jobs_per_s": round(run.jobs_per_s, 2),
                     "items_per_s": round(run.items_per_s, 1),
                     "jobs": run.jobs, "seconds": round(run.seconds, 3),
                     "rq_jobs_per_s": round(base.jobs_per_s, 2),
                     "rq_seconds": round(base.seconds, 3),
+                    "rq_legs_jobs_per_s": [round(b.jobs_per_s, 2) for b in bases],
+                    "rq_items_per_s": round(base.items_per_s, 1),
                     "cores": run.cpu, "rq_cores": base.cpu,
                 }))
     finally:
@@ -296,7 +385,8 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
     first = baselines[params.workers[0]]
     noun = "worker" if params.workers[0] == 1 else "workers"
     baseline = Baseline(
-        f"RQ alone: no-op jobs, same workers (shown: {params.workers[0]} {noun})",
+        f"RQ alone: batches making the same storage transfers, same workers "
+        f"(shown: {params.workers[0]} {noun})",
         first.jobs_per_s,
         {"jobs_per_s": round(first.jobs_per_s, 2),
          "rq_jobs_per_s_by_workers": {str(k): round(v.jobs_per_s, 2)
@@ -501,11 +591,13 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
     quick: bool = args.quick
     params = Params(
         workers=tuple(int(x) for x in (args.workers or ("1,2" if quick else "1,2,4")).split(",")),
-        jobs=args.jobs or (4 if quick else 24),
+        jobs=args.jobs or (4 if quick else 32),
         items=args.items,
         api_server=args.api_server,
         api_processes=args.api_processes,
         flush_jobs=args.flush_jobs or (200 if quick else 3000),
+        fork=args.fork,
+        repeats=args.repeats or (1 if quick else 3),
     )
     prefix = args.prefix or fresh_prefix()
     database = Database(args.postgres_dsn)
@@ -536,8 +628,9 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
     workers_result = Result(
         name=NAME,
         title=(f"End to end: jobs/s with the no-op processor, {params.jobs} jobs of "
-               f"{params.items} items, API on {params.api_server} x{params.api_processes}; "
-               "ratio to RQ alone running as many no-op jobs on the same workers"),
+               f"{params.items} items, API on {params.api_server} x{params.api_processes}, "
+               f"{'forking' if params.fork else 'in-process'} workers, batched reports; "
+               "ratio to the same RQ workers making the same storage transfers alone"),
         machine=machine,
         params={**asdict(params), "processor": PROCESSOR,
                 "redis_memory_per_job": memory},
@@ -549,7 +642,7 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
     return [
         (workers_result, [("jobs_per_s", "jobs/s"), ("items_per_s", "items/s"),
                           ("seconds", "s"),
-                          ("rq_jobs_per_s", "RQ jobs/s (same workers)"),
+                          ("rq_jobs_per_s", "RQ transfers alone, jobs/s"),
                           ("cores", "cores (API, workers, Redis)")]),
         (flusher, [("jobs", "jobs"), ("ledger_entries", "ledger rows"), ("seconds", "s"),
                    ("passes", "passes")]),
@@ -573,10 +666,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
     parser.add_argument("--workers", default=None, help="default 1,2,4 (1,2 with --quick)")
     parser.add_argument("--jobs", type=int, default=0,
-                        help="jobs per worker count; default 24 (4 with --quick)")
+                        help="jobs per leg; default 32 (4 with --quick)")
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--api-server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="tollgate legs per worker count, each between two baseline "
+                             "legs; default 3 (1 with --quick)")
+    parser.add_argument("--fork", action="store_true",
+                        help="run the workers with --fork (a work-horse per batch)")
     parser.add_argument("--flush-jobs", type=int, default=0,
                         help="finished jobs to flush; default 3000 (200 with --quick)")
     args = parser.parse_args(argv)

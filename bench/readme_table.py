@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 ORDER = ["lua_core", "reserve_alternatives", "http_api_granian_1p", "http_api_granian_2p",
-         "http_api_uvicorn_1p", "http_api_uvicorn_2p", "http_servers", "end_to_end", "flusher"]
+         "http_api_uvicorn_1p", "http_api_uvicorn_2p", "http_servers", "end_to_end",
+         "job_cost_local", "job_cost_s3", "worker_modes", "flusher"]
 
 
 def _num(value: float) -> str:
@@ -28,7 +29,19 @@ def _num(value: float) -> str:
 
 # Extra columns a result shows when any of its rows carries them.
 EXTRA = [("ratio_to_bare_post", "ratio to bare POST"),
-         ("server_cpu_us_per_request", "server CPU µs/req")]
+         ("ratio_to_bare_post_same_body", "ratio to bare POST, same body"),
+         ("target_vs_same_body", "target (same body)"),
+         ("server_cpu_us_per_request", "server CPU µs/req"),
+         # end_to_end
+         ("ratio_range", "ratio range (legs)"), ("items_per_s", "items/s"),
+         # job_cost_*: CPU per item over a job's whole life, before/after ratios (target 2)
+         ("items_per_s_range", "items/s (rounds)"),
+         ("api_us_per_item", "API µs/item"), ("api_cpu_ratio", "API ratio"),
+         ("redis_us_per_item", "Redis µs/item"), ("redis_cpu_ratio", "Redis ratio"),
+         ("worker_us_per_item", "worker µs/item"), ("worker_cpu_ratio", "worker ratio"),
+         # worker_modes
+         ("per_batch_s", "median per batch, s"), ("first_batch_s", "first batch, s"),
+         ("wall_s", "wall, s")]
 
 
 def section(result: dict[str, Any]) -> str:

@@ -134,9 +134,18 @@ class ScriptRecorder:
         self.calls.append((sha, numkeys, *keys_and_args))
         return ["ok", "recorded", 0, 0, 0]
 
+    async def execute_command(self, *args: Any) -> int:
+        """A plain command Core sends beside its scripts (SADD of the buckets in use, ZADD of
+        the flusher's due index): recorded as (PLAIN, command, args...)."""
+        self.calls.append((PLAIN, *args))
+        return 1
+
     def take(self) -> list[tuple[Any, ...]]:
         calls, self.calls = self.calls, []
         return calls
+
+
+PLAIN = "<plain command>"  # marks a recorded plain command (never a script's SHA)
 
 
 async def load_scripts_into(client: Redis, scripts: Sequence[Script]) -> None:
@@ -153,10 +162,13 @@ async def replay(
     async def send(chunk: Sequence[tuple[Any, ...]]) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for call in chunk:
-                pipe.evalsha(*call)
+                if call[0] == PLAIN:
+                    pipe.execute_command(*call[1:])
+                else:
+                    pipe.evalsha(*call)
             replies = await pipe.execute()
-        for reply in replies:
-            if reply[0] not in ("ok", "already"):
+        for call, reply in zip(chunk, replies, strict=True):
+            if call[0] != PLAIN and reply[0] not in ("ok", "already"):
                 raise RuntimeError(f"benchmark setup refused: {reply!r}")
 
     chunks = [calls[i : i + batch] for i in range(0, len(calls), batch)]

@@ -106,9 +106,12 @@ class Stack:
             key_prefix=self.prefix, queue_name=self.prefix, jwt_secret=self.secret)
         return Settings(**{**values, **overrides})
 
-    def migrate(self) -> None:
-        subprocess.run([sys.executable, "-m", "service.cli.main", "migrate"], env=self.env(),
-                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+    def migrate(self, tree: Path = ROOT) -> None:
+        env = self.env()
+        if tree != ROOT:
+            env["PYTHONPATH"] = str(tree)
+        subprocess.run([sys.executable, "-m", cli_module(tree), "migrate"], env=env,
+                       cwd=tree, check=True, capture_output=True, timeout=120)
 
     def remove_storage(self) -> None:
         import shutil
@@ -135,6 +138,12 @@ async def delete_run_keys(redis_url: str, prefix: str) -> int:
     finally:
         await client.aclose()
     return deleted
+
+
+def cli_module(tree: Path = ROOT) -> str:
+    """The module behind `tollgate` in a checkout: service.cli.main, or service.cli in the
+    commits before the layout change (e.g. 0cd71d2, the "before" of bench/job_cost.py)."""
+    return "service.cli.main" if (tree / "service" / "cli" / "main.py").exists() else "service.cli"
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -171,16 +180,18 @@ class Service:
     """A subprocess in a session of its own (so its forked workers die with it), its output
     in a file (nobody reads a long-running server's pipe)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str],
+                 cwd: Path = ROOT) -> None:
         self.name = name
         self.args = args
         self.env = env
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
 
     def start(self) -> Service:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop)
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=self.log,
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -225,15 +236,20 @@ class Service:
 class HttpServer(Service):
     """`python -m service.cli.main api ...` or `python bench/bare_app.py ...` on a free port."""
 
-    def __init__(self, name: str, app: str, server: str, workers: int, stack: Stack) -> None:
+    def __init__(self, name: str, app: str, server: str, workers: int, stack: Stack,
+                 tree: Path = ROOT) -> None:
+        """`tree`: the checkout whose `tollgate api` runs (another commit's worktree too)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = server
         self.workers = workers
-        command = ([sys.executable, "-m", "service.cli.main", "api"] if app == "tollgate"
+        command = ([sys.executable, "-m", cli_module(tree), "api"] if app == "tollgate"
                    else [sys.executable, str(ROOT / "bench" / "bare_app.py")])
+        env = stack.env(public_url=self.url)
+        if tree != ROOT:
+            env["PYTHONPATH"] = str(tree)
         super().__init__(name, [*command, "--server", server, "--workers", str(workers),
-                                "--port", str(self.port)], stack.env(public_url=self.url))
+                                "--port", str(self.port)], env, cwd=tree)
         self.health_path = "/health" if app == "tollgate" else "/bare"
 
     def wait_ready(self, timeout: float = 60.0) -> None:

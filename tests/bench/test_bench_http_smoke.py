@@ -20,8 +20,10 @@ from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_ROWS = ["POST /jobs (1 item)", "POST /jobs (8 items)", "POST /jobs/{id}/callback (item)",
-             "GET /jobs/{id} (8 items)"]
+             "POST /jobs/{id}/callback (batched report, 8 items)", "GET /jobs/{id} (8 items)"]
 BARE_POST_ROW = "POST /bare (bare Litestar, small JSON body; reference)"
+SAME_BODY_ROWS = ["POST /bare/any, the POST /jobs (1 item) body (reference)",
+                  "POST /bare/any, the 8-item report body (reference)"]
 
 
 async def run_script(name: str, *args: str) -> str:
@@ -111,11 +113,16 @@ async def test_http_api_reports_each_endpoint_against_the_bare_app_on_both_serve
         assert result["baseline"]["label"] == "GET /bare (bare Litestar)"
         assert set(result["baseline"]["extra"]["status_codes"]) == {"200"}
         rows = {row["label"]: row for row in result["rows"]}
-        assert list(rows) == [*HTTP_ROWS, BARE_POST_ROW]
-        assert rows["POST /jobs (1 item)"]["target"] == 0.4
-        assert rows["POST /jobs/{id}/callback (item)"]["target"] == 0.5
-        for label in HTTP_ROWS[:3]:  # the POST rows carry their ratio to the bare POST too
+        assert list(rows) == [*HTTP_ROWS, BARE_POST_ROW, *SAME_BODY_ROWS]
+        # Issue 11's targets stand against a bare POST of the very same body.
+        post1, batch = rows["POST /jobs (1 item)"], rows[HTTP_ROWS[3]]
+        assert post1["extra"]["target_vs_same_body"] == 0.5
+        assert batch["extra"]["target_vs_same_body"] == 0.4
+        for row in (post1, batch):
+            assert row["extra"]["ratio_to_bare_post_same_body"] > 0
+        for label in HTTP_ROWS[:4]:  # the POST rows carry their ratio to the bare POST too
             assert rows[label]["extra"]["ratio_to_bare_post"] > 0
+        assert batch["extra"]["requests"] > 0
         for label, row in rows.items():
             expected = "201" if label.startswith("POST /jobs (") else "200"
             assert set(row["extra"]["status_codes"]) == {expected}, (label, row)
@@ -140,11 +147,14 @@ async def test_end_to_end_runs_real_workers_the_flusher_and_measures_memory(
                               "--workers", "1", "--jobs", "3", "--flush-jobs", "60")
 
     result = json.loads((tmp_path / "end_to_end.json").read_text())
-    assert result["baseline"]["label"].startswith("RQ alone")
+    assert result["baseline"]["label"].startswith(
+        "RQ alone: batches making the same storage transfers")
+    assert "in-process workers, batched reports" in result["title"]
     [row] = result["rows"]
     assert row["label"] == "tollgate, 1 worker (8-item jobs)"
     assert row["extra"]["jobs"] == 3 and row["extra"]["items_per_s"] > 0
     assert row["extra"]["rq_jobs_per_s"] > 0 and row["ratio"] > 0
+    assert row["target"] == 0.8 and len(row["extra"]["rq_legs_jobs_per_s"]) == 2
     memory = result["params"]["redis_memory_per_job"]
     finished = memory["finished (8 of 8 done), not yet flushed"]["bytes_per_job"]
     assert memory["created (reserved, uploads pending)"]["bytes_per_job"] > 0
@@ -155,7 +165,9 @@ async def test_end_to_end_runs_real_workers_the_flusher_and_measures_memory(
     assert flusher["baseline"]["extra"]["jobs"] == 60
     jobs_row, ledger_row = flusher["rows"]
     assert jobs_row["label"] == "flush_once: jobs_log rows"
-    assert jobs_row["extra"]["jobs"] == 60 and jobs_row["extra"]["ledger_entries"] == 60
+    # Each finished job leaves its hold, release and charge entries (fa01bab).
+    assert jobs_row["extra"]["jobs"] == 60 and jobs_row["extra"]["ledger_entries"] == 180
+    assert flusher["baseline"]["extra"]["ledger_entries"] == 180
     assert ledger_row["label"] == "flush_once: credit_ledger rows"
     assert "Redis memory per 8-item job" in output
     await assert_nothing_left(real_redis, key_prefix, postgres_admin_dsn, output)
