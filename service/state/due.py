@@ -44,6 +44,7 @@ class DueIndex:
 
     async def take(self, placeholder: int, *, limit: int, at_ms: int | None = None) -> list[int]:
         """Due buckets of every shard (at most `limit` a shard), set to `placeholder`."""
+        await self.core.marks.sent()  # this process's own marks first
         now = now_ms() if at_ms is None else at_ms
         script = self.core.scripts["due_take"]
         replies = await asyncio.gather(*(
@@ -90,6 +91,7 @@ class DueIndex:
 
     async def scores(self) -> dict[int, float]:
         """Every indexed bucket and its score (tests and `tollgate inspect`)."""
+        await self.core.marks.sent()
         found: dict[int, float] = {}
         for key in self.keys.due_indexes:
             for member, score in await self.core.client.zrange(key, 0, -1, withscores=True):

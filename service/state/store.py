@@ -15,6 +15,7 @@ from service.state.autopipeline import AutoPipeline
 from service.state.codes import ERRORS, Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.keys import JobKeys, KeySpace, UserKeys
+from service.state.marks import DueMarks
 from service.state.plans import Plan
 from service.state.reads import StateReads
 from service.state.replies import (
@@ -55,6 +56,11 @@ class Core(StateReads):
         # AutoPipeline over it that batches what concurrent requests send in one loop turn.
         self.runner: Any = AutoPipeline(client) if autopipeline else client
         self._buckets_marked: dict[int, float] = {}  # bucket -> when this process marked it
+        self.marks = DueMarks(self.runner, keys)
+
+    async def close(self) -> None:
+        await self.marks.sent()  # the due-index marks of the last calls
+        await super().close()
 
     async def _use_bucket(self, bucket: int) -> None:
         """Adds the bucket to the set a metrics scrape reads, after a script there that
@@ -75,9 +81,14 @@ class Core(StateReads):
         """Tells the flusher's due index (service/state/due.py) that the bucket has work due
         by `due_ms`, after the script that made it: the index lives in slots of its own,
         which a bucket's script may not write. ZADD LT never postpones an earlier mark. A
-        crash between the script and this call is mended by the flusher's safety net."""
-        await self.runner.execute_command("ZADD", self.keys.due_index(bucket), "LT", due_ms,
-                                          bucket)
+        crash between the script and this call is mended by the flusher's safety net.
+        Auto-pipelined, it goes with the other marks of this loop turn, unawaited
+        (service/state/marks.py); otherwise (a Cluster, fakeredis) a ZADD of its own."""
+        if self.runner is self.client:
+            await self.client.execute_command("ZADD", self.keys.due_index(bucket), "LT", due_ms,
+                                              bucket)
+        else:
+            self.marks.mark(bucket, due_ms)
 
     async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
         return await self.scripts[name](self.runner, keys, args)

@@ -36,9 +36,13 @@ async def ledger(core: Core, user_id: str) -> list[dict[str, Any]]:
 
 async def snapshot(client: Any, prefix: str) -> dict[str, Any]:
     """Every key under the prefix with its type and full contents (no DUMP: it differs by
-    encoding, not by meaning). Only whether a key expires is kept, not its falling TTL."""
+    encoding, not by meaning). Only whether a key expires is kept, not its falling TTL.
+    Not the flusher's due index: a hint Core writes after a script's reply, unawaited, at
+    the end of the loop turn (service/state/marks.py; tests/core/test_due_index.py)."""
     state: dict[str, Any] = {}
     async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        if key.startswith(f"{prefix}:due:"):
+            continue
         kind = await client.type(key)
         if kind == "hash":
             value: Any = await client.hgetall(key)

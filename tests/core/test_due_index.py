@@ -21,7 +21,7 @@ from service.bucket_sweep import FlushStats
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.settings import Settings
 from service.state.due import PLACEHOLDER_FLOOR, DueIndex, new_placeholder
-from service.state.keys import DUE_SHARDS
+from service.state.keys import DUE_SHARDS, KeySpace
 from service.state.replies import ItemReport
 from service.state.store import Core, now_ms
 from service.sweeper import flush_once
@@ -299,3 +299,48 @@ async def test_the_rolling_safety_net_reads_every_bucket_in_use_once_a_cycle(
         shares = [await net.next_share() for _ in range(3)]
         assert all(isinstance(s, list) and len(s) <= -(-len(in_use) // 3) for s in shares)
         assert sorted(b for s in shares for b in s or []) == in_use
+
+
+@pytest.fixture
+def piped(real_redis: Any, key_prefix: str) -> Core:
+    """The Core of the API and the flusher on a standalone Redis: auto-pipelined, its marks
+    coalesced (service/state/marks.py)."""
+    return Core(real_redis, KeySpace(key_prefix, BUCKETS), autopipeline=True)
+
+
+async def test_the_marks_of_one_turn_go_out_as_one_zadd_a_shard(piped: Core) -> None:
+    due = DueIndex(piped)
+    for bucket in range(BUCKETS):  # all in one loop turn
+        piped.marks.mark(bucket, 5_000 + bucket)
+    piped.marks.mark(3, 1_000)  # the earlier of two marks of a bucket wins
+    piped.marks.mark(3, 9_000)
+    await piped.marks.sent()
+    assert piped.marks.commands == min(BUCKETS, DUE_SHARDS)
+    assert await due.scores() == {b: 1_000 if b == 3 else 5_000 + b for b in range(BUCKETS)}
+    piped.marks.mark(3, 7_000)  # ZADD LT: a later mark never postpones an earlier one
+    assert (await due.scores())[3] == 1_000
+
+
+async def test_a_failed_send_of_marks_is_logged_and_raises_nowhere(
+    piped: Core, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> None:
+        raise ConnectionError("redis away")
+
+    monkeypatch.setattr(piped.marks, "runner", type("Broken", (), {"execute_command": broken})())
+    ann, _ = users_in_two_buckets(piped)
+    await new_user(piped, ann)  # the script ran; only its mark is lost
+    await piped.marks.sent()
+    assert "safety net finds their work" in caplog.text
+    monkeypatch.undo()
+    assert await DueIndex(piped).scores() == {}
+    assert await DueIndex(piped).reindex([piped.keys.bucket_of_user(ann)], 0) == 1
+
+
+async def test_auto_pipelined_marks_ride_behind_their_scripts(
+    piped: Core, sessions: Sessions
+) -> None:
+    """The API's Core (auto-pipelined, marks sent at the end of the turn) keeps the index
+    as the plain one does."""
+    await test_every_write_that_leaves_due_work_marks_its_bucket(piped, sessions)
+    assert piped.marks.commands > 0
