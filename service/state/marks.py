@@ -10,8 +10,9 @@ of that shard, and the caller does not wait for them: a batch of script replies 
 auto-pipeline resolves them in one turn) costs at most DUE_SHARDS commands and no caller a
 second round trip. Reserve and cancel through an auto-pipelined Core (32 concurrent users,
 a micro-benchmark) cost 32-36 us of client CPU a call without marks, +13.7 us with a mark
-awaited on its own round trip, +10.6 us coalesced (and no round trip for the caller). A mark lost to a crash (or a failed send, logged) is found
-by the flusher's safety net, as one lost between a script and its mark would be.
+awaited on its own round trip, +10.6 us coalesced (and no round trip for the caller). A
+mark lost to a crash (or a failed send, logged) is found by the flusher's safety net, as one
+lost between a script and its mark would be.
 """
 
 from __future__ import annotations
