@@ -9,7 +9,7 @@
 -- KEYS[11] bucket counters tg:{b}:counters (includes/stats.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner  ARGV[3] to state ('done' | 'failed')
--- ARGV[4] allowed from states, comma separated (e.g. 'queued,running')
+-- ARGV[4] allowed from states, comma separated: 'queued' and/or 'running' only
 -- ARGV[5] reason  ARGV[6] now ms  ARGV[7] flush due ms
 --
 -- Returns {code, state, done, failed, total, charged, refunded} with code one of
@@ -32,7 +32,8 @@ local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'to
 if not job[1] or job[2] ~= owner then return {'not_found'} end
 local state = job[1]
 if state == to then return {'already', state, job[3], job[4], job[5], job[8], job[9]} end
-if not allowed[state] then
+-- Only a job handed to the workers can end as done or failed: before that, it is canceled.
+if not allowed[state] or (state ~= 'queued' and state ~= 'running') then
   return {'invalid_transition', state, job[3], job[4], job[5], job[8], job[9]}
 end
 

@@ -1,9 +1,8 @@
 """A job's states and the moves between them, as the Lua scripts allow them.
 
 created -> uploaded -> queued -> running is `transition.lua` (plus `item_result.lua`, whose
-first report moves a queued job to running); any live job may be canceled (`cancel.lua`) or
-settled as done or failed (`settle.lua`, whose callers narrow the from-states; the last
-`item_result` settles a queued or running job). A terminal job never moves again.
+first report moves a queued job to running); any live job may be canceled (`cancel.lua`); only a queued
+or running job ends as done or failed (`settle.lua`, or the last `item_result`). A terminal job never moves again.
 tests/core/test_fsm_agrees_with_lua.py drives every pair through the scripts to hold the two
 in agreement.
 """
@@ -32,8 +31,8 @@ TERMINAL: tuple[JobState, ...] = (JobState.DONE, JobState.FAILED, JobState.CANCE
 
 _ENDS = frozenset(TERMINAL)
 MOVES: Mapping[JobState, frozenset[JobState]] = MappingProxyType({
-    JobState.CREATED: _ENDS | {JobState.UPLOADED},
-    JobState.UPLOADED: _ENDS | {JobState.QUEUED},
+    JobState.CREATED: frozenset({JobState.UPLOADED, JobState.CANCELED}),
+    JobState.UPLOADED: frozenset({JobState.QUEUED, JobState.CANCELED}),
     JobState.QUEUED: _ENDS | {JobState.RUNNING},
     JobState.RUNNING: _ENDS,
     **{state: frozenset() for state in TERMINAL},

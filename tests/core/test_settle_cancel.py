@@ -95,10 +95,24 @@ async def test_settle_from_a_state_not_allowed_is_refused(core: Core, state: str
 
 async def test_settle_with_an_explicit_from_state_list(core: Core) -> None:
     user = await new_user(core, "ann")
-    job_id = await new_job(core, user, state="uploaded")
-    settled = await core.settle(job_id, user, "failed", from_states=("uploaded",), reason="x",
+    job_id = await new_job(core, user, state="queued")
+    with pytest.raises(InvalidTransition):  # queued is not in the list
+        await core.settle(job_id, user, "failed", from_states=("running",), reason="x",
+                          flush_delay_ms=FLUSH_MS)
+    settled = await core.settle(job_id, user, "failed", from_states=("queued",), reason="x",
                                 flush_delay_ms=FLUSH_MS)
     assert settled.state == "failed"
+
+
+async def test_a_job_not_yet_queued_never_ends_done_or_failed(core: Core) -> None:
+    """Even when the caller's list names it: before the workers have it, a job is canceled."""
+    user = await new_user(core, "ann")
+    job_id = await new_job(core, user, state="uploaded")
+    before = await snapshot(core.client, core.keys.prefix)
+    with pytest.raises(InvalidTransition):
+        await core.settle(job_id, user, "failed", from_states=("uploaded",), reason="x",
+                          flush_delay_ms=FLUSH_MS)
+    assert await snapshot(core.client, core.keys.prefix) == before
 
 
 @pytest.mark.parametrize("terminal", ["done", "canceled"])
