@@ -1,8 +1,9 @@
 """A job's states and the moves between them, as the Lua scripts allow them.
 
 created -> uploaded -> queued -> running is `transition.lua` (plus `item_result.lua`, whose
-first report moves a queued job to running); any live job may be canceled (`cancel.lua`); only a queued
-or running job ends as done or failed (`settle.lua`, or the last `item_result`). A terminal job never moves again.
+first report moves a queued job to running); any live job may be canceled (`cancel.lua`);
+only a queued or running job ends as done or failed (`settle.lua`, or the last
+`item_result`). A terminal job never moves again.
 tests/core/test_fsm_agrees_with_lua.py drives every pair through the scripts to hold the two
 in agreement.
 """

@@ -160,7 +160,8 @@ class CoreModel:
         job = self.jobs[job_id]
         if job.state == to_state:
             return "already"
-        if job.state not in from_states:
+        # Only a job the workers have can end as done or failed, whatever the caller allows.
+        if job.state not in from_states or job.state not in ("queued", "running"):
             return "invalid_transition"
         self._finish(job_id, to_state)
         return "ok"
