@@ -24,9 +24,9 @@ async def check_upload(request: Request[Any, Any, Any], key: str) -> None:
     if job_id is None:
         return  # a worker's output: its signature alone decides
     runtime: Runtime = request.app.state.runtime
-    job = await runtime.core.job(job_id)
-    if job is None:  # flushed to history: finished long ago
+    state = await runtime.core.job_state(job_id)  # one field: asked twice per upload
+    if state is None:  # flushed to history: finished long ago
         raise InvalidTransition("uploads are closed: the job has finished")
-    if job.state != JobState.CREATED:
-        raise InvalidTransition(f"uploads are closed: the job is {job.state}",
-                                job_status=str(job.state))
+    if state != JobState.CREATED:
+        raise InvalidTransition(f"uploads are closed: the job is {state}",
+                                job_status=str(state))

@@ -10,8 +10,9 @@ import asyncio
 from typing import Any
 
 from service.state.codes import ERRORS, Code
+from service.state.fsm import JobState
 from service.state.keys import JobKeys, KeySpace
-from service.state.records import JobRecord, LedgerEntry, UserRecord
+from service.state.records import JOB_STATE, JobRecord, LedgerEntry, UserRecord
 from service.state.replies import MoneySnapshot
 
 
@@ -64,6 +65,15 @@ class StateReads:
     async def job(self, job_id: str) -> JobRecord | None:
         """The job without its items; None when there is no such job in Redis."""
         return JobRecord.from_redis(await self.job_record(job_id))
+
+    async def job_state(self, job_id: str) -> JobState | None:
+        """Only the job's state (one HGET, not the whole hash); None when there is no such
+        job in Redis."""
+        keys = self.keys.job(job_id)
+        if keys is None:
+            return None
+        state: str | None = await self.runner.execute_command("HGET", keys.base, JOB_STATE)
+        return None if state is None else JobState(state)
 
     async def jobs(self, job_ids: list[str]) -> list[JobRecord | None]:
         """Jobs of one bucket (or one user) without their items, in one round trip."""

@@ -121,6 +121,14 @@ class LocalStorage:
         else:
             where.unlink(missing_ok=True)
 
+    def content_type_at(self, path: Path) -> str | None:
+        """The kept Content-Type of the file at `path` (from path_for), blocking: the /files
+        GET route reads it in the thread call that stats the file."""
+        try:
+            return self._type_path(path).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     async def content_type_of(self, key: str) -> str | None:
         where = anyio.Path(self._type_path(self.path_for(key)))
         try:

@@ -22,6 +22,7 @@ from service.history.engine import make_engine, make_session_factory, run_migrat
 from service.history.models import JobLog, utcnow
 from service.state.store import Core
 from service.storage import LocalStorage, S3Storage, Storage, local_file_routes
+from service.storage.routes import WRITE_BUFFER
 from service.sweeper import flush_once
 from tests.persistence.test_flusher import (
     Sessions,
@@ -136,25 +137,34 @@ async def test_a_flush_without_storage_keeps_every_file(
     assert await present(local, input_key(done, 0)) == {input_key(done, 0)}
 
 
-async def test_an_upload_refused_once_its_bytes_are_in_keeps_nothing(tmp_path: Path) -> None:
-    """The job moved on while the body streamed in: the bytes are dropped, not kept."""
+@pytest.mark.parametrize("size", [100, WRITE_BUFFER + 1], ids=["small", "large"])
+async def test_an_upload_refused_once_its_bytes_are_in_keeps_nothing(
+        tmp_path: Path, size: int) -> None:
+    """The job moved on while the body streamed in: the bytes are dropped, not kept. A small
+    declared body is checked once, after its bytes are in; a large (or undeclared) one is
+    checked before the bytes too, then again after them."""
     local = LocalStorage(tmp_path / "files", "http://testserver.local", b"secret")
-    checks: list[str] = []
+    checks: list[bool] = []  # per check: were the bytes in (a temporary file written)?
 
-    async def second_check_refuses(_: Request[Any, Any, Any], key: str) -> None:
-        checks.append(key)
-        if len(checks) > 1:
+    async def refuses_once_the_bytes_are_in(_: Request[Any, Any, Any], key: str) -> None:
+        assert key == "jobs/j/in/0"
+        bytes_in = any(local.root.rglob("*.part"))
+        checks.append(bytes_in)
+        if bytes_in:
             raise InvalidTransition("uploads are closed: the job is canceled",
                                     job_status="canceled")
 
-    app = Litestar(route_handlers=local_file_routes(local, check_upload=second_check_refuses),
-                   exception_handlers=EXCEPTION_HANDLERS)
-    upload = local.presign_upload("jobs/j/in/0", "image/png", 100, 600)
+    app = Litestar(
+        route_handlers=local_file_routes(local, check_upload=refuses_once_the_bytes_are_in),
+        exception_handlers=EXCEPTION_HANDLERS)
+    upload = local.presign_upload("jobs/j/in/0", "image/png", size, 600)
     path = upload.url.removeprefix("http://testserver.local")
+
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as client:
-        response = await client.put(path, content=b"x" * 100, headers=upload.headers)
+        response = await client.put(path, content=b"x" * size,
+                                    headers=upload.headers)
     assert response.status_code == 409 and response.json()["code"] == "invalid_transition"
-    assert checks == ["jobs/j/in/0", "jobs/j/in/0"]
+    assert checks == ([True] if size <= WRITE_BUFFER else [False, True])
     assert [p for p in local.root.rglob("*") if p.is_file()] == []
 
 
