@@ -24,7 +24,7 @@
 --   'invalid_transition'  the job is not queued or running (e.g. canceled)
 --   'not_found'           no such job for this owner
 --   'bad_argument'        index out of range or malformed numbers
--- @include finish_job
+-- @include job_progress
 -- @include count_items
 local job_id, owner, cb_key = ARGV[1], ARGV[2], ARGV[3]
 local index, ok, detail = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
@@ -60,23 +60,9 @@ else
 end
 stats_items(KEYS[14], KEYS[1], ok and 1 or 0, ok and 0 or 1)
 
-if done + failed < total then
-  local o = {job = KEYS[1], hooks = KEYS[11], webhooks = KEYS[12]}
-  if state == 'queued' then
-    redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
-    redis.call('ZREM', KEYS[8], job_id)
-    job_changed(o, job_id, 'started', now)
-  end
-  redis.call('ZADD', KEYS[7], lease_deadline, job_id)
-  job_changed(o, job_id, 'progress', now)
-  return {'ok', 'running', done, failed, total}
-end
-
-local final = 'done'
-if done == 0 then final = 'failed' end
 local k = {job = KEYS[1], user = KEYS[4], active = KEYS[5], holds = KEYS[6], leases = KEYS[7],
   queued = KEYS[8], flush = KEYS[9], ledger = KEYS[10], hooks = KEYS[11], webhooks = KEYS[12],
   stats = KEYS[14]}
-finish_job(k, job_id, owner, final, 'completed', now, flush_due, done,
-  tonumber(job[6]), tonumber(job[7]))
-return {'ok', final, done, failed, total}
+local now_state = job_progress(k, job_id, owner, state, done, failed, total, now,
+  lease_deadline, flush_due, tonumber(job[6]), tonumber(job[7]))
+return {'ok', now_state, done, failed, total}

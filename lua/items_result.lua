@@ -27,7 +27,7 @@
 --   'not_found'           no such job for this owner        (just {code})
 --   'bad_argument'        {code, what}: an index out of range, a malformed entry or number;
 --                         nothing is written
--- @include finish_job
+-- @include job_progress
 -- @include count_items
 local MAX_ENTRIES = 1000
 local job_id, owner = ARGV[1], ARGV[2]
@@ -77,23 +77,9 @@ if counted == 0 then return {'duplicate', state, done, failed, total, 0, duplica
 redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'updated_at', now)
 stats_items(KEYS[14], KEYS[1], done - tonumber(job[3]), failed - tonumber(job[4]))
 
-if done + failed < total then
-  local o = {job = KEYS[1], hooks = KEYS[12], webhooks = KEYS[13]}
-  if state == 'queued' then
-    redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
-    redis.call('ZREM', KEYS[9], job_id)
-    job_changed(o, job_id, 'started', now)
-  end
-  redis.call('ZADD', KEYS[8], lease_deadline, job_id)
-  job_changed(o, job_id, 'progress', now)
-  return {'ok', 'running', done, failed, total, counted, duplicates}
-end
-
-local final = 'done'
-if done == 0 then final = 'failed' end
 local k = {job = KEYS[1], user = KEYS[5], active = KEYS[6], holds = KEYS[7], leases = KEYS[8],
   queued = KEYS[9], flush = KEYS[10], ledger = KEYS[11], hooks = KEYS[12], webhooks = KEYS[13],
   stats = KEYS[14]}
-finish_job(k, job_id, owner, final, 'completed', now, flush_due, done,
-  tonumber(job[6]), tonumber(job[7]))
-return {'ok', final, done, failed, total, counted, duplicates}
+local now_state = job_progress(k, job_id, owner, state, done, failed, total, now,
+  lease_deadline, flush_due, tonumber(job[6]), tonumber(job[7]))
+return {'ok', now_state, done, failed, total, counted, duplicates}

@@ -1,10 +1,12 @@
-"""item_result: each item counts once, and the last one finishes and settles the job."""
+"""item_result: each item counts once, and the last one finishes and settles the job. (Its
+refusals of a bad index and of another owner's job: tests/core/test_items_result.py, with
+items_result's.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from service.errors import BadArgument, InvalidTransition, NotFound
+from service.errors import InvalidTransition
 from service.state.codes import Code
 from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, LEASE_MS, new_job, new_user, report
@@ -170,23 +172,3 @@ async def test_reports_before_the_job_is_queued_are_refused(core: Core, state: s
     assert await core.client.exists(core.job_keys(job_id).callbacks) == 0
 
 
-@pytest.mark.parametrize("index", [-1, 3, 99])
-async def test_an_item_index_out_of_range_is_refused_before_any_write(
-    core: Core, index: int
-) -> None:
-    user = await new_user(core, "ann")
-    job_id = await new_job(core, user, total=3, state="running")
-    before = await snapshot(core.client, core.keys.prefix)
-    with pytest.raises(BadArgument):
-        await report(core, job_id, user, index)
-    assert await snapshot(core.client, core.keys.prefix) == before
-
-
-async def test_a_report_for_another_owner_or_unknown_job_is_not_found(core: Core) -> None:
-    user = await new_user(core, "ann")
-    job_id = await new_job(core, user, state="running")
-    with pytest.raises(NotFound):
-        await report(core, job_id, "mallory", 0)
-    with pytest.raises(NotFound):
-        await report(core, core.keys.new_job_id(user), user, 0)
-    assert (await core.job_record(job_id))["done"] == "0"

@@ -129,25 +129,41 @@ async def test_after_the_job_ended_known_keys_are_duplicates_and_new_ones_refuse
     assert await snapshot(core.client, core.keys.prefix) == before
 
 
+async def report_via(batch: bool, core: Core, job_id: str, owner: str, index: int) -> object:
+    """Item `index` reported through item_result, or through items_result in a batch between
+    the good reports of items 0 and 1."""
+    if not batch:
+        return await report(core, job_id, owner, index)
+    return await report_batch(core, job_id, owner, [entry(0), entry(index), entry(1)])
+
+
+BOTH = pytest.mark.parametrize("batch", [False, True], ids=["item_result", "items_result"])
+
+
+@BOTH
 @pytest.mark.parametrize("index", [-1, 3, 99])
-async def test_one_bad_index_refuses_the_whole_batch_before_any_write(
-    core: Core, index: int
+async def test_an_index_out_of_range_refuses_the_report_before_any_write(
+    core: Core, index: int, batch: bool
 ) -> None:
+    """A batch is refused whole, its good entries too (its job queued: nor does it start)."""
     user = await new_user(core, "ann")
-    job_id = await new_job(core, user, total=3, state="queued")
+    job_id = await new_job(core, user, total=3, state="queued" if batch else "running")
     before = await snapshot(core.client, core.keys.prefix)
     with pytest.raises(BadArgument):
-        await report_batch(core, job_id, user, [entry(0), entry(index), entry(1)])
+        await report_via(batch, core, job_id, user, index)
     assert await snapshot(core.client, core.keys.prefix) == before
 
 
-async def test_a_batch_for_another_owner_or_an_unknown_job_is_not_found(core: Core) -> None:
+@BOTH
+async def test_a_report_for_another_owner_or_an_unknown_job_is_not_found(
+    core: Core, batch: bool
+) -> None:
     user = await new_user(core, "ann")
     job_id = await new_job(core, user, state="running")
     with pytest.raises(NotFound):
-        await report_batch(core, job_id, "mallory", [entry(0)])
+        await report_via(batch, core, job_id, "mallory", 2)
     with pytest.raises(NotFound):
-        await report_batch(core, core.keys.new_job_id(user), user, [entry(0)])
+        await report_via(batch, core, core.keys.new_job_id(user), user, 2)
     assert (await core.job_record(job_id))["done"] == "0"
 
 
