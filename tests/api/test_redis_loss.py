@@ -24,24 +24,18 @@ from tests.api.conftest import SECRET, Api, ServerThread
 from tests.api.flow import create_job, me, queued_job, report_item
 from tests.api.history import flush_everything
 from tests.conftest import OwnRedis, free_port
+from tests.persistence.conftest import database_url  # noqa: F401
 
 SIGNUP = 100
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/history.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
-async def own_api(own_redis: OwnRedis, database: str, tmp_path: Path) -> AsyncIterator[Api]:
-    run_migrations(database)
+async def own_api(own_redis: OwnRedis, database_url: str,  # noqa: F811
+                  tmp_path: Path) -> AsyncIterator[Api]:
+    run_migrations(database_url)
     port = free_port()
     settings = Settings(redis_url=own_redis.url, queue_redis_url=own_redis.url,
-                        database_url=database, public_url=f"http://127.0.0.1:{port}",
+                        database_url=database_url, public_url=f"http://127.0.0.1:{port}",
                         jwt_secret=SECRET, storage_dir=str(tmp_path / "files"),
                         signup_credits=SIGNUP, flush_delay=0, buckets=4)
     with ServerThread(settings, port):

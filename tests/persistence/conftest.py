@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@asynccontextmanager
+async def migrated_sessions(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the database of `url`, migrated with the real migrations first."""
+    run_migrations(url)
+    engine = make_engine(url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    run_migrations(database_url)
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    await engine.dispose()
+    async with migrated_sessions(database_url) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with migrated_sessions(sqlite_url) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def pg_sessions(postgres_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """PostgreSQL only: SQLite stores NUL and ignores varchar lengths."""
+    async with migrated_sessions(postgres_url) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -15,7 +14,6 @@ from sqlalchemy import Table, func, select, text
 from service.api.business_metrics import business_metrics
 from service.cli.main import main
 from service.dead_letters import retry_failures
-from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.history.models import FlushFailure, JobLog, LedgerEntry
 from service.settings import Settings, get_settings
 from service.state.store import Core
@@ -100,15 +98,6 @@ async def assert_poison_set_aside(core: Core, bucket: int, poisoned: str) -> Non
         assert await core.client.zcard(key) == 0
     assert await core.client.llen(b.ledger) == 0
     assert await core.client.hgetall(b.flush_attempts) == {}
-
-
-@pytest.fixture
-async def pg_sessions(postgres_url: str) -> AsyncIterator[Sessions]:
-    """PostgreSQL only: SQLite stores NUL and ignores varchar lengths."""
-    run_migrations(postgres_url)
-    engine = make_engine(postgres_url)
-    yield make_session_factory(engine)
-    await engine.dispose()
 
 
 async def test_a_poisoned_bucket_drains_and_the_poison_is_set_aside_on_postgresql(

@@ -18,7 +18,6 @@ from sqlalchemy import update
 from service.api.problems import EXCEPTION_HANDLERS
 from service.contract import input_key, output_key
 from service.errors import InvalidTransition
-from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.history.models import JobLog, utcnow
 from service.state.store import Core
 from service.storage import LocalStorage, S3Storage, Storage, local_file_routes
@@ -48,14 +47,6 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     s3.ensure_bucket()
     yield s3
     s3.close()
-
-
-@pytest.fixture
-async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[Sessions]:
-    run_migrations(sqlite_url)
-    engine = make_engine(sqlite_url)
-    yield make_session_factory(engine)
-    await engine.dispose()
 
 
 async def put(storage: Storage, *keys: str) -> None:

@@ -177,3 +177,21 @@ def sync_redis(redis_url: str, key_prefix: str) -> Iterator[Any]:
 
 def unique_job_id(key_prefix: str) -> str:
     return f"{key_prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def enqueue_text_items(queue: Any, api: FakeApi, job_id: str, count: int, *,
+                       timeout_s: int = 120) -> list[str]:
+    """A job of `count` text items, their inputs served by `api`, enqueued in batches of 2;
+    the RQ job ids."""
+    from service.contract import BatchItem
+    from service.state.queue import enqueue_job
+
+    items = []
+    for index in range(count):
+        name = f"{job_id}-{index}"
+        api.inputs[name] = f"data {index}".encode()
+        items.append(BatchItem(index, name, "text/plain", api.input_url(name),
+                               api.output_url(name), f"out/{index}"))
+    return enqueue_job(queue, job_id=job_id, callback_url=api.callback_url(job_id),
+                       callback_token=TOKEN, items=items, batch_size=2, lease_ttl_s=30,
+                       timeout_s=timeout_s)

@@ -20,24 +20,12 @@ from service.contract import SERIALIZER, BatchItem, make_queue
 from service.settings import Settings
 from service.state.clients import queue_redis
 from service.state.queue import enqueue_job
-from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
+from tests.workers.conftest import TOKEN, FakeApi, enqueue_text_items, unique_job_id
 from workers.processors import Item, Output
 from workers.processors.noop import passthrough
 from workers.runner import start_embedded_worker_thread
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def enqueue_items(queue: Any, api: FakeApi, job_id: str, count: int) -> list[str]:
-    items = []
-    for index in range(count):
-        name = f"{job_id}-{index}"
-        api.inputs[name] = f"data {index}".encode()
-        items.append(BatchItem(index, name, "text/plain", api.input_url(name),
-                               api.output_url(name), f"out/{index}"))
-    return enqueue_job(queue, job_id=job_id, callback_url=api.callback_url(job_id),
-                       callback_token=TOKEN, items=items, batch_size=2, lease_ttl_s=30,
-                       timeout_s=120)
 
 
 def assert_job_reported(api: FakeApi, job_id: str, count: int, ok: list[bool]) -> None:
@@ -65,7 +53,7 @@ def test_simple_worker_burst_runs_every_batch(
     processor_env("workers.processors.noop:fail_odd")
     queue = make_queue(sync_redis, key_prefix)
     job_id = unique_job_id(key_prefix)
-    ids = enqueue_items(queue, fake_api, job_id, 5)
+    ids = enqueue_text_items(queue, fake_api, job_id, 5)
 
     worker = SimpleWorker([queue], connection=sync_redis, serializer=SERIALIZER,
                           name=f"{key_prefix}-simple")
@@ -86,7 +74,7 @@ def test_tollgate_worker_process_runs_batches(
 ) -> None:
     queue = make_queue(sync_redis, key_prefix)
     job_id = unique_job_id(key_prefix)
-    ids = enqueue_items(queue, fake_api, job_id, 3)
+    ids = enqueue_text_items(queue, fake_api, job_id, 3)
     env = {**os.environ, "TOLLGATE_REDIS_URL": redis_url,
            "TOLLGATE_PROCESSOR": "workers.processors.noop:passthrough"}
     env.pop("TOLLGATE_QUEUE_REDIS_URL", None)
@@ -118,7 +106,7 @@ def test_embedded_worker_thread_runs_batches_on_fakeredis_and_stops(
     thread = start_embedded_worker_thread(settings, queue_redis(settings), "embedded-test")
     try:
         queue = make_queue(fakeredis.FakeRedis(server=server), "embedded-test")
-        ids = enqueue_items(queue, fake_api, "01embedded0000000000000000-1", 4)
+        ids = enqueue_text_items(queue, fake_api, "01embedded0000000000000000-1", 4)
         jobs = [Job.fetch(i, connection=queue.connection, serializer=SERIALIZER) for i in ids]
         for job in jobs:
             for _ in range(1200):  # a hang guard, not a speed check

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from rq.job import Job, JobStatus
 
-from service.contract import SERIALIZER, BatchItem, make_queue
-from service.state.queue import enqueue_job
-from tests.workers.conftest import TOKEN, FakeApi, unique_job_id
+from service.contract import SERIALIZER, make_queue
+from tests.workers.conftest import FakeApi, enqueue_text_items, unique_job_id
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.redis
@@ -45,16 +44,7 @@ queue = "{prefix}-slow"
 
 def enqueue(queue: Any, api: FakeApi, count: int, *, timeout_s: int = 120) -> tuple[str, list[str]]:
     job_id = unique_job_id(queue.name)
-    items = []
-    for index in range(count):
-        name = f"{job_id}-{index}"
-        api.inputs[name] = f"data {index}".encode()
-        items.append(BatchItem(index, name, "text/plain", api.input_url(name),
-                               api.output_url(name), f"out/{index}"))
-    ids = enqueue_job(queue, job_id=job_id, callback_url=api.callback_url(job_id),
-                      callback_token=TOKEN, items=items, batch_size=2, lease_ttl_s=30,
-                      timeout_s=timeout_s)
-    return job_id, ids
+    return job_id, enqueue_text_items(queue, api, job_id, count, timeout_s=timeout_s)
 
 
 def run_worker(tmp_path: Path, redis_url: str, prefix: str, *args: str
