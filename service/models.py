@@ -109,6 +109,9 @@ class ModelTable:
         # Compiled once per model and process (the table is read once per process).
         self._validators = {model.name: Draft202012Validator(model.params_schema)
                             for model in models if model.params_schema is not None}
+        # Whether `{}` (what most jobs carry) is valid: decided once, not on every job.
+        self._empty_valid = {name: validator.is_valid({})
+                             for name, validator in self._validators.items()}
 
     def __iter__(self) -> Iterator[Model]:
         return iter(self._by_name.values())
@@ -146,6 +149,8 @@ class ModelTable:
                     f"params_schema)", field=where,
                     errors=[{"message": "not allowed: the model takes no params", "key": where,
                              "source": "body"}])
+            return
+        if not params and self._empty_valid[model.name]:
             return
         violations = list(validator.iter_errors(params))
         if not violations:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 import re
 from typing import Any, NoReturn
 
@@ -36,6 +35,11 @@ from service.state.store import now_ms
 from service.webhooks import EVENTS, resolve_allowed
 
 PRESIGN_IN_THREAD_ABOVE = 32
+
+
+def _json(value: Any) -> str:
+    """Compact JSON (msgspec: a fifth of json.dumps's time for a job's meta and params)."""
+    return msgspec.json.encode(value).decode()
 
 
 def body_hash(body: JobCreate) -> str:
@@ -97,10 +101,10 @@ async def create_job(
     reserve = functools.partial(
         rt.core.reserve, job_id=job_id, user_id=user_id, total=len(meta), at_ms=created_ms,
         price=model.price_per_item, model=model.name, hold_ttl_ms=settings.hold_ttl * 1000,
-        meta_json=json.dumps(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
+        meta_json=_json(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
         body_hash=body_hash(body), idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
-        params_json=json.dumps(preset.params, separators=(",", ":")),
+        params_json=_json(preset.params),
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back
