@@ -2,8 +2,8 @@
 the bare app) under the load of bench/http_api.py, attributed to layers, in microseconds of
 server CPU per request.
 
-    python bench/http_profile.py [--server uvicorn] [--ops bare,post1,post8,callback,get]
-                                 [--seconds 5]
+    python bench/http_profile.py [--server uvicorn] [--ops bare,post1,post8,callback,batch,get]
+                                 [--seconds 5] [--keep DIR]
 
 Needs py-spy (`pip install py-spy`) and the rights to sample a process (root, or
 ptrace_scope 0). Each sample is given to the innermost frame that belongs to a layer (a
@@ -34,10 +34,10 @@ from bench.stack import Database, HttpServer, Stack, delete_run_keys, start_all
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # tollgate's AutoPipeline and hiredis packer are redis client work too.
     ("redis-py client",
-     ("redis/", "hiredis", "service/autopipeline.py", "service/redis_clients.py")),
+     ("redis/", "hiredis", "service/state/autopipeline.py", "service/state/clients.py")),
     ("JWT decode (PyJWT)", ("jwt/", "security/jwt")),
-    ("metrics middleware", ("prometheus", "service/metrics.py")),
-    ("storage URL signing", ("service/storage.py",)),
+    ("metrics middleware", ("prometheus", "service/api/metrics.py")),
+    ("storage URL signing", ("service/storage/",)),
     ("tollgate code (service/)", ("service/",)),
     ("msgspec / json", ("msgspec", "json/")),
     ("Litestar request parsing (kwargs, body, DI)",
@@ -104,6 +104,8 @@ async def profile(args: Any) -> dict[str, dict[str, float]]:
                 requests, expect = fixture.post_requests(1 if op == "post1" else 8), 201
             elif op == "callback":
                 requests = await fixture.callback_requests()
+            elif op == "batch":
+                requests, _ = await fixture.batch_requests()
             elif op == "get":
                 requests, mode = await fixture.get_requests(), "cycle"
             elif op == "bare":
@@ -121,6 +123,9 @@ async def profile(args: Any) -> dict[str, dict[str, float]]:
             _, spy_err = await spy.communicate()
             if spy.returncode != 0 or not raw.exists():
                 raise RuntimeError(f"py-spy failed: {spy_err.decode(errors='replace')}")
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(raw, Path(args.keep) / raw.name)
             counts = attribute(raw)
             total = sum(counts.values()) or 1
             cpu = phase.server_cpu_us_per_request
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--ops", default="bare,post1,post8,callback,get")
     parser.add_argument("--seconds", type=int, default=5, help="of sampling per operation")
+    parser.add_argument("--keep", default="",
+                        help="a folder to keep py-spy's raw samples in (<op>.txt)")
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
