@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 import uuid
@@ -47,6 +48,25 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--prefix", default=None,
                         help="Redis key prefix (default: a fresh one); its keys are deleted after")
+    return parser
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the `finally` blocks kill
+    the servers, drop the database and delete the keys."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def stack_parser(description: str) -> argparse.ArgumentParser:
+    """`base_parser` with --postgres-dsn, for a benchmark that starts a stack of its own (and
+    unwinds on SIGTERM)."""
+    stop_on_sigterm()
+    parser = base_parser(description)
+    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
     return parser
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -57,16 +56,16 @@ if __package__ in (None, ""):  # run as `python bench/end_to_end.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    DEFAULT_POSTGRES_DSN,
     Baseline,
     Result,
     Row,
-    base_parser,
     fresh_prefix,
     machine_info,
     median,
     report,
+    stack_parser,
 )
+from bench.stack import ApiClient
 
 NAME = "end_to_end"
 PROCESSOR = "workers.processors.noop:passthrough"
@@ -113,54 +112,12 @@ class Params:
 
 # --- the worker part ---------------------------------------------------------------------------
 
-class Client:
-    """The API over HTTP: users through /admin/users, jobs created, uploaded, confirmed."""
+def signing_client(url: str, secret: str) -> ApiClient:
+    """The API over HTTP, with tokens signed here from the stack's secret."""
+    from service.api.auth import issue_token
 
-    def __init__(self, url: str, secret: str) -> None:
-        import httpx
-
-        from service.api.auth import issue_token
-
-        self.http = httpx.AsyncClient(base_url=url, timeout=60,
-                                      limits=httpx.Limits(max_connections=32))
-        self.issue = issue_token
-        self.secret = secret
-        self.admin = {"Authorization": f"Bearer {issue_token(secret, 'bench-admin', admin=True)}"}
-
-    def auth(self, user: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.issue(self.secret, user, ttl_s=3600)}"}
-
-    async def create_user(self, user: str) -> None:
-        response = await self.http.post("/admin/users", headers=self.admin,
-                                         json={"id": user, "plan": "pro", "credits": CREDITS})
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /admin/users: {response.status_code} {response.text}")
-
-    async def uploaded_job(self, user: str, items: int) -> str:
-        body = {"items": [{"name": f"img-{i}.png", "content_type": "image/png",
-                           "size": len(PAYLOAD)} for i in range(items)]}
-        created = await self.http.post("/jobs", json=body, headers=self.auth(user))
-        if created.status_code != 201:
-            raise RuntimeError(f"POST /jobs: {created.status_code} {created.text}")
-        job = created.json()
-        for upload in job["uploads"]:
-            put = await self.http.request(upload["method"], upload["url"],
-                                          headers=upload["headers"], content=PAYLOAD)
-            if put.status_code not in (200, 201, 204):
-                raise RuntimeError(f"upload: {put.status_code} {put.text}")
-        confirmed = await self.http.post(f"/jobs/{job['id']}/confirm-upload",
-                                         headers=self.auth(user))
-        if confirmed.status_code != 200:
-            raise RuntimeError(f"confirm-upload: {confirmed.status_code} {confirmed.text}")
-        return str(job["id"])
-
-    async def execute(self, user: str, job_id: str) -> None:
-        response = await self.http.post(f"/jobs/{job_id}/execute", headers=self.auth(user))
-        if response.status_code != 202:
-            raise RuntimeError(f"execute: {response.status_code} {response.text}")
-
-    async def close(self) -> None:
-        await self.http.aclose()
+    return ApiClient(url, issue_token(secret, "bench-admin", admin=True),
+                     lambda user: issue_token(secret, user, ttl_s=3600))
 
 
 @dataclass(slots=True)
@@ -276,7 +233,7 @@ async def rq_baseline(queue: Any, prefix: str, round_no: int, payloads: list[dic
     return Run(jobs, jobs * items, seconds, CpuMeter.cores(cpu, await meter.read(), seconds))
 
 
-async def tollgate_run(client: Client, redis: Any, keys: Any, jobs: list[tuple[str, str]],
+async def tollgate_run(client: ApiClient, redis: Any, keys: Any, jobs: list[tuple[str, str]],
                        items: int, meter: CpuMeter) -> Run:
     from service.state.fsm import TERMINAL
 
@@ -314,13 +271,13 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
     baselines: dict[int, Run] = {}
     workers: list[Service] = []
     await asyncio.to_thread(start_all, [api])
-    client = Client(api.url, stack.secret)
+    api_client = signing_client(api.url, stack.secret)
     try:
         total = params.jobs * params.repeats * len(params.workers)
         users = [f"e2e{i}" for i in range(math.ceil(total / JOBS_PER_USER))]
-        await asyncio.gather(*(client.create_user(u) for u in users))
+        await asyncio.gather(*(api_client.create_user(u, CREDITS) for u in users))
         owners = [users[i // JOBS_PER_USER] for i in range(total)]
-        created = await asyncio.gather(*(client.uploaded_job(owner, params.items)
+        created = await asyncio.gather(*(api_client.uploaded_job(owner, [PAYLOAD] * params.items)
                                          for owner in owners))
         job_ids.extend(created)
         pairs = list(zip(owners, created, strict=True))
@@ -347,7 +304,7 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
                                                (params.repeats + 1) * round_no + leg,
                                                payloads, params.items, meter))
                 if leg < params.repeats:
-                    runs.append(await tollgate_run(client, redis, keys, leg_jobs,
+                    runs.append(await tollgate_run(api_client, redis, keys, leg_jobs,
                                                    params.items, meter))
             leg_ratios = [r.jobs_per_s / ((bases[i].jobs_per_s + bases[i + 1].jobs_per_s) / 2)
                           for i, r in enumerate(runs)]
@@ -380,7 +337,7 @@ async def worker_part(params: Params, stack: Any, redis: Any, rq_connection: Any
     finally:
         for worker in workers:
             worker.stop()
-        await client.close()
+        await api_client.close()
         api.stop()
     first = baselines[params.workers[0]]
     noun = "worker" if params.workers[0] == 1 else "workers"
@@ -658,12 +615,7 @@ def memory_table(memory: dict[str, Any], items: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)  # unwind through the cleanup, as Ctrl-C does
-    parser = base_parser(__doc__.splitlines()[0] if __doc__ else NAME)
-    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
+    parser = stack_parser(__doc__.splitlines()[0] if __doc__ else NAME)
     parser.add_argument("--workers", default=None, help="default 1,2,4 (1,2 with --quick)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="jobs per leg; default 32 (4 with --quick)")

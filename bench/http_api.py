@@ -74,16 +74,16 @@ if __package__ in (None, ""):  # run as `python bench/http_api.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    DEFAULT_POSTGRES_DSN,
     Baseline,
     Result,
     Row,
-    base_parser,
     fresh_prefix,
     machine_info,
     median,
     report,
+    stack_parser,
 )
+from bench.common import stop_on_sigterm as stop_on_sigterm  # bench/http_profile.py's
 from bench.stack import Database, HttpServer, Stack, delete_run_keys
 
 NAME = "http_api"
@@ -487,13 +487,10 @@ class Fixture:
             await self.flush()
         return [job_id for _, job_id in jobs]
 
-    async def callback_requests(self) -> Path:
-        """Fresh queued jobs of `callback_items` items, owned by fresh pro users (a callback
-        needs no user token, only the job's), and one item event per request."""
+    async def fresh_owners(self, count: int) -> list[str]:
+        """The owners of `count` fresh jobs: fresh pro users, JOBS_PER_USER jobs each."""
         from service.state.plans import PLANS
 
-        items = self.params.callback_items
-        count = math.ceil(self.params.callbacks_per_phase / items)
         owners = []
         for _ in range(math.ceil(count / JOBS_PER_USER)):
             owner = f"cbo{self.callback_owners}"
@@ -501,7 +498,15 @@ class Fixture:
             await self.scribe.ensure_user(owner, PLANS["pro"], CREDITS)
             owners.extend([owner] * JOBS_PER_USER)
         await self.flush()
-        owners = owners[:count]
+        return owners[:count]
+
+    async def callback_requests(self) -> Path:
+        """Fresh queued jobs of `callback_items` items, owned by fresh pro users (a callback
+        needs no user token, only the job's), and one item event per request."""
+
+        items = self.params.callback_items
+        count = math.ceil(self.params.callbacks_per_phase / items)
+        owners = await self.fresh_owners(count)
         meta = json.dumps([{"name": f"img-{i}.png", "content_type": "image/png", "size": 1024}
                            for i in range(items)], separators=(",", ":"))
         job_ids = await self.queued_jobs(owners, items, meta)
@@ -523,17 +528,9 @@ class Fixture:
         the worker's own idempotency keys and output keys), consecutive requests on different
         jobs; and one such body, for the bare POST of the same size."""
         from service.contract import item_callback_key, output_key
-        from service.state.plans import PLANS
 
         count = self.params.reports_per_phase
-        owners = []
-        for _ in range(math.ceil(count / JOBS_PER_USER)):
-            owner = f"cbo{self.callback_owners}"
-            self.callback_owners += 1
-            await self.scribe.ensure_user(owner, PLANS["pro"], CREDITS)
-            owners.extend([owner] * JOBS_PER_USER)
-        await self.flush()
-        owners = owners[:count]
+        owners = await self.fresh_owners(count)
         job_ids = await self.queued_jobs(owners, 8, job_body(8).removeprefix('{"items":')[:-1])
         lines = []
         for job_id, owner in zip(job_ids, owners, strict=True):
@@ -862,20 +859,8 @@ COMPARE_COLUMNS = [("uvicorn_ops_per_s", "uvicorn req/s"), ("granian_ops_per_s",
                    ("server_cpu_ratio", "CPU ratio (uvicorn/granian)")]
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the `finally` blocks kill
-    the servers, drop the database and delete the keys."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
-    stop_on_sigterm()
-    parser = base_parser(__doc__.splitlines()[0] if __doc__ else NAME)
-    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
+    parser = stack_parser(__doc__.splitlines()[0] if __doc__ else NAME)
     parser.add_argument("--servers", default="uvicorn,granian")
     parser.add_argument("--processes", default=None, help="default 1,2 (1 with --quick)")
     parser.add_argument("--connections", type=int, default=64)

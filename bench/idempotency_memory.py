@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
 from litestar.testing import AsyncTestClient
 
+from bench.stack import private_redis
 from service.api.app import create_app
 from service.api.auth import issue_token
 from service.history.engine import run_migrations
@@ -29,13 +26,6 @@ from service.settings import Settings
 
 JOB = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}]}
 SECRET = "bench-secret-" + "x" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def cycles(client: Any, user: str, count: int, key_of: Any) -> None:
@@ -50,8 +40,7 @@ async def cycles(client: Any, user: str, count: int, key_of: Any) -> None:
         assert canceled.status_code == 200, canceled.text
 
 
-async def measure(port: int, folder: Path, count: int) -> dict[str, int]:
-    url = f"redis://127.0.0.1:{port}/0"
+async def measure(url: str, folder: Path, count: int) -> dict[str, int]:
     database = f"sqlite:///{folder}/bench.db"
     run_migrations(database)
     app = create_app(Settings(redis_url=url, queue_redis_url=url, database_url=database,
@@ -75,24 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=60)
     args = parser.parse_args()
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not on PATH"
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        with tempfile.TemporaryDirectory() as folder:
-            used = asyncio.run(measure(port, Path(folder), args.cycles))
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with private_redis() as redis_url, tempfile.TemporaryDirectory() as folder:
+        used = asyncio.run(measure(redis_url, Path(folder), args.cycles))
     plain, keyed = used["plain"] - used["start"], used["keyed"] - used["plain"]
     print(f"used_memory at start: {used['start']:,} B")
     print(f"{args.cycles} cycles without a key: +{plain:,} B; then {args.cycles} cycles with a "

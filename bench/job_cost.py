@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -48,17 +47,25 @@ if __package__ in (None, ""):  # run as `python bench/job_cost.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    DEFAULT_POSTGRES_DSN,
     Baseline,
     Result,
     Row,
-    base_parser,
     fresh_prefix,
     machine_info,
     median,
     report,
+    stack_parser,
 )
-from bench.stack import ROOT, Database, HttpServer, Service, Stack, cli_module, process_cpu
+from bench.stack import (
+    ROOT,
+    ApiClient,
+    Database,
+    HttpServer,
+    Service,
+    Stack,
+    cli_module,
+    process_cpu,
+)
 
 NAME = "job_cost"
 PROCESSOR = "workers.processors.noop:passthrough"
@@ -139,23 +146,13 @@ class Measure:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """A real S3 API (moto in server mode) in a subprocess on a free port."""
-    import socket
-
-    from bench.stack import free_port
+    from bench.stack import free_port, wait_for_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, proc, "moto server", timeout=30, pause=0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -224,48 +221,17 @@ class TreeStack:
                 process_cpu(self.worker.pid, reaped_children=True))
 
 
-class Client:
+class Client(ApiClient):
     def __init__(self, url: str, admin: str, tokens: dict[str, str]) -> None:
-        import httpx
-
-        self.http = httpx.AsyncClient(base_url=url, timeout=60,
-                                      limits=httpx.Limits(max_connections=32))
-        self.admin = admin
+        super().__init__(url, admin, tokens.__getitem__)
         self.tokens = tokens
-
-    def auth(self, user: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[user]}"}
 
     async def create_users(self) -> None:
         for user in self.tokens:
-            response = await self.http.post(
-                "/admin/users", headers={"Authorization": f"Bearer {self.admin}"},
-                json={"id": user, "plan": "pro", "credits": CREDITS})
-            if response.status_code != 201:
-                raise RuntimeError(f"POST /admin/users: {response.status_code} {response.text}")
+            await self.create_user(user, CREDITS)
 
     async def submit(self, user: str, items: int) -> str:
-        body = {"items": [{"name": f"img-{i}.png", "content_type": "image/png",
-                           "size": len(PAYLOAD)} for i in range(items)]}
-        created = await self.http.post("/jobs", json=body, headers=self.auth(user))
-        if created.status_code != 201:
-            raise RuntimeError(f"POST /jobs: {created.status_code} {created.text}")
-        job = created.json()
-        for upload in job["uploads"]:
-            put = await self.http.request(upload["method"], upload["url"],
-                                          headers=upload["headers"], content=PAYLOAD)
-            if put.status_code not in (200, 201, 204):
-                raise RuntimeError(f"upload: {put.status_code} {put.text}")
-        confirmed = await self.http.post(f"/jobs/{job['id']}/confirm-upload",
-                                         headers=self.auth(user))
-        if confirmed.status_code != 200:
-            raise RuntimeError(f"confirm-upload: {confirmed.status_code} {confirmed.text}")
-        return str(job["id"])
-
-    async def execute(self, user: str, job_id: str) -> None:
-        response = await self.http.post(f"/jobs/{job_id}/execute", headers=self.auth(user))
-        if response.status_code != 202:
-            raise RuntimeError(f"execute: {response.status_code} {response.text}")
+        return await self.uploaded_job(user, [PAYLOAD] * items)
 
     async def results(self, user: str, job_id: str, items: int) -> None:
         response = await self.http.get(f"/jobs/{job_id}", headers=self.auth(user))
@@ -279,9 +245,6 @@ class Client:
             got = await self.http.get(url)
             if got.status_code != 200 or got.content != PAYLOAD:
                 raise RuntimeError(f"result download: {got.status_code}")
-
-    async def close(self) -> None:
-        await self.http.aclose()
 
 
 async def bounded(calls: list[Any]) -> list[Any]:
@@ -433,7 +396,8 @@ def result_for(storage: str, params: Params, measures: dict[str, list[Measure]],
 async def main_async(args: Any) -> list[Result]:
     from redis.asyncio import Redis
 
-    from bench.redis_side import private_redis, redis_facts
+    from bench.redis_side import redis_facts
+    from bench.stack import private_redis
 
     quick: bool = args.quick
     params = Params(
@@ -482,12 +446,7 @@ COLUMNS = [("items_per_s_range", "items/s (rounds)"),
 
 
 def main(argv: list[str] | None = None) -> int:
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)  # unwind through the cleanup, as Ctrl-C does
-    parser = base_parser(__doc__.splitlines()[0] if __doc__ else NAME)
-    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
+    parser = stack_parser(__doc__.splitlines()[0] if __doc__ else NAME)
     parser.add_argument("--before", default=None,
                         help="a checkout of the earlier commit (git worktree add PATH 0cd71d2)")
     parser.add_argument("--storage", default="local,s3", help="local, s3 or both")

@@ -64,10 +64,10 @@ from bench.redis_side import (
     connect,
     delete_prefix,
     load_scripts_into,
-    private_redis,
     redis_facts,
     replay,
 )
+from bench.stack import private_redis
 from service.state.codes import Code
 from service.state.keys import KeySpace
 from service.state.plans import PLANS

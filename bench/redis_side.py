@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,38 +33,6 @@ def add_private_redis_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private-redis", action="store_true",
                         help="start a redis-server of the run's own instead of --redis-url, so "
                              "Redis's CPU counters hold only the benchmark's calls")
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A redis-server of the benchmark's own on a free port (no persistence, like the shared
-    one here): its CPU and script counters then hold nothing but the benchmark's calls."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("--private-redis needs redis-server on PATH")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    with tempfile.TemporaryDirectory(prefix="tgbench-redis-") as folder:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", folder],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the private redis-server did not start") from None
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 async def redis_facts(client: Redis) -> dict[str, Any]:

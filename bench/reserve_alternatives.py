@@ -69,9 +69,9 @@ from bench.redis_side import (
     add_private_redis_option,
     connect,
     delete_prefix,
-    private_redis,
     redis_facts,
 )
+from bench.stack import private_redis
 from service.errors import ConcurrencyLimit, InsufficientCredits
 from service.state.keys import JobKeys, KeySpace
 from service.state.plans import Plan

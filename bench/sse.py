@@ -32,8 +32,7 @@ from bench.common import (
     report,
     run,
 )
-from bench.redis_side import private_redis
-from bench.stack import Database, HttpServer, Stack, process_cpu
+from bench.stack import Database, HttpServer, Stack, private_redis, process_cpu
 
 BUCKETS = 64
 ITEMS = 1000

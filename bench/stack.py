@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +33,46 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], what: str, *, timeout: float = 10.0,
+                  pause: float = 0.05) -> None:
+    """Until something accepts on 127.0.0.1:`port`; raises if `proc` exits or time runs out."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(pause)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of the benchmark's own on a free port (no persistence, like the shared
+    one here): its CPU, memory and script counters then hold nothing but the benchmark's."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("a private Redis needs redis-server on PATH")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tgbench-redis-") as folder:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", folder],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, proc, "the private redis-server")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------
@@ -278,3 +319,65 @@ def start_all(servers: list[HttpServer]) -> None:
         server.start()
     for server in servers:
         server.wait_ready()
+
+
+# --- the API as a client uses it ---------------------------------------------------------------
+
+class ApiClient:
+    """The API over HTTP: users through /admin/users; jobs created, their inputs uploaded to
+    the presigned URLs (`uploads_at_once` side by side), confirmed and executed.
+    `token_of(user)`: the user's bearer token."""
+
+    def __init__(self, url: str, admin_token: str, token_of: Callable[[str], str], *,
+                 timeout: float = 60, uploads_at_once: int = 1) -> None:
+        import httpx
+
+        self.http = httpx.AsyncClient(base_url=url, timeout=timeout,
+                                      limits=httpx.Limits(max_connections=32))
+        self.admin = {"Authorization": f"Bearer {admin_token}"}
+        self.token_of = token_of
+        self.uploads_at_once = uploads_at_once
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_of(user)}"}
+
+    async def create_user(self, user: str, credits: int, plan: str = "pro") -> None:
+        response = await self.http.post("/admin/users", headers=self.admin,
+                                        json={"id": user, "plan": plan, "credits": credits})
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /admin/users: {response.status_code} {response.text}")
+
+    async def uploaded_job(self, user: str, inputs: list[bytes]) -> str:
+        """A job of one image item per input, every input uploaded, the upload confirmed."""
+        import asyncio
+
+        body = {"items": [{"name": f"img-{i}.png", "content_type": "image/png",
+                           "size": len(data)} for i, data in enumerate(inputs)]}
+        created = await self.http.post("/jobs", json=body, headers=self.auth(user))
+        if created.status_code != 201:
+            raise RuntimeError(f"POST /jobs: {created.status_code} {created.text}")
+        job = created.json()
+        gate = asyncio.Semaphore(self.uploads_at_once)
+
+        async def put(upload: dict[str, Any], data: bytes) -> None:
+            async with gate:
+                answer = await self.http.request(upload["method"], upload["url"],
+                                                 headers=upload["headers"], content=data)
+            if answer.status_code not in (200, 201, 204):
+                raise RuntimeError(f"upload: {answer.status_code} {answer.text}")
+
+        await asyncio.gather(*(put(upload, data)
+                               for upload, data in zip(job["uploads"], inputs, strict=True)))
+        confirmed = await self.http.post(f"/jobs/{job['id']}/confirm-upload",
+                                         headers=self.auth(user))
+        if confirmed.status_code != 200:
+            raise RuntimeError(f"confirm-upload: {confirmed.status_code} {confirmed.text}")
+        return str(job["id"])
+
+    async def execute(self, user: str, job_id: str) -> None:
+        response = await self.http.post(f"/jobs/{job_id}/execute", headers=self.auth(user))
+        if response.status_code != 202:
+            raise RuntimeError(f"execute: {response.status_code} {response.text}")
+
+    async def close(self) -> None:
+        await self.http.aclose()

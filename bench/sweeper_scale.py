@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +36,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import Baseline, Result, Row, base_parser, machine_info, report
+from bench.stack import private_redis
 from service.bucket_sweep import FlushStats, Sessions, flush_bucket
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.runtime import make_core
@@ -68,13 +66,6 @@ async def pass_before(core: Core, sessions: Sessions, settings: Settings) -> Flu
 
 async def pass_now(core: Core, sessions: Sessions, settings: Settings) -> FlushStats:
     return await flush_once(core, sessions, settings)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def commands(client: Redis) -> int:
@@ -239,26 +230,10 @@ def main() -> None:
     if args.quick:
         args.buckets, args.jobs, args.users = min(args.buckets, 1_024), min(args.jobs, 400), 8
         args.rounds = 1
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not on PATH"
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        with tempfile.TemporaryDirectory() as folder:
-            url = args.database_url or f"sqlite:///{Path(folder) / 'history.db'}"
-            drained = asyncio.run(measure(f"redis://127.0.0.1:{port}/0", url, args))
-            report(drained, args.out, [("passes", "passes"), ("round_ratios", "per round")])
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with private_redis() as redis_url, tempfile.TemporaryDirectory() as folder:
+        url = args.database_url or f"sqlite:///{Path(folder) / 'history.db'}"
+        drained = asyncio.run(measure(redis_url, url, args))
+        report(drained, args.out, [("passes", "passes"), ("round_ratios", "per round")])
 
 
 if __name__ == "__main__":

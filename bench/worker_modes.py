@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,17 +39,16 @@ if __package__ in (None, ""):  # run as `python bench/worker_modes.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    DEFAULT_POSTGRES_DSN,
     Baseline,
     Result,
     Row,
-    base_parser,
     fresh_prefix,
     machine_info,
     median,
     report,
+    stack_parser,
 )
-from bench.stack import Database, HttpServer, Service, Stack, process_cpu
+from bench.stack import ApiClient, Database, HttpServer, Service, Stack, process_cpu
 
 NAME = "worker_modes"
 PROCESSOR = "workers.processors.torch_batch:EdgeMaps"
@@ -96,49 +94,17 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Harness:
+class Harness(ApiClient):
     def __init__(self, stack: Stack, api: HttpServer, redis_url: str) -> None:
-        import httpx
         import redis as sync_redis
 
         from service.api.auth import issue_token
 
+        token = issue_token(stack.secret, "wm", ttl_s=7200)
+        super().__init__(api.url, issue_token(stack.secret, "wm-admin", admin=True),
+                         lambda user: token, timeout=120, uploads_at_once=8)
         self.stack, self.api = stack, api
-        self.http = httpx.AsyncClient(base_url=api.url, timeout=120)
-        admin = issue_token(stack.secret, "wm-admin", admin=True)
-        self.admin = {"Authorization": f"Bearer {admin}"}
-        self.token = {"Authorization": f"Bearer {issue_token(stack.secret, 'wm', ttl_s=7200)}"}
         self.rq = sync_redis.Redis.from_url(redis_url)
-
-    async def create_user(self) -> None:
-        response = await self.http.post("/admin/users", headers=self.admin,
-                                        json={"id": "wm", "plan": "pro", "credits": 10**6})
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /admin/users: {response.status_code} {response.text}")
-
-    async def uploaded_job(self, pictures: list[bytes]) -> str:
-        body = {"items": [{"name": f"img-{i}.png", "content_type": "image/png",
-                           "size": len(data)} for i, data in enumerate(pictures)]}
-        created = await self.http.post("/jobs", json=body, headers=self.token)
-        if created.status_code != 201:
-            raise RuntimeError(f"POST /jobs: {created.status_code} {created.text}")
-        job = created.json()
-        gate = asyncio.Semaphore(8)
-
-        async def put(upload: dict[str, Any], data: bytes) -> None:
-            async with gate:
-                answer = await self.http.request(upload["method"], upload["url"],
-                                                 headers=upload["headers"], content=data)
-            if answer.status_code not in (200, 201, 204):
-                raise RuntimeError(f"upload: {answer.status_code} {answer.text}")
-
-        await asyncio.gather(*(put(u, d) for u, d in zip(job["uploads"], pictures,
-                                                            strict=True)))
-        confirmed = await self.http.post(f"/jobs/{job['id']}/confirm-upload",
-                                         headers=self.token)
-        if confirmed.status_code != 200:
-            raise RuntimeError(f"confirm-upload: {confirmed.status_code} {confirmed.text}")
-        return str(job["id"])
 
     def registered(self, queue: str) -> int:
         from rq import Worker
@@ -163,14 +129,12 @@ class Harness:
                     raise RuntimeError(f"the worker never registered:\n{worker.output()[-3000:]}")
                 await asyncio.sleep(0.05)
             startup = time.perf_counter() - started
-            job_id = await self.uploaded_job(pictures)
+            job_id = await self.uploaded_job("wm", pictures)
             batches = -(-len(pictures) // BATCH)
             ids = [rq_job_id(job_id, n) for n in range(batches)]
             cpu_before = process_cpu(worker.pid, reaped_children=True)
             t0 = datetime.now(UTC)
-            response = await self.http.post(f"/jobs/{job_id}/execute", headers=self.token)
-            if response.status_code != 202:
-                raise RuntimeError(f"execute: {response.status_code} {response.text}")
+            await self.execute("wm", job_id)
             deadline = time.monotonic() + 600
             while True:
                 jobs = await asyncio.to_thread(Job.fetch_many, ids, connection=self.rq,
@@ -183,7 +147,7 @@ class Harness:
                     raise RuntimeError(f"the job never finished:\n{worker.output()[-3000:]}")
                 await asyncio.sleep(0.02)
             cpu = process_cpu(worker.pid, reaped_children=True) - cpu_before
-            view = (await self.http.get(f"/jobs/{job_id}", headers=self.token)).json()
+            view = (await self.http.get(f"/jobs/{job_id}", headers=self.auth("wm"))).json()
             if view["status"] != "done" or view["done_items"] != len(pictures):
                 raise RuntimeError(f"job ended {view['status']} with {view['done_items']} done")
         finally:
@@ -197,15 +161,15 @@ class Harness:
                        round((ends[-1] - t0).total_seconds(), 3), round(cpu, 2), batches)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await super().close()
         self.rq.close()
 
 
 async def main_async(args: Any) -> Result:
     from redis.asyncio import Redis
 
-    from bench.redis_side import private_redis, redis_facts
-    from bench.stack import start_all
+    from bench.redis_side import redis_facts
+    from bench.stack import private_redis, start_all
 
     params = Params(items=args.items or (16 if args.quick else 96),
                     rounds=args.rounds or (1 if args.quick else 2))
@@ -224,7 +188,7 @@ async def main_async(args: Any) -> Result:
             await asyncio.to_thread(stack.migrate)
             await asyncio.to_thread(start_all, [api])
             harness = Harness(stack, api, redis_url)
-            await harness.create_user()
+            await harness.create_user("wm", 10**6)
             pictures = images(params.items)
             for round_no in range(params.rounds):
                 for mode in MODES:
@@ -278,12 +242,7 @@ COLUMNS = [("per_batch_s", "median per batch, s"), ("per_batch_s_range", "range"
 
 
 def main(argv: list[str] | None = None) -> int:
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)  # unwind through the cleanup, as Ctrl-C does
-    parser = base_parser(__doc__.splitlines()[0] if __doc__ else NAME)
-    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
+    parser = stack_parser(__doc__.splitlines()[0] if __doc__ else NAME)
     parser.add_argument("--items", type=int, default=0, help="default 96 (16 with --quick)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 (1 with --quick)")
     args = parser.parse_args(argv)
