@@ -311,3 +311,15 @@ def report(result: Result, folder: Path, extra_columns: Sequence[tuple[str, str]
     path = result.write(folder)
     print(f"\nwrote {path}")
     return path
+
+
+def run_and_report(main: Coroutine[Any, Any, Result | list[Result]], folder: Path,
+                   extra_columns: Sequence[tuple[str, str]] = ()) -> None:
+    """Runs `main` (as `run` does), then prints and writes each result it returns, and says
+    how long it all took."""
+    started = time.monotonic()
+    results = run(main)
+    for result in results if isinstance(results, list) else [results]:
+        print()
+        report(result, folder, extra_columns)
+    print(f"\n{time.monotonic() - started:.0f} s in all")

@@ -53,7 +53,7 @@ from bench.common import (
     fresh_prefix,
     machine_info,
     median,
-    report,
+    run_and_report,
     stack_parser,
 )
 from bench.stack import (
@@ -456,14 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.before:
         args.before = str(Path(args.before).resolve())
-    from bench.common import run
-
-    started = time.monotonic()
-    results = run(main_async(args))
-    for result in results:
-        print()
-        report(result, args.out, COLUMNS)
-    print(f"\n{time.monotonic() - started:.0f} s in all")
+    run_and_report(main_async(args), args.out, COLUMNS)
     return 0
 
 

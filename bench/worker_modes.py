@@ -45,7 +45,7 @@ from bench.common import (
     fresh_prefix,
     machine_info,
     median,
-    report,
+    run_and_report,
     stack_parser,
 )
 from bench.stack import ApiClient, Database, HttpServer, Service, Stack, process_cpu
@@ -246,13 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=0, help="default 96 (16 with --quick)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 (1 with --quick)")
     args = parser.parse_args(argv)
-    from bench.common import run
-
-    started = time.monotonic()
-    result = run(main_async(args))
-    print()
-    report(result, args.out, COLUMNS)
-    print(f"\n{time.monotonic() - started:.0f} s in all")
+    run_and_report(main_async(args), args.out, COLUMNS)
     return 0
 
 

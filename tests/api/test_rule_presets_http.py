@@ -13,7 +13,7 @@ from sqlalchemy import select
 from service.history.models import JobLog
 from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api
-from tests.api.flow import items, me
+from tests.api.flow import create_job, items, me
 from tests.api.history import flush_everything
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: these jobs never run
@@ -63,14 +63,6 @@ async def post_rule(api: Api, user: str, **body: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     rule: dict[str, Any] = response.json()
     return rule
-
-
-async def post_job(api: Api, user: str, n: int = 2, **body: Any) -> dict[str, Any]:
-    response = await api.client.post("/jobs", json={"items": items(n), **body},
-                                     headers=api.auth(user))
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 async def job_view(api: Api, user: str, job_id: str) -> dict[str, Any]:
@@ -215,21 +207,21 @@ async def test_a_job_takes_its_rules_preset_and_its_own_fields_win(api: Api) -> 
     rule = await post_rule(api, user, model="thumb", params={"size": 64, "format": "jpeg"},
                            webhook={"url": HOOK, "events": ["completed"]})
 
-    plain = await post_job(api, user, 3, rule_id=rule["id"])
+    plain = await create_job(api, user, 3, rule_id=rule["id"])
     assert (plain["model"], plain["params"], plain["rule_id"], plain["cost"]) == (
         "thumb", {"size": 64, "format": "jpeg"}, rule["id"], 3 * 2)
     hooks = await api.client.get(f"/jobs/{plain['id']}/webhooks", headers=api.auth(user))
     assert hooks.status_code == 200
-    other_params = await post_job(api, user, 1, rule_id=rule["id"], params={"size": 512})
+    other_params = await create_job(api, user, 1, rule_id=rule["id"], params={"size": 512})
     assert (other_params["model"], other_params["params"]) == ("thumb", {"size": 512})
-    other_model = await post_job(api, user, 2, rule_id=rule["id"], model="bare", params={})
+    other_model = await create_job(api, user, 2, rule_id=rule["id"], model="bare", params={})
     assert (other_model["model"], other_model["params"], other_model["cost"]) == (
         "bare", {}, 2 * 7)
     # The rule's params against the model the job names: refused, naming the field.
     refused = await api.client.post("/jobs", json={"items": items(1), "rule_id": rule["id"],
                                                    "model": "bare"}, headers=api.auth(user))
     assert_refused(refused, "params.size")
-    direct = await post_job(api, user, 1, params={"size": 100})
+    direct = await create_job(api, user, 1, params={"size": 100})
     assert (direct["model"], direct["params"], direct["rule_id"]) == (
         "thumb", {"size": 100}, None)
 
@@ -240,7 +232,7 @@ async def test_a_job_takes_its_rules_preset_and_its_own_fields_win(api: Api) -> 
         "model": "anything", "params": {"size": 1, "new": True}, "webhook": None},
         headers=api.auth(user))
     assert patched.status_code == 200, patched.text
-    after_edit = await post_job(api, user, 1, rule_id=rule["id"])
+    after_edit = await create_job(api, user, 1, rule_id=rule["id"])
     assert (after_edit["model"], after_edit["params"], after_edit["cost"]) == (
         "anything", {"size": 1, "new": True}, 1)
     assert (await api.client.delete(f"/rules/{rule['id']}",
