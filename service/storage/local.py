@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import shutil
 import time
@@ -23,6 +24,8 @@ _MAX_KEY_CHARS = 1024
 
 # Signed in place of a Content-Type on URLs that take any type.
 ANY_TYPE = "*"
+# The extended attribute that keeps an upload's Content-Type on the file itself.
+TYPE_XATTR = "user.tollgate.content_type"
 
 
 class LocalStorage:
@@ -103,7 +106,8 @@ class LocalStorage:
     @staticmethod
     def _type_path(path: Path) -> Path:
         # Beside the file, hidden (as the upload's temporary file is): the Content-Type its
-        # PUT named, which S3 would keep as the object's metadata.
+        # PUT named, where the file system keeps no extended attributes (and files kept
+        # before they were used).
         return path.parent / f".{path.name}.content-type"
 
     async def remember_content_type(self, key: str, content_type: str | None) -> None:
@@ -114,27 +118,42 @@ class LocalStorage:
 
     def remember_content_type_at(self, path: Path, content_type: str | None) -> None:
         """The same for the file at `path` (from path_for), blocking: the /files PUT route
-        runs it in the thread call that renames the upload into place."""
+        runs it in the thread call that renames the upload into place.
+
+        Kept as an extended attribute of the file itself, as S3 keeps an object's metadata:
+        it goes with the file (a rename, a delete) and costs one system call, where creating
+        a hidden file beside it cost about as much CPU as the upload itself (~0.85 ms on
+        ext4, measured with bench/job_cost.py). A file system without user attributes gets
+        the hidden file."""
         where = self._type_path(path)
-        if content_type:
-            where.write_text(content_type)
-        else:
-            where.unlink(missing_ok=True)
+        try:
+            if content_type:
+                os.setxattr(path, TYPE_XATTR, content_type.encode())
+            else:
+                with contextlib.suppress(OSError):  # none kept: nothing to forget
+                    os.removexattr(path, TYPE_XATTR)
+        except OSError:  # no user attributes here (ENOTSUP): the hidden file
+            if content_type:
+                where.write_text(content_type)
+                return
+        where.unlink(missing_ok=True)  # one kept before attributes were used
 
     def content_type_at(self, path: Path) -> str | None:
         """The kept Content-Type of the file at `path` (from path_for), blocking: the /files
         GET route reads it in the thread call that stats the file."""
+        try:
+            return os.getxattr(path, TYPE_XATTR).decode().strip() or None
+        except FileNotFoundError:
+            return None
+        except OSError:  # no attribute (ENODATA) or no attributes here: the hidden file
+            pass
         try:
             return self._type_path(path).read_text().strip() or None
         except FileNotFoundError:
             return None
 
     async def content_type_of(self, key: str) -> str | None:
-        where = anyio.Path(self._type_path(self.path_for(key)))
-        try:
-            return (await where.read_text()).strip() or None
-        except FileNotFoundError:
-            return None
+        return await anyio.to_thread.run_sync(self.content_type_at, self.path_for(key))
 
     async def missing(self, keys: list[str]) -> list[int]:
         def scan() -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from service.api.problems import EXCEPTION_HANDLERS
 from service.settings import Settings
 from service.storage import LocalStorage, S3Storage, local_file_routes, make_storage
+from service.storage.local import TYPE_XATTR
 
 SECRET = b"local-storage-test-secret"
 
@@ -94,9 +96,9 @@ async def test_upload_then_download_over_http(
     response = await client.put(path_of(upload.url), content=body, headers=upload.headers)
     assert response.status_code == 200, response.text
     assert await storage.read("jobs/j1/in/0") == body
-    # No temporary file left; the upload's Content-Type is kept beside the file.
-    assert sorted(p.name for p in storage.path_for("jobs/j1/in/0").parent.iterdir()) == [
-        ".0.content-type", "0"]
+    # No temporary file left; the upload's Content-Type is kept on the file itself.
+    assert sorted(p.name for p in storage.path_for("jobs/j1/in/0").parent.iterdir()) == ["0"]
+    assert os.getxattr(storage.path_for("jobs/j1/in/0"), TYPE_XATTR) == b"image/png"
 
     response = await client.get(path_of(storage.presign_download("jobs/j1/in/0", 600)))
     assert response.status_code == 200

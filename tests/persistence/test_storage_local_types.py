@@ -3,6 +3,8 @@ image/png on an extension-less output key), and still never serve active content
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -51,3 +53,42 @@ async def test_a_new_upload_replaces_the_kept_type_and_delete_drops_it(
     await storage.delete(["jobs/j1/out/0"])
     assert await storage.content_type_of("jobs/j1/out/0") is None
     assert not storage.path_for("jobs/j1/out").exists()  # the emptied folder went too
+
+
+async def test_a_type_kept_beside_the_file_still_serves_and_a_new_upload_drops_it(
+    storage: LocalStorage, client: AsyncTestClient[Litestar],
+) -> None:
+    """Files kept before the type moved onto the file itself (or on a file system without
+    user attributes) have it in a hidden file beside them: still read, and forgotten by
+    the next upload of the key."""
+    await storage.write("jobs/j1/out/0", b"old")
+    path = storage.path_for("jobs/j1/out/0")
+    beside = path.parent / ".0.content-type"
+    beside.write_text("image/png")
+    assert await storage.content_type_of("jobs/j1/out/0") == "image/png"
+    got = await client.get(path_of(storage.presign_download("jobs/j1/out/0", 600)))
+    assert got.headers["content-type"] == "image/png"
+    upload = storage.presign_upload("jobs/j1/out/0", None, 64, 600)
+    await client.put(path_of(upload.url), content=b"new", headers={"Content-Type": "image/gif"})
+    assert not beside.exists()
+    assert await storage.content_type_of("jobs/j1/out/0") == "image/gif"
+
+
+async def test_without_user_attributes_the_type_is_kept_beside_the_file(
+    storage: LocalStorage, client: AsyncTestClient[Litestar], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unsupported(*args: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    monkeypatch.setattr(os, "getxattr", unsupported)
+    monkeypatch.setattr(os, "removexattr", unsupported)
+    upload = storage.presign_upload("jobs/j1/out/0", None, 64, 600)
+    await client.put(path_of(upload.url), content=b"1", headers={"Content-Type": "image/png"})
+    beside = storage.path_for("jobs/j1/out/0").parent / ".0.content-type"
+    assert beside.read_text() == "image/png"
+    got = await client.get(path_of(storage.presign_download("jobs/j1/out/0", 600)))
+    assert got.headers["content-type"] == "image/png"
+    await client.put(path_of(upload.url), content=b"2")
+    assert not beside.exists()
+    assert await storage.content_type_of("jobs/j1/out/0") is None
