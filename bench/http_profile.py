@@ -69,6 +69,11 @@ def attribute(raw: Path) -> Counter[str]:
     return counts
 
 
+def keep_raw(raw: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(raw, folder / raw.name)
+
+
 async def profile(args: Any) -> dict[str, dict[str, float]]:
     from redis.asyncio import Redis
 
@@ -76,7 +81,7 @@ async def profile(args: Any) -> dict[str, dict[str, float]]:
     params = Params(servers=(args.server,), processes=(1,), connections=64, wrk_threads=1,
                     seconds=args.seconds + 1, bare_seconds=args.seconds + 1, rounds=1,
                     jobs_per_phase=8000, callbacks_per_phase=12000, callback_items=1000,
-                    get_jobs=200)
+                    get_jobs=200, reports_per_phase=8000)
     prefix = args.prefix or fresh_prefix()
     database = Database(args.postgres_dsn)
     stack = Stack(args.redis_url, database, prefix)
@@ -124,8 +129,7 @@ async def profile(args: Any) -> dict[str, dict[str, float]]:
             if spy.returncode != 0 or not raw.exists():
                 raise RuntimeError(f"py-spy failed: {spy_err.decode(errors='replace')}")
             if args.keep:
-                Path(args.keep).mkdir(parents=True, exist_ok=True)
-                shutil.copy(raw, Path(args.keep) / raw.name)
+                await asyncio.to_thread(keep_raw, raw, Path(args.keep))
             counts = attribute(raw)
             total = sum(counts.values()) or 1
             cpu = phase.server_cpu_us_per_request
