@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round of 1 s: only proves the benchmark works")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds = 1, 1
     from service.api.auth import issue_token
 
     token = issue_token(SECRET, "floor-user", ttl_s=3600)
