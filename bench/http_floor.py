@@ -18,7 +18,9 @@ process), answers the very bodies bench/http_api.py sends, at four depths:
   jwt        `redis` plus tollgate's JWT middleware (a cached token) and its metrics and
              body-deadline middlewares, as the user endpoints run (POST /jobs only);
   sig        `jwt` with POST /jobs's own handler signature: the injected runtime (`rt`),
-             the declared Idempotency-Key header parameter, the user's request.
+             the declared Idempotency-Key header parameter, the user's request;
+  mw         `redis` plus the metrics and body-deadline middlewares (the report only: the
+             callback path is not behind the JWT middleware).
 
 wrk loads each path with the same body in turn (rounds alternate); the server's CPU per
 request comes from /proc. Prints a Markdown table: µs of server CPU per request and the
@@ -127,6 +129,15 @@ def create_app() -> Litestar:
         await _one_round_trip(request)
         return body(JobCreated, dict(CREATED_VIEW))
 
+    @post("/mw/report", status_code=200,
+          middleware=[metrics_middleware,
+                      DefineMiddleware(body_deadline_middleware, timeout_s=30.0)])
+    async def mw_report(request: Request[Any, Any, Any], data: JSONBody[CallbackIn]
+                        ) -> ItemsCallbackOut:
+        await _one_round_trip(request)
+        return ItemsCallbackOut(counted=len(data.items or []), duplicates=0, status="running",
+                                done_items=8, failed_items=0)
+
     @post("/sig/jobs", status_code=201, dependencies={"rt": Provide(_state_of,
                                                                       sync_to_thread=False)},
           middleware=[metrics_middleware,
@@ -140,7 +151,7 @@ def create_app() -> Litestar:
     settings = Settings(redis_url=os.environ.get("FLOOR_REDIS_URL", "redis://127.0.0.1:6379/0"),
                         jwt_secret=SECRET)
     auth = make_jwt_auth(settings, SECRET)
-    auth.exclude = ["^/any", "^/struct/", "^/redis/"]
+    auth.exclude = ["^/any", "^/struct/", "^/redis/", "^/mw/"]
     client = state_redis(settings)  # the API's own client (hiredis packing, blocking pool)
 
     async def startup(app: Litestar) -> None:
@@ -149,7 +160,7 @@ def create_app() -> Litestar:
 
     return Litestar(
         route_handlers=[any_body, struct_jobs, redis_jobs, struct_report, redis_report,
-                        jwt_jobs, sig_jobs],
+                        jwt_jobs, sig_jobs, mw_report],
         on_startup=[startup], on_app_init=[auth.on_app_init], debug=False)
 
 
@@ -215,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("POST /jobs (1 item)", JOB_BODY, ["any", "struct/jobs", "redis/jobs", "jwt/jobs",
                                                    "sig/jobs"]),
             ("batched report (8 items)", REPORT_BODY,
-             ["any", "struct/report", "redis/report"])]
+             ["any", "struct/report", "redis/report", "mw/report"])]
     cpu: dict[tuple[str, str], list[float]] = {}
     try:
         deadline = time.monotonic() + 30

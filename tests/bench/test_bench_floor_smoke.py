@@ -14,7 +14,8 @@ from tests.conftest import need
 
 DEPTHS = {"POST /jobs (1 item)": ["/any", "/struct/jobs", "/redis/jobs", "/jwt/jobs",
                                   "/sig/jobs"],
-          "batched report (8 items)": ["/any", "/struct/report", "/redis/report"]}
+          "batched report (8 items)": ["/any", "/struct/report", "/redis/report",
+                                       "/mw/report"]}
 
 
 @pytest.mark.redis
