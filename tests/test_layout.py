@@ -5,6 +5,7 @@ Imports of redis and fakeredis are held to service.state by an import-linter con
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -30,3 +31,22 @@ def test_only_service_state_uses_the_redis_client_of_core() -> None:
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if raw_call.search(line)]
     assert offenders == []
+
+
+def test_workers_import_only_the_contract_and_the_settings_of_service() -> None:
+    """An allow-list: the import-linter contract names the forbidden modules, so a new
+    service module would slip past it; this catches any import of one."""
+    allowed = {"service.contract", "service.settings"}
+    modules = sorted((ROOT / "workers").rglob("*.py"))
+    assert len(modules) > 5
+    imported = {
+        (str(path.relative_to(ROOT)), name) for path in modules
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        for name in (
+            [alias.name for alias in node.names] if isinstance(node, ast.Import)
+            else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        )
+        if name == "service" or name.startswith("service.")
+    }
+    assert {name for _, name in imported} <= allowed, imported
+    assert any(name == "service.contract" for _, name in imported)  # the walk sees imports
