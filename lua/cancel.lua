@@ -25,6 +25,12 @@ if ARGV[6] ~= '' then
   for state in string.gmatch(ARGV[6], '[^,]+') do allowed[state] = true end
 end
 
+local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
+  stats = KEYS[11]}
+local bad = finish_job_wrong_type(k)
+if bad then return {'wrong_type', bad} end
+
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total',
   'price', 'cost', 'charged', 'refunded')
 if not job[1] or job[2] ~= owner then return {'not_found'} end
@@ -34,11 +40,6 @@ if TERMINAL[state] or (allowed and not allowed[state]) then
   return {'invalid_transition', state, job[3], job[4], job[5], job[8], job[9]}
 end
 
-local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
-  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
-  stats = KEYS[11]}
-local bad = finish_job_wrong_type(k)
-if bad then return {'wrong_type', bad} end
 local charge, refund = finish_job(k, job_id, owner, 'canceled', reason, now, flush_due,
   tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
 return {'ok', 'canceled', job[3], job[4], job[5], charge, refund}

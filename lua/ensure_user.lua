@@ -12,7 +12,9 @@
 -- ARGV[10] signup credits SQL's ledger got for this new user (counted as granted; optional)
 --
 -- Returns {code} with code 'ok' (created) | 'already' (exists) | 'bad_argument'
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
 -- @include stats
+-- @include key_types
 local credits, max_active, max_rules = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now, spent, granted = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if not credits or credits < 0 or credits % 1 ~= 0 then return {'bad_argument', 'credits'} end
@@ -23,6 +25,8 @@ end
 if not max_active or not max_rules or not now then return {'bad_argument', 'limits'} end
 local signup = credits
 if ARGV[9] ~= '1' then signup = tonumber(ARGV[10] or '0') or 0 end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'}})
+if bad then return {'wrong_type', bad} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'already'} end
 redis.call('HSET', KEYS[1], 'plan', ARGV[2], 'available', credits, 'reserved', 0,
   'spent', spent, 'granted', granted, 'max_active', max_active, 'max_rules', max_rules,

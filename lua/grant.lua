@@ -12,9 +12,14 @@
 -- Returns {code, available, reserved, spent, granted} with code one of
 --   'ok' | 'already' | 'not_found' | 'insufficient_credits' (a removal below zero)
 --   | 'bad_argument'
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
 -- @include stats
+-- @include key_types
 local amount, now = tonumber(ARGV[3]), tonumber(ARGV[5])
 if not amount or amount % 1 ~= 0 or not now then return {'bad_argument', 'amount'} end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
+  {KEYS[4], 'hash'}})
+if bad then return {'wrong_type', bad} end
 local user = redis.call('HMGET', KEYS[1], 'available', 'reserved', 'spent', 'granted')
 if not user[1] then return {'not_found'} end
 if redis.call('HEXISTS', KEYS[2], 'grant:' .. ARGV[2]) == 1 then

@@ -24,12 +24,19 @@
 --   'invalid_transition'  the job is not queued or running (e.g. canceled)
 --   'not_found'           no such job for this owner
 --   'bad_argument'        index out of range or malformed numbers
+--   'wrong_type'          {code, n}: the n-th key checked holds another type; nothing written
 -- @include job_progress
+-- @include key_types
 -- @include count_items
 local job_id, owner, cb_key = ARGV[1], ARGV[2], ARGV[3]
 local index, ok, detail = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
 local now, lease_deadline, flush_due = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 if not now or not lease_deadline or not flush_due then return {'bad_argument', 'time'} end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
+  {KEYS[4], 'hash'}, {KEYS[5], 'set'}, {KEYS[6], 'zset'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
+  {KEYS[9], 'zset'}, {KEYS[10], 'list'}, {KEYS[11], 'hash'}, {KEYS[12], 'zset'},
+  {KEYS[13], 'set'}, {KEYS[14], 'hash'}})
+if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
 if not job[1] or job[2] ~= owner then return {'not_found'} end

@@ -27,7 +27,9 @@
 --   'not_found'           no such job for this owner        (just {code})
 --   'bad_argument'        {code, what}: an index out of range, a malformed entry or number;
 --                         nothing is written
+--   'wrong_type'          {code, n}: the n-th key checked holds another type; nothing written
 -- @include job_progress
+-- @include key_types
 -- @include count_items
 local MAX_ENTRIES = 1000
 local job_id, owner = ARGV[1], ARGV[2]
@@ -37,6 +39,11 @@ if not now or not lease_deadline or not flush_due then return {'bad_argument', '
 if not n or n < 1 or n > MAX_ENTRIES or n % 1 ~= 0 or #ARGV ~= 6 + 4 * n then
   return {'bad_argument', 'items'}
 end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
+  {KEYS[4], 'set'}, {KEYS[5], 'hash'}, {KEYS[6], 'set'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
+  {KEYS[9], 'zset'}, {KEYS[10], 'zset'}, {KEYS[11], 'list'}, {KEYS[12], 'hash'},
+  {KEYS[13], 'zset'}, {KEYS[14], 'hash'}})
+if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
 if not job[1] or job[2] ~= owner then return {'not_found'} end

@@ -27,6 +27,12 @@ for state in string.gmatch(ARGV[4], '[^,]+') do
   allowed[state] = true
 end
 
+local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
+  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
+  stats = KEYS[11]}
+local bad = finish_job_wrong_type(k)
+if bad then return {'wrong_type', bad} end
+
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total',
   'price', 'cost', 'charged', 'refunded')
 if not job[1] or job[2] ~= owner then return {'not_found'} end
@@ -37,11 +43,6 @@ if not allowed[state] or (state ~= 'queued' and state ~= 'running') then
   return {'invalid_transition', state, job[3], job[4], job[5], job[8], job[9]}
 end
 
-local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
-  queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
-  stats = KEYS[11]}
-local bad = finish_job_wrong_type(k)
-if bad then return {'wrong_type', bad} end
 local charge, refund = finish_job(k, job_id, owner, to, reason, now, flush_due,
   tonumber(job[3]), tonumber(job[6]), tonumber(job[7]))
 return {'ok', to, job[3], job[4], job[5], charge, refund}

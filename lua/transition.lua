@@ -16,12 +16,17 @@
 --   'invalid_transition'  the job is in another state
 --   'not_found'           no such job (or another owner's)
 --   'bad_argument'        the move is not one of the three above
+--   'wrong_type'          {code, n}: the n-th key checked holds another type; nothing written
 -- @include outbox
+-- @include key_types
 local ALLOWED = {created = 'uploaded', uploaded = 'queued', queued = 'running'}
 local job_id, owner, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, lease_deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
 if ALLOWED[from] ~= to then return {'bad_argument', from .. '->' .. to} end
 if not now or not lease_deadline then return {'bad_argument', 'time'} end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'},
+  {KEYS[4], 'zset'}, {KEYS[5], 'hash'}, {KEYS[6], 'zset'}})
+if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total')
 if not job[1] or (owner ~= '' and job[2] ~= owner) then return {'not_found'} end

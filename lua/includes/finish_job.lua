@@ -11,8 +11,14 @@
 -- Callers check this before their first write: the position of the first key of `k` that
 -- holds another type than finish_job writes, or nil.
 local function finish_job_wrong_type(k)
-  return wrong_type({{k.job, 'hash'}, {k.user, 'hash'}, {k.active, 'set'}, {k.holds, 'zset'},
-    {k.leases, 'zset'}, {k.queued, 'zset'}, {k.flush, 'zset'}, {k.ledger, 'list'}})
+  local expected = {{k.job, 'hash'}, {k.user, 'hash'}, {k.active, 'set'}, {k.holds, 'zset'},
+    {k.leases, 'zset'}, {k.queued, 'zset'}, {k.flush, 'zset'}, {k.ledger, 'list'}}
+  if k.hooks then
+    expected[#expected + 1] = {k.hooks, 'hash'}
+    expected[#expected + 1] = {k.webhooks, 'zset'}
+  end
+  if k.stats then expected[#expected + 1] = {k.stats, 'hash'} end
+  return wrong_type(expected)
 end
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
   local charge = done * price
