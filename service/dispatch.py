@@ -19,6 +19,12 @@ from service.state.records import JobRecord
 log = logging.getLogger(__name__)
 
 
+def model_gone(rt: Runtime, job: JobRecord) -> bool:
+    """The model fixed on the job left the configuration: dispatch fails the job, refunded.
+    (A job of version 1 named none: the default model runs it.)"""
+    return job.model is not None and job.model not in rt.models
+
+
 async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> list[str]:
     """Enqueue a queued job's batches; safe to repeat (deterministic RQ job ids).
 
@@ -26,9 +32,8 @@ async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> li
     job = job or await rt.core.job_snapshot(job_id)
     if job is None or job.state != JobState.QUEUED or job.items is None:
         return []
-    # The model fixed on the job at reserve time; a job of version 1 named none.
     model_name = job.model
-    if model_name is not None and model_name not in rt.models:
+    if model_gone(rt, job):
         # Its model left the configuration while the job waited: no worker would ever run it.
         log.warning("job %s: model %r is no longer configured; failing the job", job_id,
                     model_name)

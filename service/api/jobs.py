@@ -15,8 +15,14 @@ from service.api.rules import Preset, job_preset
 from service.api.schemas import ItemIn, JobCreate
 from service.api.users import as_known_user
 from service.contract import input_key, output_key
-from service.dispatch import dispatch
-from service.errors import BadArgument, InvalidTransition, NotFound, UploadsMissing
+from service.dispatch import dispatch, model_gone
+from service.errors import (
+    BadArgument,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    NotFound,
+    UploadsMissing,
+)
 from service.history.models import JobLog
 from service.history.queries import history_job
 from service.models import Model
@@ -65,6 +71,10 @@ async def _presign_uploads(
     return sign()
 
 
+def _item_meta(body: JobCreate) -> list[dict[str, Any]]:
+    return [{"name": i.name, "content_type": i.content_type, "size": i.size} for i in body.items]
+
+
 def model_for_items(model: Model, items: list[ItemIn]) -> Model:
     """The model when it takes these items: its item count and content types, else 422."""
     if len(items) > model.max_items:
@@ -81,6 +91,14 @@ async def create_job(
     rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None
 ) -> dict[str, Any]:
     settings = rt.settings
+    digest = body_hash(body)
+    if idempotency_key is not None:  # a replay answers its job even if the rule is gone since
+        earlier = await rt.core.idempotent_job(user_id, idempotency_key)
+        if earlier is not None:
+            if earlier[1] != digest:
+                raise IdempotencyKeyReused(f"the Idempotency-Key is job {earlier[0]}'s")
+            view = await get_job(rt, user_id, earlier[0], with_items=False)
+            return await _with_uploads(rt, view, _item_meta(body), replay=True)
     # The rule's model, params and webhook, with the job's own fields over them; copied
     # onto the job now, so a later edit or delete of the rule changes nothing here.
     preset: Preset = await job_preset(rt, user_id, body)
@@ -90,7 +108,7 @@ async def create_job(
         if item.size > settings.max_item_size:
             raise BadArgument(f"item {item.name!r} is larger than {settings.max_item_size} bytes"
                                 )
-    meta = [{"name": i.name, "content_type": i.content_type, "size": i.size} for i in body.items]
+    meta = _item_meta(body)
     webhook_url, webhook_events = "", ()  # type: tuple[str, tuple[str, ...]]
     if preset.webhook is not None:  # 422 webhook_url_not_allowed for a private address
         await resolve_allowed(preset.webhook.url, settings.webhook_allow_private)
@@ -102,7 +120,7 @@ async def create_job(
         rt.core.reserve, job_id=job_id, user_id=user_id, total=len(meta), at_ms=created_ms,
         price=model.price_per_item, model=model.name, hold_ttl_ms=settings.hold_ttl * 1000,
         meta_json=_json(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
-        body_hash=body_hash(body), idempotency_ttl_ms=settings.idempotency_ttl * 1000,
+        body_hash=digest, idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
         params_json=_json(preset.params),
     )
@@ -114,11 +132,15 @@ async def create_job(
             with_items=False)
     else:
         view = await get_job(rt, user_id, job_id, with_items=False)
-    if view["status"] == JobState.CREATED:
-        view["uploads"] = await _presign_uploads(rt, job_id, meta)
-    else:
-        view["uploads"] = []
-    view["idempotent_replay"] = code is Code.ALREADY
+    return await _with_uploads(rt, view, meta, replay=code is Code.ALREADY)
+
+
+async def _with_uploads(rt: Runtime, view: dict[str, Any], meta: list[dict[str, Any]], *,
+                        replay: bool) -> dict[str, Any]:
+    """The create answer: a created job's upload URLs (none once uploaded)."""
+    created = view["status"] == JobState.CREATED
+    view["uploads"] = await _presign_uploads(rt, view["id"], meta) if created else []
+    view["idempotent_replay"] = replay
     return view
 
 
@@ -243,6 +265,8 @@ async def execute(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
     # Also on a repeated execute: a crash right after the transition left nothing in RQ
     # (the sweeper would re-enqueue it later; a client's retry does it now, harmlessly).
     await dispatch(rt, job_id, job)
+    if model_gone(rt, job):  # dispatch failed it, refunded: answer that, not `queued`
+        return await get_job(rt, user_id, job_id)
     return await with_queue_position(rt, job_view(rt, job, with_items=True))
 
 

@@ -135,6 +135,12 @@ class StateReads:
     async def user_exists(self, user_id: str) -> bool:
         return bool(await self.client.exists(self.keys.user(user_id).base))
 
+    async def idempotent_job(self, user_id: str, idempotency_key: str) -> tuple[str, str] | None:
+        """(job id, body hash) that reserve stored under this Idempotency-Key, or None."""
+        key = self.keys.user(user_id).idempotency(idempotency_key)
+        job_id, body_hash = await self.runner.execute_command("HMGET", key, "job_id", "body_hash")
+        return None if job_id is None else (str(job_id), str(body_hash or ""))
+
     async def known_user_ids(self) -> list[str]:
         """Every user Redis holds a record of, by SCAN: for operators' tools, not requests."""
         found: set[str] = set()

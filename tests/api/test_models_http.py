@@ -192,8 +192,10 @@ async def test_a_job_whose_model_left_the_configuration_fails_refunded_at_dispat
     executed = await without_heavy.client.post(f"/jobs/{job['id']}/execute",
                                                headers=api.auth(user))
     assert executed.status_code == 202, executed.text
-    view = (await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
-    assert (view["status"], view["charged"], view["refunded"]) == ("failed", 0, 6)
-    assert "no longer served" in view["reason"]
+    answered = executed.json()  # the state after dispatch, not the `queued` read before it
+    assert (answered["status"], answered["charged"], answered["refunded"]) == ("failed", 0, 6)
+    assert "no longer served" in answered["reason"]
+    view = (await without_heavy.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
+    assert view == answered
     assert rq_ids(api, f"{api.settings.key_prefix}-heavy") == []
     assert (await me(api, user))["credits"]["reserved"] == 0
