@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -152,9 +153,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@functools.lru_cache(maxsize=8)
+def _callback_key(secret: str) -> hmac.HMAC:
+    """The secret's keyed HMAC state, made once: each token copies it (the key's padding and
+    two hash blocks are not redone on every callback)."""
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+
 def _callback_mac(secret: str, job_id: str, owner: str) -> bytes:
-    message = f"callback\n{job_id}\n{owner}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    mac = _callback_key(secret).copy()
+    mac.update(f"callback\n{job_id}\n{owner}".encode())
+    return mac.digest()
 
 
 def callback_token(secret: str, job_id: str, owner: str) -> str:

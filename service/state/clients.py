@@ -40,8 +40,8 @@ class HiredisPackingConnection(Connection):
 
     def pack_command(self, *args: Any) -> list[bytes]:
         first = args[0]
-        if isinstance(first, str) and " " not in first and all(
-                type(arg) in _HIREDIS_TYPES for arg in args):
+        if isinstance(first, str) and " " not in first and _HIREDIS_TYPES.issuperset(
+                map(type, args)):
             return [hiredis.pack_command(args)]
         return super().pack_command(*args)
 

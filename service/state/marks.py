@@ -18,6 +18,7 @@ lost between a script and its mark would be.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -31,7 +32,7 @@ class DueMarks:
         self.runner = runner
         self.keys = keys
         self._pending: dict[str, dict[int, int]] = {}  # shard key -> bucket -> earliest due
-        self._tasks: set[asyncio.Task[None]] = set()  # strong refs: tasks are weakly held
+        self._tasks: set[asyncio.Future[Any]] = set()  # strong refs: tasks are weakly held
         self.marks = 0  # asked for
         self.commands = 0  # sent (marks / commands: how much coalescing happened)
 
@@ -50,19 +51,30 @@ class DueMarks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _send(self) -> None:
+        # One future per shard, no task of our own: an auto-pipelined runner answers
+        # execute_command with a future at once (the ZADDs join its next batch); any other
+        # runner's coroutine becomes a task.
         pending, self._pending = self._pending, {}
-        task = asyncio.ensure_future(self._write(pending))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _write(self, pending: dict[str, dict[int, int]]) -> None:
         self.commands += len(pending)
-        try:
-            await asyncio.gather(*(
-                self.runner.execute_command(
-                    "ZADD", key, "LT", *(v for bucket, due in members.items()
-                                         for v in (due, bucket)))
-                for key, members in pending.items()))
-        except Exception as error:  # Redis away: the flusher's safety net finds the work
-            log.warning("due-index marks of %d buckets not written (%s); the flusher's "
-                        "safety net finds their work", sum(map(len, pending.values())), error)
+        for key, members in pending.items():
+            try:
+                sent = asyncio.ensure_future(self.runner.execute_command(
+                    "ZADD", key, "LT",
+                    *(v for bucket, due in members.items() for v in (due, bucket))))
+            except Exception as error:  # a runner that fails before any await
+                self._log_lost(len(members), error)
+                continue
+            self._tasks.add(sent)
+            sent.add_done_callback(functools.partial(self._done, buckets=len(members)))
+
+    def _done(self, sent: asyncio.Future[Any], buckets: int) -> None:
+        self._tasks.discard(sent)
+        error = None if sent.cancelled() else sent.exception()
+        if error is not None:
+            self._log_lost(buckets, error)
+
+    @staticmethod
+    def _log_lost(buckets: int, error: BaseException) -> None:
+        # Redis away: the flusher's safety net finds the work
+        log.warning("due-index marks of %d buckets not written (%s); the flusher's "
+                    "safety net finds their work", buckets, error)
