@@ -10,13 +10,19 @@
 -- ARGV[1] now ms  ARGV[2] limit per kind  ARGV[3] claim for ms
 -- ARGV[4] requeue queued jobs queued before this ms
 --
--- Returns {expired_holds, expired_leases, stale_queued, due_flushes}, four lists of job ids
+-- Returns {expired_holds, expired_leases, stale_queued, due_flushes}, four lists of job ids;
+-- an error reply 'claim_due: wrong_type <n>' when the n-th key holds another type (nothing
+-- claimed)
+-- @include key_types
 local now, limit, claim_for = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requeue_before = tonumber(ARGV[4])
 -- A limit below 1 would be no bound at all: ZRANGEBYSCORE ... LIMIT 0 -1 returns everything.
 if not now or not limit or not claim_for or not requeue_before or limit < 1 or limit % 1 ~= 0 then
   return redis.error_reply('claim_due: bad arguments')
 end
+local bad = wrong_type({{KEYS[1], 'zset'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'},
+  {KEYS[4], 'zset'}})
+if bad then return redis.error_reply('claim_due: wrong_type ' .. bad) end
 
 local function claim(key, upto, next_score)
   local ids = redis.call('ZRANGEBYSCORE', key, '-inf', upto, 'LIMIT', 0, limit)

@@ -7,6 +7,10 @@
 --
 -- Returns {code} with code 'ok' (deleted) | 'already' (gone) | 'invalid_transition'
 -- (the job is still live: nothing deleted)
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
+-- @include key_types
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[5], 'zset'}, {KEYS[6], 'zset'}})
+if bad then return {'wrong_type', bad} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('ZREM', KEYS[5], ARGV[1])

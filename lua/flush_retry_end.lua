@@ -10,9 +10,13 @@
 -- ARGV[3] the ledger entry as read ('' for a job)   ARGV[4] '1' set aside | '0' written
 --
 -- Returns {'ok'} | {'bad_argument', what}
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
+-- @include key_types
 local kind, id, entry, set_aside = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if kind ~= 'job' and kind ~= 'ledger' then return {'bad_argument', 'kind'} end
 if set_aside ~= '0' and set_aside ~= '1' then return {'bad_argument', 'set_aside'} end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'zset'}, {KEYS[3], 'hash'}})
+if bad then return {'wrong_type', bad} end
 local field = kind .. ':' .. id
 redis.call('HDEL', KEYS[1], field, field .. ':first')
 if kind == 'ledger' and entry ~= '' then redis.call('ZREM', KEYS[2], entry) end

@@ -17,6 +17,8 @@
 --                is still there), a ledger entry in the ledger retry zset)
 --   'exhausted' (this was the last attempt: nothing is rescheduled)
 --   | {'bad_argument', what}
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
+-- @include key_types
 local kind, id, entry = ARGV[1], ARGV[2], ARGV[3]
 local now, allowed, delay = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if kind ~= 'job' and kind ~= 'ledger' then return {'bad_argument', 'kind'} end
@@ -25,6 +27,8 @@ if kind == 'ledger' and entry == '' then return {'bad_argument', 'entry'} end
 if not now or not allowed or not delay or allowed < 1 or delay < 0 then
   return {'bad_argument', 'numbers'}
 end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}})
+if bad then return {'wrong_type', bad} end
 local field = kind .. ':' .. id
 local before = redis.call('HGET', KEYS[1], field)
 local attempts = (tonumber(before) or 0) + 1

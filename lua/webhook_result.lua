@@ -14,6 +14,8 @@
 --
 -- Returns {code} with code 'ok' | 'already' (this attempt was recorded) | 'not_found'
 --   (no such delivery: its id leaves the due zset) | 'bad_argument'
+--   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
+-- @include key_types
 local id, outcome = ARGV[1], ARGV[2]
 local seen, now, next_at = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local log_ttl = tonumber(ARGV[8])
@@ -23,6 +25,8 @@ end
 if not seen or not now or not log_ttl or (outcome == 'failed' and not next_at) then
   return {'bad_argument', 'numbers'}
 end
+local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'zset'}, {KEYS[3], 'hash'}})
+if bad then return {'wrong_type', bad} end
 local raw = redis.call('HGET', KEYS[1], id)
 if not raw then
   redis.call('ZREM', KEYS[2], id)

@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from service.errors import InternalError
 from service.state.keys import KeySpace
+from service.state.outbox import Outbox
 from service.state.plans import PLANS
 from service.state.replies import ItemReport
 from service.state.scripts import Script
@@ -83,6 +85,42 @@ async def _reserve(core: Core) -> Call:
                                body_hash="h")
 
 
+async def _flush_done(core: Core) -> Call:
+    await new_user(core, USER)
+    job_id = await new_job(core, USER)
+    await core.cancel(job_id, USER, reason="user", flush_delay_ms=0)
+    return lambda c: c.flush_done(job_id, USER)
+
+
+async def _flush_retry_later(core: Core) -> Call:
+    bucket = core.keys.bucket_of_user(await new_user(core, USER))
+    return lambda c: c.flush_retry_later(bucket, "ledger", "grant:x", '{"id": "grant:x"}',
+                                         attempts_allowed=3, delay_ms=1_000)
+
+
+async def _flush_retry_end(core: Core) -> Call:
+    bucket = core.keys.bucket_of_user(await new_user(core, USER))
+    entry = '{"id": "grant:x"}'
+    await core.flush_retry_later(bucket, "ledger", "grant:x", entry, attempts_allowed=3,
+                                 delay_ms=1_000)
+    return lambda c: c.flush_retry_end(bucket, "ledger", "grant:x", entry, set_aside=True)
+
+
+async def _webhook_result(core: Core) -> Call:
+    await new_user(core, USER)
+    job_id = core.keys.new_job_id(USER)
+    await core.reserve(job_id=job_id, user_id=USER, total=1, price=1, hold_ttl_ms=60_000,
+                       meta_json="[]", webhook_url="http://127.0.0.1:9/hook",
+                       webhook_events=("started",))
+    for from_state, to_state in (("created", "uploaded"), ("uploaded", "queued"),
+                                 ("queued", "running")):
+        await core.transition(job_id, from_state, to_state, lease_ms=LEASE_MS)
+    delivery = f"{job_id}.started"
+    assert await Outbox(core).record(delivery) is not None
+    return lambda c: Outbox(c).result(delivery, "delivered", attempts_seen=0, status=200,
+                                      log_ttl_ms=60_000)
+
+
 # script -> (setup returning the call, the positions in KEYS of the keys it writes, in the
 # order the script checks them)
 CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
@@ -95,6 +133,11 @@ CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
     "settle": (_settle, list(range(11))),
     "cancel": (_cancel, list(range(11))),
     "reserve": (_reserve, [0, 1, 2, 3, 5, 6, 7]),  # KEYS[5], the job meta, is SET whole
+    # KEYS[2..4] and [7] (items, callbacks, meta, callback set) are only DELeted: any type
+    "flush_done": (_flush_done, [0, 4, 5]),
+    "flush_retry_later": (_flush_retry_later, [0, 1, 2]),
+    "flush_retry_end": (_flush_retry_end, [0, 1, 2]),
+    "webhook_result": (_webhook_result, [0, 1, 2]),
 }
 
 PARAMS = [(script, key) for script, (_, keys) in CASES.items() for key in keys]
@@ -143,3 +186,19 @@ async def test_with_the_right_types_the_same_call_succeeds(core: Core, script: s
     setup, _ = CASES[script]
     call = await setup(core)
     await call(core)
+
+
+@pytest.mark.parametrize("key", range(4))
+async def test_claim_due_on_a_wrong_typed_index_claims_nothing(core: Core, key_prefix: str,
+                                                               key: int) -> None:
+    """claim_due answers lists, not codes: its refusal is an error reply, as for bad
+    arguments, and no index entry is pushed into the future."""
+    await new_user(core, USER)
+    for state in ("created", "uploaded", "queued", "running"):
+        await new_job(core, USER, state=state, hold_ms=0)
+    bucket = core.keys.bucket_of_user(USER)
+    plant = PlantFirst(core.scripts["claim_due"], key, key_prefix)
+    core.scripts["claim_due"] = plant  # type: ignore[assignment]
+    with pytest.raises(ResponseError, match=f"claim_due: wrong_type {key + 1}"):
+        await core.claim_due(bucket, limit=10, claim_ms=60_000, requeue_after_ms=0)
+    assert await snapshot(core.client, key_prefix) == plant.before
