@@ -21,6 +21,7 @@ from service.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
     NotFound,
+    TollgateError,
     UploadsMissing,
 )
 from service.history.models import JobLog
@@ -87,20 +88,11 @@ def model_for_items(model: Model, items: list[ItemIn]) -> Model:
     return model
 
 
-async def create_job(
-    rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None
-) -> dict[str, Any]:
+async def _prepare(rt: Runtime, user_id: str, body: JobCreate
+                   ) -> tuple[Model, Preset, str, tuple[str, ...]]:
+    """The rule's model, params and webhook, with the job's own fields over them; copied
+    onto the job at reserve, so a later edit or delete of the rule changes nothing there."""
     settings = rt.settings
-    digest = body_hash(body)
-    if idempotency_key is not None:  # a replay answers its job even if the rule is gone since
-        earlier = await rt.core.idempotent_job(user_id, idempotency_key)
-        if earlier is not None:
-            if earlier[1] != digest:
-                raise IdempotencyKeyReused(f"the Idempotency-Key is job {earlier[0]}'s")
-            view = await get_job(rt, user_id, earlier[0], with_items=False)
-            return await _with_uploads(rt, view, _item_meta(body), replay=True)
-    # The rule's model, params and webhook, with the job's own fields over them; copied
-    # onto the job now, so a later edit or delete of the rule changes nothing here.
     preset: Preset = await job_preset(rt, user_id, body)
     model = model_for_items(rt.models.get(preset.model), body.items)
     rt.models.check_params(model, preset.params)
@@ -108,12 +100,43 @@ async def create_job(
         if item.size > settings.max_item_size:
             raise BadArgument(f"item {item.name!r} is larger than {settings.max_item_size} bytes"
                                 )
-    meta = _item_meta(body)
     webhook_url, webhook_events = "", ()  # type: tuple[str, tuple[str, ...]]
     if preset.webhook is not None:  # 422 webhook_url_not_allowed for a private address
         await resolve_allowed(preset.webhook.url, settings.webhook_allow_private)
         webhook_url = preset.webhook.url
         webhook_events = tuple(event for event in EVENTS if event in preset.webhook.events)
+    return model, preset, webhook_url, webhook_events
+
+
+async def _replay(rt: Runtime, user_id: str, idempotency_key: str | None, digest: str,
+                  body: JobCreate) -> dict[str, Any] | None:
+    """The answer to a retried create whose Idempotency-Key already made a job, else None."""
+    if idempotency_key is None:
+        return None
+    earlier = await rt.core.idempotent_job(user_id, idempotency_key)
+    if earlier is None:
+        return None
+    if earlier[1] != digest:
+        raise IdempotencyKeyReused(f"the Idempotency-Key is job {earlier[0]}'s")
+    view = await get_job(rt, user_id, earlier[0], with_items=False)
+    return await _with_uploads(rt, view, _item_meta(body), replay=True)
+
+
+async def create_job(
+    rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None
+) -> dict[str, Any]:
+    digest = body_hash(body)
+    try:
+        model, preset, webhook_url, webhook_events = await _prepare(rt, user_id, body)
+    except TollgateError:
+        # reserve.lua answers a replay itself; this read is for a replay whose preparation
+        # no longer passes (the rule deleted, the model removed since the first request).
+        replayed = await _replay(rt, user_id, idempotency_key, digest, body)
+        if replayed is None:
+            raise
+        return replayed
+    settings = rt.settings
+    meta = _item_meta(body)
     job_id = rt.core.keys.new_job_id(user_id)
     created_ms = now_ms()
     reserve = functools.partial(
