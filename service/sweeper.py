@@ -14,7 +14,8 @@ the lower one. The marks are a second call after the script, so a crash between 
 loses one: the safety net (`reindex_buckets`) reads the next due time of every bucket in
 use (`tg:buckets`: Core adds a bucket after each script that provisions, funds or reserves
 there) about every FULL_SWEEP_S, a share a pass (SafetyNet), and of every bucket on the
-flusher's first pass, and lowers the index to it. A saturated bucket (a heavy user's
+flusher's first pass, and lowers the index to it; the same net rebuilds `tg:buckets` from the
+keys that exist (a wipe empties it). A saturated bucket (a heavy user's
 backlog) is taken again at once, up to MAX_ROUNDS rounds a pass.
 """
 
@@ -58,33 +59,42 @@ async def reindex_buckets(core: Core, settings: Settings,
                           which: Reindex | Sequence[int]) -> int:
     """The due index's safety net (see the module docstring): "in_use" reads the buckets
     in use, "all" every bucket (a flusher's first pass), or the buckets given (one share of
-    the rolling net). Returns the buckets with work."""
+    the rolling net). "all" and a share also rebuild the set of buckets in use from the
+    keys that exist, so a wiped Redis hides no bucket for longer than one cycle; a share
+    then re-reads the due time of the buckets found in use only. Returns the buckets with
+    work."""
     due = DueIndex(core)
-    buckets: Sequence[int] = (range(settings.buckets) if which == "all" else
-                              await due.buckets_in_use() if which == "in_use" else which)
+    buckets: Sequence[int]
+    if which == "in_use":
+        buckets = await due.buckets_in_use()
+    elif which == "all":
+        buckets = range(settings.buckets)
+        await due.found_in_use(buckets)
+    else:
+        buckets = await due.found_in_use(which)
     return await due.reindex(buckets, settings.requeue_after * 1000)
 
 
 class SafetyNet:
-    """The rolling safety net of the flusher loop: every bucket on the first pass, then the
-    buckets in use, a share a pass, so that each is re-read about every FULL_SWEEP_S and
-    no pass pays for all of them at once (16,384 buckets take seconds)."""
+    """The rolling safety net of the flusher loop: every bucket on the first pass, then every
+    bucket again, a share a pass, so that each is re-read about every FULL_SWEEP_S and no
+    pass pays for all of them at once (16,384 buckets take seconds). A bucket with no keys
+    costs one EXISTS a cycle."""
 
     def __init__(self, core: Core, settings: Settings) -> None:
-        self.due = DueIndex(core)
+        self.buckets = settings.buckets
         self.interval = settings.flusher_interval
         self.first = True
         self.pending: list[int] = []
-        self.share = 1
+        self.share = max(1, math.ceil(self.buckets * self.interval / FULL_SWEEP_S))
 
     async def next_share(self) -> Reindex | list[int] | None:
         if self.first:
             return "all"
-        if not self.pending:  # a new cycle: the set as it is now
-            self.pending = await self.due.buckets_in_use()
-            self.share = max(1, math.ceil(len(self.pending) * self.interval / FULL_SWEEP_S))
+        if not self.pending:  # a new cycle
+            self.pending = list(range(self.buckets))
         share, self.pending = self.pending[:self.share], self.pending[self.share:]
-        return share or None
+        return share
 
     def done(self) -> None:
         self.first = False

@@ -14,13 +14,18 @@ one hash slot only, and every shard has a slot of its own):
 - the safety net (`reindex`) reads the next due time of a list of buckets and lowers their
   scores to it: it finds work whose mark was lost (a process that died between its script
   and its ZADD) and buckets left at a placeholder by a flusher that died mid-visit.
+
+The set of buckets in use (`tg:buckets`, read by the webhook sender, queue position and the
+metrics scrape) is a hint too: a process re-adds a bucket at most every 10 minutes, so a
+wiped Redis would hide the bucket until then. `found_in_use` rebuilds it from the keys that
+exist, and the flusher's safety net runs it over every bucket once a cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from service.state.store import Core, now_ms
@@ -83,6 +88,29 @@ class DueIndex:
             await asyncio.gather(*(self.settle(b, None, due)
                                    for b, due in zip(group, dues, strict=True)))
         return with_work
+
+    async def found_in_use(self, buckets: Sequence[int]) -> list[int]:
+        """The buckets of `buckets` that hold any of tollgate's per-bucket keys, added back to
+        the set in use (one EXISTS a bucket: its keys share a slot)."""
+        found: list[int] = []
+        for start in range(0, len(buckets), REINDEX_GROUP):
+            group = buckets[start:start + REINDEX_GROUP]
+            counts = await asyncio.gather(*(
+                self.core.runner.execute_command("EXISTS", *self._marker_keys(bucket))
+                for bucket in group))
+            found += [bucket for bucket, count in zip(group, counts, strict=True)
+                      if int(count) > 0]
+        if found:
+            await self.core.client.sadd(self.keys.buckets_in_use, *found)
+        return found
+
+    def _marker_keys(self, bucket: int) -> list[str]:
+        """Keys that exist while a bucket holds a user or work: every script that provisions
+        or restores a user counts into `counters`; the rest are work the flusher or the
+        webhook sender must still do."""
+        b = self.keys.bucket(bucket)
+        return [b.counters, b.webhooks, b.holds, b.leases, b.queued, b.flush, b.ledger,
+                b.ledger_retry]
 
     async def buckets_in_use(self) -> list[int]:
         """The buckets that ever held a user (Core marks them): the only ones with work."""
