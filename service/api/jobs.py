@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
+import logging
 import re
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import msgspec
@@ -29,6 +31,7 @@ from service.history.queries import history_job
 from service.models import Model
 from service.retention import results_expired
 from service.runtime import Runtime
+from service.state.clients import RedisError
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.outbox import Outbox
@@ -40,6 +43,8 @@ from service.state.records import (
 )
 from service.state.store import now_ms
 from service.webhooks import EVENTS, resolve_allowed
+
+log = logging.getLogger(__name__)
 
 PRESIGN_IN_THREAD_ABOVE = 32
 
@@ -211,7 +216,13 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
 async def with_queue_position(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
     """A queued job's place in line (the view of any other has null): a live read."""
     if view["status"] == JobState.QUEUED:
-        view["queue_position"] = await Outbox(rt.core).queue_position(view["id"])
+        try:
+            view["queue_position"] = await Outbox(rt.core).queue_position(view["id"])
+        except (RedisError, OSError) as error:
+            # It reads every bucket in use: one node away (a Cluster failover) would fail
+            # every queued job's view. The place in line is a hint; the view stands without.
+            log.warning("job %s: queue position unread: %s", view["id"],
+                        type(error).__name__)
     return view
 
 
@@ -251,42 +262,42 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return int(match[1]), match[2]
 
 
-async def _not_live(rt: Runtime, user_id: str, job_id: str) -> NoReturn:
-    """For a job the caller has no live record of: a finished job in history is a 409,
-    anything else 404."""
-    view = await get_job(rt, user_id, job_id, with_items=False)
-    raise InvalidTransition(f"the job is already {view['status']}", job_status=view["status"])
-
-
-async def _live_job(rt: Runtime, user_id: str, job_id: str) -> JobRecord:
-    job = await rt.core.job(job_id)
-    if job is None or job.user_id != user_id:
-        await _not_live(rt, user_id, job_id)
-    return job
-
-
+# A retry answers the state (API.md): confirm or execute that already took effect, or
+# whose moment has passed, answers the job where it is (live, or its history row once
+# flushed), never a 409 for the client's own earlier call; 404 when there is no such job.
 async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
-    job = await _live_job(rt, user_id, job_id)
+    job = await rt.core.job(job_id)
+    if job is None or job.user_id != user_id:  # flushed (final), or none of the caller's
+        return await get_job(rt, user_id, job_id)
     if job.state == JobState.CREATED:
         keys = [input_key(job_id, i) for i in range(job.total_items)]
         missing = await rt.storage.missing(keys)
         if missing:
             raise UploadsMissing(f"{len(missing)} of {len(keys)} uploads are missing",
                                  missing=missing)
-    await rt.core.transition(job_id, JobState.CREATED, JobState.UPLOADED, owner=user_id)
+        # Canceled, expired or flushed since the read: answered below as it now is.
+        with contextlib.suppress(InvalidTransition, NotFound):
+            await rt.core.transition(job_id, JobState.CREATED, JobState.UPLOADED,
+                                     owner=user_id)
     return await get_job(rt, user_id, job_id)
 
 
 async def execute(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
     try:  # the script finds the caller's live job, or says there is none
         await rt.core.transition(job_id, JobState.UPLOADED, JobState.QUEUED, owner=user_id)
-    except NotFound:
-        await _not_live(rt, user_id, job_id)
+    except NotFound:  # flushed (final), or none of the caller's
+        return await get_job(rt, user_id, job_id)
+    except InvalidTransition as refused:
+        if refused.extra.get("job_status") == JobState.CREATED:  # a true conflict
+            raise
+        return await get_job(rt, user_id, job_id)  # running or final: no dispatch
     job = await rt.core.job_snapshot(job_id)  # the one read: for the workers and the answer
     if job is None:  # finished and flushed since the transition
         return await get_job(rt, user_id, job_id)
-    # Also on a repeated execute: a crash right after the transition left nothing in RQ
-    # (the sweeper would re-enqueue it later; a client's retry does it now, harmlessly).
+    # Also on a repeated execute of a queued job: the first call may have queued it and then
+    # failed to reach RQ (a 503 to the client); its retry enqueues now, not after the
+    # sweeper's TOLLGATE_REQUEUE_AFTER. Harmless otherwise: RQ ids are deterministic and a
+    # live batch is left alone.
     await dispatch(rt, job_id, job)
     if model_gone(rt, job):  # dispatch failed it, refunded: answer that, not `queued`
         return await get_job(rt, user_id, job_id)

@@ -81,7 +81,8 @@ async def test_every_refusal_is_a_problem_with_codes_from_the_error_table(
 @pytest.mark.parametrize(("method", "path", "codes"), [
     ("POST", "/jobs", {"insufficient_credits", "concurrency_limit", "idempotency_key_reused",
                        "validation_error", "malformed_json", "unauthorized", "not_found"}),
-    ("POST", "/jobs/{job_id}/confirm-upload", {"invalid_transition", "uploads_missing"}),
+    ("POST", "/jobs/{job_id}/confirm-upload", {"not_found", "uploads_missing"}),
+    ("POST", "/jobs/{job_id}/execute", {"not_found", "invalid_transition"}),
     ("POST", "/rules", {"rule_slots_exhausted"}),
     ("POST", "/admin/users", {"user_exists", "forbidden"}),
     ("GET", "/ready", {"not_ready"}),

@@ -62,13 +62,17 @@ class JobsController(Controller):
         return body(JobView, await jobs.get_job(rt, request.user.user_id, job_id))
 
     @post("/{job_id:str}/confirm-upload", status_code=200,
-          responses=refusals(NotFound, InvalidTransition, UploadsMissing))
+          responses=refusals(NotFound, UploadsMissing), description=(
+              "Moves a created job whose uploads are all there to `uploaded`. On a job "
+              "already uploaded or later (a retry) it answers the job where it is."))
     async def confirm_upload(self, request: UserRequest, rt: NamedDependency[Runtime],
                              job_id: FromPath[str]) -> JobView:
         return body(JobView, await jobs.confirm_upload(rt, request.user.user_id, job_id))
 
     @post("/{job_id:str}/execute", status_code=202,
-          responses=refusals(NotFound, InvalidTransition))
+          responses=refusals(NotFound, InvalidTransition), description=(
+              "Queues an uploaded job for the workers. On a job already queued, running or "
+              "final (a retry) it answers the job where it is; 409 only before confirm."))
     async def execute(self, request: UserRequest, rt: NamedDependency[Runtime],
                       job_id: FromPath[str]) -> JobView:
         return body(JobView, await jobs.execute(rt, request.user.user_id, job_id))
