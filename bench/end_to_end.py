@@ -5,7 +5,7 @@ same rows with SQL alone; Redis memory per live and per finished, not yet flushe
 
     python bench/end_to_end.py [--quick] [--workers 1,2,4] [--jobs 24] [--items 8]
                                [--flush-jobs 2000] [--api-processes 1] [--repeats 3]
-                               [--fork]
+                               [--fork] [--flusher-only]
 
 Workers: real Redis, a fresh PostgreSQL database, local-folder storage, the API as a real
 server subprocess (`python -m service.cli.main api`, granian, `--api-processes`), and N
@@ -36,6 +36,8 @@ Redis (reserve, transition, item_result; replayed in pipelines), then `service.s
 flush_once` passes until nothing is left, into the fresh database. Baseline: the same rows
 (jobs_log and credit_ledger, built from the same Redis records) written by the same SQL
 functions in the same transactions (one per bucket), without Redis.
+
+`--flusher-only` runs the flusher and memory part alone (no API, no worker processes).
 
 Memory: the sum of MEMORY USAGE (SAMPLES 0) over every key of the run's prefix, before and
 after the jobs reach each state, divided by the number of jobs; immune to other programs
@@ -568,8 +570,9 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
         print(f"database {database.name} (dropped at the end), key prefix {prefix}", flush=True)
         await asyncio.to_thread(stack.migrate)
         pg_version = await asyncio.to_thread(database.server_version)
-        print("workers:", flush=True)
-        rows, baseline, job_ids = await worker_part(params, stack, redis, rq_connection)
+        if not args.flusher_only:
+            print("workers:", flush=True)
+            rows, baseline, job_ids = await worker_part(params, stack, redis, rq_connection)
         print("flusher and memory:", flush=True)
         flusher, memory = await flusher_part(params, stack, redis)
     finally:
@@ -582,6 +585,14 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
         stack.remove_storage()
 
     machine = machine_info(**facts, postgres_server=pg_version)
+    assert flusher is not None
+    flusher.machine = machine
+    flusher.quick = quick
+    flusher.params["redis_memory_per_job"] = memory
+    flusher_columns = [("jobs", "jobs"), ("ledger_entries", "ledger rows"), ("seconds", "s"),
+                       ("passes", "passes")]
+    if args.flusher_only:
+        return [(flusher, flusher_columns)]
     workers_result = Result(
         name=NAME,
         title=(f"End to end: jobs/s with the no-op processor, {params.jobs} jobs of "
@@ -593,16 +604,12 @@ async def main_async(args: Any) -> list[tuple[Result, list[tuple[str, str]]]]:
                 "redis_memory_per_job": memory},
         baseline=baseline, rows=rows, quick=quick,
     )
-    assert flusher is not None
-    flusher.machine = machine
-    flusher.quick = quick
     return [
         (workers_result, [("jobs_per_s", "jobs/s"), ("items_per_s", "items/s"),
                           ("seconds", "s"),
                           ("rq_jobs_per_s", "RQ transfers alone, jobs/s"),
                           ("cores", "cores (API, workers, Redis)")]),
-        (flusher, [("jobs", "jobs"), ("ledger_entries", "ledger rows"), ("seconds", "s"),
-                   ("passes", "passes")]),
+        (flusher, flusher_columns),
     ]
 
 
@@ -627,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                              "legs; default 3 (1 with --quick)")
     parser.add_argument("--fork", action="store_true",
                         help="run the workers with --fork (a work-horse per batch)")
+    parser.add_argument("--flusher-only", action="store_true",
+                        help="only the flusher and memory part (no API, no workers)")
     parser.add_argument("--flush-jobs", type=int, default=0,
                         help="finished jobs to flush; default 3000 (200 with --quick)")
     args = parser.parse_args(argv)
@@ -638,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         report(result, args.out, columns)
     print()
-    print(memory_table(outputs[0][0].params["redis_memory_per_job"], args.items))
+    print(memory_table(outputs[-1][0].params["redis_memory_per_job"], args.items))
     print(f"\n{time.monotonic() - started:.0f} s in all")
     return 0
 

@@ -4,6 +4,13 @@ Cancel jobs whose upload hold expired (refunding them), fail running jobs whose 
 out (a killed worker), hand queued jobs nobody started back to the queue, and move finished
 jobs and credit-ledger entries into SQL.
 
+A finished job's jobs_log row, its `release` and its `charge` are written in one
+transaction, built from the job hash (service.dead_letters.Record.rows): the copies of those
+two entries in the bucket's ledger list are trimmed unwritten while the job is still in
+Redis, so a Redis loss can lose a finished job whole (the rebuild then releases its hold and
+writes a `lost_with_redis` row, service.history.balances) but never split it. Holds, grants
+and signups are written on every pass.
+
 Crash safety comes from the order of steps: the SQL rows are committed (INSERT ... ON
 CONFLICT DO NOTHING) before any Redis record is deleted, the ledger list is trimmed only
 if it still starts with the entry that was read, and every claim is only a postponement.
@@ -22,6 +29,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.dead_letters import (
+    Record,
     end_retries,
     job_record,
     ledger_record,
@@ -147,6 +155,21 @@ async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
     return count
 
 
+async def _held_by_jobs(core: Core, entries: list[Record], flushing: set[str]) -> set[str]:
+    """The jobs named by settling entries (release, charge) whose record writes those rows:
+    jobs of this batch, and jobs still in Redis, flushed later."""
+    named = {record.settles for record in entries if record.settles}
+    if not named:
+        return set()
+    return (named & flushing) | await core.jobs_present(sorted(named - flushing))
+
+
+def _money_count(record: Record) -> int:
+    """How many ledger rows (release, charge) a written job's record wrote with it."""
+    job = record.source["job"]
+    return (int(job.get("cost") or 0) > 0) + (int(job.get("charged") or 0) > 0)
+
+
 async def _flush_history(
     core: Core, sessions: Sessions, settings: Settings, bucket: int, job_ids: list[str],
     ledger_limit: int, storage: Storage | None,
@@ -163,8 +186,16 @@ async def _flush_history(
             vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
         elif job.get(JOB_STATE) in TERMINAL:
             jobs.append(job_record(job, items, meta))
-    entries = [ledger_record(raw) for raw in raw_entries]
-    retries = [ledger_record(raw) for raw in retried]
+    read = [ledger_record(raw) for raw in raw_entries]
+    retried_read = [ledger_record(raw) for raw in retried]
+    # A job's release and charge travel with its jobs_log row (its record builds them from
+    # the job hash): an entry for a job Redis still holds is left to that job's record, so
+    # SQL never has a job's money without its row. The entry is trimmed all the same; a job
+    # already gone from Redis (flushed) has its row, and its entry is written as any other.
+    held = await _held_by_jobs(core, [*read, *retried_read],
+                               {record.record_id for record in jobs})
+    entries = [record for record in read if record.settles not in held]
+    retries = [record for record in retried_read if record.settles not in held]
 
     refused = await write_records(sessions, [*jobs, *entries, *retries])
     set_aside = await retry_or_set_aside(core, sessions, settings, bucket, refused)
@@ -184,10 +215,12 @@ async def _flush_history(
         core.forget_job_attempts(bucket, [record.record_id for record in written]))
     if raw_entries:  # every entry read is in SQL, waiting in the retry zset, or set aside
         await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
-    await end_retries(core, bucket, [r for r in retries if id(r) not in waiting],
+    await end_retries(core, bucket, [*(r for r in retries if id(r) not in waiting),
+                                     *(r for r in retried_read if r.settles in held)],
                       set_aside=False)
     await end_retries(core, bucket, set_aside, set_aside=True)
-    ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting)
+    ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting) + sum(
+        _money_count(record) for record in written)
     return FlushStats(flushed_jobs=len(written), ledger_entries=ledger_written,
                       set_aside=len(set_aside),
                       saturated=max(len(raw_entries), len(retried)) >= ledger_limit)

@@ -1,6 +1,9 @@
 """Dead letters: a record SQL refuses is retried a few times, then set aside; never a stall.
 
-The flusher writes a bucket's finished jobs and ledger entries in one transaction. When SQL
+The flusher writes a bucket's finished jobs and ledger entries in one transaction; a job's
+record is its jobs_log row together with its `release` and `charge` ledger rows (built from
+the job hash, the very rows finish_job pushed), so they land, wait or are set aside as one,
+and a Redis loss can never leave a job's money in SQL without its row. When SQL
 refuses that batch (a value too long for its column, a NUL in text, a constraint), it is
 split in halves, and halves of those, until each refused record is alone in a transaction
 of its own: only the refused ones stay behind, the rest of the bucket lands in the same
@@ -19,6 +22,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -70,18 +74,46 @@ class Record:
     source: dict[str, Any]  # job: {"job": hash, "items": hash, "meta": JSON}; ledger: {"entry"}
     entry: str = ""  # a ledger entry exactly as read from Redis: its identity in list and zset
 
+    # A ledger entry that settles a job (its release or charge): the job's id, else ''.
+    settles: str = ""
+
     @property
     def owner(self) -> str:
         return str(self.source.get("job", {}).get(JOB_OWNER, ""))
 
-    def row(self) -> dict[str, Any]:
+    def rows(self) -> Rows:
+        """A ledger entry's row; a job's jobs_log row and its release and charge rows."""
         if self.kind == "ledger":
-            return LedgerEntry.from_json(self.source["entry"]).history_row()
+            return Rows([], [LedgerEntry.from_json(self.source["entry"]).history_row()])
         job = JobRecord.from_redis(self.source["job"], self.source["items"],
                                    self.source["meta"])
         if job is None:
             raise ValueError("the job hash is empty")
-        return job.history_row()
+        return Rows([job.history_row()], money_rows(job))
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    jobs: list[dict[str, Any]]
+    ledger: list[dict[str, Any]]
+
+
+# The ledger entries finish_job.lua pushes when a job ends (ids '<kind>:<job id>').
+SETTLING_KINDS = ("release", "charge")
+
+
+def money_rows(job: JobRecord) -> list[dict[str, Any]]:
+    """The release and charge rows of a finished job, from its hash: the same ids, amounts
+    and time as the entries finish_job.lua pushed (whichever reaches SQL first is kept)."""
+    at = job.finished_at or job.updated_at
+    rows = []
+    if job.cost > 0:
+        rows.append({"id": f"release:{job.id}", "user_id": job.user_id, "kind": "release",
+                     "amount": job.cost, "job_id": job.id, "reason": None, "at": at})
+    if job.charged > 0:
+        rows.append({"id": f"charge:{job.id}", "user_id": job.user_id, "kind": "charge",
+                     "amount": -job.charged, "job_id": job.id, "reason": None, "at": at})
+    return rows
 
 
 def job_record(job: dict[str, str], items: dict[str, str], meta: str | None) -> Record:
@@ -93,20 +125,23 @@ def ledger_record(entry: str) -> Record:
         parsed = json.loads(entry)
     except ValueError:
         parsed = None
+    settles = ""
     if isinstance(parsed, dict) and parsed.get("id"):
         record_id = str(parsed["id"])
+        if parsed.get("kind") in SETTLING_KINDS and isinstance(parsed.get("job_id"), str):
+            settles = parsed["job_id"]
     else:  # not an entry any script writes: named by its text
         record_id = "unreadable:" + hashlib.sha256(entry.encode()).hexdigest()[:32]
-    return Record("ledger", record_id, {"entry": entry}, entry)
+    return Record("ledger", record_id, {"entry": entry}, entry, settles)
 
 
-async def _write(session: AsyncSession, rows: list[tuple[Record, dict[str, Any]]]) -> None:
-    await upsert_jobs(session, [row for record, row in rows if record.kind == "job"])
-    await insert_ledger(session, [row for record, row in rows if record.kind == "ledger"])
+async def _write(session: AsyncSession, rows: list[tuple[Record, Rows]]) -> None:
+    await upsert_jobs(session, [row for _, built in rows for row in built.jobs])
+    await insert_ledger(session, [row for _, built in rows for row in built.ledger])
 
 
 async def _write_or_split(
-    sessions: Sessions, rows: list[tuple[Record, dict[str, Any]]],
+    sessions: Sessions, rows: list[tuple[Record, Rows]],
     refused: list[tuple[Record, BaseException]],
 ) -> None:
     """One transaction for the rows; when SQL refuses it, each half on its own, down to
@@ -136,10 +171,10 @@ async def write_records(
     refused record ends up alone in its own (and every other record is written).
     """
     refused: list[tuple[Record, BaseException]] = []
-    rows: list[tuple[Record, dict[str, Any]]] = []
+    rows: list[tuple[Record, Rows]] = []
     for record in records:
         try:
-            rows.append((record, record.row()))
+            rows.append((record, record.rows()))
         except _DATA_ERRORS as error:
             refused.append((record, error))
     if rows:
@@ -167,15 +202,47 @@ async def retry_or_set_aside(
             log.debug("flush: SQL refused %s %r (attempt %d), retrying later: %s",
                       record.kind, record.record_id, attempt.attempts, text)
             continue
-        async with sessions() as session, session.begin():
-            await set_aside(session, kind=record.kind, record_id=record.record_id,
-                            record=record.source, error=text, attempts=attempt.attempts,
-                            first_failed_at=ms_to_datetime(attempt.first_failed_ms))
+        await _set_aside(sessions, record, text, attempt.attempts,
+                         ms_to_datetime(attempt.first_failed_ms))
         # The one line per record (no traceback): SQL refused it every time.
         log.warning("flush: set aside %s %r after %d attempts (tollgate inspect failures): %s",
                     record.kind, record.record_id[:200], attempt.attempts, text)
         gone.append(record)
     return gone
+
+
+async def _set_aside(sessions: Sessions, record: Record, error: str, attempts: int,
+                     first_failed_at: datetime) -> None:
+    """Into flush_failures. A job's release and charge rows go to the ledger in the same
+    transaction when SQL takes them: the balance in SQL stays right (a later rebuild must
+    not refund a job that was charged) while its jobs_log row waits for an operator's
+    retry, and `tollgate audit` names the job until then."""
+    money = _money_rows_of(record)
+    if money:
+        try:
+            async with sessions() as session, session.begin():
+                await insert_ledger(session, money)
+                await set_aside(session, kind=record.kind, record_id=record.record_id,
+                                record=record.source, error=error, attempts=attempts,
+                                first_failed_at=first_failed_at)
+            return
+        except Exception as refusal:
+            if not is_refusal(refusal):
+                raise
+    async with sessions() as session, session.begin():
+        await set_aside(session, kind=record.kind, record_id=record.record_id,
+                        record=record.source, error=error, attempts=attempts,
+                        first_failed_at=first_failed_at)
+
+
+def _money_rows_of(record: Record) -> list[dict[str, Any]]:
+    if record.kind != "job":
+        return []
+    try:
+        job = JobRecord.from_redis(record.source["job"])
+    except _DATA_ERRORS:
+        return []
+    return money_rows(job) if job is not None else []
 
 
 async def end_retries(core: Core, bucket: int, records: list[Record], *, set_aside: bool
@@ -212,7 +279,7 @@ async def retry_failures(sessions: Sessions, failure_id: int | None = None
         record = Record(failure.kind, record_id, source)
         try:
             async with sessions() as session, session.begin():
-                await _write(session, [(record, record.row())])
+                await _write(session, [(record, record.rows())])
                 await delete_failure(session, failure.id)
         except Exception as error:
             if not is_refusal(error):

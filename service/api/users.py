@@ -6,8 +6,10 @@ retries. SQL is written first: the users row and, for a new user only, its signu
 entry. The Redis record is then built from SQL: the plan from `users`, the balance from the
 ledger. So a user whose Redis record was lost (a restart without persistence, a failover) is
 rebuilt with the balance it had, and never gets its signup credits twice. Jobs that were
-live in the lost Redis left a hold in the ledger with no release: they are refunded in full
-(a release entry), as the README says.
+live in the lost Redis, or finished and not flushed yet, left a hold in the ledger with no
+release: they are refunded in full (a release entry), and every job the ledger names without
+a jobs_log row gets one (`canceled`, reason `lost_with_redis`), so its owner finds it, as the
+README says.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from service.history.balances import (
     refund_open_holds,
     signup_row,
     user_plan,
+    write_lost_jobs,
 )
 from service.history.queries import ensure_user_row, insert_ledger, set_user_plan
 from service.runtime import Runtime
@@ -59,12 +62,26 @@ async def restore_user(rt: Runtime, user_id: str, *, signup_credits: int = 0) ->
     async with rt.sessions() as session, session.begin():
         plan = await user_plan(session, user_id) or DEFAULT_PLAN
         await refund_open_holds(session, user_id, LOST_JOB_REASON)
+        await write_lost_jobs(session, user_id, LOST_JOB_REASON)
         totals = (await ledger_totals(session, [user_id])).get(user_id)
     available = totals.total if totals else 0
     spent = -totals.charges if totals else 0
     await rt.core.restore_user(user_id, PLANS.get(plan, PLANS[DEFAULT_PLAN]),
                                available=available, spent=spent, granted=available + spent,
                                signup_credits=signup_credits)
+
+
+async def rebuild_if_lost(rt: Runtime, user_id: str) -> bool:
+    """For a read that found nothing (GET of a job): a user SQL knows and Redis lost is
+    rebuilt now, so that its lost jobs have their rows; True when it was. A user SQL does
+    not know is left alone (its first request provisions it)."""
+    if await rt.core.user_exists(user_id):
+        return False
+    async with rt.sessions() as session:
+        if await user_plan(session, user_id) is None:
+            return False
+    await restore_user(rt, user_id)
+    return True
 
 
 async def as_known_user(rt: Runtime, user_id: str, call: Callable[[], Awaitable[T]]) -> T:

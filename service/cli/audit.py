@@ -9,11 +9,15 @@ Redis and the ledger entries not yet flushed (in one MULTI), then the SQL side, 
   flushed yet;
 - granted = SUM(grants), signup included;
 - reserved = the cost of its live jobs;
-- the plan in Redis is the plan in `users`.
+- the plan in Redis is the plan in `users`;
+- every job the ledger names (hold, release, charge) has its jobs_log row, or is still in
+  Redis (live, or finished and not flushed yet: its release and charge, counted above as
+  waiting, are written with its row).
 
 A user SQL knows but Redis does not is noted, not counted: its record is rebuilt from SQL on
-its next request. Any difference makes the command exit 1. On a busy system an operation
-that lands between the Redis and the SQL read can show as a difference: run it again.
+its next request (its lost jobs get their rows then). Any difference makes the command exit
+1. On a busy system an operation that lands between the Redis and the SQL read can show as a
+difference: run it again.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.dead_letters import money_rows
 from service.history.balances import (
     LedgerTotals,
     history_charged,
     jobs_in_history,
+    jobs_without_row,
     ledger_ids_present,
     ledger_totals,
     user_ids,
@@ -37,6 +43,7 @@ from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.fsm import LIVE
 from service.state.keys import KeySpace
+from service.state.records import LedgerEntry
 from service.state.store import Core
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -62,23 +69,38 @@ class AuditReport:
 
 async def audit_user(core: Core, sessions: Sessions, user_id: str, report: AuditReport) -> None:
     snap = await core.money_snapshot(user_id)
+    in_redis = {job.id for job in snap.jobs}
+    # What Redis still holds to write: its ledger list, and the release and charge of each
+    # finished job not flushed yet (written with its jobs_log row, from the job hash).
+    pending = [*snap.pending, *(LedgerEntry.from_dict({**row, "at": 0})
+                                for job in snap.jobs if job.state not in LIVE
+                                for row in money_rows(job))]
     async with sessions() as session:
         plan = await user_plan(session, user_id)
         totals = (await ledger_totals(session, [user_id])).get(user_id, LedgerTotals())
-        flushed = await ledger_ids_present(session, [entry.id for entry in snap.pending])
+        flushed = await ledger_ids_present(session, [entry.id for entry in pending])
         _, history_charges = (await history_charged(session, [user_id])).get(user_id, (0, 0))
-        in_history = await jobs_in_history(session, [job.id for job in snap.jobs])
+        in_history = await jobs_in_history(session, list(in_redis))
+        without_row = (await jobs_without_row(session, [user_id])).get(user_id, [])
     report.users += 1
     if snap.user is None:
         if plan is None and not totals.entries:
             report.differences.append(Difference(user_id, "unknown user", None, None))
         else:
+            lost = f"; {len(without_row)} jobs lost with it" if without_row else ""
             report.notes.append(f"{user_id}: not in Redis (rebuilt from SQL on its next "
-                                f"request); SQL balance {totals.total}")
+                                f"request); SQL balance {totals.total}{lost}")
         return
 
+    # Every job the ledger names has its jobs_log row, or is still in Redis.
+    orphans = [job_id for job_id in without_row if job_id not in in_redis]
+    if orphans:
+        report.differences.append(Difference(
+            user_id, "jobs named in the ledger without a jobs_log row, not in Redis "
+            f"(first: {orphans[0]})", len(orphans), 0))
+
     # The entries still in Redis that SQL does not hold yet, once each.
-    waiting = {entry.id: entry for entry in snap.pending if entry.id not in flushed}.values()
+    waiting = {entry.id: entry for entry in pending if entry.id not in flushed}.values()
     balance = totals.total + sum(entry.amount for entry in waiting)
     charges = totals.charges + sum(e.amount for e in waiting if e.kind == "charge")
     grants = totals.grants + sum(e.amount for e in waiting if e.kind == "grant")

@@ -3,7 +3,10 @@
 The ledger is two-phase: a grant (signup included) adds, a job's `hold` takes its cost at
 reserve, its `release` gives the whole cost back when it ends and its `charge` takes what was
 used. So, once flushed, SUM(amount) is the balance available, -SUM(charges) is what was spent,
-SUM(grants) is what was granted, and a hold without a release is a job still live (or lost).
+SUM(grants) is what was granted, and a hold without a release is a job still in Redis (live,
+or finished and not flushed yet: its release and charge are written with its jobs_log row) or
+lost with Redis. Every job the ledger names has a jobs_log row once it left Redis: flushed,
+or written by write_lost_jobs when the user is rebuilt after a loss.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from sqlalchemy import Table, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from service.history.models import AdminOp, JobLog, LedgerEntry, User, utcnow
-from service.history.queries import _insert, insert_ledger
+from service.history.failures import record_hash
+from service.history.models import AdminOp, FlushFailure, JobLog, LedgerEntry, User, utcnow
+from service.history.queries import _insert, insert_ledger, upsert_jobs
 
 # Ids per IN (...) list: far below both SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 5_000
@@ -102,6 +106,67 @@ async def refund_open_holds(session: AsyncSession, user_id: str, reason: str) ->
     await insert_ledger(session, [release_row(user_id, job_id, cost, reason)
                                   for job_id, cost in holds])
     return len(holds)
+
+
+async def jobs_without_row(
+    session: AsyncSession, user_ids: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """Per user, the jobs its ledger names (hold, release, charge) that jobs_log lacks: live
+    or not yet flushed while Redis holds them, lost with Redis otherwise."""
+    query = (
+        select(LedgerEntry.user_id, LedgerEntry.job_id)
+        .outerjoin(JobLog, JobLog.id == LedgerEntry.job_id)
+        .where(LedgerEntry.job_id.is_not(None), JobLog.id.is_(None))
+        .group_by(LedgerEntry.user_id, LedgerEntry.job_id)
+        .order_by(LedgerEntry.user_id, LedgerEntry.job_id)
+    )
+    named: dict[str, list[str]] = {}
+    for chunk in ([None] if user_ids is None else _chunks(list(user_ids))):
+        chunked = query if chunk is None else query.where(LedgerEntry.user_id.in_(chunk))
+        for user_id, job_id in (await session.execute(chunked)).all():
+            named.setdefault(str(user_id), []).append(str(job_id))
+    return named
+
+
+async def write_lost_jobs(session: AsyncSession, user_id: str, reason: str) -> int:
+    """A jobs_log row for each job the user's ledger names that jobs_log lacks, once Redis
+    lost the user (and so its jobs): `canceled`, `reason`, with what the ledger says it
+    cost and charged (a charge is only ever written with its job's row, so charged is 0
+    but for a job split before that was so). Its items and model are unknown: none.
+    A job set aside in flush_failures is not lost: it waits for its retry. Run after
+    refund_open_holds, in the same transaction. Returns how many."""
+    named = (await jobs_without_row(session, [user_id])).get(user_id, [])
+    # A job whose row SQL refused waits in flush_failures for an operator's retry: not lost.
+    hashes = {record_hash("job", job_id): job_id for job_id in named}
+    set_aside: set[str] = set()
+    for chunk in _chunks(list(hashes)):
+        set_aside.update(await session.scalars(select(FlushFailure.record_hash).where(
+            FlushFailure.record_hash.in_(chunk))))
+    lost = [job_id for digest, job_id in hashes.items() if digest not in set_aside]
+    entries: list[Any] = []
+    for chunk in _chunks(lost):
+        entries += (await session.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind, LedgerEntry.amount, LedgerEntry.at)
+            .where(LedgerEntry.user_id == user_id, LedgerEntry.job_id.in_(chunk)))).all()
+    found: dict[str, dict[str, Any]] = {}
+    for job_id, kind, amount, at in entries:
+        job = found.setdefault(str(job_id), {"hold": 0, "release": 0, "charge": 0, "at": at})
+        if kind in ("hold", "release", "charge"):
+            job[kind] += int(amount)
+        job["at"] = min(job["at"], at)
+    now = utcnow()
+    rows = []
+    for job_id, job in found.items():
+        cost = max(-job["hold"], job["release"], 0)
+        charged = max(-job["charge"], 0)
+        rows.append({
+            "id": job_id, "user_id": user_id, "state": "canceled", "total_items": 0,
+            "done_items": 0, "failed_items": 0, "price": 0, "cost": cost, "charged": charged,
+            "refunded": max(cost - charged, 0), "rule_id": None, "model": None,
+            "params": None, "items": [], "reason": reason, "created_at": job["at"],
+            "updated_at": now, "started_at": None, "finished_at": now,
+        })
+    return await upsert_jobs(session, rows) if rows else 0
 
 
 async def history_charged(

@@ -391,6 +391,15 @@ class Core(StateReads):
             await self.runner.execute_command(
                 "HDEL", self.keys.bucket(bucket).flush_attempts, *fields)
 
+    async def jobs_present(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs Redis still holds (a job hash exists), in one round trip."""
+        known = [(job_id, keys.base) for job_id in job_ids
+                 if (keys := self.keys.job(job_id)) is not None]
+        if not known:
+            return set()
+        replies = await self._read(*(("EXISTS", key) for _, key in known))
+        return {job_id for (job_id, _), there in zip(known, replies, strict=True) if there}
+
     async def ledger_retries_due(self, bucket: int, limit: int) -> list[str]:
         """Refused ledger entries whose next attempt is due, as read from the ledger list."""
         due: list[str] = await self.client.zrangebyscore(

@@ -60,11 +60,12 @@ async def redis_ledger(core: Core, bucket: int) -> list[dict[str, Any]]:
 
 
 async def poisoned_bucket(core: Core, poison_job: Any, poison_entry: dict[str, Any]
-                          ) -> tuple[int, str, set[str], set[str]]:
+                          ) -> tuple[int, str, set[str], set[str], set[str]]:
     """ann and a neighbour in one bucket, four finished jobs, one of them poisoned by
     `poison_job(job_id)`, and a poisoned ledger entry in the middle of the ledger list.
 
-    Returns (bucket, poisoned job id, the other job ids, the other ledger entry ids).
+    Returns (bucket, poisoned job id, the other job ids, the other ledger entry ids, the
+    poisoned job's release and charge ids: those travel with its record only).
     """
     bob = neighbour_of(core, "ann")
     bucket = core.keys.bucket_of_user("ann")
@@ -77,8 +78,12 @@ async def poisoned_bucket(core: Core, poison_job: Any, poison_entry: dict[str, A
     await start(core, poisoned, "ann")
     await poison_job(poisoned)
     jobs.append(await finished_job(core, bob, (False, True)))
-    entries = {entry["id"] for entry in await redis_ledger(core, bucket)} - {poison_entry["id"]}
-    return bucket, poisoned, set(jobs), entries
+    ledger = await redis_ledger(core, bucket)
+    money = {entry["id"] for entry in ledger
+             if entry["kind"] in ("release", "charge") and entry["job_id"] == poisoned}
+    assert money
+    entries = {entry["id"] for entry in ledger} - {poison_entry["id"]} - money
+    return bucket, poisoned, set(jobs), entries, money
 
 
 async def assert_poison_waits(core: Core, sessions: Sessions, bucket: int, poisoned: str,
@@ -116,7 +121,8 @@ async def test_a_poisoned_bucket_drains_and_the_poison_is_set_aside_on_postgresq
                                    ok=ok, detail="decoder said \x00 here" if not ok else "",
                                    lease_ms=600_000, flush_delay_ms=0)
 
-    bucket, poisoned, others, entries = await poisoned_bucket(core, nul_in_an_error, long_entry)
+    bucket, poisoned, others, entries, money = await poisoned_bucket(core, nul_in_an_error,
+                                                                     long_entry)
     settings = poison_settings(key_prefix, database_url)
     caplog.set_level(logging.DEBUG, logger="tollgate.flusher")
 
@@ -136,6 +142,8 @@ async def test_a_poisoned_bucket_drains_and_the_poison_is_set_aside_on_postgresq
     third = await flush_once(core, sessions, settings)
     assert third.set_aside == 2
     await assert_poison_set_aside(core, bucket, poisoned)
+    # Set aside with its job's money: SQL's balance is right while the row waits.
+    assert await ledger_ids(sessions) == entries | money
     job_failure, ledger_failure = await failures(sessions)
     assert (job_failure.kind, json.loads(job_failure.record_id), job_failure.attempts) == (
         "job", poisoned, ATTEMPTS)
@@ -194,7 +202,7 @@ async def test_a_record_refused_on_both_databases_is_set_aside_and_the_rest_flus
         await core.client.hset(core.job_keys(job_id).base, "price", str(huge))
         await core.settle(job_id, "ann", "failed", reason="test", flush_delay_ms=0)
 
-    bucket, poisoned, others, entries = await poisoned_bucket(core, huge_price, huge_entry)
+    bucket, poisoned, others, entries, money = await poisoned_bucket(core, huge_price, huge_entry)
     settings = poison_settings(key_prefix, database_url)
     first = await flush_once(core, sessions, settings)
     assert (first.flushed_jobs, first.ledger_entries) == (len(others), len(entries))
@@ -202,6 +210,7 @@ async def test_a_record_refused_on_both_databases_is_set_aside_and_the_rest_flus
     await flush_once(core, sessions, settings)
     assert (await flush_once(core, sessions, settings)).set_aside == 2
     await assert_poison_set_aside(core, bucket, poisoned)
+    assert await ledger_ids(sessions) == entries | money
     assert [f.kind for f in await failures(sessions)] == ["job", "ledger"]
     assert (await core.counter_totals(["flush_failures"]))["flush_failures"] == 2
     # Retrying a single failure by its id touches only that one.
