@@ -31,7 +31,7 @@ from service.history.queries import history_job
 from service.models import Model
 from service.retention import results_expired
 from service.runtime import Runtime
-from service.state.clients import RedisError
+from service.state.clients import UNREACHABLE_ERRORS, RedisError
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.outbox import Outbox
@@ -47,6 +47,9 @@ from service.webhooks import EVENTS, resolve_allowed
 log = logging.getLogger(__name__)
 
 PRESIGN_IN_THREAD_ABOVE = 32
+# What leaves a queued job's place in line unread (null) rather than failing its view; the
+# unreachable errors include the Cluster's own, which are not all RedisErrors.
+POSITION_UNREAD: tuple[type[Exception], ...] = (RedisError, OSError, *UNREACHABLE_ERRORS)
 
 
 def _json(value: Any) -> str:
@@ -218,7 +221,7 @@ async def with_queue_position(rt: Runtime, view: dict[str, Any]) -> dict[str, An
     if view["status"] == JobState.QUEUED:
         try:
             view["queue_position"] = await Outbox(rt.core).queue_position(view["id"])
-        except (RedisError, OSError) as error:
+        except POSITION_UNREAD as error:
             # It reads every bucket in use: one node away (a Cluster failover) would fail
             # every queued job's view. The place in line is a hint; the view stands without.
             log.warning("job %s: queue position unread: %s", view["id"],
