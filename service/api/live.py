@@ -20,6 +20,7 @@ from typing import Any
 from litestar.response import ServerSentEventMessage
 
 from service.api.jobs import get_job
+from service.errors import NotFound
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL
 from service.state.outbox import Outbox
@@ -33,15 +34,17 @@ class ChangeWatch:
     def __init__(self, outbox: Outbox, interval: float) -> None:
         self.outbox = outbox
         self.interval = interval
-        self.watchers: dict[str, set[asyncio.Event]] = {}
-        self.last: dict[str, str | None] = {}
+        # job id -> {a stream's wake-up event: the change counter as of its last view}
+        self.watchers: dict[str, dict[asyncio.Event, str | None]] = {}
         self.task: asyncio.Task[None] | None = None
         self.ticks = 0
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+    def watch(self, job_id: str, seen: str | None) -> Iterator[asyncio.Event]:
+        """Wakes the stream when the job's counter is no longer `seen`: the counter read
+        before the view the stream has sent (None: the job had no live record)."""
         changed = asyncio.Event()
-        self.watchers.setdefault(job_id, set()).add(changed)
+        self.watchers.setdefault(job_id, {})[changed] = seen
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._poll(), name="tollgate-change-watch")
         try:
@@ -49,10 +52,9 @@ class ChangeWatch:
         finally:
             waiting = self.watchers.get(job_id)
             if waiting is not None:
-                waiting.discard(changed)
+                waiting.pop(changed, None)
                 if not waiting:
                     del self.watchers[job_id]
-                    self.last.pop(job_id, None)
 
     async def _poll(self) -> None:
         while self.watchers:
@@ -62,16 +64,16 @@ class ChangeWatch:
                 seqs = await self.outbox.seqs(job_ids)
             except Exception:  # Redis away for a moment: the streams wait, then go on
                 log.exception("reading change counters failed")
-                seqs = [self.last.get(job_id) for job_id in job_ids]
-            self.ticks += 1
-            for job_id, seq in zip(job_ids, seqs, strict=True):
-                if job_id in self.last and self.last[job_id] == seq:
-                    continue
-                first = job_id not in self.last
-                self.last[job_id] = seq
-                if not first:
-                    for changed in self.watchers.get(job_id, ()):
-                        changed.set()
+            else:
+                self.ticks += 1
+                for job_id, seq in zip(job_ids, seqs, strict=True):
+                    waiting = self.watchers.get(job_id, {})
+                    for changed, seen in waiting.items():
+                        if seen != seq:
+                            # The stream reads the job after this: what it then sends is
+                            # at least as new as `seq`.
+                            waiting[changed] = seq
+                            changed.set()
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
@@ -84,6 +86,15 @@ def change_watch(state: Any, rt: Runtime) -> ChangeWatch:
     return watch
 
 
+async def opening(rt: Runtime, user_id: str, job_id: str) -> tuple[dict[str, Any], str | None]:
+    """The stream's first view and the job's change counter read just before it (so any
+    change after the counter was read wakes the stream); NotFound as GET /jobs/{id}."""
+    if rt.core.keys.job(job_id) is None:
+        raise NotFound(f"no job {job_id!r}")
+    [seq] = await Outbox(rt.core).seqs([job_id])
+    return await get_job(rt, user_id, job_id, with_items=False), seq
+
+
 def _message(view: dict[str, Any], number: int) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=json.dumps(view, separators=(",", ":")), event="job",
                                   id=number)
@@ -93,15 +104,16 @@ def _shown(view: dict[str, Any]) -> tuple[Any, ...]:
     return view["status"], view["done_items"], view["failed_items"]
 
 
-async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[str, Any]
-                     ) -> AsyncIterator[ServerSentEventMessage]:
+async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[str, Any],
+                     seen: str | None) -> AsyncIterator[ServerSentEventMessage]:
     """The stream of one job: `first` at once, then one event per change of its status or
-    counts, at most one per poll interval, until a terminal status has been sent."""
+    counts, at most one per poll interval, until a terminal status has been sent. `seen`:
+    the change counter read before `first` (see `opening`)."""
     job_id, number, view = first["id"], 0, first
     yield _message(view, number)
     if view["status"] in TERMINAL:
         return
-    with watch.watch(job_id) as changed:
+    with watch.watch(job_id, seen) as changed:
         while True:
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
@@ -110,7 +122,11 @@ async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
             changed.clear()
-            latest = await get_job(rt, user_id, job_id, with_items=False)
+            try:
+                latest = await get_job(rt, user_id, job_id, with_items=False)
+            except NotFound:  # gone from Redis and never flushed (a Redis loss): nothing more
+                log.warning("job %s is gone: its event stream ends", job_id)
+                return
             if _shown(latest) == _shown(view):
                 continue
             view, number = latest, number + 1

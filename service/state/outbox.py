@@ -11,6 +11,7 @@ from typing import Any
 
 from service.state.codes import ERRORS, SUCCESS, Code
 from service.state.keys import JobKeys
+from service.state.records import JOB_STATE
 from service.state.store import Core, now_ms
 
 
@@ -81,18 +82,21 @@ class Outbox:
         return current
 
     async def seqs(self, job_ids: list[str]) -> list[str | None]:
-        """Each job's change counter (None: no live record), in one round trip."""
+        """Each job's change counter, in one round trip: '0' for a live job no change has
+        bumped yet, None only for a job with no live record (never created, or flushed), so
+        a stream can tell a flushed job from one that has not changed."""
         core = self.core
         if core.runner is not core.client:
-            seqs: list[str | None] = list(await asyncio.gather(*(
-                core.runner.execute_command("HGET", core.job_keys(job_id).base, "seq")
+            pairs: list[list[str | None]] = list(await asyncio.gather(*(
+                core.runner.execute_command("HMGET", core.job_keys(job_id).base, "seq",
+                                            JOB_STATE)
                 for job_id in job_ids)))
-            return seqs
-        async with core.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(core.job_keys(job_id).base, "seq")
-            result: list[str | None] = await pipe.execute()
-        return result
+        else:
+            async with core.client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(core.job_keys(job_id).base, "seq", JOB_STATE)
+                pairs = await pipe.execute()
+        return [None if state is None else seq or "0" for seq, state in pairs]
 
     async def queue_position(self, job_id: str) -> int | None:
         """How many jobs were queued before this one, over every bucket in use (None: not

@@ -8,7 +8,6 @@ from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 
 from service.api import live, webhook_log
-from service.api.jobs import get_job
 from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
 from service.api.schemas import WebhookLog, WebhookSecret, body
@@ -22,9 +21,9 @@ from service.runtime import Runtime
 async def job_events(request: UserRequest, rt: NamedDependency[Runtime],
                      job_id: FromPath[str]) -> ServerSentEvent:
     user_id = request.user.user_id
-    first = await get_job(rt, user_id, job_id, with_items=False)  # 404 before the stream
+    first, seen = await live.opening(rt, user_id, job_id)  # 404 before the stream
     watch = live.change_watch(request.app.state, rt)
-    return ServerSentEvent(live.job_events(rt, watch, user_id, first),
+    return ServerSentEvent(live.job_events(rt, watch, user_id, first, seen),
                            headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
