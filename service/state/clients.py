@@ -188,12 +188,14 @@ QueueConnection = redis.Redis
 RedisError = redis.exceptions.RedisError
 # What a Redis call raises while the server is away: a ConnectionError (BusyLoadingError
 # too, while Redis starts) or a timeout. The API answers them with a 503.
-# A Cluster mid-failover answers CLUSTERDOWN or TRYAGAIN, and a pool that could not give a
-# connection raises MaxConnectionsError (a ConnectionError): all transient, all a 503.
+# A Cluster mid-failover answers CLUSTERDOWN or TRYAGAIN, a topology refresh that reaches no
+# node or finds a slot uncovered raises errors outside RedisError, and a pool that could not
+# give a connection raises MaxConnectionsError: all transient, all a 503.
 UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
     redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
-    redis.exceptions.MaxConnectionsError,
+    redis.exceptions.MaxConnectionsError, redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
 )
 
 

@@ -23,6 +23,8 @@ TRANSIENT = [
     exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"),
     exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
     exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:7001. Connection refused."),
+    exceptions.RedisClusterUnreachableError("Redis Cluster cannot be connected."),
+    exceptions.SlotNotCoveredError("Slot 5 is not covered by the cluster."),
 ]
 
 
