@@ -15,7 +15,7 @@ import msgspec
 
 from service.api.rules import Preset, job_preset
 from service.api.schemas import ItemIn, JobCreate
-from service.api.users import as_known_user
+from service.api.users import as_known_user, rebuild_if_lost
 from service.contract import input_key, output_key
 from service.dispatch import dispatch, model_gone
 from service.errors import (
@@ -240,6 +240,9 @@ async def get_job(rt: Runtime, user_id: str, job_id: str, *, with_items: bool = 
         return await with_queue_position(rt, job_view(rt, job, with_items))
     async with rt.sessions() as session:
         row = await history_job(session, user_id, job_id)
+    if row is None and await rebuild_if_lost(rt, user_id):  # its lost jobs get their rows
+        async with rt.sessions() as session:
+            row = await history_job(session, user_id, job_id)
     if row is None:
         raise NotFound(f"no job {job_id!r}")
     return job_view(rt, row, with_items)

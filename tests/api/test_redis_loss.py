@@ -6,7 +6,9 @@ refunded through their holds. FLUSHALL runs on a redis-server of the test's own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from service.cli.audit import run_audit
+from service.cli.audit import audit, run_audit
 from service.history.engine import run_migrations
 from service.history.models import LedgerEntry
 from service.runtime import open_runtime
@@ -27,20 +29,36 @@ from tests.conftest import OwnRedis, free_port
 from tests.persistence.conftest import database_url  # noqa: F401
 
 SIGNUP = 100
+LOST = "lost_with_redis"
 
 
-@pytest.fixture
-async def own_api(own_redis: OwnRedis, database_url: str,  # noqa: F811
-                  tmp_path: Path) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def serve(own_redis: OwnRedis, database_url: str,  # noqa: F811
+                tmp_path: Path, flush_delay: int) -> AsyncIterator[Api]:
     run_migrations(database_url)
     port = free_port()
     settings = Settings(redis_url=own_redis.url, queue_redis_url=own_redis.url,
                         database_url=database_url, public_url=f"http://127.0.0.1:{port}",
                         jwt_secret=SECRET, storage_dir=str(tmp_path / "files"),
-                        signup_credits=SIGNUP, flush_delay=0, buckets=4)
+                        signup_credits=SIGNUP, flush_delay=flush_delay, buckets=4)
     with ServerThread(settings, port):
         async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
             yield Api(settings.public_url, settings, client)
+
+
+@pytest.fixture
+async def own_api(own_redis: OwnRedis, database_url: str,  # noqa: F811
+                  tmp_path: Path) -> AsyncIterator[Api]:
+    async with serve(own_redis, database_url, tmp_path, flush_delay=0) as api:
+        yield api
+
+
+@pytest.fixture
+async def delayed_api(own_redis: OwnRedis, database_url: str,  # noqa: F811
+                      tmp_path: Path) -> AsyncIterator[Api]:
+    """Finished jobs wait an hour for their flush (TOLLGATE_FLUSH_DELAY); the ledger not."""
+    async with serve(own_redis, database_url, tmp_path, flush_delay=3600) as api:
+        yield api
 
 
 async def flushall(api: Api) -> None:
@@ -139,3 +157,47 @@ async def test_a_new_job_after_the_loss_finds_the_rebuilt_balance(own_api: Api) 
             ).status_code == 200
     await flush_everything(api)
     assert await audit_differences(api) == []
+
+
+async def test_a_job_lost_before_its_flush_keeps_a_row_its_owner_reads_and_the_books_close(
+        delayed_api: Api) -> None:
+    """The split of issue 17: the ledger is flushed on every pass, a finished job only after
+    the flush delay. A loss in between used to leave the job's charge in SQL without its
+    row (GET 404 for a job its client saw done and charged, audit failing for ever). Now
+    the job's money waits with its row: the job is lost whole, its hold is released, and
+    its owner reads a row that says so."""
+    api, user = delayed_api, "cat"
+    done = await queued_job(api, user, 2)
+    for index in range(2):
+        await report_item(api, done["id"], user, index)
+    live = await create_job(api, user, 3)
+    seen = (await api.client.get(f"/jobs/{done['id']}", headers=api.auth(user))).json()
+    assert (seen["status"], seen["charged"]) == ("done", seen["cost"]) and seen["cost"] > 0
+    await flush_everything(api)  # the holds reach SQL; the job rows wait an hour
+    ledger = await ledger_of(api, user)
+    assert f"charge:{done['id']}" not in ledger and f"release:{done['id']}" not in ledger
+    assert await audit_differences(api) == []
+
+    await flushall(api)
+
+    # The owner's first request after the loss is the GET: it rebuilds the user from SQL.
+    got = await api.client.get(f"/jobs/{done['id']}", headers=api.auth(user))
+    assert got.status_code == 200, got.text
+    view = got.json()
+    assert (view["status"], view["reason"], view["charged"]) == ("canceled", LOST, 0)
+    assert view["cost"] == seen["cost"]
+    other = await api.client.get(f"/jobs/{done['id']}", headers=api.auth("dan"))
+    assert other.status_code == 404  # not the owner: nothing rebuilt, nothing found
+    lost_live = await api.client.get(f"/jobs/{live['id']}", headers=api.auth(user))
+    assert (lost_live.status_code, lost_live.json()["reason"]) == (200, LOST)
+    credits = (await me(api, user))["credits"]
+    assert credits == {"available": SIGNUP, "reserved": 0, "spent": 0, "granted": SIGNUP}
+    ledger = await ledger_of(api, user)
+    assert ledger[f"release:{done['id']}"] == ("release", seen["cost"], LOST)
+    assert f"charge:{done['id']}" not in ledger
+    listed = await api.client.get("/jobs", headers=api.auth(user))
+    assert {job["id"] for job in listed.json()["items"]} >= {done["id"], live["id"]}
+
+    await flush_everything(api)
+    assert await audit_differences(api) == []
+    assert await asyncio.to_thread(lambda: asyncio.run(audit(api.settings, None))) == 0
