@@ -1,0 +1,216 @@
+"""The checks at the end of a phase. Each returns what it found wrong (empty: the check
+holds), so one run reports every broken check at once, with its evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.system.receivers import GOOD, Attempt
+from tests.system.stacks import System
+from tests.system.workload import TERMINAL, JobRecord, Workload
+
+DRAIN_S = 60.0  # every job final within this after the workload stopped
+SETTLE_S = 20.0  # then SQL, balances and webhooks have this long to catch up
+SHOWN = 8  # evidence lines per check
+
+
+@dataclass
+class Report:
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str, problems: Iterable[str]) -> None:
+        found = list(problems)
+        if found:
+            self.failures[name] = found
+
+    def text(self) -> str:
+        lines = [f"{key}: {value}" for key, value in self.figures.items()]
+        for name, problems in self.failures.items():
+            lines.append(f"FAILED {name} ({len(problems)}):")
+            distinct = Counter(problems)
+            lines += [f"    {problem}" + (f"  [x{count}]" if count > 1 else "")
+                      for problem, count in list(distinct.items())[:SHOWN]]
+        return "\n".join(lines)
+
+
+def sync_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _sql(url: str, query: str, **params: Any) -> list[Any]:
+    engine = sa.create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(query), params))
+    finally:
+        engine.dispose()
+
+
+def _when(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _describe(record: JobRecord) -> str:
+    status = record.final["status"] if record.final else "not final"
+    return (f"{record.id} ({record.kind}, {record.model}, phase {record.phase}"
+            f"{', live at the wipe' if record.live_at_wipe else ''}): {status}")
+
+
+async def _until(deadline_s: float, probe: Any) -> list[str]:
+    """`probe()` (a list of problems) until it is empty or time runs out."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        problems: list[str] = await probe()
+        if not problems or time.monotonic() > deadline:
+            return problems
+        await asyncio.sleep(1.0)
+
+
+async def check_books(system: System, work: Workload) -> Report:
+    stack, report = system.stack, Report()
+    jobs = list(work.jobs.values())
+    started = time.monotonic()
+    await work.drain(DRAIN_S)
+    report.figures.update(jobs=len(jobs), grants=work.grants,
+                          drained_s=round(time.monotonic() - started, 1),
+                          answers=dict(sorted(work.answers.counts.items())))
+    report.check("every job is final", (_describe(r) for r in jobs
+                                        if r.final is None or r.final["status"] not in TERMINAL))
+    ids = [r.id for r in jobs]
+
+    async def history() -> list[str]:
+        rows = await asyncio.to_thread(_sql, stack.database_url,
+                                       "SELECT id, state, charged FROM jobs_log")
+        logged: dict[str, list[Any]] = {}
+        for row in rows:
+            logged.setdefault(row.id, []).append(row)
+        problems = [f"{job_id}: not in jobs_log" for job_id in ids if job_id not in logged]
+        problems += [f"{job_id}: {len(rows)} rows" for job_id, rows in logged.items()
+                     if len(rows) != 1]
+        problems += [f"{job_id}: in jobs_log, never created by a client" for job_id in logged
+                     if job_id not in work.jobs]
+        for record in jobs:
+            row = logged.get(record.id, [None])[0]
+            if row is not None and record.final is not None and \
+                    (row.state, row.charged) != (record.final["status"], record.final["charged"]):
+                problems.append(f"{record.id}: jobs_log says {row.state} charged {row.charged},"
+                                f" the API {record.final['status']} {record.final['charged']}")
+        return problems
+
+    report.check("jobs_log has each job exactly once", await _until(SETTLE_S, history))
+
+    orphans = await asyncio.to_thread(
+        _sql, stack.database_url,
+        "SELECT l.id, l.kind, l.amount, l.reason FROM credit_ledger l WHERE l.job_id IS NOT "
+        "NULL AND NOT EXISTS (SELECT 1 FROM jobs_log j WHERE j.id = l.job_id) ORDER BY l.id")
+    report.check("every ledger row that names a job has its jobs_log row",
+                 (f"{row.id} ({row.kind} {row.amount}, {row.reason})" for row in orphans))
+    per_job = await asyncio.to_thread(
+        _sql, stack.database_url,
+        "SELECT j.id, j.charged, SUM(l.amount) AS total FROM jobs_log j JOIN credit_ledger l "
+        "ON l.job_id = j.id GROUP BY j.id, j.charged HAVING SUM(l.amount) <> -j.charged")
+    report.check("each job's ledger rows add up to minus its charge",
+                 (f"{row.id}: charged {row.charged}, ledger {row.total}" for row in per_job))
+
+    async def balances() -> list[str]:
+        sums = dict(await asyncio.to_thread(
+            _sql, stack.database_url,
+            "SELECT user_id, SUM(amount) FROM credit_ledger GROUP BY user_id"))
+        problems = []
+        for user in work.users:
+            me = await work.call("GET /me", "GET", work.api("/me"), user=user, expect={200})
+            available = me.json()["credits"]["available"] if me is not None else None
+            if available != sums.get(user):
+                problems.append(f"{user}: available {available}, SUM(ledger) {sums.get(user)}")
+        return problems
+
+    report.check("per user, available = SUM(ledger)", await _until(SETTLE_S, balances))
+
+    async def audit() -> list[str]:
+        done = await asyncio.to_thread(stack.audit)
+        lines = [line for line in done.stdout.splitlines() if not line.startswith("note:")]
+        return [] if done.returncode == 0 else [f"exit {done.returncode}", *lines[-SHOWN:],
+                                                done.stderr[-500:]]
+
+    report.check("tollgate audit exits 0", await _until(6.0, audit))
+    report.check("every terminal webhook was delivered",
+                 await _until(SETTLE_S, lambda: _webhooks(system, work)))
+    report.check("no process log holds an ERROR line or a traceback", stack.log_trouble())
+    bound = 3 * stack.timing.flush_delay
+    worst = max((value for _, value in work.lag), default=None)
+    report.figures.update(flush_lag_max_s=worst, lag_samples=len(work.lag),
+                          scrape_failures=work.scrape_failures)
+    report.check(f"flush lag stays <= {bound} s", (
+        [f"max {worst} s over {len(work.lag)} samples"] if worst is not None and worst > bound
+        else ["no flush lag sample"] if worst is None else []))
+    report.check("holds expire within their TTL plus two sweeper periods", _holds(system, jobs))
+    report.check("every answer is one the contract allows", work.answers.unexpected)
+    return report
+
+
+def _holds(system: System, jobs: list[JobRecord]) -> Iterable[str]:
+    timing = system.stack.timing
+    bound = timing.hold_ttl + 2 * timing.flusher_interval
+    for record in jobs:
+        if record.kind != "hold" or record.live_at_wipe or record.final is None:
+            continue
+        final = record.final
+        created, finished = _when(final["created_at"]), _when(final["finished_at"])
+        if final["status"] != "canceled" or final["reason"] != "hold_expired":
+            yield f"{record.id}: {final['status']} ({final['reason']}), not hold_expired"
+        elif created is None or finished is None or finished - created > bound:
+            yield f"{record.id}: expired {finished and created and finished - created:.2f} s " \
+                  f"after its create (bound {bound} s)"
+
+
+async def _webhooks(system: System, work: Workload) -> list[str]:
+    """Each event a job asked for reached its receiver (the failing and the hanging one at
+    least tried); on a good receiver GET /jobs/{id}/webhooks shows it delivered. A job live
+    when the state store was lost is left out: its pending deliveries went with it."""
+    problems = []
+    for record in work.jobs.values():
+        final = record.final
+        if record.webhook is None or final is None or record.live_at_wipe:
+            continue
+        wanted = {"job.completed": final["status"]}
+        if "started" in record.events and final.get("started_at"):
+            wanted["job.started"] = "running"
+        attempts = work.receivers.of(record.id)
+        if system.wiped_at is not None and record.created_at < system.wiped_at and \
+                _missing(record, wanted, [a for a in attempts if a.at < system.wiped_at]):
+            continue  # still pending when the state store was lost: lost with it
+        problems += _missing(record, wanted, attempts)
+        fresh = system.wiped_at is None or record.created_at > system.wiped_at
+        if record.webhook in GOOD and fresh:
+            log = await work.call("GET /jobs/{id}/webhooks", "GET",
+                                  work.api(f"/jobs/{record.id}/webhooks"), user=record.user,
+                                  expect={200})
+            items = log.json()["items"] if log is not None else []
+            undelivered = [d["type"] for d in items if d["delivered_at"] is None]
+            if log is None or undelivered or not any(d["type"] == "job.completed"
+                                                     for d in items):
+                problems.append(f"{record.id}: delivery log at {record.webhook}: {items}")
+    return problems
+
+
+def _missing(record: JobRecord, wanted: dict[str, str], attempts: list[Attempt]) -> list[str]:
+    """The events `wanted` (type -> the job status it carries) with no attempt among these."""
+    problems = []
+    for kind, status in wanted.items():
+        mine = [a for a in attempts if a.type == kind and a.receiver == record.webhook]
+        if not mine:
+            problems.append(f"{record.id}: no {kind} attempt at {record.webhook} "
+                            f"(final {status})")
+        elif kind == "job.completed" and mine[-1].job_status != status:
+            problems.append(f"{record.id}: {kind} carried status {mine[-1].job_status}, "
+                            f"the job is {status}")
+    return problems

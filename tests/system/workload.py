@@ -1,0 +1,325 @@
+"""The mixed workload, over HTTP only: a few client tasks, each a pro user of its own.
+
+Each client loops over: a job run to its end (two models, some items that fail, sometimes
+a retried create or a retried execute), a job canceled (before or after it ran), a job left
+holding its credits until the hold expires, a keyed admin grant sent twice. Half the jobs
+carry a webhook to one of the receivers. A scraper reads the flush lag from /metrics.
+Every answer is counted; one that the contract does not allow is kept as unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from tests.system.harness import Stack
+from tests.system.receivers import FAILING, GOOD, HANGING, Receivers
+
+TERMINAL = frozenset({"done", "failed", "canceled"})
+CALL_DEADLINE_S = 45.0  # a call retried past this (503, no connection) counts as unexpected
+GONE_AFTER_S = 10.0  # a job that answers no view this long is taken as gone
+LAG = re.compile(r"^tollgate_flush_lag_seconds\s+(\S+)", re.M)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    user: str
+    model: str
+    kind: str  # run | cancel | hold
+    webhook: str | None
+    events: tuple[str, ...]
+    created_at: float  # monotonic, when its create answered
+    phase: str
+    live_at_wipe: bool = False  # live when the state store was lost
+    final: dict[str, Any] | None = None
+
+
+@dataclass
+class Answers:
+    counts: Counter[str] = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+
+    def note(self, what: str, response: httpx.Response | None, expected: set[int]) -> None:
+        status = response.status_code if response is not None else 0
+        self.counts[f"{what} {status}"] += 1
+        if status not in expected:
+            body = response.text[:200].strip() if response is not None else "no answer in time"
+            self.unexpected.append(f"{what}: {status} (expected {sorted(expected)}) {body}")
+
+
+def _images() -> list[bytes]:
+    out = []
+    for color in ("red", "green", "blue"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 32), color).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+class Workload:
+    def __init__(self, stack: Stack, receivers: Receivers, *, seed: int = 1) -> None:
+        self.stack, self.receivers = stack, receivers
+        self.rng = random.Random(seed)
+        self.jobs: dict[str, JobRecord] = {}
+        self.users: list[str] = []
+        self.answers = Answers()
+        self.lag: list[tuple[float, float]] = []
+        self.scrape_failures = 0
+        self.grants = 0
+        self.phase = "main"
+        self._images = _images()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(15.0),
+                                       limits=httpx.Limits(max_connections=64))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    async def call(self, what: str, method: str, url: str, *, user: str | None,
+                   admin: bool = False, expect: set[int], refusals: frozenset[int] = frozenset(),
+                   **kwargs: Any) -> httpx.Response | None:
+        """One call, retried as a client should after no answer or a 503 (Retry-After)."""
+        deadline = time.monotonic() + CALL_DEADLINE_S
+        response: httpx.Response | None = None
+        while time.monotonic() < deadline:
+            headers = dict(kwargs.pop("headers", None) or {})
+            if user is not None:
+                token = await asyncio.to_thread(self.stack.token, user, admin=admin)
+                headers["Authorization"] = f"Bearer {token}"
+            kwargs["headers"] = headers
+            try:
+                response = await self._http.request(method, url, **kwargs)
+            except httpx.TransportError:
+                await asyncio.sleep(0.3)
+                continue
+            if response.status_code == 503 or (response.status_code == 401 and user):
+                # 401: `tollgate dev` started again with a new secret; the token is re-made.
+                await asyncio.sleep(min(float(response.headers.get("Retry-After") or 1), 2))
+                continue
+            break
+        self.answers.note(what, response, expect | refusals)
+        return response if response is not None and response.status_code in expect else None
+
+    def api(self, path: str) -> str:
+        return f"{self.stack.api_url}{path}"
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    async def add_users(self, count: int) -> None:
+        for _ in range(count):
+            user = f"sys-{uuid.uuid4().hex[:8]}"
+            await self.call("POST /admin/users", "POST", self.api("/admin/users"),
+                            user="sys-admin", admin=True, expect={201},
+                            json={"id": user, "plan": "pro", "credits": 400})
+            self.users.append(user)
+
+    async def grant(self, user: str, amount: int) -> None:
+        """A keyed admin grant sent twice: the second answers duplicate, adds nothing."""
+        key = f"grant-{uuid.uuid4().hex}"
+        body = {"amount": amount, "reason": "system suite top-up"}
+        first, second = [await self.call(f"POST credits ({label})", "POST",
+                                         self.api(f"/admin/users/{user}/credits"),
+                                         user="sys-admin", admin=True, expect={200}, json=body,
+                                         headers={"Idempotency-Key": key})
+                         for label in ("first", "again")]
+        self.grants += 1
+        if first is None or second is None:
+            return
+        if not second.json()["duplicate"] or \
+                second.json()["credits"]["granted"] != first.json()["credits"]["granted"]:
+            self.answers.unexpected.append(f"grant {key} sent twice added twice: "
+                                           f"{first.text} then {second.text}")
+
+    # --- one client ------------------------------------------------------------------------
+
+    def _items(self, model: str) -> list[tuple[dict[str, Any], bytes]]:
+        out = []
+        for index in range(self.rng.randint(1, 6)):
+            bad = self.rng.random() < 0.2
+            if model == "thumbnail":
+                data = b"not an image" if bad else self.rng.choice(self._images)
+                kind = "image/png"
+            else:
+                data, kind = (b"fail" if bad else b"ok") + bytes([index]) * 16, "text/plain"
+            out.append(({"name": f"item-{index}", "content_type": kind, "size": len(data)},
+                        data))
+        return out
+
+    async def create(self, user: str, kind: str) -> tuple[JobRecord, dict[str, Any],
+                                                           list[bytes]] | None:
+        model = self.rng.choice(("thumbnail", "slow"))
+        items = self._items(model)
+        body: dict[str, Any] = {"model": model, "items": [meta for meta, _ in items]}
+        receiver: str | None = None
+        events: tuple[str, ...] = ("completed",)
+        if self.rng.random() < 0.5:
+            receiver = self.rng.choice((*GOOD, *GOOD, FAILING, HANGING))
+            events = self.rng.choice((("completed",), ("started", "completed")))
+            body["webhook"] = {"url": self.receivers.url(receiver), "events": list(events)}
+        key = f"create-{uuid.uuid4().hex}"
+        created = await self.call("POST /jobs", "POST", self.api("/jobs"), user=user,
+                                  expect={201}, refusals=frozenset({402, 429}), json=body,
+                                  headers={"Idempotency-Key": key})
+        if created is None:
+            return None
+        view = created.json()
+        if self.rng.random() < 0.3:  # the client retries as if the answer had been lost
+            again = await self.call("POST /jobs (retried)", "POST", self.api("/jobs"),
+                                    user=user, expect={200, 201}, json=body,
+                                    headers={"Idempotency-Key": key})
+            if again is not None and (again.json()["id"] != view["id"]
+                                      or not again.json().get("idempotent_replay")):
+                self.answers.unexpected.append(f"retried create {key}: {view['id']} then "
+                                               f"{again.text[:200]}")
+        record = JobRecord(view["id"], user, model, kind, receiver, events, time.monotonic(),
+                           self.phase)
+        self.jobs[record.id] = record
+        return record, view, [data for _, data in items]
+
+    async def upload(self, user: str, view: dict[str, Any], data: list[bytes],
+                     count: int | None = None) -> bool:
+        for upload, content in list(zip(view["uploads"], data, strict=True))[:count]:
+            if await self.call("PUT upload", upload["method"], upload["url"], user=None,
+                               expect={200}, headers=upload["headers"], content=content) is None:
+                return False
+        return True
+
+    async def run_job(self, user: str, kind: str) -> None:
+        made = await self.create(user, kind)
+        if made is None:
+            return
+        record, view, data = made
+        path = f"/jobs/{record.id}"
+        if kind == "hold":  # left alone: the hold expires
+            await self.upload(user, view, data, count=self.rng.randint(0, len(data)))
+            return
+        ran = kind == "run" or self.rng.random() < 0.5
+        if not await self.upload(user, view, data):
+            return
+        if ran:
+            if await self.call("POST confirm", "POST", self.api(f"{path}/confirm-upload"),
+                               user=user, expect={200}) is None:
+                return
+            for label in ("", " (retried)")[: 2 if self.rng.random() < 0.25 else 1]:
+                if await self.call(f"POST execute{label}", "POST", self.api(f"{path}/execute"),
+                                   user=user, expect={202}) is None:
+                    return
+        if kind == "cancel":
+            await asyncio.sleep(self.rng.uniform(0, 0.6))
+            await self.call("POST cancel", "POST", self.api(f"{path}/cancel"), user=user,
+                            expect={200}, refusals=frozenset({409} if ran else ()))
+        await self.wait_final(record, 30.0)
+
+    async def wait_final(self, record: JobRecord, within: float) -> None:
+        deadline = time.monotonic() + within
+        missing_since: float | None = None
+        while time.monotonic() < deadline:
+            got = await self.call("GET /jobs/{id}", "GET", self.api(f"/jobs/{record.id}"),
+                                  user=record.user, expect={200})
+            if got is not None and got.json()["status"] in TERMINAL:
+                record.final = got.json()
+                return
+            if got is None:  # 404 (a job lost with Redis): asked again for a while only
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since > GONE_AFTER_S:
+                    return
+            else:
+                missing_since = None
+            await asyncio.sleep(0.3)
+
+    async def client(self, user: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            roll = self.rng.random()
+            if roll < 0.1:
+                await self.grant(user, self.rng.randint(20, 60))
+            elif roll < 0.25:
+                await self.run_job(user, "hold")
+            elif roll < 0.42:
+                await self.run_job(user, "cancel")
+            else:
+                await self.run_job(user, "run")
+            me = await self.call("GET /me", "GET", self.api("/me"), user=user, expect={200})
+            if me is not None and me.json()["credits"]["available"] < 100:
+                await self.grant(user, 200)
+
+    async def scrape(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                text = (await self._http.get(self.api("/metrics"), timeout=5)).text
+                found = LAG.search(text)
+                if found:
+                    self.lag.append((time.monotonic(), float(found[1])))
+                else:
+                    self.scrape_failures += 1
+            except httpx.HTTPError:
+                self.scrape_failures += 1
+            await asyncio.sleep(1.0)
+
+    # --- phases ----------------------------------------------------------------------------
+
+    async def run(self, seconds: float, clients: int, phase: str,
+                  faults: list[tuple[str, Any]]) -> None:
+        """`clients` client tasks for `seconds`; the faults one after another meanwhile
+        (the phase then lasts until 10 s after the last)."""
+        self.phase = phase
+        if len(self.users) < clients:
+            await self.add_users(clients - len(self.users))
+        stop = asyncio.Event()
+
+        async def faults_then_stop() -> None:
+            try:
+                for _, action in faults:
+                    await asyncio.sleep(2.0)
+                    await action(self)
+                await asyncio.sleep(max(10.0 if faults else 0.0,
+                                        seconds - (time.monotonic() - began)))
+            finally:
+                stop.set()
+
+        began = time.monotonic()
+        results = await asyncio.gather(
+            faults_then_stop(), self.scrape(stop),
+            *(self.client(user, stop) for user in self.users[:clients]),
+            return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def state_lost(self) -> None:
+        for record in self.jobs.values():
+            if record.final is None:
+                record.live_at_wipe = True
+
+    async def wait_running(self, model: str, within: float = 20.0) -> None:
+        """Until one of the model's jobs is running with items still to do (a kill then
+        lands mid-batch)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            live = [r for r in self.jobs.values() if r.model == model and r.final is None
+                    and r.kind == "run"]
+            for record in live[-4:]:
+                got = await self.call("GET /jobs/{id}", "GET", self.api(f"/jobs/{record.id}"),
+                                      user=record.user, expect={200})
+                if got is not None and got.json()["status"] == "running" \
+                        and got.json()["progress"] < 1:
+                    return
+            await asyncio.sleep(0.1)
+
+    async def drain(self, within: float) -> None:
+        """Reads every job until it is final or time runs out."""
+        deadline = time.monotonic() + within
+        for record in list(self.jobs.values()):
+            if record.final is None or record.final["status"] not in TERMINAL:
+                await self.wait_final(record, max(0.5, deadline - time.monotonic()))
