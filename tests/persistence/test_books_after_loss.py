@@ -174,3 +174,30 @@ async def test_audit_names_a_job_the_ledger_names_without_its_row(
     [difference] = (await run_audit(core, sessions, ["ann"])).differences
     assert "without a jobs_log row" in difference.what
     assert "01j00000000000000000000000-1" in difference.what and live not in difference.what
+
+
+@pytest.mark.cluster
+async def test_on_redis_cluster_a_finished_job_waits_for_its_row_with_its_money(
+    cluster_url: str, key_prefix: str, sessions: Sessions, database_url: str,
+) -> None:
+    from service.state.clients import state_redis
+    from service.state.keys import KeySpace
+    from tests.persistence.conftest import BUCKETS
+
+    settings = settings_for(key_prefix, database_url, redis_url=cluster_url)
+    client = state_redis(settings)
+    try:
+        core = Core(client, KeySpace(key_prefix, BUCKETS))
+        await known_user(core, sessions, "ann")
+        done = await finished_later(core, "ann", (True, False))
+        await flush_once(core, sessions, settings)
+        assert await ledger_of_job(sessions, done) == {"hold": -2}
+        assert (await run_audit(core, sessions, ["ann"])).differences == []
+        bucket = core.keys.bucket(core.keys.bucket_of_user("ann"))
+        await client.zadd(bucket.flush, {done: 0})
+        assert (await flush_once(core, sessions, settings, reindex="all")).flushed_jobs == 1
+        assert await ledger_of_job(sessions, done) == {"hold": -2, "release": 2, "charge": -1}
+    finally:
+        async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+            await client.delete(key)
+        await client.aclose()
