@@ -350,8 +350,8 @@ class WebhookSender:
                 if not endpoint.waiting:
                     break
                 delivery_id, record = endpoint.waiting.popleft()
-        except BaseException:  # cancelled at shutdown: the claims run out, due again then
-            self._release(len(endpoint.waiting))
+        except BaseException:  # cancelled mid-attempt (shutdown): their claims run out
+            self._release(1 + len(endpoint.waiting))
             endpoint.waiting.clear()
             raise
         finally:
