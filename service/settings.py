@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     webhook_log_ttl: int = Field(default=7 * 86400, ge=60)
     # Live progress (SSE): how often one process polls the change counters of its streams.
     events_poll_interval: float = Field(default=0.25, ge=0.01, le=5)
+    # Abuse limits (API.md): per-plan request rates from a TOML file of [<plan>] tables
+    # (write = N, read = N per minute); unset: the defaults in service/api/ratelimit.py.
+    rate_limits: str | None = None
+    rate_limits_enabled: bool = True
 
     @property
     def worker_url(self) -> str:

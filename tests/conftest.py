@@ -26,6 +26,10 @@ import pytest
 REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_DSN = os.environ.get("TOLLGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE = os.environ.get("TOLLGATE_REQUIRE_SERVICES") == "1"
+# Request rate limits are on in production; tests that make many requests as one user would
+# trip them, so every Settings() of the suite (and every server it starts) has them off, and
+# the tests of the limits turn them on (Settings(rate_limits_enabled=True)).
+os.environ.setdefault("TOLLGATE_RATE_LIMITS_ENABLED", "0")
 
 
 def _port_open(host: str, port: int) -> bool:

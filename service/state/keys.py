@@ -169,6 +169,19 @@ class UserKeys:
         user hash."""
         return f"{self.base}:webhook-secret"
 
+    def rate(self, klass: str) -> str:
+        """string: the request class's GCRA theoretical arrival time, ms (lua/rate_limit.lua)."""
+        return f"{self.base}:rate:{klass}"
+
+    def key_rate(self, key_id: str, klass: str) -> str:
+        """string: as `rate`, for one API key of the user with a lower limit of its own."""
+        return f"{self.base}:key:{key_id}:rate:{klass}"
+
+    @property
+    def streams(self) -> str:
+        """zset: open SSE stream id -> its lease's deadline ms (lua/stream_take.lua)."""
+        return f"{self.base}:streams"
+
     def idempotency(self, key: str) -> str:
         # Hashed: a client's key becomes part of a key name, so it must have a fixed size.
         return f"{self.base}:idem:{hashlib.sha256(key.encode()).hexdigest()}"

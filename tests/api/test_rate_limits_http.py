@@ -1,0 +1,142 @@
+"""Request rate limits (API.md, "Abuse limits") over HTTP, on the three Redis back ends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api.ratelimit import BadRateLimits, load_rate_limits
+from service.history.engine import run_migrations
+from service.settings import Settings
+from tests.api.conftest import SECRET, Api, ServerThread
+from tests.conftest import free_port
+
+Serve = Callable[..., Api]
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, key_prefix: str
+            ) -> Iterator[dict[str, Any]]:
+    """The settings that pick the state store; the Redis fixtures are asked for lazily so
+    that the fakeredis case needs no service."""
+    if request.param == "fakeredis":
+        import fakeredis
+
+        import service.state.clients as clients
+
+        clients._EMBEDDED = fakeredis.FakeServer()
+        yield {}
+        return
+    url = (request.getfixturevalue("redis_url") if request.param == "redis"
+           else request.getfixturevalue("cluster_url"))
+    request.getfixturevalue("real_redis")  # deletes the prefix's keys after
+    yield {"redis_url": url, "queue_redis_url": request.getfixturevalue("redis_url"),
+           "key_prefix": key_prefix, "queue_name": key_prefix}
+
+
+@pytest.fixture
+async def serve(backend: dict[str, Any], tmp_path: Path) -> AsyncIterator[Serve]:
+    """Starts API processes (threads) on one state store and one database, limits on."""
+    database = f"sqlite:///{tmp_path}/tollgate.db"
+    run_migrations(database)
+    with ExitStack() as servers:
+        clients: list[httpx.AsyncClient] = []
+
+        def start(**overrides: Any) -> Api:
+            port = free_port()
+            settings = Settings(**{
+                "database_url": database, "public_url": f"http://127.0.0.1:{port}",
+                "jwt_secret": SECRET, "storage_dir": str(tmp_path / "files"), "flush_delay": 0,
+                "rate_limits_enabled": True, **backend, **overrides})
+            servers.enter_context(ServerThread(settings, port))
+            client = httpx.AsyncClient(base_url=settings.public_url, timeout=30)
+            clients.append(client)
+            return Api(settings.public_url, settings, client)
+
+        yield start
+        for client in clients:
+            await client.aclose()
+
+
+async def _write(api: Api, user: str) -> httpx.Response:
+    # A write on a user route that changes nothing: it is counted before the handler runs.
+    return await api.client.post("/jobs/nothing-here/cancel", headers=api.auth(user))
+
+
+def _fields(response: httpx.Response) -> dict[str, str]:
+    return {name: response.headers.get(name, "")
+            for name in ("retry-after", "ratelimit-policy", "ratelimit")}
+
+
+async def test_the_61st_write_in_a_minute_from_a_free_user_is_429(serve: Serve) -> None:
+    api = serve()
+    user, other = api.user(), api.user()
+    for n in range(60):
+        response = await _write(api, user)
+        assert response.status_code == 404, response.text
+        assert response.headers["ratelimit-policy"] == '"write";q=60;w=60'
+        assert response.headers["ratelimit"].startswith(f'"write";r={59 - n};t=')
+    refused = await _write(api, user)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["code"] == "too_many_requests"
+    fields = _fields(refused)
+    assert fields["retry-after"] == "1"  # one request frees every 60/60 s
+    assert fields["ratelimit-policy"] == '"write";q=60;w=60'
+    assert fields["ratelimit"] == '"write";r=0;t=1'
+    # Reads are a class of their own, and another user has a quota of its own.
+    me = await api.client.get("/me", headers=api.auth(user))
+    assert me.status_code == 200, me.text
+    assert me.headers["ratelimit-policy"] == '"read";q=600;w=60'
+    assert (await _write(api, other)).status_code == 404
+
+
+async def test_two_api_processes_share_one_count(serve: Serve) -> None:
+    first, second = serve(), serve()
+    user = first.user()
+    for n in range(60):
+        response = await _write(first if n % 2 else second, user)
+        assert response.status_code == 404, response.text
+    for api in (first, second):
+        assert (await _write(api, user)).status_code == 429
+
+
+async def test_limits_follow_the_plan_and_the_limits_file(serve: Serve, tmp_path: Path
+                                                          ) -> None:
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[free]\nwrite = 2\nread = 3\n\n[pro]\nwrite = 4\n")
+    api = serve(rate_limits=str(limits))
+    free, pro = api.user(), api.user()
+    await api.admin_create_user(pro, plan="pro")
+    # Admin routes are not counted: more admin writes than any quota here.
+    for _ in range(5):
+        await api.admin_create_user(api.user())
+    assert [(await _write(api, free)).status_code for _ in range(3)] == [404, 404, 429]
+    answers = [await _write(api, pro) for _ in range(5)]
+    assert [r.status_code for r in answers] == [404, 404, 404, 404, 429]
+    assert answers[0].headers["ratelimit-policy"] == '"write";q=4;w=60'
+    reads = [(await api.client.get("/me", headers=api.auth(free))).status_code
+             for _ in range(4)]
+    assert reads == [200, 200, 200, 429]
+    # Public paths carry no user and are never counted.
+    assert all([(await api.client.get("/health")).status_code == 200 for _ in range(5)])
+
+
+@pytest.mark.parametrize("text", ["[gold]\nwrite = 1\n", "[free]\nwrite = 0\n",
+                                  "[free]\nwrite = 1.5\n", "[free]\nwrite = true\n",
+                                  "[free]\nsearch = 3\n", "free = 3\n", "[free\n"])
+def test_a_bad_limits_file_stops_the_start(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "limits.toml"
+    path.write_text(text)
+    with pytest.raises(BadRateLimits):
+        load_rate_limits(str(path))
+
+
+def test_limits_are_on_by_default() -> None:
+    assert Settings.model_fields["rate_limits_enabled"].default is True
+    assert load_rate_limits(None).by_plan == {"free": {"write": 60, "read": 600},
+                                              "pro": {"write": 600, "read": 6000}}
