@@ -121,6 +121,11 @@ class Unavailable(TollgateError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+class ModelUnavailable(TollgateError):
+    status, code = 503, "model_unavailable"
+    title = "The model's processor cannot run: GET /models says why"
+
+
 class NotReady(TollgateError):
     status, code, title = 503, "not_ready", "A dependency is not answering"
 

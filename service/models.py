@@ -21,7 +21,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as ParamsViolation
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import BadArgument, UnknownModel
+from service.errors import BadArgument, ModelUnavailable, UnknownModel
 from service.settings import Settings
 
 FALLBACK_MODEL = "thumbnail"
@@ -112,6 +112,9 @@ class ModelTable:
         # Whether `{}` (what most jobs carry) is valid: decided once, not on every job.
         self._empty_valid = {name: validator.is_valid({})
                              for name, validator in self._validators.items()}
+        # Models whose processor this process found it cannot run (`tollgate dev` checks its
+        # embedded workers' at start): name -> why, one line.
+        self._unavailable: dict[str, str] = {}
 
     def __iter__(self) -> Iterator[Model]:
         return iter(self._by_name.values())
@@ -131,6 +134,32 @@ class ModelTable:
             raise UnknownModel(f"no model {name!r}; GET /models lists them",
                                models=list(self._by_name))
         return model
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        """Jobs for this model are refused (503 model_unavailable) and GET /models and the
+        job view say why: its processor cannot run where this process runs the work."""
+        self.get(name)
+        self._unavailable[name] = reason
+
+    def unavailable(self, name: str | None) -> str | None:
+        """Why the named model cannot run now, or None."""
+        return self._unavailable.get(name) if name is not None and self._unavailable else None
+
+    def check_available(self, model: Model) -> None:
+        reason = self.unavailable(model.name)
+        if reason is not None:
+            raise ModelUnavailable(reason, model=model.name)
+
+    def public_views(self) -> list[dict[str, Any]]:
+        """GET /models: each model's view, with whether its processor can run."""
+        views = []
+        for model in self:
+            view, reason = model.public_view(), self.unavailable(model.name)
+            view["available"] = reason is None
+            if reason is not None:
+                view["unavailable_reason"] = reason
+            views.append(view)
+        return views
 
     def queues(self) -> list[str]:
         return list(dict.fromkeys(model.queue for model in self))

@@ -191,8 +191,10 @@ async def run_flusher(
     stop = stop or asyncio.Event()
     signals = _stop_on_signals(stop)
     totals = FlushStats()
+    # One write per line (print writes the text and its newline apart: another thread's log
+    # line could land between them on an unbuffered console).
     print(f"flusher: {settings.buckets} buckets, every {settings.flusher_interval}s"
-          + (" (one pass)" if once else ""), flush=True)
+          + (" (one pass)" if once else "") + "\n", end="", flush=True)
     delivering = None if webhooks is None or once else asyncio.create_task(
         webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
     net = SafetyNet(core, settings)
@@ -224,7 +226,7 @@ async def run_flusher(
             asyncio.get_running_loop().remove_signal_handler(sig)
         await engine.dispose()
         await client.aclose()
-    print(f"flusher: stopped; total {totals}", flush=True)
+    print(f"flusher: stopped; total {totals}\n", end="", flush=True)
     return totals
 
 

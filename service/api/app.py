@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
+from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 
 from service.api.auth import make_jwt_auth
@@ -15,13 +16,8 @@ from service.api.connections import body_deadline_middleware
 from service.api.metrics import MetricsController, metrics_middleware
 from service.api.openapi import docs_assets, one_bearer_scheme, openapi_config
 from service.api.problems import EXCEPTION_HANDLERS
-from service.api.ratelimit import (
-    RateLimited,
-    load_rate_limits,
-    rate_limit_middleware,
-    rate_limited,
-)
 from service.api.requests import TollgateRequest
+from service.api.responses import JsonResponse
 from service.api.routes.admin import AdminController
 from service.api.routes.callbacks import job_callback
 from service.api.routes.deps import DEPENDENCIES
@@ -32,7 +28,7 @@ from service.api.routes.models import list_models
 from service.api.routes.rules import RulesController
 from service.api.routes.webhooks import WEBHOOK_HANDLERS
 from service.api.uploads import check_upload
-from service.logs import install_redaction
+from service.logs import DATE_FORMAT, FORMAT, install_redaction
 from service.models import load_models
 from service.runtime import open_runtime, storage_secret
 from service.settings import Settings, get_settings
@@ -68,13 +64,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.close()
 
     jwt_auth = make_jwt_auth(settings, secret)
-    # A bad TOLLGATE_RATE_LIMITS file stops the start, like a bad models file.
-    middleware: list[Any] = [metrics_middleware, DefineMiddleware(
-        body_deadline_middleware, timeout_s=settings.body_read_timeout)]
-    if settings.rate_limits_enabled:
-        # After the JWT middleware (Litestar puts it first), which tells the user.
-        middleware.append(DefineMiddleware(rate_limit_middleware,
-                                           limits=load_rate_limits(settings.rate_limits)))
     load_models(settings)  # a bad TOLLGATE_MODELS file stops the start, not a request
     handlers: list[Any] = [get_me, list_models, RulesController, JobsController, job_callback,
                            AdminController, health, ready, MetricsController, docs_assets(),
@@ -90,10 +79,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies=DEPENDENCIES,
-        exception_handlers={**EXCEPTION_HANDLERS, RateLimited: rate_limited},
+        exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[jwt_auth.on_app_init, one_bearer_scheme],
-        middleware=middleware,
+        middleware=[metrics_middleware, DefineMiddleware(
+            body_deadline_middleware, timeout_s=settings.body_read_timeout)],
         request_class=TollgateRequest,
+        response_class=JsonResponse,
+        # Litestar's own lines in the console's one format; the root logger stays the one
+        # `tollgate` set up (service.logs), not replaced by Litestar's.
+        logging_config=LoggingConfig(
+            configure_root_logger=False,
+            formatters={"standard": {"format": FORMAT, "datefmt": DATE_FORMAT}}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=openapi_config(version="0.1.0"),
         debug=False,

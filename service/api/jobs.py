@@ -104,6 +104,7 @@ async def _prepare(rt: Runtime, user_id: str, body: JobCreate
     preset: Preset = await job_preset(rt, user_id, body)
     model = model_for_items(rt.models.get(preset.model), body.items)
     rt.models.check_params(model, preset.params)
+    rt.models.check_available(model)  # 503 model_unavailable: no worker here can run it
     for item in body.items:
         if item.size > settings.max_item_size:
             raise BadArgument(f"item {item.name!r} is larger than {settings.max_item_size} bytes"
@@ -210,6 +211,9 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
             job.finished_at, job.results_deleted_at if isinstance(job, JobLog) else None,
             rt.settings.result_ttl),
     }
+    unavailable = rt.models.unavailable(job.model)
+    if unavailable is not None and job.finished_at is None:  # it waits for a worker
+        view["model_unavailable"] = unavailable
     if with_items and job.items is not None:
         view["items"] = [_item_view(rt, job.id, item, view["result_expired"])
                          for item in job.items]

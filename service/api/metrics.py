@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from litestar import Controller, Response, get
+from litestar import Controller, Response, get, head
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -107,6 +107,10 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+# Litestar adds the charset of a text/ media type itself: named once, not twice.
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
 class MetricsController(Controller):
     """GET /metrics: this process's request metrics, then the business counters from Redis
     (left out, with a log line, while Redis is unreachable: the rest still gets scraped)."""
@@ -125,4 +129,8 @@ class MetricsController(Controller):
                                            rt.models.queues())
         except (RedisError, OSError) as error:
             log.warning("business metrics left out of this scrape: %s", error)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, media_type=METRICS_MEDIA_TYPE)
+
+    @head(media_type=METRICS_MEDIA_TYPE)
+    async def metrics_head(self) -> None:
+        """HEAD /metrics: a probe's check that the endpoint is there, without a scrape."""

@@ -19,6 +19,7 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLTimeoutError
 
+from service.api.responses import JsonResponse
 from service.errors import (
     BadArgument,
     Forbidden,
@@ -55,7 +56,7 @@ def problem(
         body["detail"] = detail
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return JsonResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _tollgate_error(_: Request[Any, Any, Any], exc: TollgateError) -> Response[Any]:

@@ -298,6 +298,8 @@ class JobView(msgspec.Struct, forbid_unknown_fields=True):
     webhook: WebhookView | UnsetType | None = UNSET
     # True once the outputs are deleted (TOLLGATE_RESULT_TTL after finished_at): no result_url.
     result_expired: bool | UnsetType = UNSET
+    # Set while the job waits for a model whose processor cannot run: why, one line.
+    model_unavailable: str | UnsetType = UNSET
     items: list[ItemView] | UnsetType = UNSET  # on a single job, not in lists
 
 
@@ -331,6 +333,10 @@ class ModelView(msgspec.Struct, forbid_unknown_fields=True):
     content_types: list[str]
     default: bool
     params_schema: dict[str, Any] | None = None  # a JSON Schema for job and rule params
+    # False when its processor cannot run (not importable where the work runs): jobs for it
+    # are refused, 503 model_unavailable, and unavailable_reason says why.
+    available: bool = True
+    unavailable_reason: str | UnsetType = UNSET
 
 
 class ModelList(msgspec.Struct, forbid_unknown_fields=True):

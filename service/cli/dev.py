@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
 
 import uvicorn
@@ -19,7 +21,12 @@ import uvicorn
 from service.api.app import create_app
 from service.api.auth import issue_token
 from service.api.webhook_log import webhook_job_view
-from service.cli.main import generated_secret
+from service.cli.main import (
+    default_public_url,
+    generated_secret,
+    processor_problem,
+    redis_or_exit,
+)
 from service.cli.serve import uvicorn_options
 from service.history.engine import run_migrations
 from service.settings import Settings
@@ -69,14 +76,38 @@ class FlusherThread(threading.Thread):
         self.join(timeout)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before anything is printed: a taken port ends the start with
+    one line (exit 2) instead of a banner followed by uvicorn's error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        print(f"tollgate dev: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(f"tollgate dev: port {port} on {host} is taken ({exc.strerror}): stop what "
+              f"listens there, or pick another port: tollgate dev --port {port + 1}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_dev(*, host: str, port: int) -> int:
+    sock = listening_socket(host, port)
     overrides: dict[str, object] = {}
     if not os.environ.get("TOLLGATE_JWT_SECRET"):
         overrides["jwt_secret"] = generated_secret()
     if not os.environ.get("TOLLGATE_PUBLIC_URL"):
-        overrides["public_url"] = f"http://{host}:{port}"
+        overrides["public_url"] = default_public_url(host, port)
     settings = Settings(**overrides)  # type: ignore[arg-type]
     assert settings.jwt_secret
+    redis_or_exit(settings)
     run_migrations(settings.database_url)
 
     from service.models import load_models
@@ -98,8 +129,18 @@ def run_dev(*, host: str, port: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    # A worker thread per model queue, each with its model's processor.
-    served = {model.queue: model.processor for model in load_models(settings)}
+    # A worker thread per model queue, each with its model's processor; a model whose
+    # processor cannot be loaded here is marked unavailable (its jobs are refused, 503).
+    models = load_models(settings)
+    unavailable: list[str] = []
+    served: dict[str, str] = {}
+    for model in models:
+        problem = processor_problem(model.name, model.processor, setup=True)
+        if problem is None:
+            served[model.queue] = model.processor
+        else:
+            models.mark_unavailable(model.name, problem)
+            unavailable.append(problem)
     workers = [start_embedded_worker_thread(settings, queue_redis(settings), queue, processor)
                for queue, processor in served.items()]
     flusher = FlusherThread(settings)
@@ -117,9 +158,11 @@ def run_dev(*, host: str, port: int) -> int:
         f"  secret:  TOLLGATE_JWT_SECRET={settings.jwt_secret}",
         f"  token:   {token}",
         f"  admin:   {admin}",
-        "next, in another shell:",
-        f"  curl -s -H 'Authorization: Bearer {token}' {settings.public_url}/me",
-        f"  tollgate demo --url {settings.public_url} --token {token}",
+        *(f"  UNAVAILABLE {problem}" for problem in unavailable),
+        "next, in another shell (the docs' examples read these three variables):",
+        f"  export TG_URL={settings.public_url} TG_TOKEN={token} TG_ADMIN={admin}",
+        '  curl -s -H "Authorization: Bearer $TG_TOKEN" $TG_URL/me',
+        '  tollgate demo --url $TG_URL --token $TG_TOKEN',
         f"  {inspect_env}tollgate inspect user dev-user",
     ]
     print("\n".join(lines), flush=True)
@@ -128,12 +171,13 @@ def run_dev(*, host: str, port: int) -> int:
             server = uvicorn.Server(uvicorn.Config(
                 create_app(settings), host=host, port=port, log_level="warning",
                 **uvicorn_options(settings)))
-            server.run()
+            server.run(sockets=[sock])
     finally:
         for worker in workers:
             worker.stop()
         flusher.stop()
         if over_tcp is not None:
             over_tcp.close()
+        sock.close()
         print("tollgate dev: stopped", flush=True)
     return 0

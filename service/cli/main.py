@@ -25,8 +25,83 @@ def parse_ttl(text: str) -> int:
 
 def _secret_or_exit(settings: Settings) -> str:
     if not settings.jwt_secret:
-        sys.exit("TOLLGATE_JWT_SECRET is not set (tokens are signed with it)")
+        sys.exit("TOLLGATE_JWT_SECRET is not set (tokens are signed with it): against a "
+                 "`tollgate dev`, export the TOLLGATE_JWT_SECRET=... that its `secret:` line "
+                 "prints")
     return settings.jwt_secret
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tollgate")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def default_public_url(host: str, port: int) -> str:
+    """The URL clients are handed when TOLLGATE_PUBLIC_URL is unset: the server's own address
+    (a wildcard address is reached on the loopback one)."""
+    reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in reach:  # an IPv6 literal
+        reach = f"[{reach}]"
+    return f"http://{reach}:{port}"
+
+
+def redis_or_exit(settings: Settings) -> None:
+    """One PING to each configured Redis; an unreachable one ends the command with one line
+    (not a traceback from deep inside the first request)."""
+    from service.state.clients import queue_redis, state_redis
+
+    async def ping_state() -> None:
+        client = state_redis(settings)
+        try:
+            await asyncio.wait_for(client.ping(), 5)
+        finally:
+            await client.aclose()
+
+    checks: list[tuple[str, str, Any]] = []
+    if settings.redis_url is not None:
+        checks.append(("TOLLGATE_REDIS_URL", settings.redis_url,
+                       lambda: asyncio.run(ping_state())))
+    queue_url = settings.queue_redis_url
+    if queue_url is not None and queue_url != settings.redis_url:
+        checks.append(("TOLLGATE_QUEUE_REDIS_URL", queue_url,
+                       lambda: queue_redis(settings).ping()))
+    for variable, url, ping in checks:
+        try:
+            ping()
+        except Exception as exc:  # any failure to connect ends the start the same way
+            where = url.rsplit("@", 1)[-1]  # never print a password
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            sys.exit(f"cannot reach Redis at {where} ({variable}): {reason}; start it, or "
+                     f"fix {variable} (unset, `tollgate dev` runs an embedded one)")
+
+
+def processor_problem(model_name: str, spec: str, *, setup: bool) -> str | None:
+    """Why a model's processor cannot run in this process (its module or one it imports is
+    missing, or its setup() fails to import something), as one line; None when it loads."""
+    from workers.jobs import preload
+
+    try:
+        preload(spec, setup=setup)
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        if missing.split(".")[0] == "torch":
+            return (f"model {model_name!r}: processor {spec} needs torch, which is not "
+                    f"installed: pip install -e '.[gpu]' (the gpu extra)")
+        module = spec.partition(":")[0]
+        if missing == module or module.startswith(missing + "."):
+            return (f"model {model_name!r}: processor module {module!r} cannot be imported "
+                    f"(No module named {missing!r}): put the folder that holds it on "
+                    f"PYTHONPATH (e.g. PYTHONPATH=.), or install its package")
+        return (f"model {model_name!r}: processor {spec} imports {missing!r}, which is not "
+                f"installed: install the package that provides it")
+    except (AttributeError, TypeError, ValueError) as exc:  # a bad `module:name`
+        return f"model {model_name!r}: processor {spec!r} cannot be loaded: {exc}"
+    return None
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -53,8 +128,16 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    import os
+
+    if not os.environ.get("TOLLGATE_PUBLIC_URL"):
+        # Every server process reads its settings from the environment: the URLs they hand
+        # out point at this server unless the variable names another address.
+        os.environ["TOLLGATE_PUBLIC_URL"] = default_public_url(args.host, args.port)
+        get_settings.cache_clear()
     settings = get_settings()
     _secret_or_exit(settings)
+    redis_or_exit(settings)
     if settings.embedded_redis and args.workers > 1:
         sys.exit("the embedded fakeredis lives in one process: set TOLLGATE_REDIS_URL "
                  "to run several API processes (or use `tollgate dev`)")
@@ -95,6 +178,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     queue, processor = worker_target(settings, args.model, args.queue)
+    redis_or_exit(settings)
+    # A forking worker must not run setup() in its parent (CUDA): only the import then.
+    problem = processor_problem(args.model or queue, processor, setup=not args.fork)
+    if problem is not None:
+        sys.exit(problem)
     run_worker(settings, queue_redis(settings), queue_name=queue, processor=processor,
                burst=args.burst, fork=args.fork)
     return 0
@@ -104,6 +192,7 @@ def cmd_flusher(args: argparse.Namespace) -> int:
     from service.api.webhook_log import webhook_job_view
     from service.sweeper import run_flusher_with_requeue
 
+    redis_or_exit(get_settings())
     asyncio.run(run_flusher_with_requeue(get_settings(), once=args.once,
                                          job_view=webhook_job_view))
     return 0
@@ -142,6 +231,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if settings.embedded_redis:
         sys.exit("inspect reads a shared Redis: set TOLLGATE_REDIS_URL (under `tollgate dev`, "
                  "the URL it prints)")
+    redis_or_exit(settings)
     report: dict[str, Any] = asyncio.run(
         inspect_user(settings, args.id) if args.what == "user" else inspect_job(settings, args.id)
     )
@@ -160,6 +250,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.embedded_redis:
         sys.exit("audit reads a shared Redis: set TOLLGATE_REDIS_URL")
+    redis_or_exit(settings)
     return asyncio.run(audit(settings, args.user))
 
 
@@ -169,26 +260,50 @@ def cmd_rebucket(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.embedded_redis:
         sys.exit("rebucket moves keys in a shared Redis: set TOLLGATE_REDIS_URL")
+    redis_or_exit(settings)
     return asyncio.run(run_rebucket(settings, args.to, dry_run=args.dry_run))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (none shown for flags and for None)."""
 
-    dev = sub.add_parser("dev", help="API + worker + flusher in one process")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool) or action.default is \
+                argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _listen(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help=f"the address {what} listens on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help=f"the port {what} listens on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tollgate {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(
+            name, help=text, description=text, formatter_class=_HelpFormatter)
+        return made
+
+    dev = command("dev", "API + worker + flusher in one process, on the embedded defaults "
+                         "(or the services TOLLGATE_* names)")
+    _listen(dev, "the API")
     dev.set_defaults(run=cmd_dev)
 
-    api = sub.add_parser("api", help="the API server")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api = command("api", "the API server (TOLLGATE_PUBLIC_URL defaults to --host and --port)")
+    _listen(api, "the API")
     api.add_argument("--workers", type=int, default=1, help="server processes")
-    api.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    api.add_argument("--server", choices=["granian", "uvicorn"], default="granian",
+                     help="the ASGI server")
     api.set_defaults(run=cmd_api)
 
-    worker = sub.add_parser("worker", help="an RQ worker for GPU items of one model")
+    worker = command("worker", "an RQ worker for the items of one model")
     worker.add_argument("--model", default=None,
                         help="the model to serve: its queue and processor (default: the "
                              "default model)")
@@ -203,43 +318,48 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-fork", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=cmd_worker)
 
-    flusher = sub.add_parser("flusher", help="flush finished jobs, expire holds and leases")
+    flusher = command("flusher", "flush finished jobs, expire holds and leases")
     flusher.add_argument("--once", action="store_true", help="one pass over every bucket")
     flusher.set_defaults(run=cmd_flusher)
 
-    sub.add_parser("migrate", help="create or upgrade the SQL schema").set_defaults(
-        run=cmd_migrate)
+    command("migrate", "create or upgrade the SQL schema").set_defaults(run=cmd_migrate)
 
-    token = sub.add_parser("token", help="print a signed token")
-    token.add_argument("user_id")
-    token.add_argument("--admin", action="store_true")
-    token.add_argument("--ttl", type=parse_ttl, default=3600, help="e.g. 3600, 30m, 1h, 7d")
+    token = command("token", "print a token signed with TOLLGATE_JWT_SECRET")
+    token.add_argument("user_id", help="the user the token is for (its `sub`)")
+    token.add_argument("--admin", action="store_true",
+                       help="an admin token (role admin): the /admin calls")
+    token.add_argument("--ttl", type=parse_ttl, default=3600,
+                       help="how long it stays valid: seconds, or 30m, 1h, 7d")
     token.set_defaults(run=cmd_token)
 
-    demo = sub.add_parser("demo", help="run a real job end to end against a running API")
-    demo.add_argument("--url", default=None, help="API base URL (TOLLGATE_PUBLIC_URL)")
-    demo.add_argument("--token", default=None, help="bearer token (default: signs one)")
-    demo.add_argument("--user", default="demo-user")
-    demo.add_argument("--items", type=int, default=8)
+    demo = command("demo", "run a real job end to end against a running API")
+    demo.add_argument("--url", default=None,
+                      help="API base URL (default: TOLLGATE_PUBLIC_URL)")
+    demo.add_argument("--token", default=None,
+                      help="bearer token (default: one signed with TOLLGATE_JWT_SECRET for "
+                           "--user)")
+    demo.add_argument("--user", default="demo-user",
+                      help="the user the signed token is for (without --token)")
+    demo.add_argument("--items", type=int, default=8, help="generated images in the job")
     demo.set_defaults(run=cmd_demo)
 
-    inspect = sub.add_parser("inspect", help="show the Redis keys behind a user or job, or "
-                                               "the records SQL refused to flush")
-    inspect.add_argument("what", choices=["user", "job", "failures"])
-    inspect.add_argument("id", nargs="?", default=None)
+    inspect = command("inspect", "show the Redis keys behind a user or job, or the records "
+                                 "SQL refused to flush")
+    inspect.add_argument("what", choices=["user", "job", "failures"], help="what to show")
+    inspect.add_argument("id", nargs="?", default=None, help="the user or job id")
     inspect.add_argument("--retry", nargs="?", const="all", default=None, metavar="ID",
                          help="failures: write them (or only failure ID) to SQL again, after "
                               "a fix; a written one leaves the list")
     inspect.set_defaults(run=cmd_inspect)
 
-    audit = sub.add_parser("audit", help="compare each user's credits in Redis with the SQL "
-                                         "ledger and job history; exit 1 on any difference")
-    audit.add_argument("--user", default=None, metavar="ID", help="check one user")
+    audit = command("audit", "compare each user's credits in Redis with the SQL ledger and "
+                             "job history; exit 1 on any difference")
+    audit.add_argument("--user", default=None, metavar="ID",
+                       help="check one user (default: every user)")
     audit.set_defaults(run=cmd_audit)
 
-    rebucket = sub.add_parser("rebucket", help="move every user's Redis keys to a new "
-                                               "TOLLGATE_BUCKETS (API, workers and flusher "
-                                               "stopped; only growing)")
+    rebucket = command("rebucket", "move every user's Redis keys to a new TOLLGATE_BUCKETS "
+                                   "(API, workers and flusher stopped; only growing)")
     rebucket.add_argument("--to", type=int, required=True, metavar="N",
                           help="the new bucket count (TOLLGATE_BUCKETS is the current one)")
     rebucket.add_argument("--dry-run", action="store_true", help="count, move nothing")

@@ -100,3 +100,206 @@ async def test_audit_exits_1_on_a_difference_and_0_without(
     found = tollgate("audit", "--user", "ann", **env)
     assert found.returncode == 1, found.stdout + found.stderr
     assert "DIFFERENCE ann: spent vs -SUM(charges): redis 3, sql 0" in found.stdout
+
+
+# A newcomer's first hour (issue 18): each start-up friction ends in one clear line.
+
+def one_line(text: str) -> str:
+    """The only line of `text`, which must not be a traceback."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def test_version_is_the_installed_one() -> None:
+    from importlib.metadata import version
+
+    done = tollgate("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"tollgate {version('tollgate')}"
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    import argparse
+
+    from service.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    checked = 0
+    for name, sub in commands.choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, (name, action.dest)
+            checked += 1
+            if action.default is not None and not isinstance(action.default, bool) \
+                    and action.option_strings:
+                shown = f"(default: {action.default})"
+                assert shown in " ".join(text.split()), (name, action.dest, text)
+    assert checked >= 20
+    for name, option, default in (("dev", "--port", "8000"), ("api", "--host", "127.0.0.1"),
+                                  ("demo", "--user", "demo-user")):
+        help_text = " ".join(tollgate(name, "--help").stdout.split())
+        assert option in help_text and f"(default: {default})" in help_text, help_text
+
+
+def test_api_hands_out_urls_on_its_own_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.cli.serve
+    from service.cli.main import main
+    from service.settings import get_settings
+
+    served: list[str] = []
+    monkeypatch.setattr(service.cli.serve, "serve",
+                        lambda *_, **__: served.append(get_settings().public_url))
+    for name in [name for name in os.environ if name.startswith("TOLLGATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TOLLGATE_JWT_SECRET", SECRET)
+    get_settings.cache_clear()
+    try:
+        assert main(["api", "--port", "8808", "--server", "uvicorn"]) == 0
+        monkeypatch.delenv("TOLLGATE_PUBLIC_URL")  # set by that run for its processes
+        get_settings.cache_clear()
+        assert main(["api", "--host", "0.0.0.0", "--port", "8809"]) == 0
+        monkeypatch.setenv("TOLLGATE_PUBLIC_URL", "https://api.example.com")
+        get_settings.cache_clear()
+        assert main(["api", "--port", "8810"]) == 0  # the variable, when set, wins
+    finally:
+        get_settings.cache_clear()
+    assert served == ["http://127.0.0.1:8808", "http://127.0.0.1:8809",
+                      "https://api.example.com"]
+
+
+def test_dev_refuses_a_taken_port_before_printing_anything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "service.cli.main", "dev", "--port",
+                               str(port)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env={**{k: v for k, v in os.environ.items()
+                                                 if not k.startswith("TOLLGATE_")},
+                                              "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    line = one_line(done.stderr)
+    assert f"port {port}" in line and "--port" in line
+    assert not (tmp_path / "tollgate.db").exists()  # it stopped before doing anything
+
+
+@pytest.mark.parametrize("args", [("flusher", "--once"), ("worker", "--burst"),
+                                  ("inspect", "user", "ann"), ("api",)])
+def test_an_unreachable_redis_is_one_line(args: tuple[str, ...]) -> None:
+    from tests.conftest import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    done = tollgate(*args, TOLLGATE_REDIS_URL=url, TOLLGATE_JWT_SECRET=SECRET,
+                    TOLLGATE_DATABASE_URL="sqlite:///:memory:")
+    assert done.returncode != 0
+    line = one_line(done.stderr)
+    assert "cannot reach Redis at 127.0.0.1:" in line and "TOLLGATE_REDIS_URL" in line, line
+    assert "hunter2" not in line
+
+
+NEGATIVE_MODELS = """
+[models.thumbnail]
+processor = "workers.processors.thumbnail:make_thumbnails"
+price_per_item = 1
+[models.negative]
+processor = "negative:Negative"
+price_per_item = 2
+[models.edges]
+processor = "workers.processors.torch_batch:EdgeMaps"
+price_per_item = 3
+"""
+
+
+def test_a_worker_whose_processor_does_not_import_says_how_to_fix_it(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(NEGATIVE_MODELS)
+    done = tollgate("worker", "--model", "negative", "--burst", TOLLGATE_MODELS=str(models))
+    assert done.returncode != 0
+    line = one_line(done.stderr)
+    assert "'negative'" in line and "PYTHONPATH" in line and "install" in line, line
+
+    # The module on PYTHONPATH: the same worker starts (and, --burst, ends at once).
+    (tmp_path / "negative.py").write_text(
+        "class Negative:\n    def __call__(self, items):\n        return []\n")
+    done = tollgate("worker", "--model", "negative", "--burst", TOLLGATE_MODELS=str(models),
+                    PYTHONPATH=f"{ROOT}:{tmp_path}")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_missing_torch_names_the_gpu_extra(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(NEGATIVE_MODELS)
+    # A torch that is not there, whatever this machine has installed.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    done = tollgate("worker", "--model", "edges", "--burst", TOLLGATE_MODELS=str(models),
+                    PYTHONPATH=f"{tmp_path}:{ROOT}")
+    assert done.returncode != 0
+    line = one_line(done.stderr)
+    assert "torch" in line and "'.[gpu]'" in line, line
+
+
+def test_token_without_a_secret_points_at_devs_secret_line() -> None:
+    done = tollgate("token", "alice")
+    assert done.returncode != 0
+    assert "secret:" in one_line(done.stderr)
+
+
+async def test_a_model_that_cannot_run_is_reported_and_refused(tmp_path: Path) -> None:
+    """Under `tollgate dev` a model whose processor does not load is marked unavailable:
+    GET /models and a waiting job's view say why, POST /jobs for it is 503."""
+    import fakeredis
+    import httpx
+
+    import service.state.clients as clients
+    from service.api.auth import issue_token
+    from service.history.engine import run_migrations
+    from service.models import load_models
+    from service.settings import Settings
+    from tests.api.conftest import ServerThread
+    from tests.conftest import free_port
+
+    clients._EMBEDDED = fakeredis.FakeServer()
+    models = tmp_path / "models.toml"
+    models.write_text(NEGATIVE_MODELS)
+    port = free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/t.db", jwt_secret=SECRET,
+                        public_url=f"http://127.0.0.1:{port}", models=str(models),
+                        storage_dir=str(tmp_path / "files"))
+    run_migrations(settings.database_url)
+    png = {"name": "a.png", "content_type": "image/png", "size": 100}
+    auth = {"Authorization": f"Bearer {issue_token(SECRET, 'ann', ttl_s=600)}"}
+    with ServerThread(settings, port):
+        async with httpx.AsyncClient(base_url=settings.public_url, headers=auth) as client:
+            waiting = await client.post("/jobs", json={"items": [png], "model": "negative"})
+            assert waiting.status_code == 201, waiting.text
+            listed = (await client.get("/models")).json()["items"]
+            assert all(model["available"] for model in listed)
+            assert "model_unavailable" not in (await client.get(
+                f"/jobs/{waiting.json()['id']}")).json()
+
+            reason = "model 'negative': processor module 'negative' cannot be imported"
+            load_models(settings).mark_unavailable("negative", reason)
+            listed = {m["name"]: m for m in (await client.get("/models")).json()["items"]}
+            assert listed["negative"]["available"] is False
+            assert listed["negative"]["unavailable_reason"] == reason
+            assert listed["thumbnail"]["available"] is True
+            assert "unavailable_reason" not in listed["thumbnail"]
+            view = (await client.get(f"/jobs/{waiting.json()['id']}")).json()
+            assert view["model_unavailable"] == reason
+            refused = await client.post("/jobs", json={"items": [png], "model": "negative"})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "model_unavailable"
+            assert refused.json()["detail"] == reason
+            await client.post(f"/jobs/{waiting.json()['id']}/cancel")
+            other = await client.post("/jobs", json={"items": [png]})
+            assert other.status_code == 201, other.text

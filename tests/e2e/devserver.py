@@ -55,10 +55,11 @@ class Dev:
 
 
 @contextmanager
-def tollgate_dev(folder: Path, ready_s: float = 60) -> Iterator[Dev]:
+def tollgate_dev(folder: Path, ready_s: float = 60, extra_env: dict[str, str] | None = None
+                 ) -> Iterator[Dev]:
     """`tollgate dev` in `folder`, once /ready answers 200; killed (its whole process tree)
-    on the way out, whatever happened."""
-    env = bare_env()
+    on the way out, whatever happened. `extra_env`: settings to run it with."""
+    env = {**bare_env(), **(extra_env or {})}
     port = free_port()
     log_path = folder / "dev.log"
     with log_path.open("wb") as log:

@@ -11,4 +11,4 @@ from service.runtime import Runtime
 @get("/models", summary="The models a job can run on, with their prices and limits",
      tags=["models"], responses=refusals())
 async def list_models(rt: NamedDependency[Runtime]) -> ModelList:
-    return body(ModelList, {"items": [model.public_view() for model in rt.models]})
+    return body(ModelList, {"items": rt.models.public_views()})
