@@ -16,6 +16,12 @@ from service.api.connections import body_deadline_middleware
 from service.api.metrics import MetricsController, metrics_middleware
 from service.api.openapi import docs_assets, one_bearer_scheme, openapi_config
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.ratelimit import (
+    RateLimited,
+    load_rate_limits,
+    rate_limit_middleware,
+    rate_limited,
+)
 from service.api.requests import TollgateRequest
 from service.api.responses import JsonResponse
 from service.api.routes.admin import AdminController
@@ -64,6 +70,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.close()
 
     jwt_auth = make_jwt_auth(settings, secret)
+    # A bad TOLLGATE_RATE_LIMITS file stops the start, like a bad models file.
+    middleware: list[Any] = [metrics_middleware, DefineMiddleware(
+        body_deadline_middleware, timeout_s=settings.body_read_timeout)]
+    if settings.rate_limits_enabled:
+        # After the JWT middleware (Litestar puts it first), which tells the user.
+        middleware.append(DefineMiddleware(rate_limit_middleware,
+                                           limits=load_rate_limits(settings.rate_limits)))
     load_models(settings)  # a bad TOLLGATE_MODELS file stops the start, not a request
     handlers: list[Any] = [get_me, list_models, RulesController, JobsController, job_callback,
                            AdminController, health, ready, MetricsController, docs_assets(),
@@ -79,10 +92,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies=DEPENDENCIES,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, RateLimited: rate_limited},
         on_app_init=[jwt_auth.on_app_init, one_bearer_scheme],
-        middleware=[metrics_middleware, DefineMiddleware(
-            body_deadline_middleware, timeout_s=settings.body_read_timeout)],
+        middleware=middleware,
         request_class=TollgateRequest,
         response_class=JsonResponse,
         # Litestar's own lines in the console's one format; the root logger stays the one
