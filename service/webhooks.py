@@ -77,10 +77,23 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+# IPv6 ranges whose addresses carry an IPv4 address that a gateway on the way may reach:
+# IPv4-compatible (::a.b.c.d), NAT64 (RFC 6052, RFC 8215), 6to4 and Teredo. Refused even
+# where private targets are allowed: a receiver never needs them, and on a NAT64 network they
+# lead to internal and metadata addresses.
+EMBEDDED_IPV4_NETWORKS = tuple(ipaddress.IPv6Network(net) for net in (
+    "::/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32"))
+
+
 def address_allowed(address: str, allow_private: bool) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip == ipaddress.IPv6Address("::1"):
+            pass  # loopback, decided below like 127.0.0.1
+        elif any(ip in network for network in EMBEDDED_IPV4_NETWORKS):
+            return False
     if ip.is_multicast or ip.is_unspecified:
         return False
     return allow_private or ip.is_global
@@ -96,6 +109,11 @@ def _split(url: str) -> tuple[str, str, int]:
         raise WebhookUrlNotAllowed("the webhook URL must be http:// or https:// with a host")
     if parts.username or parts.password:
         raise WebhookUrlNotAllowed("the webhook URL must not carry credentials")
+    try:  # a name the resolver cannot encode ('a..b', a label over 63 characters)
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise WebhookUrlNotAllowed(f"the webhook host {parts.hostname!r} is not a valid "
+                                   "host name") from exc
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 

@@ -61,3 +61,35 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
     assert sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
                 1614265330, b'{"test": 2432232314}') == \
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+# IPv6 forms that carry an IPv4 address (API.md, "Abuse limits"): on a NAT64 or 6to4 network
+# they reach the embedded address, here loopback and the metadata service.
+EMBEDDED_IPV4 = ["http://[::127.0.0.1]/hook", "http://[::7f00:1]/hook",
+                 "http://[64:ff9b::127.0.0.1]/hook", "http://[64:ff9b:1::7f00:1]/hook",
+                 "http://[2002:7f00:1::1]/hook", "http://[64:ff9b::a9fe:a9fe]/hook",
+                 "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook"]
+
+
+@pytest.mark.parametrize("url", EMBEDDED_IPV4)
+async def test_an_ipv6_form_embedding_ipv4_is_refused_even_where_private_is_allowed(
+        embedded_api: Api, url: str) -> None:
+    api = embedded_api
+    response = await api.client.post("/jobs", headers=api.auth(api.user()), json={
+        "items": items(1), "webhook": {"url": url}})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "webhook_url_not_allowed"
+    with pytest.raises(WebhookUrlNotAllowed):
+        await resolve_allowed(url, True)
+
+
+@pytest.mark.parametrize("url", ["http://a..b/hook", f"http://{'a' * 64}.example.com/hook"])
+@pytest.mark.parametrize("path", ["/jobs", "/rules"])
+async def test_a_host_name_idna_cannot_encode_is_422_not_500(
+        embedded_api: Api, url: str, path: str) -> None:
+    api = embedded_api
+    body = {"items": items(1), "webhook": {"url": url}} if path == "/jobs" else {
+        "name": "hooked", "webhook": {"url": url}}
+    response = await api.client.post(path, headers=api.auth(api.user()), json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "webhook_url_not_allowed"
