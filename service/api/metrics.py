@@ -10,6 +10,7 @@ this middleware looks each label set up once and keeps the children.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
@@ -107,23 +108,48 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def request_registry() -> CollectorRegistry:
+    """What a scrape reports: this process's registry; in multiprocess mode (PROMETHEUS_
+    MULTIPROC_DIR, which `tollgate api` sets for its processes: service.cli.serve) the sum
+    over the files every process of the server writes, so any process answers the same
+    totals. Counters and histograms of a process that died stay in the sum; its in-progress
+    gauge (livesum) is dropped here, as no server hook tells us when a process dies."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return REGISTRY
+    for live in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        pid = int(live.rsplit("_", 1)[1].removesuffix(".db"))
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 # Litestar adds the charset of a text/ media type itself: named once, not twice.
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
 class MetricsController(Controller):
-    """GET /metrics: this process's request metrics, then the business counters from Redis
-    (left out, with a log line, while Redis is unreachable: the rest still gets scraped)."""
+    """GET /metrics: the request metrics of every process of this server, then the business
+    counters from Redis (left out, with a log line, while Redis is unreachable: the rest
+    still gets scraped)."""
 
     path = "/metrics"
 
     @get()
     async def metrics(self, rt: NamedDependency[Runtime]) -> Response[bytes]:
-        registry = REGISTRY
-        if "prometheus_multiproc_dir" in os.environ or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
+        body = generate_latest(request_registry())
         try:
             body += await business_metrics(rt.core, rt.queue_connection,
                                            rt.models.queues())
@@ -131,6 +157,6 @@ class MetricsController(Controller):
             log.warning("business metrics left out of this scrape: %s", error)
         return Response(body, media_type=METRICS_MEDIA_TYPE)
 
-    @head(media_type=METRICS_MEDIA_TYPE)
+    @head(media_type=METRICS_MEDIA_TYPE, include_in_schema=False)
     async def metrics_head(self) -> None:
         """HEAD /metrics: a probe's check that the endpoint is there, without a scrape."""

@@ -1,7 +1,21 @@
-"""Runs an ASGI app factory under granian or uvicorn with N processes."""
+"""Runs an ASGI app factory under granian or uvicorn with N processes.
+
+The processes share their request metrics through prometheus_client's multiprocess mode:
+`serve` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before the server starts its
+processes (they inherit it, and each writes its samples to files there), and every scrape,
+whichever process answers it, sums the files of all of them (service.api.metrics). The
+folder is removed when the server stops; one the operator set is used as it is (it must be
+empty at start).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from service.settings import Settings, get_settings
@@ -23,10 +37,39 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"timeout_keep_alive": settings.keepalive_timeout}
 
 
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared_metrics() -> Iterator[str]:
+    """PROMETHEUS_MULTIPROC_DIR for this process and the ones it starts, while it serves."""
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        yield given
+        return
+    if "service.api.metrics" in sys.modules:
+        # prometheus_client picks per-process or file-backed values when a metric is made;
+        # forked server processes would inherit per-process ones and no scrape would see them.
+        raise RuntimeError("service.api.metrics was imported before the metrics folder was set")
+    path = tempfile.mkdtemp(prefix="tollgate-metrics-")
+    os.environ[MULTIPROC_DIR] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_DIR, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def serve(factory: str, *, host: str, port: int, workers: int,
           server: Literal["granian", "uvicorn"] = "granian",
           settings: Settings | None = None) -> None:
-    settings = settings or get_settings()
+    with shared_metrics():
+        _serve(factory, host=host, port=port, workers=workers, server=server,
+               settings=settings or get_settings())
+
+
+def _serve(factory: str, *, host: str, port: int, workers: int,
+           server: Literal["granian", "uvicorn"], settings: Settings) -> None:
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
