@@ -15,7 +15,8 @@
 -- KEYS[14] bucket counters tg:{b}:counters (includes/stats.lua)
 --
 -- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] callback key
--- ARGV[4] item index (0-based)  ARGV[5] '1' ok | '0' failed  ARGV[6] output key or error
+-- ARGV[4] item index (0-based)  ARGV[5] '1' ok | '0' failed | '2' failed, billable
+--   (includes/count_items.lua)  ARGV[6] output key or error
 -- ARGV[7] now ms  ARGV[8] new lease deadline ms  ARGV[9] flush due ms
 --
 -- Returns {code, state, done, failed, total} with code one of
@@ -29,16 +30,19 @@
 -- @include key_types
 -- @include count_items
 local job_id, owner, cb_key = ARGV[1], ARGV[2], ARGV[3]
-local index, ok, detail = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local index, outcome, detail = tonumber(ARGV[4]), item_flag(ARGV[5]), ARGV[6]
 local now, lease_deadline, flush_due = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 if not now or not lease_deadline or not flush_due then return {'bad_argument', 'time'} end
+if not outcome then return {'bad_argument', 'ok'} end
+local ok, billable = outcome[1], outcome[2]
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
   {KEYS[4], 'hash'}, {KEYS[5], 'set'}, {KEYS[6], 'zset'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
   {KEYS[9], 'zset'}, {KEYS[10], 'list'}, {KEYS[11], 'hash'}, {KEYS[12], 'zset'},
   {KEYS[13], 'set'}, {KEYS[14], 'hash'}})
 if bad then return {'wrong_type', bad} end
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost',
+  'bill_input_errors', 'billed')
 if not job[1] or job[2] ~= owner then return {'not_found'} end
 local state = job[1]
 local done, failed, total = tonumber(job[3]), tonumber(job[4]), tonumber(job[5])
@@ -64,6 +68,9 @@ if ok then
 else
   failed = failed + 1
   redis.call('HSET', KEYS[1], 'failed', failed, 'updated_at', now)
+  if billable and job[8] == '1' then
+    redis.call('HSET', KEYS[1], 'billed', (tonumber(job[9]) or 0) + 1)
+  end
 end
 stats_items(KEYS[14], KEYS[1], ok and 1 or 0, ok and 0 or 1)
 

@@ -17,7 +17,8 @@
 -- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
 -- ARGV[4] new lease deadline ms  ARGV[5] flush due ms  ARGV[6] n, the number of entries
 -- then 4 per entry, i = 0..n-1: ARGV[7+4i] callback key  ARGV[8+4i] item index (0-based)
---   ARGV[9+4i] '1' ok | '0' failed  ARGV[10+4i] output key or error
+--   ARGV[9+4i] '1' ok | '0' failed | '2' failed, billable (includes/count_items.lua)
+--   ARGV[10+4i] output key or error
 --
 -- Returns {code, state, done, failed, total, counted, duplicates} with code one of
 --   'ok'                  at least one entry counted (state 'done'/'failed' when the job
@@ -45,7 +46,8 @@ local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
   {KEYS[13], 'zset'}, {KEYS[14], 'hash'}})
 if bad then return {'wrong_type', bad} end
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost')
+local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost',
+  'bill_input_errors', 'billed')
 if not job[1] or job[2] ~= owner then return {'not_found'} end
 local state = job[1]
 local done, failed, total = tonumber(job[3]), tonumber(job[4]), tonumber(job[5])
@@ -59,8 +61,10 @@ for i = 0, n - 1 do
   if not index or index < 0 or index >= total or index % 1 ~= 0 then
     return {'bad_argument', 'item_index'}
   end
-  if flag ~= '1' and flag ~= '0' then return {'bad_argument', 'ok'} end
-  entries[i + 1] = {key = ARGV[base], index = index, ok = flag == '1', detail = ARGV[base + 3]}
+  local outcome = item_flag(flag)
+  if not outcome then return {'bad_argument', 'ok'} end
+  entries[i + 1] = {key = ARGV[base], index = index, ok = outcome[1], billable = outcome[2],
+    detail = ARGV[base + 3]}
   if not callback_seen(ring, ARGV[base]) then fresh = fresh + 1 end
 end
 if fresh == 0 then return {'duplicate', state, done, failed, total, 0, n} end
@@ -68,7 +72,8 @@ if state ~= 'queued' and state ~= 'running' then
   return {'invalid_transition', state, done, failed, total}
 end
 
-local counted = 0
+local counted, billed = 0, tonumber(job[9]) or 0
+local bills = job[8] == '1'
 for _, entry in ipairs(entries) do
   -- Seen again here: the same key may come twice in one batch.
   if not callback_seen(ring, entry.key) then
@@ -76,12 +81,14 @@ for _, entry in ipairs(entries) do
     if count_item(ring, entry.index, entry.ok, entry.detail) then
       counted = counted + 1
       if entry.ok then done = done + 1 else failed = failed + 1 end
+      if entry.billable and bills then billed = billed + 1 end
     end
   end
 end
 local duplicates = n - counted
 if counted == 0 then return {'duplicate', state, done, failed, total, 0, duplicates} end
 redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'updated_at', now)
+if billed ~= (tonumber(job[9]) or 0) then redis.call('HSET', KEYS[1], 'billed', billed) end
 stats_items(KEYS[14], KEYS[1], done - tonumber(job[3]), failed - tonumber(job[4]))
 
 local k = {job = KEYS[1], user = KEYS[5], active = KEYS[6], holds = KEYS[7], leases = KEYS[8],

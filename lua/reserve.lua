@@ -17,6 +17,8 @@
 -- ARGV[12] model name (its price is ARGV[4]: both are fixed on the job from here on)
 -- ARGV[13] webhook URL or ''   ARGV[14] webhook events, comma separated (includes/outbox.lua)
 -- ARGV[15] params JSON or '' (copied from the rule or the body: the job keeps them as they were)
+-- ARGV[16] '1' when the model bills input errors (bill_input_errors): items failed as
+--   billable are then charged (includes/count_items.lua); absent or '' otherwise
 --
 -- Returns:
 --   {'ok', job_id}                       reserved now
@@ -70,6 +72,7 @@ redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
   'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now, 'rule_id', ARGV[11],
   'model', ARGV[12] or '', 'webhook_url', ARGV[13] or '', 'webhook_events', ARGV[14] or '',
   'params', ARGV[15] or '')
+if ARGV[16] == '1' then redis.call('HSET', KEYS[4], 'bill_input_errors', '1') end
 redis.call('SET', KEYS[5], ARGV[7])
 redis.call('ZADD', KEYS[6], deadline, job_id)
 if cost > 0 then

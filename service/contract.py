@@ -100,6 +100,10 @@ class BatchItem:
     input_url: str
     output_url: str
     output_key: str
+    # The size the client declared for the input (bytes; storage refuses a larger upload):
+    # the worker groups a batch by it (TOLLGATE_WORKER_MAX_BATCH_BYTES). None: not known (a
+    # batch enqueued before it was sent), counted as 0.
+    size: int | None = None
 
 
 def frozen_params(params: Any) -> Any:

@@ -51,7 +51,7 @@ async def dispatch(rt: Runtime, job_id: str, job: JobRecord | None = None) -> li
             # Outputs: any Content-Type (the processor decides it), up to the item size limit.
             output_url=storage.presign_upload(output_key(job_id, index), None,
                                               settings.max_item_size, ttl, internal=True).url,
-            output_key=output_key(job_id, index),
+            output_key=output_key(job_id, index), size=item.get("size"),
         )
         for index, item in enumerate(job.items)
     ]

@@ -11,12 +11,12 @@ it. Workers never import it: they get a processor spec and a queue name.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as ParamsViolation
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -59,6 +59,11 @@ class Model(BaseModel):
     description: str = ""
     default: bool = False
     params_schema: dict[str, Any] | None = None
+    # The largest item (bytes) a job of this model may declare (default TOLLGATE_MAX_ITEM_SIZE).
+    max_item_bytes: Annotated[int, Field(ge=1)] = 100 * 1024**2
+    # Items its processor failed with `Output.failed(..., billable=True)` (the input's fault,
+    # found after the work was done) are charged like done items.
+    bill_input_errors: bool = False
 
     @field_validator("params_schema")
     @classmethod
@@ -107,7 +112,7 @@ class ModelTable:
         self._by_name = {model.name: model for model in models}
         self.default = next(model for model in models if model.default)
         # Compiled once per model and process (the table is read once per process).
-        self._validators = {model.name: Draft202012Validator(model.params_schema)
+        self._validators = {model.name: StrictIntegers(model.params_schema)
                             for model in models if model.params_schema is not None}
         # Whether `{}` (what most jobs carry) is valid: decided once, not on every job.
         self._empty_valid = {name: validator.is_valid({})
@@ -167,7 +172,12 @@ class ModelTable:
     def check_params(self, model: Model, params: dict[str, Any]) -> None:
         """Params a job or rule of this model may carry: valid against the model's
         params_schema, or an empty object for a model without one; else 422 naming the
-        field (`field`, and every problem in `errors`, as `params.<path>`)."""
+        field (`field`, and every problem in `errors`, as `params.<path>`).
+
+        An "integer" takes only a JSON integer here, so what the job stores is what its
+        processor gets: a whole float (`64.0`, which JSON Schema alone counts as an integer
+        and a processor checking `isinstance(v, int)` refuses on every item) is made an int
+        in `params`, in place; `64.5` is 422."""
         validator = self._validators.get(model.name)
         if validator is None:
             if params:
@@ -182,6 +192,8 @@ class ModelTable:
         if not params and self._empty_valid[model.name]:
             return
         violations = list(validator.iter_errors(params))
+        if violations and coerce_integral_floats(params, violations):
+            violations = list(validator.iter_errors(params))
         if not violations:
             return
         first = best_match(violations)
@@ -189,6 +201,46 @@ class ModelTable:
         raise BadArgument(f"{where}: {first.message}", field=where, errors=[
             {"message": violation.message, "key": violation_path(violation), "source": "body"}
             for violation in violations[:MAX_PARAMS_ERRORS]])
+
+
+def _strict_integer(checker: Any, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# Draft 2020-12, except that "integer" is an int only (not 64.0): see check_params.
+StrictIntegers: Any = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
+
+
+def _violations(found: Iterable[ParamsViolation]) -> Iterator[ParamsViolation]:
+    """Every violation, with those under anyOf/oneOf/allOf branches (`context`)."""
+    for violation in found:
+        yield violation
+        yield from _violations(violation.context or ())
+
+
+def coerce_integral_floats(params: dict[str, Any], found: list[ParamsViolation]) -> bool:
+    """Makes an int of every whole float the schema wanted as an "integer"; True if any."""
+    changed = False
+    for violation in _violations(found):
+        wanted = violation.validator_value
+        value = violation.instance
+        if (violation.validator != "type" or not isinstance(value, float)
+                or not value.is_integer()
+                or "integer" not in (wanted if isinstance(wanted, list) else [wanted])):
+            continue
+        path = list(violation.absolute_path)
+        if not path:
+            continue
+        *parents, last = path
+        container: Any = params
+        for part in parents:
+            container = container[part]
+        if container[last] == value:
+            container[last] = int(value)
+            changed = True
+    return changed
 
 
 def params_path(parts: Any) -> str:
@@ -224,7 +276,7 @@ def fallback_model(settings: Settings) -> Model:
                  price_per_item=settings.price_per_item, queue=settings.queue_name,
                  batch_size=settings.batch_size, max_items=settings.max_items,
                  description="the version 1 processor (TOLLGATE_PROCESSOR)", default=True,
-                 params_schema=THUMBNAIL_PARAMS_SCHEMA)
+                 params_schema=THUMBNAIL_PARAMS_SCHEMA, max_item_bytes=settings.max_item_size)
 
 
 def parse_models(document: dict[str, Any], settings: Settings) -> ModelTable:
@@ -237,7 +289,8 @@ def parse_models(document: dict[str, Any], settings: Settings) -> ModelTable:
         if not isinstance(entry, dict):
             raise ModelsConfigError(f"models.{name} is not a table")
         values = {"queue": name, "batch_size": settings.batch_size,
-                  "max_items": settings.max_items, **entry, "name": name}
+                  "max_items": settings.max_items, "max_item_bytes": settings.max_item_size,
+                  **entry, "name": name}
         try:
             models.append(Model.model_validate(values))
         except ValidationError as exc:
@@ -259,7 +312,7 @@ def load_models(settings: Settings) -> ModelTable:
     """The model table of these settings, read once per process (ModelsConfigError if bad)."""
     # Keyed by the values it depends on: Settings objects are not hashable.
     key = (settings.models, settings.processor, settings.price_per_item, settings.queue_name,
-           settings.batch_size, settings.max_items)
+           settings.batch_size, settings.max_items, settings.max_item_size)
     table = _TABLES.get(key)
     if table is None:
         table = (ModelTable([fallback_model(settings)]) if settings.models is None

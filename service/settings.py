@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     # request began; an idle keep-alive connection is closed after keepalive_timeout.
     body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
     keepalive_timeout: int = Field(default=5, ge=1, le=600)
-    max_item_size: int = Field(default=5 * 1024**3, ge=1)
+    # The largest item (bytes) a job may declare: a model's max_item_bytes, unless it sets one.
+    max_item_size: int = Field(default=100 * 1024**2, ge=1)
+    # A worker holds at most this many bytes of declared inputs at once: it downloads and runs
+    # a batch in groups that fit, and an item larger than this alone.
+    worker_max_batch_bytes: int = Field(default=256 * 1024**2, ge=1)
     flush_batch: int = Field(default=200, ge=1, le=5000)
     flusher_interval: float = Field(default=1.0, gt=0)
     # A record SQL refuses is tried this many times in all, waiting flush_retry_delay

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_T = TypeVar("_T")
 
 
 class CallbackError(Exception):
@@ -68,13 +69,32 @@ class RetryingClient:
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """The first answer that is not worth retrying; raises CallbackError when none came."""
+        response, _ = self._retrying(method, url, lambda: (
+            self.client.request(method, url, **kwargs), None))
+        return response
+
+    def stream_get(self, url: str, consume: Callable[[httpx.Response], _T]
+                   ) -> tuple[httpx.Response, _T | None]:
+        """GET `url` and hand a 200's body, as it arrives, to `consume` (a fresh call per
+        attempt: a connection lost mid-body is retried from the start); (the answer, what
+        consume returned, or None for another status, whose body is never read)."""
+        def attempt() -> tuple[httpx.Response, _T | None]:
+            with self.client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    return response, None
+                return response, consume(response)
+
+        return self._retrying("GET", url, attempt)
+
+    def _retrying(self, method: str, url: str,
+                  send: Callable[[], tuple[httpx.Response, _T]]) -> tuple[httpx.Response, _T]:
         last: str = ""
         for attempt in range(self.attempts):
             if attempt:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 self.sleep(delay * (0.5 + random.random() / 2))
             try:
-                response = self.client.request(method, url, **kwargs)
+                response, result = send()
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 log.warning("%s %s failed (%s), attempt %d", method, url, last, attempt + 1)
@@ -83,7 +103,7 @@ class RetryingClient:
                 last = f"HTTP {response.status_code}"
                 log.warning("%s %s answered %s, attempt %d", method, url, last, attempt + 1)
                 continue
-            return response
+            return response, result
         raise CallbackError(f"{method} {url} gave up after {self.attempts} attempts: {last}")
 
 

@@ -4,15 +4,26 @@ The payload is plain JSON (built by `service.state.queue.enqueue_job`). Every re
 deterministic idempotency key, so RQ retrying a batch, or the sweeper re-enqueueing it,
 can never count an item twice. While the batch runs, a heartbeat thread renews the job's
 running lease; a worker that dies stops renewing and the sweeper settles the job.
+
+Memory: inputs stream to spool files (only small ones stay in memory) and the processor reads
+them lazily through `Item`. A batch runs in groups whose declared input sizes fit
+TOLLGATE_WORKER_MAX_BATCH_BYTES (an item larger than that runs alone): download, process,
+upload and report one group, then drop its files, then the next.
+
+Cancel: the heartbeat renews at least every CANCEL_CHECK_S; a refused renewal (the job was
+canceled or finished) stops the batch within one item (`JobStopped` on the next item read),
+and nothing more is uploaded or reported.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,7 +52,9 @@ from workers.callbacks import (
 )
 from workers.processors import (
     NO_PARAMS,
+    STOPPED,
     Item,
+    JobStopped,
     Output,
     Processor,
     ensure_setup,
@@ -52,6 +65,11 @@ log = logging.getLogger(__name__)
 
 IO_THREADS = 8
 MAX_REPORT_BYTES = 256 * 1024
+# A running batch learns of a cancel through its lease renewal at most this long after it.
+CANCEL_CHECK_S = 1.0
+# An input up to this size stays in memory; a larger one is spooled to a file as it arrives.
+SPOOL_IN_MEMORY = 1024 * 1024
+DOWNLOAD_CHUNK = 256 * 1024
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -129,20 +147,23 @@ def process_batch(payload: dict[str, Any]) -> dict[str, Any]:
     queue (`serve_queue`), else TOLLGATE_PROCESSOR."""
     job = get_current_job()
     processor = cached_processor(processor_spec_for(job.origin if job else None))
-    return run_batch(Batch.from_payload(payload), processor, RetryingClient(shared_http()))
+    return run_batch(Batch.from_payload(payload), processor, RetryingClient(shared_http()),
+                     max_batch_bytes=get_settings().worker_max_batch_bytes)
 
 
 class LeaseHeartbeat:
-    """Renews the job's running lease every lease_ttl/3 seconds from a daemon thread.
+    """Renews the job's running lease every lease_ttl/3 seconds, and at least every
+    CANCEL_CHECK_S, from a daemon thread.
 
-    A 409 from the API (job canceled or finished) sets `closed`, which the batch loop reads
-    between items so it stops without finishing work nobody will pay for.
+    A 409 from the API (renew_lease.lua: the job is canceled or finished) sets `closed`: the
+    next item read raises JobStopped and the batch loop stops between steps, so no work
+    nobody will pay for is finished, uploaded or reported.
     """
 
     def __init__(self, callbacks: CallbackClient, batch: Batch) -> None:
         self.callbacks = callbacks
         self.batch = batch
-        self.interval_s = max(batch.lease_ttl_s / 3, 0.05)
+        self.interval_s = max(min(batch.lease_ttl_s / 3, CANCEL_CHECK_S), 0.05)
         self.closed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -177,15 +198,87 @@ class LeaseHeartbeat:
                 log.warning("lease heartbeat for %s failed: %s", self.batch.job_id, exc)
 
 
-def download(http: RetryingClient, spec: BatchItem,
-             params: Mapping[str, Any] = NO_PARAMS) -> Item | Output:
+class InputTooLarge(Exception):
+    """The input has more bytes than its job declared (and storage should have refused)."""
+
+
+class Spool:
+    """One download's bytes: in memory up to SPOOL_IN_MEMORY, then in a file of `folder`."""
+
+    def __init__(self, folder: str, limit: int | None, stop: threading.Event | None) -> None:
+        self.folder, self.limit, self.stop = folder, limit, stop
+        self.buffer = bytearray()
+        self.size = 0
+        self.path: str | None = None
+        self._file: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise JobStopped(STOPPED)
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            raise InputTooLarge(f"the input is larger than its declared {self.limit} bytes")
+        if self._file is None and len(self.buffer) + len(chunk) <= SPOOL_IN_MEMORY:
+            self.buffer += chunk
+            return
+        if self._file is None:
+            fd, self.path = tempfile.mkstemp(prefix="in-", dir=self.folder)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self.buffer)
+            self.buffer = bytearray()
+        self._file.write(chunk)
+
+    def fill(self, response: httpx.Response) -> Spool:
+        try:
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                self.write(chunk)
+        finally:
+            if self._file is not None:
+                self._file.close()
+        return self
+
+    def item(self, spec: BatchItem, params: Mapping[str, Any]) -> Item:
+        if self.path is not None:
+            return Item(spec.index, spec.name, spec.content_type, None, params, path=self.path,
+                        spool_dir=self.folder, stop=self.stop)
+        return Item(spec.index, spec.name, spec.content_type, bytes(self.buffer), params,
+                    spool_dir=self.folder, stop=self.stop)
+
+
+def download(http: RetryingClient, spec: BatchItem, params: Mapping[str, Any] = NO_PARAMS,
+             *, folder: str | None = None, stop: threading.Event | None = None) -> Item | Output:
+    """The input streamed into a Spool under `folder` (the system's temp folder if None)."""
+    where = folder or tempfile.gettempdir()
     try:
-        response = http.request("GET", spec.input_url)
+        response, spool = http.stream_get(
+            spec.input_url, lambda answer: Spool(where, spec.size, stop).fill(answer))
     except CallbackError as exc:
         return Output.failed(spec.index, f"download failed: {exc}")
-    if response.status_code != 200:
+    except InputTooLarge as exc:
+        return Output.failed(spec.index, f"download failed: {exc}")
+    if spool is None:
         return Output.failed(spec.index, f"download failed: HTTP {response.status_code}")
-    return Item(spec.index, spec.name, spec.content_type, response.content, params)
+    return spool.item(spec, params)
+
+
+def item_groups(items: list[BatchItem], max_bytes: int | None) -> Iterator[list[BatchItem]]:
+    """The batch's items in order, in groups whose declared sizes add up to at most
+    `max_bytes` (an item larger than that is a group alone); one group when None."""
+    if max_bytes is None:
+        if items:
+            yield items
+        return
+    group: list[BatchItem] = []
+    held = 0
+    for spec in items:
+        size = spec.size or 0
+        if group and held + size > max_bytes:
+            yield group
+            group, held = [], 0
+        group.append(spec)
+        held += size
+    if group:
+        yield group
 
 
 def _checked(items: list[Item], outputs: object) -> list[Output]:
@@ -205,7 +298,7 @@ def run_processor(processor: Processor, items: list[Item]) -> list[Output]:
         return []
     try:
         return _checked(items, processor(items))
-    except BaseTimeoutException:
+    except (BaseTimeoutException, JobStopped):
         raise
     except Exception as exc:
         if len(items) == 1:
@@ -216,7 +309,9 @@ def run_processor(processor: Processor, items: list[Item]) -> list[Output]:
 
 def upload(http: RetryingClient, spec: BatchItem, output: Output) -> Output:
     if output.error is not None or output.data is None:
-        return Output.failed(spec.index, output.error or "processor returned no data")
+        if output.error is not None:
+            return output
+        return Output.failed(spec.index, "processor returned no data")
     try:
         response = http.request(
             "PUT", spec.output_url, content=output.data,
@@ -240,6 +335,8 @@ def item_entry(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
         entry["output_key"] = spec.output_key
     else:
         entry["error"] = clean_error(output.error)
+        if output.billable:
+            entry["billable"] = True
     return entry
 
 
@@ -268,7 +365,10 @@ def report_items(callbacks: CallbackClient, entries: list[dict[str, Any]],
         reported.update(entry["index"] for entry in chunk)
 
 
-def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[str, Any]:
+def run_batch(batch: Batch, processor: Processor, http: RetryingClient, *,
+              max_batch_bytes: int | None = None) -> dict[str, Any]:
+    """`max_batch_bytes`: the declared input bytes one group may hold (item_groups); None:
+    the whole batch at once."""
     callbacks = CallbackClient(batch.callback_url, batch.callback_token, http)
     summary: dict[str, Any] = {
         "job_id": batch.job_id, "rq_job_id": batch.rq_job_id, "ok": 0, "failed": 0,
@@ -283,8 +383,10 @@ def run_batch(batch: Batch, processor: Processor, http: RetryingClient) -> dict[
     reported: set[int] = set()
     with LeaseHeartbeat(callbacks, batch) as heartbeat:
         try:
-            _process_and_report(batch, processor, http, callbacks, heartbeat, reported, summary)
-        except JobClosed as closed:
+            for group in item_groups(batch.items, max_batch_bytes):
+                _process_and_report(batch, group, processor, http, callbacks, heartbeat,
+                                    reported, summary)
+        except (JobClosed, JobStopped) as closed:
             summary["stopped"] = str(closed)
         except BaseTimeoutException:
             _report_leftovers(batch, callbacks, reported, "the batch ran past its RQ timeout")
@@ -308,6 +410,7 @@ def in_parallel(fn: Callable[[_T], _R], args: list[_T]) -> list[_R]:
 
 def _process_and_report(
     batch: Batch,
+    group: list[BatchItem],
     processor: Processor,
     http: RetryingClient,
     callbacks: CallbackClient,
@@ -315,22 +418,30 @@ def _process_and_report(
     reported: set[int],
     summary: dict[str, Any],
 ) -> None:
+    """One group of the batch: download, process, upload, report; its files go after."""
     def check_open() -> None:
         if heartbeat.closed.is_set():
             raise JobClosed("the lease heartbeat was refused")
 
-    fetched = in_parallel(lambda spec: download(http, spec, batch.params), batch.items)
     check_open()
-    results = {out.index: out for out in fetched if isinstance(out, Output)}
-    inputs = [item for item in fetched if isinstance(item, Item)]
-    for output in set_up_and_run(processor, inputs):
-        results[output.index] = output
-    check_open()
-    uploaded = in_parallel(lambda spec: upload(http, spec, results[spec.index]), batch.items)
+    with tempfile.TemporaryDirectory(prefix="tollgate-batch-") as folder:
+        fetched = in_parallel(lambda spec: download(http, spec, batch.params, folder=folder,
+                                                    stop=heartbeat.closed), group)
+        check_open()
+        results = {out.index: out for out in fetched if isinstance(out, Output)}
+        inputs = [item for item in fetched if isinstance(item, Item)]
+        try:
+            for output in set_up_and_run(processor, inputs):
+                results[output.index] = output
+        finally:
+            for item in inputs:
+                item.release()
+        check_open()
+        uploaded = in_parallel(lambda spec: upload(http, spec, results[spec.index]), group)
 
     check_open()
     report_items(callbacks, [item_entry(batch, spec, output)
-                             for spec, output in zip(batch.items, uploaded, strict=True)],
+                             for spec, output in zip(group, uploaded, strict=True)],
                  reported)
     for output in uploaded:
         summary["ok" if output.error is None else "failed"] += 1
@@ -340,7 +451,7 @@ def set_up_and_run(processor: Processor, items: list[Item]) -> list[Output]:
     """setup() once per process, then the batch; a failed setup fails this batch's items."""
     try:
         ensure_setup(processor)
-    except BaseTimeoutException:
+    except (BaseTimeoutException, JobStopped):
         raise
     except Exception as exc:
         log.exception("processor setup failed; failing the batch's items")

@@ -12,6 +12,11 @@
 -- 2. The items hash (tg:{b}:job:<jid>:items, HEXISTS): an item counts once even when it is
 --    reported again under another key.
 -- k = {cb = ring list, cbset = ring set, items = items hash}
+--
+-- Paying for work done: an item failed as billable (flag '2', `Output.failed(...,
+-- billable=True)`: the input's fault, found after the work was done) counts as failed, and
+-- also in the job's 'billed' field when the job's model bills input errors (its
+-- 'bill_input_errors' field, set by reserve). finish_job charges (done + billed) * price.
 local CALLBACK_KEYS_KEPT = 512
 
 local function callback_seen(k, cb_key)
@@ -34,4 +39,10 @@ local function count_item(k, index, ok, detail)
     redis.call('HSET', k.items, index, 'failed:' .. detail)
   end
   return true
+end
+
+-- A report's outcome flag: '1' ok, '0' failed, '2' failed and billable; nil when malformed.
+local ITEM_FLAGS = {['1'] = {true, false}, ['0'] = {false, false}, ['2'] = {false, true}}
+local function item_flag(flag)
+  return ITEM_FLAGS[flag]
 end

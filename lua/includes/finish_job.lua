@@ -1,6 +1,7 @@
 -- finish_job: settle a job that is reaching a terminal state (shared by settle, cancel,
--- item_result). Charges done * price, refunds the rest of the hold, frees the
--- concurrency slot, drops the job from every work index and schedules its flush.
+-- item_result). Charges (done + billed) * price (billed: the failed items charged for
+-- the model's bill_input_errors, includes/count_items.lua), refunds the rest of the hold,
+-- frees the concurrency slot, drops the job from every work index and schedules its flush.
 -- Callers must have validated everything before calling: this only writes.
 -- k = {job, user, active, holds, leases, queued, flush, ledger, hooks?, webhooks?, stats?}
 -- (stats: the bucket's counters, includes/stats.lua)
@@ -21,7 +22,7 @@ local function finish_job_wrong_type(k)
   return wrong_type(expected)
 end
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
-  local charge = done * price
+  local charge = (done + (tonumber(redis.call('HGET', k.job, 'billed')) or 0)) * price
   if charge > cost then charge = cost end
   local refund = cost - charge
   -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.

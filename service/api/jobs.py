@@ -105,10 +105,11 @@ async def _prepare(rt: Runtime, user_id: str, body: JobCreate
     model = model_for_items(rt.models.get(preset.model), body.items)
     rt.models.check_params(model, preset.params)
     rt.models.check_available(model)  # 503 model_unavailable: no worker here can run it
-    for item in body.items:
-        if item.size > settings.max_item_size:
-            raise BadArgument(f"item {item.name!r} is larger than {settings.max_item_size} bytes"
-                                )
+    for index, item in enumerate(body.items):
+        if item.size > model.max_item_bytes:
+            raise BadArgument(f"item {item.name!r} is larger than {model.max_item_bytes} bytes, "
+                              f"model {model.name!r}'s max_item_bytes",
+                              field=f"items[{index}].size")
     webhook_url, webhook_events = "", ()  # type: tuple[str, tuple[str, ...]]
     if preset.webhook is not None:  # 422 webhook_url_not_allowed for a private address
         await resolve_allowed(preset.webhook.url, settings.webhook_allow_private)
@@ -154,7 +155,7 @@ async def create_job(
         meta_json=_json(meta), rule_id=body.rule_id or "", idempotency_key=idempotency_key,
         body_hash=digest, idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
-        params_json=_json(preset.params),
+        params_json=_json(preset.params), bill_input_errors=model.bill_input_errors,
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back

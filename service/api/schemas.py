@@ -153,6 +153,9 @@ class ItemReportIn(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey
     output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     error: str | None = None
+    # A failure the input caused after the work was done (`Output.failed(..., billable=True)`):
+    # charged when the job's model has bill_input_errors. Ignored on an ok entry.
+    billable: bool = False
 
 
 class CallbackIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -163,6 +166,7 @@ class CallbackIn(msgspec.Struct, forbid_unknown_fields=True):
     ok: bool | None = None
     output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     error: str | None = None
+    billable: bool = False
     items: Annotated[list[ItemReportIn], msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 

@@ -29,6 +29,21 @@ class ItemReport:
     index: int
     ok: bool
     detail: str  # the output key, or the error
+    # A failure the input caused after the work was done: charged when the job's model
+    # bills input errors (lua/includes/count_items.lua).
+    billable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return item_flag(self.ok, self.billable)
+
+
+def item_flag(ok: bool, billable: bool = False) -> str:
+    """An item outcome as item_result/items_result take it: '1' ok, '0' failed, '2' failed
+    and billable."""
+    if ok:
+        return "1"
+    return "2" if billable else "0"
 
 
 @dataclass(frozen=True, slots=True)

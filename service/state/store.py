@@ -27,6 +27,7 @@ from service.state.replies import (
     JobProgress,
     SlotUse,
     check_reply,
+    item_flag,
     job_progress,
 )
 from service.state.scripts import Script, load_scripts
@@ -148,6 +149,7 @@ class Core(StateReads):
         webhook_url: str = "",
         webhook_events: tuple[str, ...] = (),
         params_json: str = "",
+        bill_input_errors: bool = False,
         idempotency_key: str | None = None,
         body_hash: str = "",
         idempotency_ttl_ms: int = 86_400_000,
@@ -170,6 +172,7 @@ class Core(StateReads):
                 job_id, user_id, total, price, now, now + hold_ttl_ms, meta_json,
                 "1" if idempotency_key else "0", body_hash, idempotency_ttl_ms, rule_id,
                 model, webhook_url, ",".join(webhook_events), params_json,
+                "1" if bill_input_errors else "",
             ],
         )
         code = check_reply(reply, "reserve")
@@ -203,6 +206,7 @@ class Core(StateReads):
         detail: str,
         lease_ms: int,
         flush_delay_ms: int,
+        billable: bool = False,
     ) -> JobProgress:
         job = self.job_keys(job_id)
         user = job.user(owner)
@@ -213,7 +217,7 @@ class Core(StateReads):
             [job.base, job.items, job.callbacks, user.base, user.active,
              b.holds, b.leases, b.queued, b.flush, b.ledger, job.webhooks, b.webhooks,
              job.callback_set, b.counters],
-            [job_id, owner, callback_key, index, "1" if ok else "0", detail,
+            [job_id, owner, callback_key, index, item_flag(ok, billable), detail,
              now, now + lease_ms, now + flush_delay_ms],
         )
         progress = job_progress(reply, "item_result")
@@ -237,8 +241,7 @@ class Core(StateReads):
         now = now_ms()
         entries: list[str | int] = []
         for report in reports:
-            entries += [report.callback_key, report.index, "1" if report.ok else "0",
-                        report.detail]
+            entries += [report.callback_key, report.index, report.flag, report.detail]
         reply = await self._run(
             "items_result",
             [job.base, job.items, job.callbacks, job.callback_set, user.base, user.active,

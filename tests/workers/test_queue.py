@@ -63,7 +63,7 @@ def test_items_are_split_into_batches_with_plain_json_payloads(
         "lease_ttl_s": 30,
         "items": [{"index": 4, "name": "f4", "content_type": "image/png",
                    "input_url": "http://in/4", "output_url": "http://out/4",
-                   "output_key": "o/4"}],
+                   "output_key": "o/4", "size": None}],
         "params": {},  # the job's (none here): tests/workers/test_processor_params.py
     }
     job = Job.fetch(ids[0], connection=sync_redis, serializer=SERIALIZER)

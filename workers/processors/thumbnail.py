@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -40,15 +40,24 @@ def _storable(image: Image.Image, image_format: str) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def thumbnail(data: bytes, size: int = DEFAULT_SIZE, image_format: str = "PNG") -> bytes:
-    """The image scaled to fit size x size, encoded as `image_format` (a PIL format name)."""
-    with Image.open(io.BytesIO(data)) as decoded:
-        decoded.load()
-        image = _storable(decoded, image_format)
-        image.thumbnail((size, size))
-        out = io.BytesIO()
-        image.save(out, format=image_format)
-        return out.getvalue()
+def thumbnail(data: bytes | BinaryIO, size: int = DEFAULT_SIZE, image_format: str = "PNG"
+              ) -> bytes:
+    """The image scaled to fit size x size, encoded as `image_format` (a PIL format name).
+    `data`: the bytes, or a binary file (`Item.open()`: PIL reads the header first, so a
+    large input that is no image is refused without being read whole)."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(source) as decoded:
+        return _scaled(decoded, size, image_format)
+
+
+def _scaled(decoded: Image.Image, size: int, image_format: str) -> bytes:
+    """Decodes an opened image (the costly part) and encodes its thumbnail."""
+    decoded.load()
+    image = _storable(decoded, image_format)
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format=image_format)
+    return out.getvalue()
 
 
 def thumbnail_png(data: bytes) -> bytes:
@@ -78,10 +87,23 @@ def make_thumbnails(items: list[Item]) -> list[Output]:
         except ValueError as exc:
             outputs.append(Output.failed(item.index, describe_error("bad params", exc)))
             continue
-        try:
-            outputs.append(Output(item.index, thumbnail(item.data, size, image_format),
-                                  content_type))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            outputs.append(Output.failed(item.index, describe_error("cannot make a thumbnail",
-                                                                    exc)))
+        outputs.append(_thumbnail_output(item, size, image_format, content_type))
     return outputs
+
+
+def _thumbnail_output(item: Item, size: int, image_format: str, content_type: str) -> Output:
+    """An input PIL cannot identify fails free (only its header was read); one that fails
+    while it is decoded (a truncated image) fails billable: the decoding was the work
+    (charged when the model has bill_input_errors)."""
+    with item.open() as source:
+        try:
+            opened = Image.open(source)
+        except (UnidentifiedImageError, OSError, ValueError,
+                Image.DecompressionBombError) as exc:
+            return Output.failed(item.index, describe_error("cannot make a thumbnail", exc))
+        with opened:
+            try:
+                return Output(item.index, _scaled(opened, size, image_format), content_type)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                return Output.failed(item.index, describe_error("cannot make a thumbnail", exc),
+                                     billable=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -51,9 +51,10 @@ def strength_of(items: list[Item]) -> float:
     return float(value)
 
 
-def _pixels(data: bytes) -> bytes:
-    """RGB bytes of the image at SIZE x SIZE; raises on anything PIL cannot decode."""
-    with Image.open(io.BytesIO(data)) as image:
+def _pixels(data: bytes | BinaryIO) -> bytes:
+    """RGB bytes of the image at SIZE x SIZE; raises on anything PIL cannot decode.
+    `data`: the bytes, or a binary file (`Item.open()`)."""
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
         image.load()
         rgb = image.convert("RGB")
     if rgb.size != (SIZE, SIZE):
@@ -106,7 +107,8 @@ class EdgeMaps:
         decoded: list[tuple[int, bytes]] = []
         for item in items:
             try:
-                decoded.append((item.index, _pixels(item.data)))
+                with item.open() as source:
+                    decoded.append((item.index, _pixels(source)))
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 outputs[item.index] = Output.failed(item.index,
                                                     describe_error("cannot decode image", exc))

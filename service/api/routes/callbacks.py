@@ -27,7 +27,7 @@ async def _apply_items(rt: Runtime, job_id: str, owner: str, data: CallbackIn
         raise BadArgument("an 'items' event needs items")
     reports = [ItemReport(entry.idempotency_key, entry.index, entry.ok,
                           output_key(job_id, entry.index) if entry.ok
-                          else clean_error(entry.error or "failed"))
+                          else clean_error(entry.error or "failed"), entry.billable)
                for entry in data.items]
     progress = await rt.core.items_result(job_id, owner, reports,
                                           lease_ms=rt.settings.lease_ttl * 1000,
@@ -63,7 +63,8 @@ async def _apply(rt: Runtime, job_id: str, owner: str, data: CallbackIn) -> JobP
               else clean_error(data.error or "failed"))
     return await core.item_result(job_id, owner, callback_key=data.idempotency_key,
                                   index=data.item_index, ok=data.ok, detail=detail,
-                                  lease_ms=lease_ms, flush_delay_ms=flush_ms)
+                                  lease_ms=lease_ms, flush_delay_ms=flush_ms,
+                                  billable=data.billable)
 
 
 @post("/jobs/{job_id:str}/callback", status_code=200, tags=["workers"], security=[{}],
