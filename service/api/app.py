@@ -12,7 +12,7 @@ from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 
 from service.api.auth import make_jwt_auth
-from service.api.connections import body_deadline_middleware
+from service.api.connections import body_deadline_middleware, vouch
 from service.api.metrics import MetricsController, metrics_middleware
 from service.api.openapi import docs_assets, one_bearer_scheme, openapi_config
 from service.api.problems import EXCEPTION_HANDLERS
@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     local_storage = make_storage(settings, storage_secret(secret)) \
         if settings.embedded_storage else None
     if isinstance(local_storage, LocalStorage):
-        handlers.extend(local_file_routes(local_storage, check_upload=check_upload))
+        handlers.extend(local_file_routes(local_storage, check_upload=check_upload,
+                                          signed=vouch))
 
     return Litestar(
         route_handlers=handlers,

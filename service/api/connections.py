@@ -5,16 +5,35 @@ headers and idle keep-alive connections; see service.cli.serve), so the app does
 deadline for the whole body, counted from the first read, so a client trickling a byte at a
 time cannot stretch it. Reads after the body (a streaming response waiting for the client
 to leave) are not timed.
+
+A body is read on the strict terms (64 KiB, 5 s) until the request has shown valid
+credentials: a user token (the JWT middleware, which runs first, sets the user), or what a
+public route checks itself before it reads (a callback token, a signed URL) and then
+`vouch`es for. So a client with nothing valid cannot hold a request slot for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-from service.errors import RequestTimeout
+from service.errors import PayloadTooLarge, RequestTimeout
+
+UNVOUCHED_BODY_BYTES = 64 * 1024
+UNVOUCHED_BODY_S = 5.0
+_VOUCHED = "tollgate.vouched"
+
+
+def vouch(scope: Scope) -> None:
+    """The request has shown valid credentials: its body is read on the usual terms."""
+    cast(dict[str, Any], scope)[_VOUCHED] = True
+
+
+def _vouched(scope: Scope) -> bool:
+    return scope.get("user") is not None or _VOUCHED in scope
 
 
 def body_deadline_middleware(app: ASGIApp, timeout_s: float) -> ASGIApp:
@@ -28,6 +47,7 @@ def body_deadline_middleware(app: ASGIApp, timeout_s: float) -> ASGIApp:
         task = asyncio.current_task()
         timer: asyncio.TimerHandle | None = None
         waiting = expired = body_done = False
+        limit_s, max_bytes, received = timeout_s, 0, 0
 
         def expire() -> None:
             nonlocal expired
@@ -36,13 +56,15 @@ def body_deadline_middleware(app: ASGIApp, timeout_s: float) -> ASGIApp:
                 task.cancel()  # only while it waits for the client, never elsewhere
 
         async def receive_in_time() -> ReceiveMessage:
-            nonlocal timer, waiting, body_done
+            nonlocal timer, waiting, body_done, limit_s, max_bytes, received
             if body_done:
                 return await receive()
             if timer is None:
-                timer = loop.call_later(timeout_s, expire)
+                if not _vouched(scope):
+                    limit_s, max_bytes = min(timeout_s, UNVOUCHED_BODY_S), UNVOUCHED_BODY_BYTES
+                timer = loop.call_later(limit_s, expire)
             if expired:
-                raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s")
+                raise RequestTimeout(f"the body did not arrive within {limit_s:g} s")
             waiting = True
             try:
                 message = await receive()
@@ -50,9 +72,14 @@ def body_deadline_middleware(app: ASGIApp, timeout_s: float) -> ASGIApp:
                 if not expired or task is None:
                     raise
                 task.uncancel()
-                raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+                raise RequestTimeout(f"the body did not arrive within {limit_s:g} s") from None
             finally:
                 waiting = False
+            if max_bytes and message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_bytes:
+                    raise PayloadTooLarge(f"a request without valid credentials may send at "
+                                          f"most {max_bytes} bytes")
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
                 timer.cancel()

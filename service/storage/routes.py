@@ -16,6 +16,7 @@ from litestar import Request, Response, get, put
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import File
+from litestar.types import Scope
 from litestar.types.file_types import FileInfo, FileSystemProtocol
 
 from service.errors import BadSignature, KeyConflict, NotFound, PayloadTooLarge
@@ -175,9 +176,11 @@ class _BytesFile:
 UploadCheck = Callable[[Request[Any, Any, Any], str], Awaitable[None]]
 
 
-def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = None
-                      ) -> list[HTTPRouteHandler]:
-    """PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs."""
+def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = None,
+                      signed: Callable[[Scope], None] | None = None) -> list[HTTPRouteHandler]:
+    """PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs. `signed` is
+    told of a PUT whose signature is valid, before its body is read (the API reads a body
+    without valid credentials on strict terms: service.api.connections)."""
 
     @put("/files/{key:path}", status_code=200, request_max_body_size=None,
          include_in_schema=False)
@@ -202,6 +205,8 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
             path = storage.path_for(key)
         except ValueError:
             raise BadSignature() from None
+        if signed is not None:
+            signed(request.scope)
         # The check runs again once the bytes are in (before the rename); asking first too
         # only pays when that saves receiving a large or undeclared body. A body that is
         # declared, within the URL's limit and small enough to gather in memory gets the

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from litestar import Request, post
+from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
+from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 
+from service.api.connections import vouch
 from service.api.openapi import refusals
 from service.api.schemas import CallbackIn, CallbackOut, ItemsCallbackOut
 from service.contract import clean_error, output_key, verify_callback_token
@@ -67,19 +70,34 @@ async def _apply(rt: Runtime, job_id: str, owner: str, data: CallbackIn) -> JobP
                                   billable=data.billable)
 
 
+_OWNER = "tollgate.callback_owner"
+
+
+def callback_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The guard of the callback: the job's own token, checked before the body is read (a
+    guard runs before the handler's parameters are parsed), so a caller without one is
+    answered 401 at once and never holds the request while its body trickles in."""
+    # The token comes straight off the request, as dependency injection and a declared
+    # header parameter cost about a sixth of the hottest endpoint's CPU (measured
+    # in-process, 120 -> 100 µs per request).
+    rt: Runtime = connection.app.state.runtime
+    token = (connection.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+    job_id = connection.path_params["job_id"]
+    owner = verify_callback_token(rt.callback_secret, job_id, token) if token else None
+    if owner is None:
+        raise NotAuthorizedException("a valid callback token for this job is required")
+    cast(dict[str, Any], connection.scope)[_OWNER] = owner
+    vouch(connection.scope)
+
+
 @post("/jobs/{job_id:str}/callback", status_code=200, tags=["workers"], security=[{}],
+      guards=[callback_token],
       responses=refusals(Unauthorized, NotFound, InvalidTransition, user=False, json_body=True),
       description="Workers only, with the job's own callback token as the bearer token.")
 async def job_callback(request: Request[Any, Any, Any], job_id: FromPath[str],
                        data: JSONBody[CallbackIn]) -> CallbackOut | ItemsCallbackOut:
-    # The hottest endpoint (one call per item): the runtime and the token come straight off
-    # the request, as dependency injection and a declared header parameter cost about a
-    # sixth of its CPU (measured in-process, 120 -> 100 µs per request).
     rt: Runtime = request.app.state.runtime
-    token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
-    owner = verify_callback_token(rt.callback_secret, job_id, token) if token else None
-    if owner is None:
-        raise NotAuthorizedException("a valid callback token for this job is required")
+    owner: str = cast(dict[str, Any], request.scope)[_OWNER]
     if data.event == "items":
         return await _apply_items(rt, job_id, owner, data)
     progress = await _apply(rt, job_id, owner, data)
