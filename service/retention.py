@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.contract import input_key, job_files
 from service.history.models import utcnow
-from service.history.retention import mark_results_deleted, results_due
+from service.history.retention import (
+    kept_inputs_due,
+    mark_inputs_deleted,
+    mark_results_deleted,
+    results_due,
+)
 from service.storage import Storage
 
 log = logging.getLogger("tollgate.flusher")
@@ -61,4 +66,25 @@ async def expire_results(
     if due:
         async with sessions() as session, session.begin():
             await mark_results_deleted(session, due)
+    return len(due)
+
+
+async def expire_kept_inputs(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, window_s: int,
+    *, limit: int = EXPIRED_PER_PASS,
+) -> int:
+    """Deletes the inputs kept for a retry of jobs finished more than `window_s` ago
+    (POST /jobs/{id}/retry is 410 from then on); returns how many jobs."""
+    async with sessions() as session:
+        due = await kept_inputs_due(session, utcnow() - timedelta(seconds=window_s), limit)
+    try:
+        await storage.delete([input_key(job_id, index) for job_id, indexes in due
+                              for index in indexes])
+    except Exception as error:  # the next pass tries again; the folder goes at the TTL
+        log.warning("deleting the kept inputs of %d jobs failed (%s: %s)", len(due),
+                    type(error).__name__, error)
+        return 0
+    if due:
+        async with sessions() as session, session.begin():
+            await mark_inputs_deleted(session, [job_id for job_id, _ in due])
     return len(due)
