@@ -37,7 +37,7 @@ from service.dead_letters import (
     write_records,
 )
 from service.errors import InvalidTransition, NotFound
-from service.retention import delete_inputs
+from service.retention import delete_finished_files
 from service.settings import Settings
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
@@ -206,8 +206,9 @@ async def _flush_history(
     # Only now, with the rows committed (or set aside), may the inputs and Redis records go.
     # A vanished job has no owner left; its index entry goes all the same.
     if storage is not None:
-        await delete_inputs(storage, [(r.record_id, int(r.source["job"].get(JOB_TOTAL) or 0))
-                                      for r in ended])
+        await delete_finished_files(storage, [
+            (r.record_id, int(r.source["job"].get(JOB_TOTAL) or 0), r.source.get("items") or {})
+            for r in ended])
     owners = {record.record_id: record.owner for record in ended}
     await asyncio.gather(
         _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
