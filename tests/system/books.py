@@ -20,6 +20,7 @@ from tests.system.workload import TERMINAL, JobRecord, Workload
 DRAIN_S = 60.0  # every job final within this after the workload stopped
 SETTLE_S = 20.0  # then SQL, balances and webhooks have this long to catch up
 SHOWN = 8  # evidence lines per check
+WEBHOOK_P95_S = 2.0  # finish to first attempt on a good receiver, while one receiver hangs
 
 
 @dataclass
@@ -80,7 +81,7 @@ async def check_books(system: System, work: Workload) -> Report:
     jobs = list(work.jobs.values())
     started = time.monotonic()
     await work.drain(DRAIN_S)
-    report.figures.update(jobs=len(jobs), grants=work.grants,
+    report.figures.update(jobs=len(jobs), grants=work.grants, notes=list(work.notes),
                           drained_s=round(time.monotonic() - started, 1),
                           answers=dict(sorted(work.answers.counts.items())))
     report.check("every job is final", (_describe(r) for r in jobs
@@ -144,6 +145,8 @@ async def check_books(system: System, work: Workload) -> Report:
     report.check("tollgate audit exits 0", await _until(6.0, audit))
     report.check("every terminal webhook was delivered",
                  await _until(SETTLE_S, lambda: _webhooks(system, work)))
+    report.check(f"good receivers get job.completed within {WEBHOOK_P95_S} s (p95)",
+                 _webhook_latency(system, work, report))
     report.check("no process log holds an ERROR line or a traceback", stack.log_trouble())
     bound = 3 * stack.timing.flush_delay
     worst = max((value for _, value in work.lag), default=None)
@@ -214,3 +217,28 @@ def _missing(record: JobRecord, wanted: dict[str, str], attempts: list[Attempt])
             problems.append(f"{record.id}: {kind} carried status {mine[-1].job_status}, "
                             f"the job is {status}")
     return problems
+
+
+def _webhook_latency(system: System, work: Workload, report: Report) -> list[str]:
+    """From a job's finish to the first job.completed attempt on a good receiver: a hanging
+    receiver must hold only its own deliveries (issue 17: p95 <= 2 s). In the fault phase,
+    over the jobs that finished once the faults were over."""
+    delays = []
+    for record in work.jobs.values():
+        if record.webhook not in GOOD or record.final is None or record.live_at_wipe:
+            continue
+        finished = _when(record.final["finished_at"])
+        if record.phase == "fault" and (system.settled_wall is None or finished is None
+                                        or finished < system.settled_wall):
+            continue  # finished while the faults were under way
+        arrivals = [a.wall for a in work.receivers.of(record.id) if a.type == "job.completed"]
+        if finished is not None and arrivals:
+            delays.append(min(arrivals) - finished)
+    if not delays:
+        return []
+    delays.sort()
+    p50, p95 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.95))]
+    report.figures["webhook_delay_s"] = {"n": len(delays), "p50": round(p50, 2),
+                                         "p95": round(p95, 2), "max": round(delays[-1], 2)}
+    return [f"p95 {p95:.2f} s over {len(delays)} deliveries (p50 {p50:.2f}, max "
+            f"{delays[-1]:.2f})"] if p95 > WEBHOOK_P95_S else []

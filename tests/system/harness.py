@@ -235,6 +235,11 @@ class RedisCluster:
             time.sleep(0.2)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
+    def busiest(self) -> int:
+        """The primary holding the most keys (the one whose loss loses the most)."""
+        sizes = [int(node.cli("dbsize").strip() or 0) for node in self.nodes]
+        return sizes.index(max(sizes))
+
     def restart_primary_empty(self, index: int) -> None:
         self.nodes[index].restart_empty()
         self.wait_ok()

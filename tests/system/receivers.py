@@ -24,6 +24,7 @@ class Attempt:
     job_id: str
     job_status: str
     at: float  # monotonic, when it arrived
+    wall: float  # the same as Unix time, to set against the job's finished_at
 
 
 @dataclass
@@ -70,9 +71,11 @@ class Receivers:
                     data = payload.get("data") or {}
                     receivers._record(Attempt(
                         name, self.headers.get("webhook-id", ""), str(payload.get("type")),
-                        str(data.get("id")), str(data.get("status")), time.monotonic()))
+                        str(data.get("id")), str(data.get("status")), time.monotonic(),
+                        time.time()))
                 except ValueError:
-                    receivers._record(Attempt(name, "", "unreadable", "", "", time.monotonic()))
+                    receivers._record(Attempt(name, "", "unreadable", "", "", time.monotonic(),
+                                              time.time()))
                 if name == HANGING:
                     time.sleep(receivers.hang_s)
                 status = 500 if name == FAILING else 200

@@ -48,6 +48,9 @@ class System:
     # Jobs that were live when the state was lost: their pending webhooks and their holds
     # are lost with it (README, "When Redis loses users"); set by the store fault.
     wiped_at: float | None = None
+    # Unix time the last fault's store was back (plus a grace): the webhook delay target
+    # holds for jobs of the fault phase that finished after it.
+    settled_wall: float | None = None
 
 
 def _write_models(folder: Path) -> Path:
@@ -90,6 +93,8 @@ def dev_system(folder: Path, timing: Timing) -> Iterator[System]:
         stack.procs["dev"].start()
         await asyncio.to_thread(_banner, stack, "dev")
         await asyncio.to_thread(stack.wait_ready)
+        await asyncio.sleep(STORE_GRACE_S)
+        system.settled_wall = time.time()
 
     system.faults = [("kill -9 tollgate dev mid-batch, start it again", kill_dev)]
     try:
@@ -157,6 +162,7 @@ def _process_faults(system: System, restart_store: Callable[[], None]) -> None:
         await asyncio.to_thread(stack.wait_ready)
         await asyncio.sleep(STORE_GRACE_S)
         stack.excuse_since(offsets)
+        system.settled_wall = time.time()
 
     system.faults = [("kill -9 the slow model's worker mid-batch, start it again", kill_worker),
                      ("kill -9 one API process (granian starts another)", kill_api_process),
@@ -203,8 +209,7 @@ def cluster_system(folder: Path, timing: Timing) -> Iterator[System]:
                           state_url=cluster.url, secret=env["TOLLGATE_JWT_SECRET"])
             stack.logdir.mkdir()
             system = System(stack)
-            # Not the seed node of the URL: a process started later still finds the cluster.
-            _process_faults(system, lambda: cluster.restart_primary_empty(1))
+            _process_faults(system, lambda: cluster.restart_primary_empty(cluster.busiest()))
             try:
                 _start_services(stack, port)
                 yield system

@@ -27,6 +27,7 @@ from tests.system.receivers import FAILING, GOOD, HANGING, Receivers
 
 TERMINAL = frozenset({"done", "failed", "canceled"})
 CALL_DEADLINE_S = 45.0  # a call retried past this (503, no connection) counts as unexpected
+LOST = frozenset({403, 404, 409})
 GONE_AFTER_S = 10.0  # a job that answers no view this long is taken as gone
 LAG = re.compile(r"^tollgate_flush_lag_seconds\s+(\S+)", re.M)
 
@@ -77,6 +78,7 @@ class Workload:
         self.lag: list[tuple[float, float]] = []
         self.scrape_failures = 0
         self.grants = 0
+        self.notes: list[str] = []
         self.phase = "main"
         self._images = _images()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(15.0),
@@ -89,8 +91,12 @@ class Workload:
 
     async def call(self, what: str, method: str, url: str, *, user: str | None,
                    admin: bool = False, expect: set[int], refusals: frozenset[int] = frozenset(),
-                   **kwargs: Any) -> httpx.Response | None:
-        """One call, retried as a client should after no answer or a 503 (Retry-After)."""
+                   job: JobRecord | None = None, **kwargs: Any) -> httpx.Response | None:
+        """One call, retried as a client should after no answer or a 503 (Retry-After).
+        About a job that was live when the state was lost, 403/404/409 are that loss's (the
+        job's own check, every job final, reports it) rather than unexpected answers."""
+        if job is not None and job.live_at_wipe:
+            refusals = refusals | LOST
         deadline = time.monotonic() + CALL_DEADLINE_S
         response: httpx.Response | None = None
         while time.monotonic() < deadline:
@@ -188,11 +194,12 @@ class Workload:
         self.jobs[record.id] = record
         return record, view, [data for _, data in items]
 
-    async def upload(self, user: str, view: dict[str, Any], data: list[bytes],
+    async def upload(self, record: JobRecord, view: dict[str, Any], data: list[bytes],
                      count: int | None = None) -> bool:
         for upload, content in list(zip(view["uploads"], data, strict=True))[:count]:
             if await self.call("PUT upload", upload["method"], upload["url"], user=None,
-                               expect={200}, headers=upload["headers"], content=content) is None:
+                               expect={200}, headers=upload["headers"], content=content,
+                               job=record) is None:
                 return False
         return True
 
@@ -203,23 +210,23 @@ class Workload:
         record, view, data = made
         path = f"/jobs/{record.id}"
         if kind == "hold":  # left alone: the hold expires
-            await self.upload(user, view, data, count=self.rng.randint(0, len(data)))
+            await self.upload(record, view, data, count=self.rng.randint(0, len(data)))
             return
         ran = kind == "run" or self.rng.random() < 0.5
-        if not await self.upload(user, view, data):
+        if not await self.upload(record, view, data):
             return
         if ran:
             if await self.call("POST confirm", "POST", self.api(f"{path}/confirm-upload"),
-                               user=user, expect={200}) is None:
+                               user=user, expect={200}, job=record) is None:
                 return
             for label in ("", " (retried)")[: 2 if self.rng.random() < 0.25 else 1]:
                 if await self.call(f"POST execute{label}", "POST", self.api(f"{path}/execute"),
-                                   user=user, expect={202}) is None:
+                                   user=user, expect={202}, job=record) is None:
                     return
         if kind == "cancel":
             await asyncio.sleep(self.rng.uniform(0, 0.6))
             await self.call("POST cancel", "POST", self.api(f"{path}/cancel"), user=user,
-                            expect={200}, refusals=frozenset({409} if ran else ()))
+                            expect={200}, refusals=frozenset({409} if ran else ()), job=record)
         await self.wait_final(record, 30.0)
 
     async def wait_final(self, record: JobRecord, within: float) -> None:
@@ -227,7 +234,7 @@ class Workload:
         missing_since: float | None = None
         while time.monotonic() < deadline:
             got = await self.call("GET /jobs/{id}", "GET", self.api(f"/jobs/{record.id}"),
-                                  user=record.user, expect={200})
+                                  user=record.user, expect={200}, job=record)
             if got is not None and got.json()["status"] in TERMINAL:
                 record.final = got.json()
                 return
@@ -302,7 +309,7 @@ class Workload:
             if record.final is None:
                 record.live_at_wipe = True
 
-    async def wait_running(self, model: str, within: float = 20.0) -> None:
+    async def wait_running(self, model: str, within: float = 20.0) -> bool:
         """Until one of the model's jobs is running with items still to do (a kill then
         lands mid-batch)."""
         deadline = time.monotonic() + within
@@ -311,11 +318,14 @@ class Workload:
                     and r.kind == "run"]
             for record in live[-4:]:
                 got = await self.call("GET /jobs/{id}", "GET", self.api(f"/jobs/{record.id}"),
-                                      user=record.user, expect={200})
+                                      user=record.user, expect={200}, job=record)
                 if got is not None and got.json()["status"] == "running" \
                         and got.json()["progress"] < 1:
-                    return
+                    self.notes.append(f"{model} job {record.id} running at the kill")
+                    return True
             await asyncio.sleep(0.1)
+        self.notes.append(f"no {model} job seen running in {within} s: killed anyway")
+        return False
 
     async def drain(self, within: float) -> None:
         """Reads every job until it is final or time runs out."""
