@@ -29,6 +29,10 @@
 --   {'concurrency_limit', active, limit}
 --   {'bad_argument', name}
 --   {'wrong_type', n}                    the n-th key checked holds another type: nothing written
+--
+-- ARGV[17] the job's own result TTL in seconds, or '' (TOLLGATE_RESULT_TTL)
+-- ARGV[18] the job it retries (POST /jobs/{id}/retry), or ''
+-- ARGV[19] 'uploaded' to create the job uploaded (a retry: its inputs are there), or ''
 local job_id, owner = ARGV[1], ARGV[2]
 local total, price = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, deadline = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -40,6 +44,10 @@ if not total or total < 1 or total % 1 ~= 0 then return {'bad_argument', 'total'
 if not price or price < 0 or price % 1 ~= 0 then return {'bad_argument', 'price'} end
 if not now or not deadline then return {'bad_argument', 'time'} end
 if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
+local result_ttl = ARGV[17] or ''
+if result_ttl ~= '' and not tonumber(result_ttl) then return {'bad_argument', 'result_ttl'} end
+local initial = ARGV[19] or ''
+if initial ~= '' and initial ~= 'uploaded' then return {'bad_argument', 'state'} end
 -- @include key_types
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'zset'},
   {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'}})
@@ -85,4 +93,7 @@ if use_idem then
   redis.call('HSET', KEYS[7], 'job_id', job_id, 'body_hash', body_hash)
   redis.call('PEXPIRE', KEYS[7], idem_ttl)
 end
+if result_ttl ~= '' then redis.call('HSET', KEYS[4], 'result_ttl', result_ttl) end
+if (ARGV[18] or '') ~= '' then redis.call('HSET', KEYS[4], 'retry_of', ARGV[18]) end
+if initial ~= '' then redis.call('HSET', KEYS[4], 'state', initial) end
 return {'ok', job_id}

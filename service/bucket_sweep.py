@@ -208,7 +208,7 @@ async def _flush_history(
     if storage is not None:
         await delete_finished_files(storage, [
             (r.record_id, int(r.source["job"].get(JOB_TOTAL) or 0), r.source.get("items") or {})
-            for r in ended])
+            for r in ended], keep_failed_inputs=settings.retry_window > 0)
     owners = {record.record_id: record.owner for record in ended}
     await asyncio.gather(
         _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),

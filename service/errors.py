@@ -83,6 +83,15 @@ class UploadsMissing(TollgateError):
     status, code, title = 409, "uploads_missing", "Some uploads are missing"
 
 
+class NothingToRetry(TollgateError):
+    status, code, title = 409, "nothing_to_retry", "No item of the job failed"
+
+
+class InputsExpired(TollgateError):
+    status, code = 410, "inputs_expired"
+    title = "The job's inputs are gone (TOLLGATE_RETRY_WINDOW after it finished)"
+
+
 class UserExists(TollgateError):
     status, code, title = 409, "user_exists", "The user exists already"
 

@@ -19,7 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.contract import input_key, job_files, output_key
 from service.history.models import utcnow
-from service.history.retention import mark_results_deleted, results_due
+from service.history.retention import (
+    kept_inputs_due,
+    mark_inputs_deleted,
+    mark_results_deleted,
+    results_due,
+)
 from service.storage import Storage
 
 log = logging.getLogger("tollgate.flusher")
@@ -49,11 +54,17 @@ def unpaid_outputs(job_id: str, total: int, items: Mapping[str, str]) -> list[st
 
 
 async def delete_finished_files(storage: Storage,
-                                jobs: list[tuple[str, int, Mapping[str, str]]]) -> None:
+                                jobs: list[tuple[str, int, Mapping[str, str]]], *,
+                                keep_failed_inputs: bool = False) -> None:
     """At a job's flush: its inputs, and its outputs that no item paid for (unpaid_outputs),
-    given as (job id, item count, items hash)."""
+    given as (job id, item count, items hash). `keep_failed_inputs`: the inputs of items
+    that failed stay for POST /jobs/{id}/retry (expire_kept_inputs deletes them later)."""
+    def kept(items: Mapping[str, str], index: int) -> bool:
+        return keep_failed_inputs and items.get(str(index), "").startswith("failed:")
+
     keys = [key for job_id, total, items in jobs
-            for key in [*(input_key(job_id, index) for index in range(total)),
+            for key in [*(input_key(job_id, index) for index in range(total)
+                          if not kept(items, index)),
                         *unpaid_outputs(job_id, total, items)]]
     await _delete(storage, keys, len(jobs))
 
@@ -88,4 +99,25 @@ async def expire_results(
     if due:
         async with sessions() as session, session.begin():
             await mark_results_deleted(session, due)
+    return len(due)
+
+
+async def expire_kept_inputs(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, window_s: int,
+    *, limit: int = EXPIRED_PER_PASS,
+) -> int:
+    """Deletes the inputs kept for a retry of jobs finished more than `window_s` ago
+    (POST /jobs/{id}/retry is 410 from then on); returns how many jobs."""
+    async with sessions() as session:
+        due = await kept_inputs_due(session, utcnow() - timedelta(seconds=window_s), limit)
+    try:
+        await storage.delete([input_key(job_id, index) for job_id, indexes in due
+                              for index in indexes])
+    except Exception as error:  # the next pass tries again; the folder goes at the TTL
+        log.warning("deleting the kept inputs of %d jobs failed (%s: %s)", len(due),
+                    type(error).__name__, error)
+        return 0
+    if due:
+        async with sessions() as session, session.begin():
+            await mark_inputs_deleted(session, [job_id for job_id, _ in due])
     return len(due)

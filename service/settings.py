@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     models: str | None = None
     hold_ttl: int = Field(default=3600, ge=1)
     max_items: int = Field(default=1000, ge=1)
+    # The inputs of a job's failed items are kept this long after it finished, for
+    # POST /jobs/{id}/retry (every other input goes at the flush).
+    retry_window: int = Field(default=86400, ge=0)
 
     key_prefix: str = "tg"
     # Hash-slot buckets: fixed for the life of the data (`tollgate rebucket` moves it). 1,024

@@ -33,7 +33,7 @@ from service.bucket_sweep import CLAIM_MS, FlushStats, Requeue, Sessions, flush_
 from service.dispatch import dispatch
 from service.errors import NotFound
 from service.history.engine import make_engine, make_session_factory
-from service.retention import expire_results
+from service.retention import expire_kept_inputs, expire_results
 from service.runtime import Runtime, make_core, open_runtime
 from service.settings import Settings
 from service.state.clients import state_redis
@@ -156,6 +156,7 @@ async def flush_once(
     if storage is not None:  # `storage` given: the inputs of flushed jobs went already
         stats.results_expired = await expire_results(session_factory, storage,
                                                      settings.result_ttl)
+        await expire_kept_inputs(session_factory, storage, settings.retry_window)
     if stats:
         log.info("flusher pass: %s", stats)
     return stats

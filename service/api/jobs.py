@@ -156,13 +156,14 @@ async def create_job(
         body_hash=digest, idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
         params_json=_json(preset.params), bill_input_errors=model.bill_input_errors,
+        result_ttl_s=body.result_ttl_s,
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back
         view = job_view(rt, JobRecord.reserved(
             job_id, user_id, total=len(meta), price=model.price_per_item,
-            rule_id=body.rule_id, model=model.name, at_ms=created_ms, params=preset.params),
-            with_items=False)
+            rule_id=body.rule_id, model=model.name, at_ms=created_ms, params=preset.params,
+            result_ttl_s=body.result_ttl_s), with_items=False)
     else:
         view = await get_job(rt, user_id, job_id, with_items=False)
     return await _with_uploads(rt, view, meta, replay=code is Code.ALREADY)
@@ -207,10 +208,12 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
         "updated_at": iso_z(job.updated_at), "started_at": iso_z(job.started_at),
         "finished_at": iso_z(job.finished_at), "reason": job.reason,
         "queue_position": None, "links": job_links(rt, job.id),
-        # Outputs live TOLLGATE_RESULT_TTL after the job finished; then no result_url.
+        # Outputs live result_ttl_s (its own, or TOLLGATE_RESULT_TTL) after the job
+        # finished; then no result_url.
         "result_expired": results_expired(
             job.finished_at, job.results_deleted_at if isinstance(job, JobLog) else None,
-            rt.settings.result_ttl),
+            job.result_ttl_s or rt.settings.result_ttl),
+        "result_ttl_s": job.result_ttl_s or rt.settings.result_ttl, "retry_of": job.retry_of,
     }
     unavailable = rt.models.unavailable(job.model)
     if unavailable is not None and job.finished_at is None:  # it waits for a worker

@@ -113,6 +113,8 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True):
     rule_id: Id | None = None
     model: ModelName | None = None
     params: dict[str, Any] | None = None
+    # Seconds the outputs are kept after the job finished; unset: TOLLGATE_RESULT_TTL.
+    result_ttl_s: Annotated[int, msgspec.Meta(ge=3600, le=2592000)] | None = None
 
     def __post_init__(self) -> None:
         if self.params is not None:
@@ -300,8 +302,10 @@ class JobView(msgspec.Struct, forbid_unknown_fields=True):
     queue_position: int | UnsetType | None = UNSET
     links: JobLinks | UnsetType = UNSET
     webhook: WebhookView | UnsetType | None = UNSET
-    # True once the outputs are deleted (TOLLGATE_RESULT_TTL after finished_at): no result_url.
+    # True once the outputs are deleted (result_ttl_s after finished_at): no result_url.
     result_expired: bool | UnsetType = UNSET
+    result_ttl_s: int | UnsetType = UNSET  # the job's own, or TOLLGATE_RESULT_TTL
+    retry_of: str | UnsetType | None = UNSET  # the job whose failed items this one runs
     # Set while the job waits for a model whose processor cannot run: why, one line.
     model_unavailable: str | UnsetType = UNSET
     items: list[ItemView] | UnsetType = UNSET  # on a single job, not in lists

@@ -103,6 +103,15 @@ class JobLog(Base):
     finished_at: Mapped[datetime | None]
     # Set when the sweeper deleted the job's files, TOLLGATE_RESULT_TTL after finished_at.
     results_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The job's own result TTL (POST /jobs `result_ttl_s`) and when it runs out; NULL: the
+    # setting's TOLLGATE_RESULT_TTL after finished_at.
+    result_ttl_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    results_expire_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The job whose failed items this one runs again (POST /jobs/{id}/retry).
+    retry_of: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Set when the sweeper deleted the inputs of its failed items, kept for a retry
+    # TOLLGATE_RETRY_WINDOW after finished_at (every other input goes at the flush).
+    inputs_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # GET /jobs pages newest first by (created_at, id): one index range scan per page.
@@ -114,6 +123,38 @@ Index("ix_jobs_log_user_state_created", JobLog.user_id, JobLog.state, JobLog.cre
 Index("ix_jobs_log_results_due", JobLog.finished_at,
       postgresql_where=JobLog.results_deleted_at.is_(None),
       sqlite_where=JobLog.results_deleted_at.is_(None))
+# The same for jobs with a TTL of their own.
+Index("ix_jobs_log_results_expire", JobLog.results_expire_at,
+      postgresql_where=JobLog.results_deleted_at.is_(None),
+      sqlite_where=JobLog.results_deleted_at.is_(None))
+# Jobs whose failed items' inputs are kept for a retry and not yet deleted.
+_KEPT_INPUTS = (JobLog.failed_items > 0) & JobLog.inputs_deleted_at.is_(None) \
+    & JobLog.results_deleted_at.is_(None)
+Index("ix_jobs_log_kept_inputs", JobLog.finished_at, postgresql_where=_KEPT_INPUTS,
+      sqlite_where=_KEPT_INPUTS)
+
+
+class WebhookDeliveryLog(Base):
+    """One delivery of a job's webhook event, moved here from Redis with its job by the
+    flusher (and updated by later attempts); GET /jobs/{id}/webhooks reads it for 30 days."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the webhook-id
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    gave_up_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The body sent (the event as it was): a redelivery sends it again, newly signed.
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    # The delivery a redelivery repeats.
+    redelivery_of: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class LedgerEntry(Base):

@@ -125,6 +125,10 @@ class JobRecord:
     items: list[dict[str, Any]] | None = None
     # Copied at creation (from its rule, or its own body): what its processor receives.
     params: dict[str, Any] | None = None
+    # Its own result TTL (POST /jobs `result_ttl_s`); None: TOLLGATE_RESULT_TTL.
+    result_ttl_s: int | None = None
+    # The job whose failed items it runs again (POST /jobs/{id}/retry).
+    retry_of: str | None = None
 
     @classmethod
     def from_redis(cls, job: Mapping[str, str], outcomes: Mapping[str, str] | None = None,
@@ -146,19 +150,22 @@ class JobRecord:
             finished_at=ms_to_datetime(job.get("finished_at")),
             items=None if outcomes is None else item_rows(outcomes, meta_json, total),
             params=parse_params(job.get("params")),
+            result_ttl_s=int(job["result_ttl"]) if job.get("result_ttl") else None,
+            retry_of=job.get("retry_of") or None,
         )
 
     @classmethod
     def reserved(cls, job_id: str, owner: str, *, total: int, price: int, rule_id: str | None,
-                 model: str | None, at_ms: int, params: dict[str, Any] | None = None
-                 ) -> JobRecord:
+                 model: str | None, at_ms: int, params: dict[str, Any] | None = None,
+                 result_ttl_s: int | None = None, retry_of: str | None = None,
+                 state: JobState = JobState.CREATED) -> JobRecord:
         """The job exactly as reserve.lua has just written it (no need to read it back)."""
         at = ms_to_datetime(at_ms)
-        return cls(id=job_id, user_id=owner, state=JobState.CREATED, total_items=total,
+        return cls(id=job_id, user_id=owner, state=state, total_items=total,
                    done_items=0, failed_items=0, price=price, cost=total * price, charged=0,
                    refunded=0, rule_id=rule_id or None, model=model or None, reason=None,
                    created_at=at, updated_at=at, started_at=None, finished_at=None,
-                   params=params)
+                   params=params, result_ttl_s=result_ttl_s, retry_of=retry_of or None)
 
     def history_row(self) -> dict[str, Any]:
         """The jobs_log row: the same names, items always there."""
@@ -166,6 +173,10 @@ class JobRecord:
         row["state"] = str(self.state)
         row["items"] = self.items if self.items is not None else item_rows({}, None,
                                                                            self.total_items)
+        # When the sweeper deletes its outputs (a job with its own TTL; NULL: the setting's).
+        row["results_expire_at"] = (
+            self.finished_at + timedelta(seconds=self.result_ttl_s)
+            if self.finished_at is not None and self.result_ttl_s is not None else None)
         return row
 
 

@@ -154,8 +154,12 @@ class Core(StateReads):
         body_hash: str = "",
         idempotency_ttl_ms: int = 86_400_000,
         at_ms: int | None = None,
+        result_ttl_s: int | None = None,
+        retry_of: str = "",
+        uploaded: bool = False,
     ) -> tuple[Code, str]:
-        """Returns (OK, job_id) or (ALREADY, the existing job id)."""
+        """Returns (OK, job_id) or (ALREADY, the existing job id). `uploaded`: the job
+        starts `uploaded` (a retry, on inputs already stored)."""
         user = self.keys.user(user_id)
         if self.keys.bucket_of_job(job_id) != self.keys.bucket_of_user(user_id):
             # Every later call finds the job by the bucket in its id: a job stored under
@@ -173,6 +177,8 @@ class Core(StateReads):
                 "1" if idempotency_key else "0", body_hash, idempotency_ttl_ms, rule_id,
                 model, webhook_url, ",".join(webhook_events), params_json,
                 "1" if bill_input_errors else "",
+                "" if result_ttl_s is None else result_ttl_s, retry_of,
+                JobState.UPLOADED if uploaded else "",
             ],
         )
         code = check_reply(reply, "reserve")

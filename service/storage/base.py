@@ -37,6 +37,11 @@ class Storage(Protocol):
         """Deletes every object under a folder (`prefix` ends in "/"); returns how many."""
         ...
 
+    async def copy(self, pairs: list[tuple[str, str]]) -> None:
+        """Copies each (source, target) object inside the storage, without reading it here
+        (a retry's inputs); FileNotFoundError when a source is not there."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -196,6 +196,18 @@ class LocalStorage:
         count: int = await anyio.to_thread.run_sync(remove)
         return count
 
+    async def copy(self, pairs: list[tuple[str, str]]) -> None:
+        def copy_all() -> None:
+            for source, target in pairs:
+                src, dst = self.path_for(source), self.path_for(target)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.part"
+                shutil.copyfile(src, tmp)  # FileNotFoundError when the source is gone
+                tmp.replace(dst)
+                self.remember_content_type_at(dst, self.content_type_at(src))
+
+        await anyio.to_thread.run_sync(copy_all)
+
     async def write(self, key: str, data: bytes) -> None:
         """Atomic: readers see the old file or the new one, never half of it."""
         path = self.path_for(key)

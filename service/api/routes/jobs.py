@@ -6,7 +6,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api import jobs, listing
+from service.api import jobs, listing, retries
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
 from service.api.routes.deps import UserRequest
@@ -15,9 +15,11 @@ from service.errors import (
     BadArgument,
     ConcurrencyLimit,
     IdempotencyKeyReused,
+    InputsExpired,
     InsufficientCredits,
     InvalidTransition,
     NotFound,
+    NothingToRetry,
     UnknownModel,
     UploadsMissing,
 )
@@ -76,6 +78,18 @@ class JobsController(Controller):
     async def execute(self, request: UserRequest, rt: NamedDependency[Runtime],
                       job_id: FromPath[str]) -> JobView:
         return body(JobView, await jobs.execute(rt, request.user.user_id, job_id))
+
+    @post("/{job_id:str}/retry", status_code=201, responses=refusals(
+        NotFound, InvalidTransition, NothingToRetry, InputsExpired, InsufficientCredits,
+        ConcurrencyLimit, IdempotencyKeyReused), description=(
+            "A new job (`retry_of`) of the finished job's failed items, on their stored "
+            "inputs, at its price and params: created `uploaded`, so execute it next. The "
+            "inputs are kept TOLLGATE_RETRY_WINDOW after the job finished; then 410."))
+    async def retry(self, request: UserRequest, rt: NamedDependency[Runtime],
+                    job_id: FromPath[str], idempotency_key: OptionalIdempotencyKey = None
+                    ) -> JobCreated:
+        return body(JobCreated, await retries.retry_job(rt, request.user.user_id, job_id,
+                                                        idempotency_key))
 
     @post("/{job_id:str}/cancel", status_code=200,
           responses=refusals(NotFound, InvalidTransition))
