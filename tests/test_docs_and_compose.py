@@ -1,7 +1,7 @@
 """compose.yaml and the README stay in step with the code.
 
 The compose stack itself (schema, healthchecks, profiles, the Dockerfile, monitoring) is
-checked in test_compose_stack.py.
+checked in tests/deploy/
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from service.webhooks import WebhookSender, sender_client
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, queued_job, report_item, upload_all
 from tests.api.receiver import Receiver
-from tests.test_compose_stack import METRIC_NAMES
+from tests.deploy.artefacts import METRIC_NAMES
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
