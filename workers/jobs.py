@@ -49,7 +49,8 @@ from workers.callbacks import (
     JobClosed,
     RetryingClient,
 )
-from workers.inputs import download, item_groups
+from workers.inputs import download as download  # re-exported: bench/end_to_end.py
+from workers.inputs import item_groups
 from workers.processors import (
     NO_PARAMS,
     Item,
