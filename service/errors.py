@@ -122,6 +122,10 @@ class TooManyRequests(TollgateError):
     status, code, title = 429, "too_many_requests", "Too many requests"
 
 
+class TooManyStreams(TollgateError):
+    status, code, title = 429, "too_many_streams", "Too many open event streams"
+
+
 class InternalError(TollgateError):
     status, code, title = 500, "internal_error", "Internal error"
 

@@ -28,6 +28,9 @@ from service.state.outbox import Outbox
 log = logging.getLogger("tollgate.live")
 
 KEEPALIVE_S = 15.0
+# A stream on a job that did not change for settings.stream_idle ends with this hint: a
+# client that still wants the job opens a new stream after it (API.md, "Abuse limits").
+IDLE_RETRY_MS = 5000
 
 
 class ChangeWatch:
@@ -113,13 +116,19 @@ async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[
     yield _message(view, number)
     if view["status"] in TERMINAL:
         return
+    idle_s, changed_at = rt.settings.stream_idle, time.monotonic()
     with watch.watch(job_id, seen) as changed:
         while True:
+            idle_left = idle_s - (time.monotonic() - changed_at)
+            if idle_left <= 0:
+                yield ServerSentEventMessage(comment="idle", data=None, retry=IDLE_RETRY_MS)
+                return
             try:
-                await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, idle_left))
             except TimeoutError:
-                # data=None: a comment only (an empty data line would be an event)
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                if time.monotonic() - changed_at < idle_s:
+                    # data=None: a comment only (an empty data line would be an event)
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
             changed.clear()
             try:
@@ -129,7 +138,7 @@ async def job_events(rt: Runtime, watch: ChangeWatch, user_id: str, first: dict[
                 return
             if _shown(latest) == _shown(view):
                 continue
-            view, number = latest, number + 1
+            view, number, changed_at = latest, number + 1, time.monotonic()
             yield _message(view, number)
             if view["status"] in TERMINAL:
                 return

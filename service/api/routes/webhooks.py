@@ -7,23 +7,25 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 
-from service.api import live, webhook_log
+from service.api import live, streams, webhook_log
 from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
 from service.api.schemas import WebhookLog, WebhookSecret, body
-from service.errors import NotFound
+from service.errors import NotFound, TooManyStreams
 from service.runtime import Runtime
 
 
-@get("/jobs/{job_id:str}/events", tags=["jobs"], responses=refusals(NotFound),
+@get("/jobs/{job_id:str}/events", tags=["jobs"], responses=refusals(NotFound, TooManyStreams),
      summary="Live progress: one Server-Sent Event per change, until a terminal status",
      media_type="text/event-stream")
 async def job_events(request: UserRequest, rt: NamedDependency[Runtime],
                      job_id: FromPath[str]) -> ServerSentEvent:
     user_id = request.user.user_id
     first, seen = await live.opening(rt, user_id, job_id)  # 404 before the stream
+    slot = await streams.take_slot(rt, user_id)  # 429 too_many_streams past the limit
     watch = live.change_watch(request.app.state, rt)
-    return ServerSentEvent(live.job_events(rt, watch, user_id, first, seen),
+    events = live.job_events(rt, watch, user_id, first, seen)
+    return ServerSentEvent(streams.holding_slot(rt, user_id, slot, events),
                            headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
