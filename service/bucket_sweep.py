@@ -176,16 +176,16 @@ async def _flush_history(
 ) -> FlushStats:
     """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
     later or is set aside (service.dead_letters), and never holds up the rest."""
-    snapshots, raw_entries, retried = await asyncio.gather(
+    snapshots, raw_entries, retried, hooks = await asyncio.gather(
         core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
-        core.ledger_retries_due(bucket, ledger_limit))
+        core.ledger_retries_due(bucket, ledger_limit), core.webhook_logs(job_ids))
 
     jobs, vanished = [], []
-    for job_id, (job, items, meta) in zip(job_ids, snapshots, strict=True):
+    for job_id, (job, items, meta), log in zip(job_ids, snapshots, hooks, strict=True):
         if not job:
             vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
-        elif job.get(JOB_STATE) in TERMINAL:
-            jobs.append(job_record(job, items, meta))
+        elif job.get(JOB_STATE) in TERMINAL:  # its delivery log goes to SQL with its row
+            jobs.append(job_record(job, items, meta, log))
     read = [ledger_record(raw) for raw in raw_entries]
     retried_read = [ledger_record(raw) for raw in retried]
     # A job's release and charge travel with its jobs_log row (its record builds them from

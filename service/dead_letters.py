@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.contract import clean_error
+from service.history.deliveries import upsert_deliveries
 from service.history.failures import (
     delete_failure,
     get_failure,
@@ -89,13 +90,45 @@ class Record:
                                    self.source["meta"])
         if job is None:
             raise ValueError("the job hash is empty")
-        return Rows([job.history_row()], money_rows(job))
+        return Rows([job.history_row()], money_rows(job),
+                    delivery_rows(self.source.get("webhooks") or {}))
 
 
 @dataclass(frozen=True, slots=True)
 class Rows:
     jobs: list[dict[str, Any]]
     ledger: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]] = field(default_factory=list)  # webhook_deliveries
+
+
+def delivery_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A webhook_deliveries row from a delivery record of the job's log in Redis (JSON
+    written by lua/includes/outbox.lua and lua/webhook_result.lua, times in ms)."""
+    def at(name: str) -> datetime | None:
+        value = record.get(name)
+        return ms_to_datetime(int(value)) if isinstance(value, int | float) else None
+
+    status = record.get("last_status")
+    return {"id": str(record["id"]), "job_id": str(record["job_id"]),
+            "user_id": str(record.get("owner") or ""), "type": str(record["type"]),
+            "url": str(record.get("url") or ""), "attempts": int(record.get("attempts") or 0),
+            "last_status": int(status) if isinstance(status, int | float) else None,
+            "created_at": ms_to_datetime(int(record["created_at"])),
+            "delivered_at": at("delivered_at"), "next_attempt_at": at("next_attempt_at"),
+            "gave_up_at": at("gave_up_at"), "body": record.get("body") or None,
+            "redelivery_of": record.get("redelivery_of") or None}
+
+
+def delivery_rows(records: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of a job's delivery log; a record no script could have written is left out
+    (it must not hold up the job's own row)."""
+    rows = []
+    for raw in records.values():
+        try:
+            rows.append(delivery_row(json.loads(raw)))
+        except (ValueError, TypeError, KeyError) as error:
+            log.warning("flush: a webhook delivery record is unreadable (%s), left out", error)
+    return rows
 
 
 # The ledger entries finish_job.lua pushes when a job ends (ids '<kind>:<job id>').
@@ -116,8 +149,11 @@ def money_rows(job: JobRecord) -> list[dict[str, Any]]:
     return rows
 
 
-def job_record(job: dict[str, str], items: dict[str, str], meta: str | None) -> Record:
-    return Record("job", job[JOB_ID], {"job": job, "items": items, "meta": meta})
+def job_record(job: dict[str, str], items: dict[str, str], meta: str | None,
+               webhooks: dict[str, str] | None = None) -> Record:
+    """`webhooks`: the job's delivery log, written to SQL with its row."""
+    return Record("job", job[JOB_ID], {"job": job, "items": items, "meta": meta,
+                                       "webhooks": webhooks or {}})
 
 
 def ledger_record(entry: str) -> Record:
@@ -138,6 +174,7 @@ def ledger_record(entry: str) -> Record:
 async def _write(session: AsyncSession, rows: list[tuple[Record, Rows]]) -> None:
     await upsert_jobs(session, [row for _, built in rows for row in built.jobs])
     await insert_ledger(session, [row for _, built in rows for row in built.ledger])
+    await upsert_deliveries(session, [row for _, built in rows for row in built.deliveries])
 
 
 async def _write_or_split(

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from service.bucket_sweep import CLAIM_MS, FlushStats, Requeue, Sessions, flush_bucket
 from service.dispatch import dispatch
 from service.errors import NotFound
+from service.history.deliveries import expire_deliveries
 from service.history.engine import make_engine, make_session_factory
 from service.retention import expire_kept_inputs, expire_results
 from service.runtime import Runtime, make_core, open_runtime
@@ -157,6 +158,8 @@ async def flush_once(
         stats.results_expired = await expire_results(session_factory, storage,
                                                      settings.result_ttl)
         await expire_kept_inputs(session_factory, storage, settings.retry_window)
+        async with session_factory() as session, session.begin():
+            await expire_deliveries(session)
     if stats:
         log.info("flusher pass: %s", stats)
     return stats

@@ -156,7 +156,20 @@ def log_entry(record: dict[str, Any]) -> dict[str, Any]:
 
     return {"id": record["id"], "type": record["type"], "attempts": int(record["attempts"]),
             "last_status": record.get("last_status"), "delivered_at": at("delivered_at"),
-            "next_attempt_at": at("next_attempt_at"), "gave_up_at": at("gave_up_at")}
+            "next_attempt_at": at("next_attempt_at"), "gave_up_at": at("gave_up_at"),
+            "redelivery_of": record.get("redelivery_of")}
+
+
+def redelivery(original: dict[str, Any], delivery_id: str, now: int) -> dict[str, Any]:
+    """A new delivery of the same event (its body as first sent, when it was sent): one
+    attempt, with its own webhook-id, signed with the secret of the moment it is made."""
+    record = {"id": delivery_id, "job_id": original["job_id"], "owner": original["owner"],
+              "type": original["type"], "url": original["url"],
+              "snapshot": original.get("snapshot") or {}, "created_at": now, "attempts": 0,
+              "next_attempt_at": now, "max_attempts": 1, "redelivery_of": original["id"]}
+    if original.get("body"):
+        record["body"] = original["body"]
+    return record
 
 
 def _as_of(view: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -473,8 +486,9 @@ class WebhookSender:
             status = await self._post(record["url"], delivery_id, body, record["owner"])
         if status is not None and 200 <= status < 300:
             outcome, next_ms = "delivered", 0
-        elif seen >= len(RETRY_DELAYS_S) or body is None:
-            outcome, next_ms = "gave_up", 0
+        elif (seen >= len(RETRY_DELAYS_S) or body is None
+              or seen + 1 >= int(record.get("max_attempts") or len(RETRY_DELAYS_S) + 1)):
+            outcome, next_ms = "gave_up", 0  # a redelivery makes one attempt only
         else:
             outcome, next_ms = "failed", now_ms() + RETRY_DELAYS_S[seen] * 1000
         sent = "" if record.get("body") or body is None else body.decode()

@@ -376,6 +376,7 @@ class WebhookDelivery(msgspec.Struct, forbid_unknown_fields=True):
     delivered_at: str | None
     next_attempt_at: str | None  # null once delivered or given up
     gave_up_at: str | None  # set when the retries (at least 24 h of them) ran out
+    redelivery_of: str | None = None  # the delivery a POST .../redeliver repeated
 
 
 class WebhookLog(msgspec.Struct, forbid_unknown_fields=True):

@@ -185,6 +185,15 @@ class Core(StateReads):
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return code, str(reply[1])
 
+    async def webhook_logs(self, job_ids: list[str]) -> list[dict[str, str]]:
+        """Each job's webhook delivery log (delivery id -> JSON record), in one round trip:
+        the flusher moves it to SQL with the job."""
+        if not job_ids:
+            return []
+        replies = await self._read(*(("HGETALL", self.job_keys(job_id).webhooks)
+                                     for job_id in job_ids))
+        return [dict(reply or {}) for reply in replies]
+
     async def transition(
         self, job_id: str, from_state: str, to_state: str, *, owner: str = "", lease_ms: int = 0
     ) -> JobProgress:

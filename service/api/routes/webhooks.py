@@ -10,7 +10,7 @@ from litestar.response import ServerSentEvent
 from service.api import live, streams, webhook_log
 from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
-from service.api.schemas import WebhookLog, WebhookSecret, body
+from service.api.schemas import WebhookDelivery, WebhookLog, WebhookSecret, body
 from service.errors import NotFound, TooManyStreams
 from service.runtime import Runtime
 
@@ -36,6 +36,17 @@ async def job_webhooks(request: UserRequest, rt: NamedDependency[Runtime],
     return body(WebhookLog, await webhook_log.delivery_log(rt, request.user.user_id, job_id))
 
 
+@post("/jobs/{job_id:str}/webhooks/{delivery_id:str}/redeliver", status_code=202,
+      tags=["jobs"], responses=refusals(NotFound),
+      summary="Send the event of one delivery again, now: one attempt, a new webhook-id, "
+              "signed with the current secret, recorded in the log")
+async def redeliver_webhook(request: UserRequest, rt: NamedDependency[Runtime],
+                            job_id: FromPath[str], delivery_id: FromPath[str]
+                            ) -> WebhookDelivery:
+    return body(WebhookDelivery, await webhook_log.redeliver(rt, request.user.user_id, job_id,
+                                                            delivery_id))
+
+
 @get("/me/webhook-secret", tags=["webhooks"], responses=refusals(),
      summary="The secret that signs the caller's webhook deliveries")
 async def get_webhook_secret(request: UserRequest, rt: NamedDependency[Runtime]
@@ -51,5 +62,5 @@ async def rotate_webhook_secret(request: UserRequest, rt: NamedDependency[Runtim
                 await webhook_log.webhook_secret(rt, request.user.user_id, rotate=True))
 
 
-WEBHOOK_HANDLERS: list[Any] = [job_events, job_webhooks, get_webhook_secret,
-                               rotate_webhook_secret]
+WEBHOOK_HANDLERS: list[Any] = [job_events, job_webhooks, redeliver_webhook,
+                               get_webhook_secret, rotate_webhook_secret]

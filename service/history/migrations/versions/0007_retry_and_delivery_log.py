@@ -52,9 +52,11 @@ def upgrade() -> None:
         sa.Column("redelivery_of", sa.String(200), nullable=True),
     )
     op.create_index("ix_webhook_deliveries_job_id", "webhook_deliveries", ["job_id"])
+    op.create_index("ix_webhook_deliveries_created_at", "webhook_deliveries", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_created_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_job_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index("ix_jobs_log_kept_inputs", table_name="jobs_log")
