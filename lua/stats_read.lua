@@ -1,5 +1,7 @@
--- stats_read: the figures of a group of buckets for a metrics scrape, summed here, in one
--- reply (read-only). A scrape on a standalone Redis sends one call per group of up to 256
+-- stats_read: the figures of a group of buckets for a metrics scrape, in one reply
+-- (read-only). The counters come back raw, field by field, for the client to sum: Lua
+-- numbers are doubles, which lose whole counts past 2^53 and print 1e14 as
+-- '1.0100000000003e+14', which no integer parser takes. A scrape on a standalone Redis sends one call per group of up to 256
 -- buckets in use (service/state/stats.py); on a Cluster (where one script cannot span
 -- slots) it reads the same keys by plain commands instead.
 --
@@ -7,32 +9,24 @@
 --   KEYS[6i+1] counters tg:{b}:counters (includes/stats.lua)  KEYS[6i+2] webhook outcomes
 --   KEYS[6i+3] holds    KEYS[6i+4] queued    KEYS[6i+5] leases    KEYS[6i+6] flush
 --
--- Returns {counters (flat field, sum list), outcomes (flat list), held, queued, running,
+-- Returns {counters (flat field, value list: a field once per bucket that has it),
+--   outcomes (the same), held, queued, running,
 --   the earliest flush due ms as a string ('' when none)}, or an error for a bad key count.
 local MAX_BUCKETS = 256
 local n = #KEYS / 6
 if n % 1 ~= 0 or n > MAX_BUCKETS then return redis.error_reply('stats_read: bad key count') end
 
-local function sum_hash(key, into)
+local function append_hash(key, into)
   local flat = redis.call('HGETALL', key)
-  for i = 1, #flat, 2 do into[flat[i]] = (into[flat[i]] or 0) + tonumber(flat[i + 1]) end
-end
-
-local function as_flat(sums)
-  local flat = {}
-  for field, value in pairs(sums) do
-    flat[#flat + 1] = field
-    flat[#flat + 1] = tostring(value)
-  end
-  return flat
+  for i = 1, #flat do into[#into + 1] = flat[i] end
 end
 
 local counters, outcomes = {}, {}
 local held, queued, running, due = 0, 0, 0, nil
 for i = 0, n - 1 do
   local k = 6 * i
-  sum_hash(KEYS[k + 1], counters)
-  sum_hash(KEYS[k + 2], outcomes)
+  append_hash(KEYS[k + 1], counters)
+  append_hash(KEYS[k + 2], outcomes)
   held = held + redis.call('ZCARD', KEYS[k + 3])
   queued = queued + redis.call('ZCARD', KEYS[k + 4])
   running = running + redis.call('ZCARD', KEYS[k + 5])
@@ -44,4 +38,4 @@ for i = 0, n - 1 do
 end
 local due_text = ''
 if due then due_text = string.format('%d', due) end
-return {as_flat(counters), as_flat(outcomes), held, queued, running, due_text}
+return {counters, outcomes, held, queued, running, due_text}

@@ -37,6 +37,7 @@ def _bucket_keys(core: Core, bucket: int) -> tuple[str, ...]:
 
 
 def _add(totals: dict[str, int], flat: list[str]) -> None:
+    """Sums raw counter values in Python integers: exact past 2^53 (Lua's doubles are not)."""
     for i in range(0, len(flat), 2):
         totals[flat[i]] = totals.get(flat[i], 0) + int(flat[i + 1])
 
@@ -46,7 +47,7 @@ def _flat(reply: dict[str, str]) -> list[str]:
 
 
 async def _read_by_script(core: Core, buckets: list[int]) -> list[list[Any]]:
-    """stats_read per group of buckets: Redis sums them, the client parses a reply a group."""
+    """stats_read per group of buckets: Redis gathers them, the client sums them."""
     script = core.scripts["stats_read"]
     await core.client.script_load(script.source)  # EVALSHA inside a pipeline cannot fall back
     async with core.client.pipeline(transaction=False) as pipe:
