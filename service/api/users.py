@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from service.errors import NotFound
+from service.errors import IdempotencyKeyReused, NotFound
 from service.history.balances import (
     grant_row,
     ledger_totals,
@@ -28,6 +28,7 @@ from service.history.balances import (
     user_plan,
     write_lost_jobs,
 )
+from service.history.models import LedgerEntry
 from service.history.queries import ensure_user_row, insert_ledger, set_user_plan
 from service.runtime import Runtime
 from service.state.codes import Code
@@ -149,6 +150,10 @@ async def admin_grant(rt: Runtime, user_id: str, idempotency_key: str, amount: i
     row = grant_row(user_id, op_digest(idempotency_key), amount, reason)
     async with rt.sessions() as session, session.begin():
         if not await insert_ledger(session, [row]):
+            kept = await session.get(LedgerEntry, row["id"])
+            if kept is not None and (kept.amount, kept.reason) != (amount, reason):
+                raise IdempotencyKeyReused("this Idempotency-Key was used for another grant "
+                                           "(amount or reason)")
             user, _, _ = await rt.core.user_usage(user_id)
             if user is None:
                 raise NotFound(f"no user {user_id!r}")

@@ -24,7 +24,14 @@ from service.api.schemas import (
     body,
 )
 from service.api.users import admin_create_user, admin_grant, admin_set_plan, me
-from service.errors import Forbidden, InsufficientCredits, NotFound, UserExists
+from service.errors import (
+    BadArgument,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    NotFound,
+    UserExists,
+)
 from service.runtime import Runtime
 from service.state.codes import Code
 
@@ -65,10 +72,15 @@ class AdminController(Controller):
         return body(MeView, await me(rt, user_id))
 
     @post("/{user_id:str}/credits", status_code=200,
-          responses=refusals(Forbidden, NotFound, InsufficientCredits, json_body=True))
+          responses=refusals(Forbidden, NotFound, InsufficientCredits, IdempotencyKeyReused,
+                             json_body=True))
     async def grant_credits(self, request: UserRequest, rt: NamedDependency[Runtime],
                             user_id: UserIdPath, data: JSONBody[CreditGrant],
                             idempotency_key: RequiredIdempotencyKey) -> CreditBalance:
+        # The body is decoded leniently ("1" and 1.0 become 1); money takes a JSON integer
+        # only (API.md). The raw JSON is parsed once more, on this admin route only.
+        if type((await request.json()).get("amount")) is not int:
+            raise BadArgument("amount must be a JSON integer")
         balance = await admin_grant(rt, user_id, idempotency_key, data.amount, data.reason)
         return CreditBalance(user_id=user_id, duplicate=balance.code is Code.ALREADY,
                              credits=Credits(available=balance.available,
