@@ -28,7 +28,8 @@ from tests.system.receivers import FAILING, GOOD, HANGING, Receivers
 TERMINAL = frozenset({"done", "failed", "canceled"})
 CALL_DEADLINE_S = 45.0  # a call retried past this (503, no connection) counts as unexpected
 LOST = frozenset({403, 404, 409})
-GONE_AFTER_S = 10.0  # a job that answers no view this long is taken as gone
+AFTER_FAULTS_S = 15.0  # traffic after the last fault, for the checks "after recovery"
+GONE_AFTER_S = 5.0  # a job that answers no view this long is taken as gone
 LAG = re.compile(r"^tollgate_flush_lag_seconds\s+(\S+)", re.M)
 
 
@@ -115,8 +116,21 @@ class Workload:
                 await asyncio.sleep(min(float(response.headers.get("Retry-After") or 1), 2))
                 continue
             break
+        if job is not None and response is not None and self._hold_ran_out(job, response):
+            refusals = refusals | {409}
         self.answers.note(what, response, expect | refusals)
         return response if response is not None and response.status_code in expect else None
+
+    def _hold_ran_out(self, job: JobRecord, response: httpx.Response) -> bool:
+        """A 409 to a client too slow for the hold: its TTL ran out and the job was canceled
+        (or flushed: no status) before this call."""
+        if response.status_code != 409 or \
+                time.monotonic() < job.created_at + self.stack.timing.hold_ttl - 0.5:
+            return False
+        try:
+            return response.json().get("job_status") in (None, "canceled")
+        except ValueError:
+            return False
 
     def api(self, path: str) -> str:
         return f"{self.stack.api_url}{path}"
@@ -279,7 +293,7 @@ class Workload:
     async def run(self, seconds: float, clients: int, phase: str,
                   faults: list[tuple[str, Any]]) -> None:
         """`clients` client tasks for `seconds`; the faults one after another meanwhile
-        (the phase then lasts until 10 s after the last)."""
+        (the phase then lasts until AFTER_FAULTS_S after the last)."""
         self.phase = phase
         if len(self.users) < clients:
             await self.add_users(clients - len(self.users))
@@ -290,7 +304,7 @@ class Workload:
                 for _, action in faults:
                     await asyncio.sleep(2.0)
                     await action(self)
-                await asyncio.sleep(max(10.0 if faults else 0.0,
+                await asyncio.sleep(max(AFTER_FAULTS_S if faults else 0.0,
                                         seconds - (time.monotonic() - began)))
             finally:
                 stop.set()
