@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # (write = N, read = N per minute); unset: the defaults in service/api/ratelimit.py.
     rate_limits: str | None = None
     rate_limits_enabled: bool = True
+    # JWT `aud` that user and admin tokens must carry; unset: aud is not required.
+    jwt_audience: str | None = None
 
     @property
     def worker_url(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ImproperlyConfiguredException
+from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
@@ -96,6 +96,15 @@ class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
         super().__init__(*args, **kwargs)
         self._verified: OrderedDict[str, tuple[float, AuthenticationResult]] = OrderedDict()
 
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]
+                                   ) -> AuthenticationResult:
+        # Litestar takes whatever follows the first space, so `Basic <jwt>` passed; only
+        # the Bearer scheme (any case, RFC 9110) carries a token here.
+        scheme, _, encoded_token = (connection.headers.get(self.auth_header) or "").partition(" ")
+        if scheme.lower() != "bearer" or not encoded_token.strip():
+            raise NotAuthorizedException("a Bearer token is required")
+        return await self.authenticate_token(encoded_token.strip(), connection)
+
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
@@ -134,7 +143,8 @@ def make_jwt_auth(
         algorithm=algorithm,
         retrieve_user_handler=retrieve_user,
         exclude=PUBLIC_PATHS,
-        require_claims=["exp", "sub"],
+        require_claims=["exp", "sub", *(["aud"] if settings.jwt_audience else [])],
+        accepted_audiences=[settings.jwt_audience] if settings.jwt_audience else None,
         authentication_middleware_class=CachedJWTAuthenticationMiddleware,
         token_cls=TollgateToken,
     )
