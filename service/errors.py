@@ -45,6 +45,10 @@ class KeyConflict(TollgateError):
     status, code, title = 409, "key_conflict", "Key names a folder"
 
 
+class UploadInProgress(TollgateError):
+    status, code, title = 409, "upload_in_progress", "Another upload to this URL is in progress"
+
+
 class InvalidTransition(TollgateError):
     status, code, title = 409, "invalid_transition", "The job is not in a state that allows this"
 

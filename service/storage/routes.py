@@ -19,7 +19,13 @@ from litestar.response import File
 from litestar.types import Scope
 from litestar.types.file_types import FileInfo, FileSystemProtocol
 
-from service.errors import BadSignature, KeyConflict, NotFound, PayloadTooLarge
+from service.errors import (
+    BadSignature,
+    KeyConflict,
+    NotFound,
+    PayloadTooLarge,
+    UploadInProgress,
+)
 from service.storage.local import ANY_TYPE, LocalStorage
 
 # Bytes gathered in the event loop before one thread call writes them: an item of this size
@@ -181,6 +187,9 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
     """PUT and GET /files/{key}: the embedded stand-in for S3's presigned URLs. `signed` is
     told of a PUT whose signature is valid, before its body is read (the API reads a body
     without valid credentials on strict terms: service.api.connections)."""
+    # One upload in flight per key in this process, so parallel PUTs to one URL cannot each
+    # hold a temp file of the URL's size: the others are 409 upload_in_progress.
+    uploading: set[str] = set()
 
     @put("/files/{key:path}", status_code=200, request_max_body_size=None,
          include_in_schema=False)
@@ -214,12 +223,20 @@ def local_file_routes(storage: LocalStorage, check_upload: UploadCheck | None = 
         declared = request.headers.get("content-length")
         small = (declared is not None and declared.isdigit()
                  and int(declared) <= min(max_size, WRITE_BUFFER))
-        if check_upload is not None and not small:
-            await check_upload(request, key)
-        await _receive_file(request, path, max_size,
-                            None if check_upload is None else partial(check_upload, request, key),
-                            partial(storage.remember_content_type_at, path,
-                                    kept_type(request.headers.get("content-type"))))
+        if key in uploading:
+            raise UploadInProgress("another upload to this URL is in progress; retry when "
+                                   "it has ended")
+        uploading.add(key)
+        try:
+            if check_upload is not None and not small:
+                await check_upload(request, key)
+            await _receive_file(
+                request, path, max_size,
+                None if check_upload is None else partial(check_upload, request, key),
+                partial(storage.remember_content_type_at, path,
+                        kept_type(request.headers.get("content-type"))))
+        finally:
+            uploading.discard(key)
         return Response({}, status_code=200)
 
     @get("/files/{key:path}", include_in_schema=False)

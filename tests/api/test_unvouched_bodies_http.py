@@ -159,3 +159,29 @@ async def test_a_signed_upload_is_read_past_64_kib(embedded_api: Api) -> None:
         # The same URL without its signature is refused before its body is read.
         forged = await raw.put(upload["url"].split("?")[0], content=b"x" * size)
         assert forged.status_code == 403, forged.text
+
+
+async def test_parallel_puts_to_one_upload_url_are_one_at_a_time(embedded_api: Api) -> None:
+    api, size = embedded_api, 200_000
+    response = await api.client.post("/jobs", json={"items": items(1, size)},
+                                      headers=api.auth(api.user()))
+    upload = response.json()["uploads"][0]
+    target = upload["url"].split("/files/", 1)[1]
+    head = (f"PUT /files/{target} HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in upload["headers"].items()))
+    # The first PUT is in flight (half its body sent); a second to the same URL is refused
+    # at once, without a temp file of its own.
+    reader, writer = await _send_head(_port(api), head, b"x" * (size // 2))
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(timeout=30) as raw:
+        second = await raw.put(upload["url"], headers=upload["headers"], content=b"y" * size)
+        assert second.status_code == 409, second.text
+        assert second.json()["code"] == "upload_in_progress"
+        writer.write(b"x" * (size - size // 2))
+        await writer.drain()
+        status, _ = await _status(reader, 5.0)
+        writer.close()
+        assert status == 200
+        # Once it has ended, the URL takes a PUT again.
+        again = await raw.put(upload["url"], headers=upload["headers"], content=b"z" * size)
+        assert again.status_code == 200, again.text
