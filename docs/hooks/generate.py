@@ -52,7 +52,8 @@ MEANINGS = {
     "result_url_ttl": "seconds a result download URL stays valid",
     "idempotency_ttl": "seconds an `Idempotency-Key` of POST /jobs is remembered",
     "max_body_bytes": "largest API request body",
-    "max_item_size": "largest item (bytes) a job may declare",
+    "max_item_size": "largest item (bytes) a job may declare, for a model that sets no "
+                     "`max_item_bytes`",
     "flush_batch": "jobs per bucket per flusher round (a bucket that fills a round is taken "
                    "again at once, up to 25 rounds a pass)",
     "flusher_interval": "seconds between flusher passes",

@@ -5,9 +5,7 @@ block's `output` block, where one is shown, is compared with what it printed."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +31,7 @@ def page_env(dev: Dev, user: str, folder: Path) -> dict[str, str]:
     token = tollgate("token", user, cwd=folder,
                      env={**dev.env, "TOLLGATE_JWT_SECRET": secret}).stdout.strip()
     assert token, user
-    venv_bin = str(Path(sys.executable).parent)
-    return {**dev.env, "PATH": venv_bin + os.pathsep + dev.env.get("PATH", ""),
-            "TG_URL": dev.url, "TG_TOKEN": token, "TG_ADMIN": dev.printed("admin")}
+    return dev.reader_env(token)
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)

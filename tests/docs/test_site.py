@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import error_table
 from service.settings import Settings
 from tests.docs.examples import ROOT
 
@@ -55,9 +54,3 @@ def test_no_page_loads_anything_from_another_host(site: Path) -> None:
         remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
         assert not remote, (page, remote)
 
-
-def test_the_reference_lists_every_problem_code_with_its_status() -> None:
-    section = (ROOT / "docs" / "reference.md").read_text().split("## Problem codes", 1)[1]
-    section = section.split("\n#", 1)[0]
-    listed = set(re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, flags=re.M))
-    assert listed == {(str(error.status), error.code) for error in error_table()}

@@ -47,6 +47,14 @@ class Dev:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def reader_env(self, token: str | None = None) -> dict[str, str]:
+        """A reader's shell, as the quickstart sets it up: the venv activated (its commands
+        first on PATH) and TG_URL, TG_TOKEN (dev's user token unless given), TG_ADMIN."""
+        venv_bin = str(Path(sys.executable).parent)
+        return {**self.env, "PATH": venv_bin + os.pathsep + self.env.get("PATH", ""),
+                "TG_URL": self.url, "TG_TOKEN": token or self.printed("token"),
+                "TG_ADMIN": self.printed("admin")}
+
     def printed(self, name: str) -> str:
         """The value the banner prints after `name:` (token, admin)."""
         found = re.search(rf"{name}:\s+(\S+)", self.log())
