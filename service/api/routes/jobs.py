@@ -2,15 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api import jobs, listing, retries
+from service.api import jobs, listing, retries, waits
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
+from service.api.responses import JsonResponse
 from service.api.routes.deps import UserRequest
 from service.api.schemas import JobCreate, JobCreated, JobPage, JobStatus, JobView, body
+from service.api.waits import PreferHeader
 from service.errors import (
     BadArgument,
     ConcurrencyLimit,
@@ -58,10 +60,20 @@ class JobsController(Controller):
         return body(JobCreated,
                     await jobs.create_job(rt, request.user.user_id, data, idempotency_key))
 
-    @get("/{job_id:str}", responses=refusals(NotFound))
+    @get("/{job_id:str}", responses=refusals(NotFound), description=(
+        "The job. With `Prefer: wait=N` (1-60) the answer waits until the job is final or "
+        "N seconds pass (`Preference-Applied: wait=N`); a user holds at most 10 waits and "
+        "event streams at once, past that the answer comes at once."))
     async def get_job(self, request: UserRequest, rt: NamedDependency[Runtime],
-                      job_id: FromPath[str]) -> JobView:
-        return body(JobView, await jobs.get_job(rt, request.user.user_id, job_id))
+                      job_id: FromPath[str], prefer: PreferHeader = None
+                      ) -> Response[JobView]:
+        seconds = waits.wanted_wait(prefer)
+        if seconds is None:
+            return JsonResponse(body(JobView, await jobs.get_job(rt, request.user.user_id,
+                                                                 job_id)))
+        view, headers = await waits.until_final(rt, request.app.state, request.user.user_id,
+                                                job_id, seconds)
+        return JsonResponse(body(JobView, view), headers=headers)
 
     @post("/{job_id:str}/confirm-upload", status_code=200,
           responses=refusals(NotFound, UploadsMissing), description=(
@@ -74,10 +86,20 @@ class JobsController(Controller):
     @post("/{job_id:str}/execute", status_code=202,
           responses=refusals(NotFound, InvalidTransition), description=(
               "Queues an uploaded job for the workers. On a job already queued, running or "
-              "final (a retry) it answers the job where it is; 409 only before confirm."))
+              "final (a retry) it answers the job where it is; 409 only before confirm. With "
+              "`Prefer: wait=N` (1-60) it answers 200 once the job is final or N seconds "
+              "passed, with `Preference-Applied: wait=N`."))
     async def execute(self, request: UserRequest, rt: NamedDependency[Runtime],
-                      job_id: FromPath[str]) -> JobView:
-        return body(JobView, await jobs.execute(rt, request.user.user_id, job_id))
+                      job_id: FromPath[str], prefer: PreferHeader = None
+                      ) -> Response[JobView]:
+        user_id = request.user.user_id
+        view = await jobs.execute(rt, user_id, job_id)
+        seconds = waits.wanted_wait(prefer)
+        if seconds is None:
+            return JsonResponse(body(JobView, view), status_code=202)
+        view, headers = await waits.until_final(rt, request.app.state, user_id, job_id,
+                                                seconds)
+        return JsonResponse(body(JobView, view), status_code=200, headers=headers)
 
     @post("/{job_id:str}/retry", status_code=201, responses=refusals(
         NotFound, InvalidTransition, NothingToRetry, InputsExpired, InsufficientCredits,
