@@ -14,7 +14,7 @@ import httpx
 from service.client.files import FileSpec, backoff, read_files
 from service.client.problems import raise_for_problem
 from service.client.sse import EventParser
-from service.client.sync import job_body, key_header
+from service.client.sync import job_body, key_header, prefer_wait
 from service.client.views import Job, JobEvent, JobPage, Upload, as_job
 
 
@@ -68,30 +68,62 @@ class AsyncTollgate:
     async def confirm(self, job_id: str) -> Job:
         return as_job(await self._call("POST", f"/jobs/{job_id}/confirm-upload"))
 
-    async def execute(self, job_id: str) -> Job:
-        return as_job(await self._call("POST", f"/jobs/{job_id}/execute"))
+    async def execute(self, job_id: str, *, wait: int | None = None) -> Job:
+        return as_job(await self._call("POST", f"/jobs/{job_id}/execute",
+                                       headers=prefer_wait(wait),
+                                       **self._wait_timeout(wait)))
 
-    async def get(self, job_id: str) -> Job:
-        return as_job(await self._call("GET", f"/jobs/{job_id}"))
+    async def get(self, job_id: str, *, wait: int | None = None) -> Job:
+        return as_job(await self._call("GET", f"/jobs/{job_id}", headers=prefer_wait(wait),
+                                       **self._wait_timeout(wait)))
+
+    def _wait_timeout(self, wait: int | None) -> dict[str, httpx.Timeout]:
+        """A read timeout that covers the server's hold (the client's default otherwise)."""
+        if not wait:
+            return {}
+        read = self.http.timeout.read
+        return {"timeout": httpx.Timeout(self.http.timeout.connect, read=wait + (read or 30.0))}
+
+    async def retry(self, job_id: str, *, idempotency_key: str | None = None) -> Job:
+        return as_job(await self._call("POST", f"/jobs/{job_id}/retry",
+                                       headers=key_header(idempotency_key)))
+
+    async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        data = await self._call("GET", f"/jobs/{job_id}/webhooks")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def redeliver(self, job_id: str, delivery_id: str) -> dict[str, Any]:
+        delivery: dict[str, Any] = await self._call(
+            "POST", f"/jobs/{job_id}/webhooks/{delivery_id}/redeliver")
+        return delivery
 
     async def cancel(self, job_id: str) -> Job:
         return as_job(await self._call("POST", f"/jobs/{job_id}/cancel"))
 
     async def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0,  # noqa: ASYNC109
-                  **create: Any) -> Job:
+                  wait: int | None = None, **create: Any) -> Job:
         job = await self.create(files, **create)
         await self.confirm(job.id)
-        await self.execute(job.id)
-        return await self.wait(job.id, timeout=timeout)
+        executed = await self.execute(job.id, wait=wait)
+        if executed.finished:
+            return executed
+        return await self.wait(job.id, timeout=timeout, hold=wait)
 
     async def wait(self, job_id: str, *, timeout: float = 600.0,  # noqa: ASYNC109
                    initial_delay: float = 0.2,
-                   max_delay: float = 5.0, factor: float = 1.5) -> Job:
+                   max_delay: float = 5.0, factor: float = 1.5, hold: int | None = None) -> Job:
         deadline = time.monotonic() + timeout
         for delay in backoff(initial_delay, factor, max_delay):
-            job = await self.get(job_id)
+            left = deadline - time.monotonic()
+            job = await self.get(job_id, wait=max(1, min(hold, int(left))) if hold else None)
             if job.finished:
                 return job
+            if hold:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} is still {job.status} after "
+                                       f"{timeout:.0f} s")
+                continue
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
             await asyncio.sleep(delay)

@@ -30,6 +30,11 @@ def key_header(idempotency_key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
 
 
+def prefer_wait(wait: int | None) -> dict[str, str]:
+    """`Prefer: wait=N` (1-60 s): the server holds its answer until the job is final."""
+    return {"Prefer": f"wait={wait}"} if wait else {}
+
+
 class Tollgate:
     """A user's client of the tollgate API. Every refusal raises a ProblemError (with
     `.code` and `.status`); use it as a context manager or call close()."""
@@ -82,30 +87,70 @@ class Tollgate:
     def confirm(self, job_id: str) -> Job:
         return as_job(self._call("POST", f"/jobs/{job_id}/confirm-upload"))
 
-    def execute(self, job_id: str) -> Job:
-        return as_job(self._call("POST", f"/jobs/{job_id}/execute"))
+    def execute(self, job_id: str, *, wait: int | None = None) -> Job:
+        """Queues the job; with `wait` (1-60 s) the answer comes when it is final, or
+        after that long."""
+        return as_job(self._call("POST", f"/jobs/{job_id}/execute", headers=prefer_wait(wait),
+                                 **self._wait_timeout(wait)))
 
-    def get(self, job_id: str) -> Job:
-        return as_job(self._call("GET", f"/jobs/{job_id}"))
+    def get(self, job_id: str, *, wait: int | None = None) -> Job:
+        return as_job(self._call("GET", f"/jobs/{job_id}", headers=prefer_wait(wait),
+                                 **self._wait_timeout(wait)))
+
+    def _wait_timeout(self, wait: int | None) -> dict[str, httpx.Timeout]:
+        """A read timeout that covers the server's hold (the client's default otherwise)."""
+        if not wait:
+            return {}
+        read = self.http.timeout.read
+        return {"timeout": httpx.Timeout(self.http.timeout.connect, read=wait + (read or 30.0))}
+
+    def retry(self, job_id: str, *, idempotency_key: str | None = None) -> Job:
+        """A new job of the finished job's failed items, on their stored inputs, at its
+        price and params (`retry_of` names it). It is `uploaded`: execute() or run it."""
+        return as_job(self._call("POST", f"/jobs/{job_id}/retry",
+                                 headers=key_header(idempotency_key)))
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook deliveries (GET /jobs/{id}/webhooks), oldest first."""
+        items: list[dict[str, Any]] = self._call("GET", f"/jobs/{job_id}/webhooks")["items"]
+        return items
+
+    def redeliver(self, job_id: str, delivery_id: str) -> dict[str, Any]:
+        """Sends that delivery's event again, now (one attempt, a new webhook-id, signed
+        with the current secret); returns the new delivery."""
+        delivery: dict[str, Any] = self._call(
+            "POST", f"/jobs/{job_id}/webhooks/{delivery_id}/redeliver")
+        return delivery
 
     def cancel(self, job_id: str) -> Job:
         return as_job(self._call("POST", f"/jobs/{job_id}/cancel"))
 
-    def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0, **create: Any) -> Job:
-        """create(), confirm(), execute(), then wait() for the end."""
+    def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0,
+            wait: int | None = None, **create: Any) -> Job:
+        """create(), confirm(), execute(), then wait() for the end. With `wait` (1-60 s)
+        the server holds each answer until the job is final (`Prefer: wait`): no polling."""
         job = self.create(files, **create)
         self.confirm(job.id)
-        self.execute(job.id)
-        return self.wait(job.id, timeout=timeout)
+        executed = self.execute(job.id, wait=wait)
+        if executed.finished:
+            return executed
+        return self.wait(job.id, timeout=timeout, hold=wait)
 
     def wait(self, job_id: str, *, timeout: float = 600.0, initial_delay: float = 0.2,
-             max_delay: float = 5.0, factor: float = 1.5) -> Job:
-        """Polls until the job is done, failed or canceled, backing off between polls."""
+             max_delay: float = 5.0, factor: float = 1.5, hold: int | None = None) -> Job:
+        """Polls until the job is done, failed or canceled, backing off between polls;
+        with `hold` (1-60 s), each poll waits on the server (`Prefer: wait`) instead."""
         deadline = time.monotonic() + timeout
         for delay in backoff(initial_delay, factor, max_delay):
-            job = self.get(job_id)
+            left = deadline - time.monotonic()
+            job = self.get(job_id, wait=max(1, min(hold, int(left))) if hold else None)
             if job.finished:
                 return job
+            if hold:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} is still {job.status} after "
+                                       f"{timeout:.0f} s")
+                continue
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
             time.sleep(delay)

@@ -55,6 +55,9 @@ class Job(msgspec.Struct):
     items: list[Item] = msgspec.field(default_factory=list)
     uploads: list[Upload] = msgspec.field(default_factory=list)  # only from create()
     idempotent_replay: bool = False
+    retry_of: str | None = None  # the job whose failed items this one runs again
+    result_ttl_s: int | None = None
+    result_expired: bool = False
 
     @property
     def finished(self) -> bool:

@@ -102,3 +102,35 @@ async def test_a_users_eleventh_wait_answers_at_once(embedded_api: Api) -> None:
         assert response.headers["preference-applied"] == "wait=3" and took >= 3.0
     took, after = await wait(1)  # the slots came back
     assert after.headers["preference-applied"] == "wait=1"
+
+
+async def test_the_clients_run_waits_on_the_server(embedded_api: Api, tmp_path: Any) -> None:
+    from service.client import AsyncTollgate
+    from tests.api.flow import PNG_BYTES
+
+    api, user = embedded_api, embedded_api.user()
+    image = tmp_path / "a.png"
+    image.write_bytes(PNG_BYTES)
+    gets: list[str] = []
+
+    async def count(request: Any) -> None:
+        if request.method == "GET" and "/jobs/" in request.url.path:
+            gets.append(request.headers.get("prefer", ""))
+
+    async def finish_when_queued() -> None:
+        while True:
+            listed = (await api.client.get("/jobs", headers=api.auth(user))).json()["items"]
+            if listed and listed[0]["status"] == "queued":
+                await asyncio.sleep(2.5)  # past the execute's own wait
+                await report_item(api, listed[0]["id"], user, 0)
+                return
+            await asyncio.sleep(0.05)
+
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        tg.http.event_hooks["request"].append(count)
+        ending = asyncio.create_task(finish_when_queued())
+        job = await tg.run([str(image)], wait=2, timeout=30)
+        await ending
+    assert (job.status, job.done_items) == ("done", 1)
+    assert gets and all(prefer == "wait=2" for prefer in gets)
+    assert len(gets) <= 2  # held on the server, not polled

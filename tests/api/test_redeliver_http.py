@@ -167,3 +167,29 @@ async def test_redeliver_of_an_unknown_delivery_or_another_users_job_is_404(
     other = await api.client.post(f"/jobs/{job_id}/webhooks/{first_id}/redeliver",
                                   headers=api.auth(api.user()))
     assert other.status_code == 404
+
+
+@pytest.fixture
+def private_embedded(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Api:
+    monkeypatch.setenv("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "true")
+    api: Api = request.getfixturevalue("embedded_api")
+    return api
+
+
+async def test_the_client_lists_and_redelivers(private_embedded: Api, receiver: Receiver
+                                               ) -> None:
+    from service.client import AsyncTollgate
+
+    api, user = private_embedded, private_embedded.user()
+    runtime = await open_runtime(api.settings, SECRET)
+    try:
+        job_id, first_id = await finished_job_with_a_failed_delivery(api, runtime, user,
+                                                                     receiver)
+    finally:
+        await runtime.close()
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        assert [d["id"] for d in await tg.deliveries(job_id)] == [first_id]
+        again = await tg.redeliver(job_id, first_id)
+        assert again["redelivery_of"] == first_id
+    await arrived(receiver, 2)
+    assert receiver.requests[1].headers["webhook-id"] == again["id"]

@@ -147,3 +147,17 @@ async def test_inputs_gone_from_storage_are_410(any_api: Api, rt: Runtime) -> No
     await rt.storage.delete([input_key(job_id, FAILED[1])])
     response = await post_retry(api, user, job_id)
     assert response.status_code == 410 and response.json()["code"] == "inputs_expired"
+
+
+async def test_the_client_retries_the_failed_items(embedded_api: Api) -> None:
+    from service.client import AsyncTollgate, ProblemError
+
+    api, user = embedded_api, embedded_api.user()
+    job_id = await finished_with_failures(api, user)
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        retry = await tg.retry(job_id, idempotency_key="client-retry")
+        assert (retry.retry_of, retry.status, retry.total_items) == (job_id, "uploaded", 3)
+        assert (await tg.retry(job_id, idempotency_key="client-retry")).id == retry.id
+        with pytest.raises(ProblemError) as refused:
+            await tg.retry(retry.id)  # not finished yet
+        assert refused.value.code == "invalid_transition"
