@@ -1,293 +1,124 @@
-"""Live progress (GET /jobs/{id}/events): what open streams cost Redis, and how late events are.
+"""Live progress (GET /jobs/{id}/events): how late an event is, and what open streams cost
+Redis, with many streams open against one.
 
-Runs a real API process (`tollgate api`, uvicorn, one process) on a redis-server of its own
-(so the counters hold only this run) and a fresh PostgreSQL database, opens 0, 1 and N
-streams on N running jobs, and prints per phase:
+    python -m bench.sse [--quick] [--streams 200] [--changes 40]
 
-- Redis commands/s and Redis CPU (INFO stats/cpu deltas), and the API process's CPU;
-- latency from a change (an item counted by the item_result script) to its event on the
-  stream that watches the job, over `--changes` changes at random moments.
-
-    python bench/sse.py [--streams 1000] [--quick]
+One `tollgate api` process on a private redis-server. `--streams` queued 8-item jobs (10 a
+user: the pro plan's jobs and a user's stream limit), their batches taken off the queue so
+that this process plays the worker. Baseline: one stream open; row: a stream on every job.
+Each change is one item reported done over the callback (as a worker reports it) on a job
+picked at random; its latency runs from the report's POST to the event on that job's stream.
+Also Redis commands/s with the streams open and idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-import statistics
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from bench.common import (
-    DEFAULT_POSTGRES_DSN,
-    Baseline,
+from bench.harness import (
+    JOBS_PER_USER,
     Result,
     Row,
-    base_parser,
-    machine_info,
+    Stack,
+    parser,
+    percentile,
+    ready_job,
     report,
     run,
+    stack,
+    take_batches,
+    users,
 )
-from bench.stack import Database, HttpServer, Stack, private_redis, process_cpu
 
-BUCKETS = 64
-ITEMS = 1000
+ITEMS = 8
 
 
-@dataclass
-class Streams:
-    """Readers of open streams: the last (done_items, arrival) seen per job."""
-
-    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
-    opened: dict[str, asyncio.Event] = field(default_factory=dict)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def read(self, client: httpx.AsyncClient, job_id: str, token: str) -> None:
-        import json
-
-        async with client.stream("GET", f"/jobs/{job_id}/events",
-                                 headers={"Authorization": f"Bearer {token}"}) as response:
-            assert response.status_code == 200, response.status_code
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    view = json.loads(line[6:])
-                    self.seen[job_id] = (view["done_items"], time.monotonic())
-                    self.opened[job_id].set()
-
-    def open(self, client: httpx.AsyncClient, job_id: str, token: str) -> None:
-        self.opened[job_id] = asyncio.Event()
-        self.tasks.append(asyncio.create_task(self.read(client, job_id, token)))
-
-    async def wait_open(self) -> None:
-        await asyncio.gather(*(e.wait() for e in self.opened.values()))
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks.clear()
-        self.opened.clear()
+async def watch(http: httpx.AsyncClient, token: str, job_id: str, lines: asyncio.Queue[float],
+                opened: asyncio.Event) -> None:
+    async with http.stream("GET", f"/jobs/{job_id}/events",
+                           headers={"Authorization": f"Bearer {token}"}) as stream:
+        assert stream.status_code == 200, await stream.aread()
+        async for line in stream.aiter_lines():
+            if line.startswith("data:"):
+                lines.put_nowait(time.perf_counter())
+                opened.set()
 
 
-async def counters(client: Any) -> tuple[int, float]:
-    stats = await client.info("stats")
-    cpu = await client.info("cpu")
-    return int(stats["total_commands_processed"]), float(cpu["used_cpu_user"]) + float(
-        cpu["used_cpu_sys"])
-
-
-def api_cpu(server: HttpServer) -> float:
-    return sum(process_cpu(pid) for pid in server.pids())
-
-
-async def measure(client: Any, server: HttpServer | None, seconds: float) -> dict[str, float]:
-    commands0, redis0 = await counters(client)
-    api0, t0 = (api_cpu(server) if server else 0.0), time.monotonic()
-    await asyncio.sleep(seconds)
-    commands1, redis1 = await counters(client)
-    elapsed = time.monotonic() - t0
-    return {
-        # Minus the two INFO calls of each reading.
-        "redis_commands_per_s": round((commands1 - commands0 - 2) / elapsed, 1),
-        "redis_cpu_pct": round((redis1 - redis0) / elapsed * 100, 2),
-        "api_cpu_pct": round(((api_cpu(server) if server else 0.0) - api0) / elapsed * 100, 1),
-    }
-
-
-async def latencies(core: Any, streams: Streams, jobs: list[tuple[str, str]], changes: int,
-                    next_item: dict[str, int]) -> dict[str, float]:
-    samples = []
-    for _ in range(changes):
-        await asyncio.sleep(random.uniform(0, 0.3))  # a random moment of the poll cycle
-        job_id, owner = random.choice(jobs)
-        index = next_item[job_id]
-        next_item[job_id] += 1
-        started = time.monotonic()
-        await core.item_result(job_id, owner, callback_key=f"bench-{index}", index=index,
-                               ok=True, detail="", lease_ms=600_000, flush_delay_ms=60_000)
-        while streams.seen[job_id][0] < index + 1:
-            await asyncio.sleep(0.001)
-            if time.monotonic() - started > 10:
-                raise RuntimeError(f"no event for {job_id} after 10 s")
-        samples.append((streams.seen[job_id][1] - started) * 1000)
-    samples.sort()
-    return {"latency_p50_ms": round(statistics.median(samples), 1),
-            "latency_p95_ms": round(samples[int(len(samples) * 0.95) - 1], 1),
-            "latency_max_ms": round(samples[-1], 1)}
-
-
-# The alternative DESIGN.md names: the script publishes each change on a sharded channel of
-# the job (slot-aware, allowed in scripts on Redis 7) and streams subscribe.
-BUMP = "return redis.call('HINCRBY', KEYS[1], 'seq', 1)"
-BUMP_AND_PUBLISH = ("local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) "
-                    "redis.call('SPUBLISH', KEYS[2], seq) return seq")
-
-
-async def script_usec(client: Any, source: str, keys: list[str], calls: int) -> float:
-    """Server time of one call of `source`, from INFO commandstats."""
-    sha = await client.script_load(source)
-    await client.config_resetstat()
-    for _ in range(calls):
-        await client.evalsha(sha, len(keys), *keys)
-    stats = (await client.info("commandstats")).get("cmdstat_evalsha") or {}
-    return round(int(stats.get("usec", 0)) / max(int(stats.get("calls", 1)), 1), 2)
-
-
-async def spublish_phase(redis_url: str, core: Any, jobs: list[tuple[str, str]],
-                         seconds: float, changes: int) -> dict[str, float]:
-    """SSUBSCRIBE to every job's channel on one connection; cost idle and per change, and
-    latency from a script's SPUBLISH to the message."""
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url, decode_responses=True)
-    channels = {job_id: core.job_keys(job_id).base + ":changes" for job_id, _ in jobs}
-    pubsub = client.pubsub()
-    arrived: dict[str, float] = {}
-    came: dict[str, asyncio.Event] = {}
-    try:
-        for start in range(0, len(jobs), 200):
-            await pubsub.ssubscribe(*list(channels.values())[start:start + 200])
-
-        async def listen() -> None:
-            while True:
-                message = await pubsub.get_sharded_message(timeout=1.0) \
-                    if hasattr(pubsub, "get_sharded_message") else \
-                    await pubsub.get_message(timeout=1.0)
-                if message and message["type"] == "smessage":
-                    arrived[message["channel"]] = time.monotonic()
-                    if message["channel"] in came:
-                        came[message["channel"]].set()
-
-        listener = asyncio.create_task(listen())
-        phase = await measure(client, None, seconds)
-        publish = await client.script_load(BUMP_AND_PUBLISH)
-        samples = []
+async def phase(bench: Stack, url: str, jobs: list[tuple[str, dict[str, Any]]], open_count: int,
+                changes: int, done: dict[str, int], seconds: float) -> dict[str, float]:
+    watched = jobs[:open_count]
+    queues = {p["job_id"]: asyncio.Queue[float]() for _, p in watched}
+    limits = httpx.Limits(max_connections=open_count + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as http:
+        openings = [asyncio.Event() for _ in watched]
+        tasks = [asyncio.create_task(watch(http, token, p["job_id"], queues[p["job_id"]], e))
+                 for (token, p), e in zip(watched, openings, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in openings)), 60)
+        commands, redis_cpu = await asyncio.to_thread(bench.redis_stats)
+        await asyncio.sleep(seconds)  # the streams open and idle
+        idle_commands, idle_cpu = await asyncio.to_thread(bench.redis_stats)
+        latencies = []
         for _ in range(changes):
-            await asyncio.sleep(random.uniform(0, 0.3))
-            job_id, _ = random.choice(jobs)
-            channel = channels[job_id]
-            came[channel] = asyncio.Event()
-            started = time.monotonic()
-            await client.evalsha(publish, 2, core.job_keys(job_id).base, channel)
-            await asyncio.wait_for(came[channel].wait(), 10)
-            samples.append((arrived[channel] - started) * 1000)
-        listener.cancel()
-        samples.sort()
-        job_key = core.job_keys(jobs[0][0]).base
-        phase.update({
-            "latency_p50_ms": round(statistics.median(samples), 2),
-            "latency_p95_ms": round(samples[int(len(samples) * 0.95) - 1], 2),
-            "latency_max_ms": round(samples[-1], 2),
-            "script_us_bump": await script_usec(client, BUMP, [job_key], 2000),
-            "script_us_bump_publish": await script_usec(
-                client, BUMP_AND_PUBLISH, [job_key, channels[jobs[0][0]]], 2000),
-        })
-        return phase
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await client.aclose()
+            _, payload = random.choice([j for j in watched if done[j[1]["job_id"]] < ITEMS])
+            job_id, index = payload["job_id"], done[payload["job_id"]]
+            done[job_id] += 1
+            waiting = queues[job_id]
+            while not waiting.empty():
+                waiting.get_nowait()
+            item = payload["items"][index]
+            sent = time.perf_counter()
+            await report(http, payload, {"event": "items", "items": [{
+                "index": item["index"], "ok": True, "output_key": item["output_key"],
+                "idempotency_key": f"{job_id}:item:{item['index']}"}]})
+            latencies.append((await asyncio.wait_for(waiting.get(), 30) - sent) * 1000)
+            await asyncio.sleep(random.uniform(0, 0.05))
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await task
+    return {"p50_ms": round(percentile(latencies, 0.5), 1),
+            "p95_ms": round(percentile(latencies, 0.95), 1),
+            "idle_redis_commands_per_s": round((idle_commands - commands) / seconds, 1),
+            "idle_redis_cores": round((idle_cpu - redis_cpu) / seconds, 4)}
 
 
-async def setup_jobs(core: Any, count: int) -> list[tuple[str, str]]:
-    from service.state.plans import PLANS
-
-    async def one(i: int) -> tuple[str, str]:
-        owner = f"sse-{i}"
-        await core.ensure_user(owner, PLANS["pro"], ITEMS)
-        job_id = core.keys.new_job_id(owner)
-        await core.reserve(job_id=job_id, user_id=owner, total=ITEMS, price=1,
-                           hold_ttl_ms=3_600_000, meta_json="[]")
-        for step in (("created", "uploaded"), ("uploaded", "queued"), ("queued", "running")):
-            await core.transition(job_id, *step, lease_ms=600_000)
-        return job_id, owner
-
-    jobs: list[tuple[str, str]] = []
-    for start in range(0, count, 100):
-        jobs += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 100))))
-    return jobs
-
-
-async def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--changes", type=int, default=40)
-    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN)
-    args = parser.parse_args()
-    if args.quick:
-        args.streams, args.seconds, args.changes = 20, 1.0, 5
-    from redis.asyncio import Redis
-
-    from service.api.auth import issue_token
-    from service.state.keys import KeySpace
-    from service.state.store import Core
-
-    with private_redis() as redis_url:
-        database = Database(args.postgres_dsn)
-        database.create()
-        stack = Stack(redis_url, database, "tgsse", extra={"TOLLGATE_BUCKETS": str(BUCKETS)})
-        server = HttpServer("tollgate", "tollgate", "uvicorn", 1, stack)
-        client = Redis.from_url(redis_url, decode_responses=True)
-        try:
-            stack.migrate()
-            server.start()
-            server.wait_ready()
-            core = Core(client, KeySpace("tgsse", BUCKETS))
-            jobs = await setup_jobs(core, args.streams)
-            next_item = {job_id: 0 for job_id, _ in jobs}
-            tokens = {owner: issue_token(stack.secret, owner, ttl_s=3600) for _, owner in jobs}
-            limits = httpx.Limits(max_connections=args.streams + 16,
-                                  max_keepalive_connections=args.streams + 16)
-            phases: dict[str, dict[str, float]] = {}
-            async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
-                phases["0 streams"] = await measure(client, server, args.seconds)
-                for count in (1, args.streams):
-                    streams = Streams()
-                    for job_id, owner in jobs[:count]:
-                        streams.open(http, job_id, tokens[owner])
-                    await asyncio.wait_for(streams.wait_open(), 120)
-                    await asyncio.sleep(1)  # the watch's first poll
-                    label = f"{count} stream" + ("s" if count > 1 else "")
-                    phases[label] = await measure(client, server, args.seconds)
-                    phases[label].update(await latencies(
-                        core, streams, jobs[:count], args.changes, next_item))
-                    await streams.close()
-            label = f"SPUBLISH: {args.streams} subscribed"
-            phases[label] = await spublish_phase(redis_url, core, jobs, args.seconds,
-                                                 args.changes)
-            idle = phases["0 streams"]["redis_commands_per_s"]
-            for values in phases.values():
-                values["per_stream_commands_per_s"] = 0.0
-            for label, values in phases.items():
-                count = int(label.split()[0]) if label[0].isdigit() else args.streams
-                if count:
-                    values["per_stream_commands_per_s"] = round(
-                        (values["redis_commands_per_s"] - idle) / count, 2)
-        finally:
-            await client.aclose()
-            server.stop()
-            database.drop()
-            stack.remove_storage()
-
-    columns = [("redis_cpu_pct", "Redis CPU %"), ("per_stream_commands_per_s", "cmd/s per stream"),
-               ("api_cpu_pct", "API CPU %"), ("latency_p50_ms", "p50 ms"),
-               ("latency_p95_ms", "p95 ms"), ("latency_max_ms", "max ms"),
-               ("script_us_bump", "script µs: bump"),
-               ("script_us_bump_publish", "bump + SPUBLISH")]
-    baseline = Baseline("0 streams (Redis commands/s)", idle, phases["0 streams"])
-    rows = [Row(label, values["redis_commands_per_s"],
-                round(values["redis_commands_per_s"] / max(idle, 0.1), 2), None, values)
-            for label, values in phases.items() if label != "0 streams"]
-    result = Result("sse", "Live progress: Redis cost of open streams, change-to-event latency",
-                    machine_info(), {"streams": args.streams, "seconds": args.seconds,
-                                     "changes": args.changes, "buckets": BUCKETS},
-                    baseline, rows, quick=args.quick)
-    report(result, args.out, columns)
+async def main(args: Any) -> list[Result]:
+    with stack() as bench:
+        api = bench.api()
+        tokens = await users(bench, api, [f"sse{i}" for i in range(
+            -(-args.streams // JOBS_PER_USER))])
+        owners = [tokens[i // JOBS_PER_USER] for i in range(args.streams)]
+        token_of = {}
+        async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+            for owner in owners:
+                token_of[await ready_job(http, owner, ITEMS)] = owner
+        payloads = await asyncio.to_thread(take_batches, bench, args.streams)
+        jobs = [(token_of[p["job_id"]], p) for p in payloads]
+        done = {p["job_id"]: 0 for p in payloads}
+        base = await phase(bench, api.url, jobs, 1, min(args.changes, ITEMS // 2), done,
+                           args.seconds)
+        many = await phase(bench, api.url, jobs, len(jobs), args.changes, done, args.seconds)
+    ratio = base["p50_ms"] / many["p50_ms"] if many["p50_ms"] else 0.0
+    return [Result(
+        "sse", f"Live progress: event latency with {len(jobs)} streams open against one",
+        "p50 ms (lower is better)", Row("1 stream open", base["p50_ms"], 1.0, None, base),
+        [Row(f"{len(jobs)} streams open", many["p50_ms"], round(ratio, 3), None, many)],
+        {"streams": len(jobs), "changes": args.changes, "seconds": args.seconds}, args.quick)]
 
 
 if __name__ == "__main__":
-    run(main())
+    cli = parser(__doc__)
+    cli.add_argument("--streams", type=int, default=200)
+    cli.add_argument("--changes", type=int, default=40)
+    cli.add_argument("--seconds", type=float, default=3.0, help="idle, streams open")
+    args = cli.parse_args()
+    if args.quick:
+        args.streams, args.changes, args.seconds = 10, 4, 0.5
+    run(main(args), args)

@@ -1,210 +1,140 @@
-"""Webhooks: from a job's finish to the first attempt of its `job.completed` delivery, while
-some receivers hang (issue 17, finding 5).
+"""Webhooks: from a job's finish to the first attempt of its `job.completed` delivery, with
+every receiver answering (baseline) and with some of them hanging (issue 17, finding 5).
 
-Jobs with one item each finish evenly over `--spread` seconds, spread over users (so over
-buckets) and over `--receivers` receivers; the first `--hanging` of them hold the first
-request of every delivery `--hang` seconds, past the sender's timeout. The sender runs as
-the flusher runs it (`WebhookSender.run`), on the embedded fakeredis or a Redis; the
-latency is taken from the moment the finishing script returned to the moment the request
-reached its receiver. Prints p50, p95 and the maximum, over every job and over the jobs of
-receivers that answer.
+    python -m bench.webhook_latency [--quick] [--jobs 200] [--receivers 8] [--hanging 2]
+                                    [--spread 5] [--hang 10]
 
-    python bench/webhook_latency.py [--backend fake|real] [--quick]
+`tollgate api` and `tollgate flusher` (which delivers webhooks) on a private redis-server,
+TOLLGATE_WEBHOOK_ALLOW_PRIVATE=true and TOLLGATE_WEBHOOK_TIMEOUT=2. The receivers are HTTP
+servers in this process. `--jobs` 1-item jobs, spread over users (so over buckets) and
+round-robin over the receivers, each with a webhook; this process plays the worker and
+finishes them evenly over `--spread` seconds. Latency: from the moment the report that
+finished a job answered to the moment its delivery reached the receiver. In the row's
+phase the first `--hanging` receivers hold every request `--hang` seconds. The ratio is the
+baseline's p95 over the row's p95, both over the receivers that answer (1: a hanging
+receiver delays nobody else).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
-import threading
+import contextlib
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-from service.settings import Settings
-from service.state.keys import KeySpace
-from service.state.outbox import Outbox
-from service.state.plans import Plan
-from service.state.store import Core
-from service.webhooks import JobView, WebhookSender, sender_client
-
-LEASE_MS = 600_000
-MakeSender = Callable[[Outbox, Settings, JobView, httpx.AsyncClient], Any]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    receivers: int = 23
-    hanging: int = 1
-    hang_s: float = 7.0
-    timeout_s: float = 5.0
-    jobs: int = 460
-    spread_s: float = 40.0
-    users: int = 40
-    interval_s: float = 1.0  # the sender's pause between idle passes (flusher_interval)
+from bench.harness import (
+    JOBS_PER_USER,
+    Result,
+    Row,
+    Stack,
+    parser,
+    percentile,
+    ready_job,
+    report,
+    report_body,
+    run,
+    stack,
+    take_batches,
+    users,
+)
 
 
-QUICK = Scenario(jobs=92, spread_s=8.0, hang_s=3.0, timeout_s=2.0, users=20,
-                 interval_s=0.25)
-
-
-@dataclass
 class Receiver:
-    """An HTTP receiver on a free port, in a thread: the first arrival of each webhook-id
-    (monotonic clock); a hanging one holds the first request of each id `hang_s`."""
-    hang_s: float | None = None
-    first: dict[str, float] = field(default_factory=dict)
+    """An HTTP/1.1 server that notes when each /hook/<n> arrived; hangs if told to."""
 
-    def __post_init__(self) -> None:
-        receiver, lock = self, threading.Lock()
+    def __init__(self, arrivals: dict[int, float], hang: float) -> None:
+        self.arrivals, self.hang, self.url = arrivals, hang, ""
+        self.server: asyncio.Server | None = None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                msg_id, at = self.headers["webhook-id"], time.monotonic()
-                with lock:
-                    new = msg_id not in receiver.first
-                    receiver.first.setdefault(msg_id, at)
-                if new and receiver.hang_s is not None:
-                    time.sleep(receiver.hang_s)
-                    return  # the connection closes without an answer
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
+    async def start(self) -> Receiver:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
 
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                path = head.split(" ", 2)[1]
+                length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")
+                               if line.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                number = int(path.rsplit("/", 1)[1])
+                self.arrivals.setdefault(number, time.perf_counter())
+                if self.hang:
+                    await asyncio.sleep(self.hang)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.close()
 
 
-@contextmanager
-def receivers_for(scenario: Scenario) -> Iterator[list[Receiver]]:
-    made = [Receiver(scenario.hang_s if i < scenario.hanging else None)
-            for i in range(scenario.receivers)]
+async def phase(bench: Stack, url: str, tokens: list[str], args: Any, hanging: int
+                ) -> dict[str, float]:
+    arrivals: dict[int, float] = {}
+    receivers = [await Receiver(arrivals, args.hang if r < hanging else 0).start()
+                 for r in range(args.receivers)]
     try:
-        yield made
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            numbers = {}
+            for n in range(args.jobs):
+                hook = {"url": f"{receivers[n % args.receivers].url}/hook/{n}"}
+                job_id = await ready_job(http, tokens[n % len(tokens)], 1, webhook=hook)
+                numbers[job_id] = n
+            payloads = await asyncio.to_thread(take_batches, bench, args.jobs)
+            finished: dict[int, float] = {}
+            gap = args.spread / args.jobs
+            for payload in payloads:
+                await report(http, payload, report_body(payload))
+                finished[numbers[payload["job_id"]]] = time.perf_counter()
+                await asyncio.sleep(gap)
+        answering = [n for n in finished if n % args.receivers >= hanging]
+        for _ in range(1200):  # a minute at most
+            if all(n in arrivals for n in answering):
+                break
+            await asyncio.sleep(0.05)
     finally:
-        for receiver in made:
+        for receiver in receivers:
             receiver.close()
+    late = [(arrivals[n] - finished[n]) * 1000 for n in answering if n in arrivals]
+    return {"p50_ms": round(percentile(late, 0.5), 1), "p95_ms": round(percentile(late, 0.95), 1),
+            "max_ms": round(max(late, default=0.0), 1),
+            "undelivered": len(answering) - len(late)}
 
 
-@dataclass
-class Latencies:
-    """Seconds from finish to first attempt, per job; `answering` leaves out the jobs of
-    hanging receivers."""
-    every: list[float]
-    answering: list[float]
-
-    @staticmethod
-    def summary(values: list[float]) -> dict[str, float]:
-        ordered = sorted(values)
-        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-        return {"n": len(ordered), "p50": round(statistics.median(ordered), 3),
-                "p95": round(p95, 3), "max": round(ordered[-1], 3)}
-
-
-async def measure(core: Core, scenario: Scenario, make_sender: MakeSender = WebhookSender
-                  ) -> Latencies:
-    """Runs the scenario on `core` with the sender `make_sender` builds (another version of
-    WebhookSender, to compare)."""
-    settings = Settings(webhook_allow_private=True, webhook_timeout=scenario.timeout_s,
-                        key_prefix=core.keys.prefix, buckets=core.keys.buckets)
-
-    async def view(owner: str, job_id: str) -> dict[str, Any] | None:
-        job = await core.job(job_id)
-        return None if job is None else {"id": job_id, "status": str(job.state)}
-
-    with receivers_for(scenario) as receivers:
-        users = [f"wh-{uuid.uuid4().hex[:8]}-{n}" for n in range(scenario.users)]
-        plan = Plan("bench", rule_slots=1, concurrency=scenario.jobs)  # every job at once
-        for user in users:
-            await core.ensure_user(user, plan, 10 * scenario.jobs)
-        jobs: list[tuple[str, str, int]] = []
-        for n in range(scenario.jobs):
-            user, target = users[n % len(users)], n % len(receivers)
-            job_id = core.keys.new_job_id(user)
-            await core.reserve(job_id=job_id, user_id=user, total=1, price=1,
-                               hold_ttl_ms=LEASE_MS, meta_json="[]",
-                               webhook_url=receivers[target].url, webhook_events=("completed",))
-            for step in (("created", "uploaded"), ("uploaded", "queued"),
-                         ("queued", "running")):
-                await core.transition(job_id, *step, lease_ms=LEASE_MS)
-            jobs.append((job_id, user, target))
-
-        client = sender_client(settings)
-        sender = make_sender(Outbox(core), settings, view, client)
-        stop = asyncio.Event()
-        delivering = asyncio.create_task(sender.run(stop, scenario.interval_s))
-        finished: dict[str, float] = {}
-        try:
-            began = time.monotonic()
-            for n, (job_id, user, _) in enumerate(jobs):
-                await asyncio.sleep(max(0.0, began + n * scenario.spread_s / len(jobs)
-                                        - time.monotonic()))
-                await core.item_result(job_id, user, callback_key="done", index=0, ok=True,
-                                       detail="out/0", lease_ms=LEASE_MS, flush_delay_ms=60_000)
-                finished[job_id] = time.monotonic()
-            deadline = time.monotonic() + scenario.hang_s + scenario.timeout_s * 4 + 30
-            while not all(f"{job_id}.completed" in receivers[target].first
-                          for job_id, _, target in jobs):
-                assert time.monotonic() < deadline, "some deliveries were never attempted"
-                await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await delivering
-            await client.aclose()
-        every, answering = [], []
-        for job_id, _, target in jobs:
-            latency = receivers[target].first[f"{job_id}.completed"] - finished[job_id]
-            every.append(latency)
-            if target >= scenario.hanging:
-                answering.append(latency)
-        return Latencies(every, answering)
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["fake", "real"], default="fake")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    scenario = QUICK if args.quick else Scenario()
-    prefix = f"bench-wh-{uuid.uuid4().hex[:8]}"
-    if args.backend == "fake":
-        import fakeredis
-
-        client: Any = fakeredis.FakeAsyncRedis(decode_responses=True)
-    else:
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(args.redis_url, decode_responses=True)
-    try:
-        result = await measure(Core(client, KeySpace(prefix, 64)), scenario)
-    finally:
-        if args.backend == "real":
-            async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-                await client.delete(key)
-        await client.aclose()
-    print(json.dumps({"backend": args.backend, "scenario": scenario.__dict__,
-                      "every": Latencies.summary(result.every),
-                      "answering": Latencies.summary(result.answering)}, indent=1))
+async def main(args: Any) -> list[Result]:
+    settings = {"TOLLGATE_WEBHOOK_ALLOW_PRIVATE": "true", "TOLLGATE_WEBHOOK_TIMEOUT": "2"}
+    with stack(**settings) as bench:
+        api = bench.api()
+        bench.flusher()
+        tokens = await users(bench, api, [f"wh{i}" for i in range(
+            max(4, -(-args.jobs // JOBS_PER_USER)))])
+        base = await phase(bench, api.url, tokens, args, 0)
+        hung = await phase(bench, api.url, tokens, args, args.hanging)
+    ratio = base["p95_ms"] / hung["p95_ms"] if hung["p95_ms"] else 0.0
+    return [Result(
+        "webhook_latency", f"Webhooks: finish to first delivery attempt, {args.jobs} jobs over "
+        f"{args.receivers} receivers, {args.hanging} of them hanging {args.hang:g} s",
+        "p95 ms (lower is better)", Row("every receiver answers", base["p95_ms"], 1.0, None, base),
+        [Row(f"{args.hanging} receivers hang (answering ones shown)", hung["p95_ms"],
+             round(ratio, 3), 0.5, hung)],
+        {"jobs": args.jobs, "receivers": args.receivers, "hanging": args.hanging,
+         "spread_s": args.spread, "hang_s": args.hang}, args.quick)]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    cli = parser(__doc__)
+    cli.add_argument("--jobs", type=int, default=200)
+    cli.add_argument("--receivers", type=int, default=8)
+    cli.add_argument("--hanging", type=int, default=2)
+    cli.add_argument("--spread", type=float, default=5.0)
+    cli.add_argument("--hang", type=float, default=10.0)
+    args = cli.parse_args()
+    if args.quick:
+        args.jobs, args.receivers, args.hanging, args.spread, args.hang = 12, 4, 1, 1.0, 3.0
+    run(main(args), args)

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from bench.webhook_latency import LEASE_MS, QUICK, Latencies, Receiver, measure
 from service.settings import Settings
 from service.state.keys import KeySpace
 from service.state.outbox import Outbox
 from service.state.plans import Plan
 from service.state.store import Core
 from service.webhooks import WebhookSender, sender_client
+from tests.api.webhook_measure import LEASE_MS, QUICK, Latencies, Receiver, measure
 from tests.core.conftest import cluster_client, delete_prefix
 
 BUCKETS = 16
