@@ -96,8 +96,6 @@ class Workload:
         """One call, retried as a client should after no answer or a 503 (Retry-After).
         About a job that was live when the state was lost, 403/404/409 are that loss's (the
         job's own check, every job final, reports it) rather than unexpected answers."""
-        if job is not None and job.live_at_wipe:
-            refusals = refusals | LOST
         deadline = time.monotonic() + CALL_DEADLINE_S
         response: httpx.Response | None = None
         while time.monotonic() < deadline:
@@ -116,6 +114,8 @@ class Workload:
                 await asyncio.sleep(min(float(response.headers.get("Retry-After") or 1), 2))
                 continue
             break
+        if job is not None and job.live_at_wipe:  # (perhaps since this call began)
+            refusals = refusals | LOST
         if job is not None and response is not None and self._hold_ran_out(job, response):
             refusals = refusals | {409}
         self.answers.note(what, response, expect | refusals)
@@ -343,7 +343,6 @@ class Workload:
 
     async def drain(self, within: float) -> None:
         """Reads every job until it is final or time runs out."""
-        deadline = time.monotonic() + within
-        for record in list(self.jobs.values()):
-            if record.final is None or record.final["status"] not in TERMINAL:
-                await self.wait_final(record, max(0.5, deadline - time.monotonic()))
+        await asyncio.gather(*(self.wait_final(record, within)
+                               for record in list(self.jobs.values())
+                               if record.final is None or record.final["status"] not in TERMINAL))
