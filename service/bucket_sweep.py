@@ -164,6 +164,15 @@ async def _held_by_jobs(core: Core, entries: list[Record], flushing: set[str]) -
     return (named & flushing) | await core.jobs_present(sorted(named - flushing))
 
 
+async def _early_records(core: Core, job_ids: list[str]) -> list[Record]:
+    """The records of finished jobs still in Redis whose release or charge just came up."""
+    if not job_ids:
+        return []
+    snapshots = await core.raw_job_snapshots(job_ids)
+    return [job_record(job, items, meta) for job, items, meta in snapshots
+            if job and job.get(JOB_STATE) in TERMINAL]
+
+
 def _money_count(record: Record) -> int:
     """How many ledger rows (release, charge) a written job's record wrote with it."""
     job = record.source["job"]
@@ -196,8 +205,17 @@ async def _flush_history(
                                {record.record_id for record in jobs})
     entries = [record for record in read if record.settles not in held]
     retries = [record for record in retried_read if record.settles not in held]
+    # ... and that record is written now, on the first pass after the job ended, not only at
+    # its flush: a Redis loss in between would otherwise take a charge the client was told
+    # of. The Redis record stays until the flush (reads prefer it), which writes the same
+    # rows again as no-ops. Refused here, the rows wait for the flush and its dead letters.
+    early = await _early_records(core, sorted(held - {record.record_id for record in jobs}))
 
-    refused = await write_records(sessions, [*jobs, *entries, *retries])
+    refused = await write_records(sessions, [*jobs, *early, *entries, *retries])
+    refused_ids = {id(record) for record, _ in refused}
+    early_written = [record for record in early if id(record) not in refused_ids]
+    early_ids = {id(record) for record in early}
+    refused = [(record, error) for record, error in refused if id(record) not in early_ids]
     set_aside = await retry_or_set_aside(core, sessions, settings, bucket, refused)
     waiting = {id(record) for record, _ in refused}
     written = [record for record in jobs if id(record) not in waiting]
@@ -221,7 +239,7 @@ async def _flush_history(
                       set_aside=False)
     await end_retries(core, bucket, set_aside, set_aside=True)
     ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting) + sum(
-        _money_count(record) for record in written)
+        _money_count(record) for record in [*written, *early_written])
     return FlushStats(flushed_jobs=len(written), ledger_entries=ledger_written,
                       set_aside=len(set_aside),
                       saturated=max(len(raw_entries), len(retried)) >= ledger_limit)

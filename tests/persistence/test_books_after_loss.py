@@ -1,7 +1,8 @@
 """The books close after a Redis loss (issue 17): a finished job's release and charge reach
-SQL in the transaction of its jobs_log row, never before it, so a loss between the ledger's
-flush and the job's (TOLLGATE_FLUSH_DELAY) loses the job whole instead of splitting it; the
-rebuild then gives every job its ledger names a row. On SQLite and PostgreSQL, real Redis
+SQL in the transaction of its jobs_log row, never before it, on the first flusher pass after
+it ended (its Redis record stays until TOLLGATE_FLUSH_DELAY): a loss after that pass keeps the
+job as charged, a loss before it loses the job whole and free; the rebuild then gives every
+job its ledger names a row. On SQLite and PostgreSQL, real Redis
 under the test's own key prefix ("wiped": every key of the prefix deleted).
 """
 
@@ -80,31 +81,58 @@ async def rebuild(sessions: Sessions, user_id: str) -> int:
         return await write_lost_jobs(session, user_id, LOST)
 
 
-async def test_a_loss_after_the_ledger_flush_never_splits_a_finished_job(
+async def test_a_finished_job_keeps_its_row_and_charge_through_a_loss_after_one_pass(
     core: Core, sessions: Sessions, key_prefix: str, database_url: str,
 ) -> None:
+    """The pass after a job ends writes its row with its release and charge (one
+    transaction), though its Redis record stays for the flush delay: a loss after that pass
+    keeps the job as its client saw it, charged."""
     await known_user(core, sessions, "ann")
     done = await finished_later(core, "ann", (True, True, False))  # charged 2 of cost 3
     settings = settings_for(key_prefix, database_url)
     stats = await flush_once(core, sessions, settings)
-    assert stats.flushed_jobs == 0 and stats.ledger_entries == 2  # signup and hold
-    # The release and charge were not written ahead of the job's row...
-    assert await ledger_of_job(sessions, done) == {"hold": -3}
-    # ...and the books add up meanwhile: audit counts them as waiting in the job hash.
+    assert stats.flushed_jobs == 0  # still in Redis until its flush...
+    assert stats.ledger_entries == 4  # ...but signup, hold, release and charge are in SQL
+    assert await ledger_of_job(sessions, done) == {"hold": -3, "release": 3, "charge": -2}
+    assert await core.job_record(done)
     assert (await run_audit(core, sessions, ["ann"])).differences == []
 
-    await wipe(core, key_prefix)  # before the job's row: the job is lost whole
-    assert await rebuild(sessions, "ann") == 1
+    await wipe(core, key_prefix)
+    assert await rebuild(sessions, "ann") == 0  # nothing lost: its row is there
     async with sessions() as session:
         row = await session.get(JobLog, done)
         assert row is not None
-        assert (row.user_id, row.state, row.reason, row.cost, row.charged, row.refunded) == (
-            "ann", "canceled", LOST, 3, 0, 3)
-        assert row.created_at <= row.finished_at  # type: ignore[operator]
+        assert (row.user_id, row.state, row.cost, row.charged, row.refunded) == (
+            "ann", "done", 3, 2, 1)
         assert await jobs_without_row(session) == {}
         totals = (await ledger_totals(session, ["ann"]))["ann"]
-    assert (totals.total, totals.charges) == (START_CREDITS, 0)  # nothing charged in SQL
-    assert await ledger_of_job(sessions, done) == {"hold": -3, "release": 3}
+    assert (totals.total, totals.charges) == (START_CREDITS - 2, -2)
+
+
+async def test_a_loss_before_any_pass_loses_the_job_whole_and_free(
+    core: Core, sessions: Sessions, key_prefix: str, database_url: str,
+) -> None:
+    """Held and ended between two passes: SQL has its hold at most, never its money without
+    its row; the rebuild releases the hold and writes the row that says it was lost."""
+    await known_user(core, sessions, "ann")
+    settings = settings_for(key_prefix, database_url)
+    job_id = await new_job(core, "ann", total=3)
+    await flush_once(core, sessions, settings)  # the hold reaches SQL
+    await start(core, job_id, "ann")
+    for index in range(3):
+        await core.item_result(job_id, "ann", callback_key=f"{job_id}-{index}", index=index,
+                               ok=True, detail=f"jobs/{job_id}/out/{index}",
+                               lease_ms=LONG_MS, flush_delay_ms=HOUR_S * 1000)
+    await wipe(core, key_prefix)  # before the pass that would have written it
+    assert await ledger_of_job(sessions, job_id) == {"hold": -3}
+    assert await rebuild(sessions, "ann") == 1
+    async with sessions() as session:
+        row = await session.get(JobLog, job_id)
+        assert row is not None
+        assert (row.state, row.reason, row.charged, row.refunded) == ("canceled", LOST, 0, 3)
+        assert await jobs_without_row(session) == {}
+        totals = (await ledger_totals(session, ["ann"]))["ann"]
+    assert (totals.total, totals.charges) == (START_CREDITS, 0)
     assert await rebuild(sessions, "ann") == 0  # a second rebuild writes nothing
 
 
@@ -114,7 +142,7 @@ async def test_a_flushed_job_has_its_row_release_and_charge_together(
     await known_user(core, sessions, "ann")
     done = await finished_later(core, "ann", (True, False))
     settings = settings_for(key_prefix, database_url)
-    await flush_once(core, sessions, settings)  # the ledger list: trimmed, job still in Redis
+    await flush_once(core, sessions, settings)  # its row and money: written, job in Redis
     bucket = core.keys.bucket(core.keys.bucket_of_user("ann"))
     assert await core.client.llen(bucket.ledger) == 0
     await core.client.zadd(bucket.flush, {done: 0})  # the hour has passed
@@ -177,7 +205,7 @@ async def test_audit_names_a_job_the_ledger_names_without_its_row(
 
 
 @pytest.mark.cluster
-async def test_on_redis_cluster_a_finished_job_waits_for_its_row_with_its_money(
+async def test_on_redis_cluster_a_finished_job_reaches_sql_with_its_row_and_money(
     cluster_url: str, key_prefix: str, sessions: Sessions, database_url: str,
 ) -> None:
     from service.state.clients import state_redis
@@ -190,8 +218,9 @@ async def test_on_redis_cluster_a_finished_job_waits_for_its_row_with_its_money(
         core = Core(client, KeySpace(key_prefix, BUCKETS))
         await known_user(core, sessions, "ann")
         done = await finished_later(core, "ann", (True, False))
-        await flush_once(core, sessions, settings)
-        assert await ledger_of_job(sessions, done) == {"hold": -2}
+        await flush_once(core, sessions, settings)  # its row and money, job still in Redis
+        assert await ledger_of_job(sessions, done) == {"hold": -2, "release": 2, "charge": -1}
+        assert await core.job_record(done)
         assert (await run_audit(core, sessions, ["ann"])).differences == []
         bucket = core.keys.bucket(core.keys.bucket_of_user("ann"))
         await client.zadd(bucket.flush, {done: 0})
