@@ -25,7 +25,8 @@ from service.state.fsm import TERMINAL
 from service.state.outbox import Outbox
 
 MAX_WAIT_S = 60
-PreferHeader = Annotated[str | None, HeaderParameter(name="Prefer", max_length=500)]
+# Any text: a preference the server cannot read is ignored (RFC 7240), never refused.
+PreferHeader = Annotated[str | None, HeaderParameter(name="Prefer")]
 _WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d{1,9})\"?\s*$", re.IGNORECASE)
 
 

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service.api import jobs, listing, retries, waits
@@ -84,7 +85,9 @@ class JobsController(Controller):
         return body(JobView, await jobs.confirm_upload(rt, request.user.user_id, job_id))
 
     @post("/{job_id:str}/execute", status_code=202,
-          responses=refusals(NotFound, InvalidTransition), description=(
+          responses={**refusals(NotFound, InvalidTransition), 200: ResponseSpec(
+              data_container=JobView, description="With `Prefer: wait=N`: the job once "
+              "final, or after N seconds")}, description=(
               "Queues an uploaded job for the workers. On a job already queued, running or "
               "final (a retry) it answers the job where it is; 409 only before confirm. With "
               "`Prefer: wait=N` (1-60) it answers 200 once the job is final or N seconds "
