@@ -219,3 +219,31 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# The fast lane (`pytest -m "not slow"`): these run servers, worker
+# processes, clusters, benchmarks or fuzzers, so they are `slow` wherever they are.
+SLOW_MARKERS = ("e2e", "cluster", "system")
+SLOW_FOLDERS = ("e2e", "bench", "system", "docs")
+# Files of long single tests (measured: each over 5 s on the 2-core machine).
+SLOW_FILES = ("test_fuzz_openapi.py", "test_compose_stack.py", "test_cli.py",
+              "test_worker_lifecycle.py", "test_webhook_concurrency.py",
+              "test_sse_multiprocess.py", "test_ledger_balance.py", "test_metrics_workers.py",
+              "test_unvouched_bodies_http.py")
+SERVER_FIXTURES = ("api", "embedded_api", "real_settings")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path))
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+        callspec = getattr(item, "callspec", None)
+        fixtures = getattr(item, "fixturenames", ())
+        on_cluster = "cluster_url" in fixtures or (
+            callspec is not None and "cluster" in callspec.params.values())
+        # An API server started for the test (a uvicorn thread, ~1.5 s each on 2 cores).
+        on_server = any(name in fixtures for name in SERVER_FIXTURES)
+        if (folder in SLOW_FOLDERS or path.name in SLOW_FILES or on_cluster or on_server
+                or any(item.get_closest_marker(name) for name in SLOW_MARKERS)):
+            item.add_marker(pytest.mark.slow)
