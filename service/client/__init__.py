@@ -1,6 +1,9 @@
 """tollgate's Python client, sync and async, on httpx. It imports nothing of the server
 (an import-linter contract keeps it so): copy or vendor it freely.
 
+Every call is written once, in aio.py; sync.py is generated from it, and codes.py from the
+server's table of problem codes (tests/client/regenerate.py writes both).
+
     from service.client import Tollgate
     with Tollgate("http://127.0.0.1:8000", token) as tg:
         job = tg.run(["cat.png", "dog.png"])

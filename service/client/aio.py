@@ -1,8 +1,12 @@
-"""The asyncio client: `AsyncTollgate(url, token)`, the same calls as Tollgate, awaited."""
+"""The asyncio client, `AsyncTollgate(url, token)`: every call of the client, written once.
+
+The blocking client, sync.py, is generated from this file: `async` and `await` dropped,
+httpx's Async names swapped for their blocking ones, io_async for io_sync. Edit this file,
+then run `python -m tests.client.regenerate` (tests/client checks that sync.py is current).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -12,19 +16,24 @@ from urllib.parse import urljoin
 import httpx
 
 from service.client.files import FileSpec, backoff, read_files
+from service.client.io_async import each, sleep
 from service.client.problems import raise_for_problem
 from service.client.sse import EventParser
-from service.client.sync import job_body, key_header, prefer_wait
 from service.client.views import Job, JobEvent, JobPage, Upload, as_job
+from service.client.wire import job_body, key_header, page_params, prefer_wait
 
 
 class AsyncTollgate:
+    """A user's client of the tollgate API. Every refusal raises a ProblemError (with
+    `.code` and `.status`); use it as a context manager or call aclose()."""
+
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
-                                      transport=transport,
-                                      headers={"Authorization": f"Bearer {token}"})
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport,
+            headers={"Authorization": f"Bearer {token}"})
+        # Upload URLs are presigned: they must never get the API's Authorization header.
         self.storage = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncTollgate:
@@ -46,36 +55,44 @@ class AsyncTollgate:
         body: dict[str, Any] = await self._call("GET", "/me")
         return body
 
-    async def create(self, files: Sequence[FileSpec], *, rule_id: str | None = None,
-                     model: str | None = None, params: dict[str, Any] | None = None,
-                     webhook: dict[str, Any] | None = None,
-                     idempotency_key: str | None = None) -> Job:
+    async def create(
+        self, files: Sequence[FileSpec], *, rule_id: str | None = None,
+        model: str | None = None, params: dict[str, Any] | None = None,
+        webhook: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    ) -> Job:
+        """Creates a job of these files (their exact sizes are the upload limits) and uploads
+        each to the URL the API hands out. The job is then `created`: confirm() next."""
         items, contents = read_files(files)
-        job = as_job(await self._call("POST", "/jobs", headers=key_header(idempotency_key),
-                                      json=job_body(items, rule_id, model, params, webhook)))
+        job = as_job(await self._call(
+            "POST", "/jobs", headers=key_header(idempotency_key),
+            json=job_body(items, rule_id, model, params, webhook)))
         await self.upload(job.uploads, contents)
         return job
 
     async def upload(self, uploads: Sequence[Upload], contents: Sequence[bytes]) -> None:
-        async def one(upload: Upload) -> None:
+        """Puts each file to the URL the API handed out for it (presigned: no token goes
+        there); the async client puts them all at once."""
+        async def put(upload: Upload) -> None:
             response = await self.storage.request(
                 upload.method, urljoin(self.base_url + "/", upload.url), headers=upload.headers,
                 content=contents[upload.index])
             raise_for_problem(response)
 
-        await asyncio.gather(*(one(upload) for upload in uploads))
+        await each(uploads, put)
 
     async def confirm(self, job_id: str) -> Job:
         return as_job(await self._call("POST", f"/jobs/{job_id}/confirm-upload"))
 
     async def execute(self, job_id: str, *, wait: int | None = None) -> Job:
-        return as_job(await self._call("POST", f"/jobs/{job_id}/execute",
-                                       headers=prefer_wait(wait),
-                                       **self._wait_timeout(wait)))
+        """Queues the job; with `wait` (1-60 s) the answer comes when it is final, or
+        after that long."""
+        return as_job(await self._call(
+            "POST", f"/jobs/{job_id}/execute", headers=prefer_wait(wait),
+            **self._wait_timeout(wait)))
 
     async def get(self, job_id: str, *, wait: int | None = None) -> Job:
-        return as_job(await self._call("GET", f"/jobs/{job_id}", headers=prefer_wait(wait),
-                                       **self._wait_timeout(wait)))
+        return as_job(await self._call(
+            "GET", f"/jobs/{job_id}", headers=prefer_wait(wait), **self._wait_timeout(wait)))
 
     def _wait_timeout(self, wait: int | None) -> dict[str, httpx.Timeout]:
         """A read timeout that covers the server's hold (the client's default otherwise)."""
@@ -85,15 +102,20 @@ class AsyncTollgate:
         return {"timeout": httpx.Timeout(self.http.timeout.connect, read=wait + (read or 30.0))}
 
     async def retry(self, job_id: str, *, idempotency_key: str | None = None) -> Job:
-        return as_job(await self._call("POST", f"/jobs/{job_id}/retry",
-                                       headers=key_header(idempotency_key)))
+        """A new job of the finished job's failed items, on their stored inputs, at its
+        price and params (`retry_of` names it). It is `uploaded`: execute() or run it."""
+        return as_job(await self._call(
+            "POST", f"/jobs/{job_id}/retry", headers=key_header(idempotency_key)))
 
     async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook deliveries (GET /jobs/{id}/webhooks), oldest first."""
         data = await self._call("GET", f"/jobs/{job_id}/webhooks")
         items: list[dict[str, Any]] = data["items"]
         return items
 
     async def redeliver(self, job_id: str, delivery_id: str) -> dict[str, Any]:
+        """Sends that delivery's event again, now (one attempt, a new webhook-id, signed
+        with the current secret); returns the new delivery."""
         delivery: dict[str, Any] = await self._call(
             "POST", f"/jobs/{job_id}/webhooks/{delivery_id}/redeliver")
         return delivery
@@ -101,8 +123,12 @@ class AsyncTollgate:
     async def cancel(self, job_id: str) -> Job:
         return as_job(await self._call("POST", f"/jobs/{job_id}/cancel"))
 
-    async def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0,  # noqa: ASYNC109
-                  wait: int | None = None, **create: Any) -> Job:
+    async def run(
+        self, files: Sequence[FileSpec], *, timeout: float = 600.0,  # noqa: ASYNC109
+        wait: int | None = None, **create: Any,
+    ) -> Job:
+        """create(), confirm(), execute(), then wait() for the end. With `wait` (1-60 s)
+        the server holds each answer until the job is final (`Prefer: wait`): no polling."""
         job = await self.create(files, **create)
         await self.confirm(job.id)
         executed = await self.execute(job.id, wait=wait)
@@ -110,9 +136,13 @@ class AsyncTollgate:
             return executed
         return await self.wait(job.id, timeout=timeout, hold=wait)
 
-    async def wait(self, job_id: str, *, timeout: float = 600.0,  # noqa: ASYNC109
-                   initial_delay: float = 0.2,
-                   max_delay: float = 5.0, factor: float = 1.5, hold: int | None = None) -> Job:
+    async def wait(
+        self, job_id: str, *, timeout: float = 600.0,  # noqa: ASYNC109
+        initial_delay: float = 0.2, max_delay: float = 5.0, factor: float = 1.5,
+        hold: int | None = None,
+    ) -> Job:
+        """Polls until the job is done, failed or canceled, backing off between polls;
+        with `hold` (1-60 s), each poll waits on the server (`Prefer: wait`) instead."""
         deadline = time.monotonic() + timeout
         for delay in backoff(initial_delay, factor, max_delay):
             left = deadline - time.monotonic()
@@ -126,13 +156,17 @@ class AsyncTollgate:
                 continue
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
-            await asyncio.sleep(delay)
+            await sleep(delay)
         raise AssertionError("unreachable")
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job's live progress (server-sent events): one JobEvent per change, the first
+        at once; the stream ends after the event with a final status."""
         timeout = httpx.Timeout(self.http.timeout.connect, read=None)
-        async with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=timeout,
-                                    headers={"Accept": "text/event-stream"}) as response:
+        headers = {"Accept": "text/event-stream"}
+        async with self.http.stream(
+            "GET", f"/jobs/{job_id}/events", timeout=timeout, headers=headers,
+        ) as response:
             if response.is_error:
                 await response.aread()
                 raise_for_problem(response)
@@ -142,18 +176,16 @@ class AsyncTollgate:
                 if event is not None and event.event == "job":
                     yield JobEvent(id=event.id, job=as_job(json.loads(event.data)))
 
-    async def page(self, *, status: str | None = None, limit: int = 50,
-                   cursor: str | None = None) -> JobPage:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if cursor:
-            params["cursor"] = cursor
-        data = await self._call("GET", "/jobs", params=params)
+    async def page(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> JobPage:
+        """One page of the caller's jobs, newest first; pass its next_cursor for the next."""
+        data = await self._call("GET", "/jobs", params=page_params(status, limit, cursor))
         return JobPage(items=[as_job(job) for job in data["items"]],
                        next_cursor=data.get("next_cursor"))
 
     async def list(self, *, status: str | None = None, limit: int = 50) -> AsyncIterator[Job]:
+        """Every job of the caller, newest first, fetching page after page by cursor."""
         cursor: str | None = None
         while True:
             page = await self.page(status=status, limit=limit, cursor=cursor)

@@ -6,9 +6,11 @@ from typing import Any
 
 import httpx
 
+from service.client import codes
+
 
 class ProblemError(Exception):
-    """The API refused the request; `code` is stable (see the README's list of codes)."""
+    """The API refused the request; `code` is stable (codes.py lists them all)."""
 
     def __init__(self, status: int, code: str, title: str, detail: str | None,
                  body: dict[str, Any]) -> None:
@@ -51,14 +53,16 @@ class Unavailable(ProblemError):
     """503: retry later (the answer's Retry-After says when)."""
 
 
+# The codes come from codes.py, service/errors.py's table: a code renamed there is a name
+# missing here. Any other code is a ValidationFailed on 400 and 422, else a ProblemError.
 _BY_CODE: dict[str, type[ProblemError]] = {
-    "unauthorized": Unauthorized,
-    "not_found": NotFound,
-    "insufficient_credits": InsufficientCredits,
-    "concurrency_limit": ConcurrencyLimit,
-    "invalid_transition": InvalidTransition,
-    "uploads_missing": UploadsMissing,
-    "unavailable": Unavailable,
+    codes.UNAUTHORIZED.code: Unauthorized,
+    codes.NOT_FOUND.code: NotFound,
+    codes.INSUFFICIENT_CREDITS.code: InsufficientCredits,
+    codes.CONCURRENCY_LIMIT.code: ConcurrencyLimit,
+    codes.INVALID_TRANSITION.code: InvalidTransition,
+    codes.UPLOADS_MISSING.code: UploadsMissing,
+    codes.UNAVAILABLE.code: Unavailable,
 }
 
 

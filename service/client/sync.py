@@ -1,4 +1,7 @@
-"""The blocking client: `Tollgate(url, token)`."""
+"""The blocking client, `Tollgate(url, token)`: aio.py's calls, not awaited.
+
+Generated from aio.py by `python -m tests.client.regenerate`: edit aio.py, not this file.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +14,11 @@ from urllib.parse import urljoin
 import httpx
 
 from service.client.files import FileSpec, backoff, read_files
+from service.client.io_sync import each, sleep
 from service.client.problems import raise_for_problem
 from service.client.sse import EventParser
 from service.client.views import Job, JobEvent, JobPage, Upload, as_job
-
-
-def job_body(items: list[dict[str, Any]], rule_id: str | None, model: str | None,
-             params: dict[str, Any] | None, webhook: dict[str, Any] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"items": items}
-    for name, value in (("rule_id", rule_id), ("model", model), ("params", params),
-                        ("webhook", webhook)):
-        if value is not None:
-            body[name] = value
-    return body
-
-
-def key_header(idempotency_key: str | None) -> dict[str, str]:
-    return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-
-
-def prefer_wait(wait: int | None) -> dict[str, str]:
-    """`Prefer: wait=N` (1-60 s): the server holds its answer until the job is final."""
-    return {"Prefer": f"wait={wait}"} if wait else {}
+from service.client.wire import job_body, key_header, page_params, prefer_wait
 
 
 class Tollgate:
@@ -42,8 +28,9 @@ class Tollgate:
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
-                                 headers={"Authorization": f"Bearer {token}"})
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport,
+            headers={"Authorization": f"Bearer {token}"})
         # Upload URLs are presigned: they must never get the API's Authorization header.
         self.storage = httpx.Client(timeout=timeout, transport=transport)
 
@@ -66,23 +53,30 @@ class Tollgate:
         body: dict[str, Any] = self._call("GET", "/me")
         return body
 
-    def create(self, files: Sequence[FileSpec], *, rule_id: str | None = None,
-               model: str | None = None, params: dict[str, Any] | None = None,
-               webhook: dict[str, Any] | None = None, idempotency_key: str | None = None
-               ) -> Job:
+    def create(
+        self, files: Sequence[FileSpec], *, rule_id: str | None = None,
+        model: str | None = None, params: dict[str, Any] | None = None,
+        webhook: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    ) -> Job:
         """Creates a job of these files (their exact sizes are the upload limits) and uploads
         each to the URL the API hands out. The job is then `created`: confirm() next."""
         items, contents = read_files(files)
-        job = as_job(self._call("POST", "/jobs", headers=key_header(idempotency_key),
-                                json=job_body(items, rule_id, model, params, webhook)))
+        job = as_job(self._call(
+            "POST", "/jobs", headers=key_header(idempotency_key),
+            json=job_body(items, rule_id, model, params, webhook)))
         self.upload(job.uploads, contents)
         return job
 
     def upload(self, uploads: Sequence[Upload], contents: Sequence[bytes]) -> None:
-        for upload in uploads:
-            response = self.storage.request(upload.method, urljoin(self.base_url + "/", upload.url),
-                                            headers=upload.headers, content=contents[upload.index])
+        """Puts each file to the URL the API handed out for it (presigned: no token goes
+        there); the async client puts them all at once."""
+        def put(upload: Upload) -> None:
+            response = self.storage.request(
+                upload.method, urljoin(self.base_url + "/", upload.url), headers=upload.headers,
+                content=contents[upload.index])
             raise_for_problem(response)
+
+        each(uploads, put)
 
     def confirm(self, job_id: str) -> Job:
         return as_job(self._call("POST", f"/jobs/{job_id}/confirm-upload"))
@@ -90,12 +84,13 @@ class Tollgate:
     def execute(self, job_id: str, *, wait: int | None = None) -> Job:
         """Queues the job; with `wait` (1-60 s) the answer comes when it is final, or
         after that long."""
-        return as_job(self._call("POST", f"/jobs/{job_id}/execute", headers=prefer_wait(wait),
-                                 **self._wait_timeout(wait)))
+        return as_job(self._call(
+            "POST", f"/jobs/{job_id}/execute", headers=prefer_wait(wait),
+            **self._wait_timeout(wait)))
 
     def get(self, job_id: str, *, wait: int | None = None) -> Job:
-        return as_job(self._call("GET", f"/jobs/{job_id}", headers=prefer_wait(wait),
-                                 **self._wait_timeout(wait)))
+        return as_job(self._call(
+            "GET", f"/jobs/{job_id}", headers=prefer_wait(wait), **self._wait_timeout(wait)))
 
     def _wait_timeout(self, wait: int | None) -> dict[str, httpx.Timeout]:
         """A read timeout that covers the server's hold (the client's default otherwise)."""
@@ -107,12 +102,13 @@ class Tollgate:
     def retry(self, job_id: str, *, idempotency_key: str | None = None) -> Job:
         """A new job of the finished job's failed items, on their stored inputs, at its
         price and params (`retry_of` names it). It is `uploaded`: execute() or run it."""
-        return as_job(self._call("POST", f"/jobs/{job_id}/retry",
-                                 headers=key_header(idempotency_key)))
+        return as_job(self._call(
+            "POST", f"/jobs/{job_id}/retry", headers=key_header(idempotency_key)))
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """The job's webhook deliveries (GET /jobs/{id}/webhooks), oldest first."""
-        items: list[dict[str, Any]] = self._call("GET", f"/jobs/{job_id}/webhooks")["items"]
+        data = self._call("GET", f"/jobs/{job_id}/webhooks")
+        items: list[dict[str, Any]] = data["items"]
         return items
 
     def redeliver(self, job_id: str, delivery_id: str) -> dict[str, Any]:
@@ -125,8 +121,10 @@ class Tollgate:
     def cancel(self, job_id: str) -> Job:
         return as_job(self._call("POST", f"/jobs/{job_id}/cancel"))
 
-    def run(self, files: Sequence[FileSpec], *, timeout: float = 600.0,
-            wait: int | None = None, **create: Any) -> Job:
+    def run(
+        self, files: Sequence[FileSpec], *, timeout: float = 600.0,
+        wait: int | None = None, **create: Any,
+    ) -> Job:
         """create(), confirm(), execute(), then wait() for the end. With `wait` (1-60 s)
         the server holds each answer until the job is final (`Prefer: wait`): no polling."""
         job = self.create(files, **create)
@@ -136,8 +134,11 @@ class Tollgate:
             return executed
         return self.wait(job.id, timeout=timeout, hold=wait)
 
-    def wait(self, job_id: str, *, timeout: float = 600.0, initial_delay: float = 0.2,
-             max_delay: float = 5.0, factor: float = 1.5, hold: int | None = None) -> Job:
+    def wait(
+        self, job_id: str, *, timeout: float = 600.0,
+        initial_delay: float = 0.2, max_delay: float = 5.0, factor: float = 1.5,
+        hold: int | None = None,
+    ) -> Job:
         """Polls until the job is done, failed or canceled, backing off between polls;
         with `hold` (1-60 s), each poll waits on the server (`Prefer: wait`) instead."""
         deadline = time.monotonic() + timeout
@@ -153,16 +154,17 @@ class Tollgate:
                 continue
             if time.monotonic() + delay > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s")
-            time.sleep(delay)
+            sleep(delay)
         raise AssertionError("unreachable")
 
     def events(self, job_id: str) -> Iterator[JobEvent]:
         """The job's live progress (server-sent events): one JobEvent per change, the first
         at once; the stream ends after the event with a final status."""
-        with self.http.stream("GET", f"/jobs/{job_id}/events",
-                              headers={"Accept": "text/event-stream"},
-                              timeout=httpx.Timeout(self.http.timeout.connect, read=None)
-                              ) as response:
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        headers = {"Accept": "text/event-stream"}
+        with self.http.stream(
+            "GET", f"/jobs/{job_id}/events", timeout=timeout, headers=headers,
+        ) as response:
             if response.is_error:
                 response.read()
                 raise_for_problem(response)
@@ -172,14 +174,11 @@ class Tollgate:
                 if event is not None and event.event == "job":
                     yield JobEvent(id=event.id, job=as_job(json.loads(event.data)))
 
-    def page(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
-             ) -> JobPage:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if cursor:
-            params["cursor"] = cursor
-        data = self._call("GET", "/jobs", params=params)
+    def page(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> JobPage:
+        """One page of the caller's jobs, newest first; pass its next_cursor for the next."""
+        data = self._call("GET", "/jobs", params=page_params(status, limit, cursor))
         return JobPage(items=[as_job(job) for job in data["items"]],
                        next_cursor=data.get("next_cursor"))
 

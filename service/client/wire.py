@@ -1,0 +1,34 @@
+"""What the calls send besides their path: the body of POST /jobs and the headers, the same
+for both clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def job_body(items: list[dict[str, Any]], rule_id: str | None, model: str | None,
+             params: dict[str, Any] | None, webhook: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"items": items}
+    for name, value in (("rule_id", rule_id), ("model", model), ("params", params),
+                        ("webhook", webhook)):
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def key_header(idempotency_key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+
+def prefer_wait(wait: int | None) -> dict[str, str]:
+    """`Prefer: wait=N` (1-60 s): the server holds its answer until the job is final."""
+    return {"Prefer": f"wait={wait}"} if wait else {}
+
+
+def page_params(status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if cursor:
+        params["cursor"] = cursor
+    return params
