@@ -127,10 +127,12 @@ def test_healthchecks_of_the_tollgate_image_run_its_script_with_valid_arguments(
 
 
 def test_workers_take_their_queue_from_the_settings() -> None:
-    for name in ("worker", "worker-gpu"):
+    # The model: TOLLGATE_WORKER_MODEL, and TOLLGATE_GPU_MODEL for the gpu profile's worker
+    # (tests/deploy/test_compose_profiles.py checks their queues).
+    for name, model in (("worker", "thumbnail"), ("worker-gpu", "edges")):
         args = command_args(services()[name])
         assert args[:2] == ["tollgate", "worker"] and "--queue" not in args, name
-        assert args[args.index("--model") + 1] == "thumbnail", name  # TOLLGATE_WORKER_MODEL
+        assert args[args.index("--model") + 1] == model, name
     assert "--no-fork" in command_args(services()["worker-gpu"])  # CUDA cannot cross a fork
 
 
