@@ -240,6 +240,18 @@ class RedisCluster:
         sizes = [int(node.cli("dbsize").strip() or 0) for node in self.nodes]
         return sizes.index(max(sizes))
 
+    def holder(self, hash_tag: str) -> int:
+        """The primary serving the slot of keys tagged `{hash_tag}`."""
+        slot = int(self.nodes[0].cli("cluster", "keyslot", f"{{{hash_tag}}}").strip())
+        for line in self.nodes[0].cli("cluster", "nodes").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return [node.port for node in self.nodes].index(port)
+        raise RuntimeError(f"no primary serves slot {slot}")
+
     def restart_primary_empty(self, index: int) -> None:
         self.nodes[index].restart_empty()
         self.wait_ok()

@@ -35,7 +35,7 @@ from tests.system.harness import (
     free_port,
     postgres_database,
 )
-from tests.system.workload import Workload
+from tests.system.workload import JobRecord, Workload
 
 FaultAction = Callable[[Workload], Awaitable[None]]
 STORE_GRACE_S = 5.0  # log lines this long after a store came back are excused too
@@ -126,7 +126,12 @@ def _start_services(stack: Stack, port: int) -> None:
     stack.wait_ready()
 
 
-def _process_faults(system: System, restart_store: Callable[[], None]) -> None:
+# Restarts the state store (or part of it) empty; answers what it lost and which jobs' state
+# it held.
+StoreLoss = Callable[[Workload], tuple[str, Callable[[JobRecord], bool]]]
+
+
+def _process_faults(system: System, restart_store: StoreLoss) -> None:
     stack = system.stack
 
     async def kill_worker(work: Workload) -> None:
@@ -157,8 +162,8 @@ def _process_faults(system: System, restart_store: Callable[[], None]) -> None:
     async def store_lost(work: Workload) -> None:
         offsets = stack.log_offsets()
         system.wiped_at = time.monotonic()
-        work.state_lost()
-        await asyncio.to_thread(restart_store)
+        where, held = await asyncio.to_thread(restart_store, work)
+        work.state_lost(where, held)
         await asyncio.to_thread(stack.wait_ready)
         await asyncio.sleep(STORE_GRACE_S)
         stack.excuse_since(offsets)
@@ -184,7 +189,11 @@ def standalone_system(folder: Path, timing: Timing) -> Iterator[System]:
                           state_url=state.url, secret=env["TOLLGATE_JWT_SECRET"])
             stack.logdir.mkdir()
             system = System(stack)
-            _process_faults(system, state.restart_empty)
+            def lose_state(_: Workload) -> tuple[str, Callable[[JobRecord], bool]]:
+                state.restart_empty()
+                return f"redis-server :{state.port}", lambda _: True
+
+            _process_faults(system, lose_state)
             try:
                 _start_services(stack, port)
                 yield system
@@ -193,6 +202,19 @@ def standalone_system(folder: Path, timing: Timing) -> Iterator[System]:
     finally:
         state.kill()
         queue.kill()
+
+
+def _lose_primary(cluster: RedisCluster, work: Workload
+                  ) -> tuple[str, Callable[[JobRecord], bool]]:
+    """Restarts empty the primary holding a live job's bucket (a job id ends in its bucket),
+    so the loss takes live work with it (else the one with the most keys)."""
+    live = [record for record in work.jobs.values() if record.final is None]
+    index = cluster.holder(live[-1].id.rsplit("-", 1)[1]) if live else cluster.busiest()
+    buckets = {record.id.rsplit("-", 1)[1] for record in work.jobs.values()}  # users'"'"' buckets
+    lost = {bucket for bucket in buckets if cluster.holder(bucket) == index}
+    cluster.restart_primary_empty(index)
+    return (f"primary :{cluster.nodes[index].port}",
+            lambda record: record.id.rsplit("-", 1)[1] in lost)
 
 
 @contextlib.contextmanager
@@ -209,7 +231,7 @@ def cluster_system(folder: Path, timing: Timing) -> Iterator[System]:
                           state_url=cluster.url, secret=env["TOLLGATE_JWT_SECRET"])
             stack.logdir.mkdir()
             system = System(stack)
-            _process_faults(system, lambda: cluster.restart_primary_empty(cluster.busiest()))
+            _process_faults(system, lambda work: _lose_primary(cluster, work))
             try:
                 _start_services(stack, port)
                 yield system

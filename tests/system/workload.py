@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,10 +319,14 @@ class Workload:
             if isinstance(result, BaseException):
                 raise result
 
-    def state_lost(self) -> None:
-        for record in self.jobs.values():
-            if record.final is None:
-                record.live_at_wipe = True
+    def state_lost(self, where: str = "the state store",
+                   held: Callable[[JobRecord], bool] = lambda _: True) -> None:
+        """Marks the live jobs whose state was `held` in the store just lost."""
+        live = [record for record in self.jobs.values() if record.final is None and held(record)]
+        for record in live:
+            record.live_at_wipe = True
+        self.notes.append(f"{len(live)} jobs live when {where} was lost: "
+                          f"{[r.id for r in live][:6]}")
 
     async def wait_running(self, model: str, within: float = 20.0) -> bool:
         """Until one of the model's jobs is running with items still to do (a kill then
