@@ -17,7 +17,7 @@ import httpx
 
 from service.client.files import FileSpec, backoff, read_files
 from service.client.io_async import each, sleep
-from service.client.problems import raise_for_problem
+from service.client.problems import ProblemError, name_job, raise_for_problem
 from service.client.sse import EventParser
 from service.client.views import Job, JobEvent, JobPage, Upload, as_job
 from service.client.wire import job_body, key_header, page_params, prefer_wait
@@ -61,13 +61,28 @@ class AsyncTollgate:
         webhook: dict[str, Any] | None = None, idempotency_key: str | None = None,
     ) -> Job:
         """Creates a job of these files (their exact sizes are the upload limits) and uploads
-        each to the URL the API hands out. The job is then `created`: confirm() next."""
+        each to the URL the API hands out. The job is then `created`: confirm() next.
+        A failed upload cancels the job before it is raised, with the job's id as
+        `error.job_id`: the job's hold and concurrency slot are free again."""
         items, contents = read_files(files)
         job = as_job(await self._call(
             "POST", "/jobs", headers=key_header(idempotency_key),
             json=job_body(items, rule_id, model, params, webhook)))
-        await self.upload(job.uploads, contents)
+        try:
+            await self.upload(job.uploads, contents)
+        except Exception as error:
+            await self._abandon(job.id, error)
+            raise
         return job
+
+    async def _abandon(self, job_id: str, error: Exception) -> None:
+        """Cancels a job of this client's own that `error` stopped before the caller got it
+        (the free plan runs one job at a time), and names it on the error."""
+        name_job(error, job_id)
+        try:
+            await self.cancel(job_id)
+        except (ProblemError, httpx.HTTPError) as refused:
+            error.add_note(f"job {job_id} could not be canceled: {refused}")
 
     async def upload(self, uploads: Sequence[Upload], contents: Sequence[bytes]) -> None:
         """Puts each file to the URL the API handed out for it (presigned: no token goes
@@ -130,8 +145,12 @@ class AsyncTollgate:
         """create(), confirm(), execute(), then wait() for the end. With `wait` (1-60 s)
         the server holds each answer until the job is final (`Prefer: wait`): no polling."""
         job = await self.create(files, **create)
-        await self.confirm(job.id)
-        executed = await self.execute(job.id, wait=wait)
+        try:
+            await self.confirm(job.id)
+            executed = await self.execute(job.id, wait=wait)
+        except ProblemError as refused:  # the job was not queued: nobody else would end it
+            await self._abandon(job.id, refused)
+            raise
         if executed.finished:
             return executed
         return await self.wait(job.id, timeout=timeout, hold=wait)

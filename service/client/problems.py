@@ -12,6 +12,9 @@ from service.client import codes
 class ProblemError(Exception):
     """The API refused the request; `code` is stable (codes.py lists them all)."""
 
+    # The job create() or run() made and canceled because of this refusal, else None.
+    job_id: str | None = None
+
     def __init__(self, status: int, code: str, title: str, detail: str | None,
                  body: dict[str, Any]) -> None:
         super().__init__(f"{status} {code}: {detail or title}")
@@ -78,6 +81,12 @@ def problem_from(response: httpx.Response) -> ProblemError:
     cls = _BY_CODE.get(code) or (ValidationFailed if response.status_code in (400, 422)
                                  else ProblemError)
     return cls(response.status_code, code, str(body.get("title", "")), body.get("detail"), body)
+
+
+def name_job(error: Exception, job_id: str) -> None:
+    """`error.job_id`: the job the client canceled because of `error` (any exception an
+    upload raises, a ProblemError or httpx's own), so that the caller can look it up."""
+    error.job_id = job_id  # type: ignore[attr-defined]
 
 
 def raise_for_problem(response: httpx.Response) -> None:
