@@ -40,6 +40,27 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def postgres_address(dsn: str) -> tuple[str, int]:
+    """The host and port a libpq DSN (URL or key=value) connects to: its first host, with
+    libpq's PGHOST/PGPORT, then localhost:5432, for what it leaves out."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost").split(",")[0]
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")[0]
+    return host, int(port)
+
+
+def postgres_unreachable(dsn: str) -> str | None:
+    """Why nothing answers where `dsn` points (a TCP port, or a Unix socket when its host
+    is a folder), or None."""
+    host, port = postgres_address(dsn)
+    if host.startswith("/"):
+        socket_file = Path(host) / f".s.PGSQL.{port}"
+        return None if socket_file.exists() else f"no socket {socket_file}"
+    return None if _port_open(host, port) else f"nothing listens on {host}:{port}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,7 +204,8 @@ def cluster_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_admin_dsn() -> str:
-    need("PostgreSQL", _port_open("127.0.0.1", 5432), "nothing listens on 127.0.0.1:5432")
+    why = postgres_unreachable(POSTGRES_DSN)
+    need("PostgreSQL", why is None, f"{why} (TOLLGATE_TEST_POSTGRES={POSTGRES_DSN})")
     return POSTGRES_DSN
 
 

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.conftest import _port_open, need
+from tests.conftest import POSTGRES_DSN, need, postgres_unreachable
 from tests.system.scenario import Plan, run_setup, verdict
 
 
@@ -14,7 +14,8 @@ def needs_services(*, postgres: bool) -> None:
     need("redis-server", shutil.which("redis-server") is not None, "it is not on PATH")
     need("redis-cli", shutil.which("redis-cli") is not None, "it is not on PATH")
     if postgres:
-        need("PostgreSQL", _port_open("127.0.0.1", 5432), "nothing listens on 127.0.0.1:5432")
+        why = postgres_unreachable(POSTGRES_DSN)
+        need("PostgreSQL", why is None, f"{why} (TOLLGATE_TEST_POSTGRES={POSTGRES_DSN})")
 
 
 async def run_and_judge(name: str) -> None:
