@@ -1,10 +1,10 @@
 -- bucket_next_due: when the flusher must next visit this bucket, read only (the due index's
 -- source of truth: service/state/due.py writes the answer into the index).
 --
--- KEYS[1] bucket holds   KEYS[2] bucket leases   KEYS[3] bucket queued   KEYS[4] bucket flush
--- KEYS[5] bucket ledger  KEYS[6] bucket ledger-retry
+-- KEYS[1] holds   bucket holds   KEYS[2] leases  bucket leases   KEYS[3] queued  bucket queued
+-- KEYS[4] flush   bucket flush   KEYS[5] ledger  bucket ledger   KEYS[6] ledger_retry
 --
--- ARGV[1] requeue after ms (a queued job is due that long after its score)  ARGV[2] now ms
+-- ARGV[1] requeue_after_ms (a queued job is due that long after its score)  ARGV[2] now ms
 --
 -- Returns the earliest due ms, ARGV[2] when ledger entries wait, or -1: nothing to do
 local requeue_after, now = tonumber(ARGV[1]), tonumber(ARGV[2])

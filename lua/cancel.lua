@@ -2,14 +2,15 @@
 -- expired): charge what already succeeded, refund the rest, free the slot, schedule the
 -- flush. Later callbacks for the job are refused by item_result.
 --
--- KEYS[1] job hash      KEYS[2] user hash     KEYS[3] user active set
--- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
--- KEYS[7] bucket flush  KEYS[8] bucket ledger
--- KEYS[9] job webhook log  KEYS[10] bucket webhooks (the outbox, includes/outbox.lua)
--- KEYS[11] bucket counters tg:{b}:counters (includes/stats.lua)
+-- KEYS[1] job      job hash       KEYS[2] user    user hash     KEYS[3] active  user active set
+-- KEYS[4] holds    bucket holds   KEYS[5] leases  bucket leases  KEYS[6] queued  bucket queued
+-- KEYS[7] flush    bucket flush   KEYS[8] ledger  bucket ledger
+-- KEYS[9] webhook_log  job webhook log
+-- KEYS[10] webhooks    bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[11] counters    bucket counters tg:{b}:counters (includes/stats.lua)
 --
--- ARGV[1] job id  ARGV[2] owner  ARGV[3] reason  ARGV[4] now ms  ARGV[5] flush due ms
--- ARGV[6] allowed from states, comma separated, or '' for any live state
+-- ARGV[1] job_id  ARGV[2] owner  ARGV[3] reason  ARGV[4] now ms  ARGV[5] flush_due ms
+-- ARGV[6] from_states allowed, comma separated, or '' for any live state
 --
 -- Returns {code, state, done, failed, total, charged, refunded} with code one of
 --   'ok' | 'already' (already canceled) | 'invalid_transition' (done/failed, or not an

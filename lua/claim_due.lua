@@ -2,13 +2,13 @@
 -- returned is pushed ARGV[3] ms into the future, so a second sweeper skips it and a
 -- sweeper that crashes before handling it finds it again later.
 --
--- KEYS[1] bucket holds   (created/uploaded jobs by hold deadline)
--- KEYS[2] bucket leases  (running jobs by lease deadline)
--- KEYS[3] bucket queued  (queued jobs by time last (re)queued)
--- KEYS[4] bucket flush   (finished jobs by flush due time)
+-- KEYS[1] holds   bucket holds   (created/uploaded jobs by hold deadline)
+-- KEYS[2] leases  bucket leases  (running jobs by lease deadline)
+-- KEYS[3] queued  bucket queued  (queued jobs by time last (re)queued)
+-- KEYS[4] flush   bucket flush   (finished jobs by flush due time)
 --
--- ARGV[1] now ms  ARGV[2] limit per kind  ARGV[3] claim for ms
--- ARGV[4] requeue queued jobs queued before this ms
+-- ARGV[1] now ms  ARGV[2] limit per kind  ARGV[3] claim_ms: claim for that long
+-- ARGV[4] requeue_before: requeue queued jobs queued before this ms
 --
 -- Returns {expired_holds, expired_leases, stale_queued, due_flushes}, four lists of job ids;
 -- an error reply 'claim_due: wrong_type <n>' when the n-th key holds another type (nothing

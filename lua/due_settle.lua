@@ -1,16 +1,17 @@
 -- due_settle: a bucket's next due time into its due-index shard, after a visit (or a
 -- safety-net read) computed it with bucket_next_due.
 --
--- KEYS[1] the bucket's due-index shard  tg:due:{dN}
+-- KEYS[1] due_index  the bucket's due-index shard  tg:due:{dN}
 --
--- ARGV[1] bucket  ARGV[2] the placeholder this visit set ('' : any placeholder, i.e. a
--- score >= ARGV[4])  ARGV[3] next due ms (-1: nothing to do)  ARGV[4] lowest placeholder
+-- ARGV[1] bucket  ARGV[2] placeholder this visit set ('' : any placeholder, i.e. a
+-- score >= ARGV[4])  ARGV[3] next_due ms (-1: nothing to do)
+-- ARGV[4] placeholder_floor: the lowest placeholder
 --
 -- Still at our placeholder: nobody wrote to the bucket since the visit began, so the
 -- computed time replaces it (or the bucket leaves the index). Anything else: a write came
 -- in (its ZADD LT lowered the score) or another flusher settled it; the score only goes
 -- down (ZADD LT), so no write's mark is ever lost.
--- Returns {'ok', 'set' | 'removed' | 'lowered' | 'kept'}
+-- Returns {code, outcome}: {'ok', 'set' | 'removed' | 'lowered' | 'kept'}
 local next_due, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
 if not next_due or not floor then return redis.error_reply('due_settle: bad arguments') end
 local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '')

@@ -2,7 +2,7 @@
 -- pass's placeholder score (far beyond any real due time), so a second flusher skips them
 -- and any write to such a bucket meanwhile (ZADD LT) brings its score back below it.
 --
--- KEYS[1] a due-index shard  tg:due:{dN}  (zset: bucket -> ms its visit is due)
+-- KEYS[1] due_index  a due-index shard  tg:due:{dN}  (zset: bucket -> ms its visit is due)
 --
 -- ARGV[1] now ms  ARGV[2] limit (>= 1)  ARGV[3] placeholder score of this pass
 --

@@ -1,9 +1,10 @@
 -- flush_done: after the flusher wrote a finished job to SQL, delete its Redis records.
 --
--- KEYS[1] job hash  KEYS[2] job items  KEYS[3] job callbacks  KEYS[4] job meta
--- KEYS[5] bucket flush  KEYS[6] owner's jobs index  KEYS[7] job callback set
+-- KEYS[1] job    job hash      KEYS[2] items  job items  KEYS[3] callbacks  job callbacks
+-- KEYS[4] meta   job meta      KEYS[5] flush  bucket flush
+-- KEYS[6] jobs   owner's jobs index  KEYS[7] callback_set  job callback set
 --
--- ARGV[1] job id
+-- ARGV[1] job_id
 --
 -- Returns {code} with code 'ok' (deleted) | 'already' (gone) | 'invalid_transition'
 -- (the job is still live: nothing deleted)

@@ -2,14 +2,15 @@
 -- in SQL's flush_failures. Forget its attempts, take a ledger entry out of the retry zset,
 -- and count a set-aside record for the tollgate_flush_failures_total metric.
 --
--- KEYS[1] bucket flush attempts  tg:{b}:flush-attempts
--- KEYS[2] bucket ledger retry    tg:{b}:ledger-retry
--- KEYS[3] bucket counters        tg:{b}:counters  (field flush_failures)
+-- KEYS[1] flush_attempts  bucket flush attempts  tg:{b}:flush-attempts
+-- KEYS[2] ledger_retry    bucket ledger retry    tg:{b}:ledger-retry
+-- KEYS[3] counters        bucket counters        tg:{b}:counters  (field flush_failures)
 --
--- ARGV[1] kind: 'job' | 'ledger'   ARGV[2] record id
--- ARGV[3] the ledger entry as read ('' for a job)   ARGV[4] '1' set aside | '0' written
+-- ARGV[1] kind: 'job' | 'ledger'   ARGV[2] record_id
+-- ARGV[3] entry: the ledger entry as read ('' for a job)
+-- ARGV[4] set_aside: '1' set aside | '0' written
 --
--- Returns {'ok'} | {'bad_argument', what}
+-- Returns {code}: {'ok'} | {'bad_argument', what}
 --   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)
 -- @include key_types
 local kind, id, entry, set_aside = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

@@ -3,16 +3,16 @@
 -- that its attempts are used up (the flusher then sets it aside in SQL's flush_failures).
 -- Either way the rest of the bucket's work goes on without it.
 --
--- KEYS[1] bucket flush attempts  tg:{b}:flush-attempts  (`<kind>:<id>` -> attempts so far,
---                                                        `<kind>:<id>:first` -> first failure ms)
--- KEYS[2] bucket flush           tg:{b}:flush           (finished jobs by flush due time)
--- KEYS[3] bucket ledger retry    tg:{b}:ledger-retry    (refused ledger entries by due time)
+-- KEYS[1] flush_attempts  bucket flush attempts  tg:{b}:flush-attempts  (`<kind>:<id>` ->
+--                         attempts so far, `<kind>:<id>:first` -> first failure ms)
+-- KEYS[2] flush           bucket flush           tg:{b}:flush           (finished jobs by flush due time)
+-- KEYS[3] ledger_retry    bucket ledger retry    tg:{b}:ledger-retry    (refused ledger entries by due time)
 --
--- ARGV[1] kind: 'job' | 'ledger'   ARGV[2] record id (job id or ledger entry id)
--- ARGV[3] the ledger entry as read from the ledger list ('' for a job)
--- ARGV[4] now ms   ARGV[5] attempts allowed (>= 1)   ARGV[6] first retry delay ms (doubles)
+-- ARGV[1] kind: 'job' | 'ledger'   ARGV[2] record_id (job id or ledger entry id)
+-- ARGV[3] entry: the ledger entry as read from the ledger list ('' for a job)
+-- ARGV[4] now ms   ARGV[5] attempts_allowed (>= 1)   ARGV[6] delay_ms of the first retry (doubles)
 --
--- Returns {code, attempts, first failure ms} with code
+-- Returns {code, attempts, first_failed_ms} with code
 --   'ok'        (the record comes back after the delay: a job in the flush zset (only if it
 --                is still there), a ledger entry in the ledger retry zset)
 --   'exhausted' (this was the last attempt: nothing is rescheduled)

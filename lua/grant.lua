@@ -1,12 +1,12 @@
 -- grant: an admin adds (or, with a negative amount, removes) credits. Idempotent by
 -- operation id: a repeated id changes nothing and answers 'already'.
 --
--- KEYS[1] user hash      tg:{b}:user:<uid>
--- KEYS[2] user ops       tg:{b}:user:<uid>:ops  (hash op id -> amount, applied admin ops)
--- KEYS[3] bucket ledger  tg:{b}:ledger
--- KEYS[4] bucket counters tg:{b}:counters (includes/stats.lua: credits:granted | revoked)
+-- KEYS[1] user      user hash       tg:{b}:user:<uid>
+-- KEYS[2] ops       user ops        tg:{b}:user:<uid>:ops  (hash op id -> amount, applied admin ops)
+-- KEYS[3] ledger    bucket ledger   tg:{b}:ledger
+-- KEYS[4] counters  bucket counters tg:{b}:counters (includes/stats.lua: credits:granted | revoked)
 --
--- ARGV[1] user id  ARGV[2] operation id  ARGV[3] amount (integer, may be negative)
+-- ARGV[1] user_id  ARGV[2] op_id: the operation id  ARGV[3] amount (integer, may be negative)
 -- ARGV[4] reason   ARGV[5] now ms
 --
 -- Returns {code, available, reserved, spent, granted} with code one of

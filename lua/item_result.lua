@@ -4,20 +4,21 @@
 -- items_result, which takes a batch's reports in one call). The report of the last item finishes
 -- the job and settles its credits in this same script.
 --
--- KEYS[1] job hash        tg:{b}:job:<jid>
--- KEYS[2] job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
--- KEYS[3] job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
--- KEYS[4] user hash       KEYS[5] user active set
--- KEYS[6] bucket holds    KEYS[7] bucket leases   KEYS[8] bucket queued
--- KEYS[9] bucket flush    KEYS[10] bucket ledger
--- KEYS[11] job webhook log  KEYS[12] bucket webhooks (the outbox, includes/outbox.lua)
--- KEYS[13] job callback set tg:{b}:job:<jid>:cbset (the ring's keys, for O(1) membership)
--- KEYS[14] bucket counters tg:{b}:counters (includes/stats.lua)
+-- KEYS[1] job           job hash        tg:{b}:job:<jid>
+-- KEYS[2] items         job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
+-- KEYS[3] callbacks     job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
+-- KEYS[4] user          user hash       KEYS[5] active  user active set
+-- KEYS[6] holds         bucket holds    KEYS[7] leases  bucket leases   KEYS[8] queued  bucket queued
+-- KEYS[9] flush         bucket flush    KEYS[10] ledger  bucket ledger
+-- KEYS[11] webhook_log  job webhook log
+-- KEYS[12] webhooks     bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[13] callback_set job callback set tg:{b}:job:<jid>:cbset (the ring's keys, for O(1) membership)
+-- KEYS[14] counters     bucket counters tg:{b}:counters (includes/stats.lua)
 --
--- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] callback key
--- ARGV[4] item index (0-based)  ARGV[5] '1' ok | '0' failed | '2' failed, billable
---   (includes/count_items.lua)  ARGV[6] output key or error
--- ARGV[7] now ms  ARGV[8] new lease deadline ms  ARGV[9] flush due ms
+-- ARGV[1] job_id  ARGV[2] owner (from the callback token)  ARGV[3] callback_key
+-- ARGV[4] index of the item (0-based)  ARGV[5] outcome: '1' ok | '0' failed | '2' failed,
+--   billable (includes/count_items.lua)  ARGV[6] detail: the output key or the error
+-- ARGV[7] now ms  ARGV[8] lease_until: the new lease deadline ms  ARGV[9] flush_due ms
 --
 -- Returns {code, state, done, failed, total} with code one of
 --   'ok'                  counted (state 'done'/'failed' when this was the last item)

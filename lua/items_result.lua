@@ -4,19 +4,22 @@
 -- whatever its key. The entry that completes the job finishes it and settles its credits in
 -- this same call, as item_result does.
 --
--- KEYS[1] job hash        tg:{b}:job:<jid>
--- KEYS[2] job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
--- KEYS[3] job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
--- KEYS[4] job callback set tg:{b}:job:<jid>:cbset (the same keys, for O(1) membership)
--- KEYS[5] user hash       KEYS[6] user active set
--- KEYS[7] bucket holds    KEYS[8] bucket leases   KEYS[9] bucket queued
--- KEYS[10] bucket flush   KEYS[11] bucket ledger
--- KEYS[12] job webhook log  KEYS[13] bucket webhooks (the outbox, includes/outbox.lua)
--- KEYS[14] bucket counters tg:{b}:counters (includes/stats.lua)
+-- KEYS[1] job           job hash        tg:{b}:job:<jid>
+-- KEYS[2] items         job items       tg:{b}:job:<jid>:items  (index -> 'ok:<output key>' | 'failed:<error>')
+-- KEYS[3] callbacks     job callbacks   tg:{b}:job:<jid>:cb     (list, last 512 callback keys)
+-- KEYS[4] callback_set  job callback set tg:{b}:job:<jid>:cbset (the same keys, for O(1) membership)
+-- KEYS[5] user          user hash       KEYS[6] active  user active set
+-- KEYS[7] holds         bucket holds    KEYS[8] leases  bucket leases   KEYS[9] queued  bucket queued
+-- KEYS[10] flush        bucket flush    KEYS[11] ledger  bucket ledger
+-- KEYS[12] webhook_log  job webhook log
+-- KEYS[13] webhooks     bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[14] counters     bucket counters tg:{b}:counters (includes/stats.lua)
 --
--- ARGV[1] job id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
--- ARGV[4] new lease deadline ms  ARGV[5] flush due ms  ARGV[6] n, the number of entries
--- then 4 per entry, i = 0..n-1: ARGV[7+4i] callback key  ARGV[8+4i] item index (0-based)
+-- ARGV[1] job_id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
+-- ARGV[4] lease_until: the new lease deadline ms  ARGV[5] flush_due ms
+-- ARGV[6] count: n, the number of entries
+-- ARGV[7..] entries, 4 per entry, i = 0..n-1: ARGV[7+4i] callback key
+--   ARGV[8+4i] item index (0-based)
 --   ARGV[9+4i] '1' ok | '0' failed | '2' failed, billable (includes/count_items.lua)
 --   ARGV[10+4i] output key or error
 --

@@ -1,9 +1,9 @@
 -- ledger_ack: drop the first ARGV[1] ledger entries after they reached SQL, but only if
 -- the list still starts with the entry the flusher read (another flusher may have won).
 --
--- KEYS[1] bucket ledger  tg:{b}:ledger
+-- KEYS[1] ledger  bucket ledger  tg:{b}:ledger
 --
--- ARGV[1] count  ARGV[2] first entry as read
+-- ARGV[1] count  ARGV[2] first_entry as read
 --
 -- Returns {code} with code 'ok' (trimmed) | 'already' (someone else trimmed)
 --   | 'bad_argument' (count not a whole number >= 1)

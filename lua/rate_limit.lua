@@ -4,17 +4,17 @@
 -- (TAT), so a user costs one small string per class, whatever the rate. A full window's
 -- quota may come at once (burst = limit), then one request every window/limit ms.
 --
--- KEYS[1] user hash       tg:{b}:user:<uid>  (read only: its plan)
--- KEYS[2] user rate       tg:{b}:user:<uid>:rate:<class>  (string: TAT ms)
--- KEYS[3] optional: API key rate  tg:{b}:user:<uid>:key:<key id>:rate:<class>
+-- KEYS[1] user      user hash       tg:{b}:user:<uid>  (read only: its plan)
+-- KEYS[2] rate      user rate       tg:{b}:user:<uid>:rate:<class>  (string: TAT ms)
+-- KEYS[3] key_rate  optional: API key rate  tg:{b}:user:<uid>:key:<key id>:rate:<class>
 --
--- ARGV[1] window ms  ARGV[2] the API key's own limit (used only with KEYS[3])
--- ARGV[3], ARGV[4], ... plan name, limit pairs; the first pair's limit also applies to a
+-- ARGV[1] window_ms  ARGV[2] key_limit: the API key's own limit (used only with KEYS[3])
+-- ARGV[3..] plan_limits: plan name, limit pairs; the first pair's limit also applies to a
 --   user with no hash yet or a plan not listed
 --
--- Returns {allowed (1 | 0), limit, remaining, ms} where ms is, when allowed, the time until
---   the whole quota is back, and when refused the time until one request is allowed again;
---   or {'bad_argument', what}
+-- Returns {allowed, limit, remaining, wait_ms} where allowed is 1 or 0, and wait_ms, when
+--   allowed, the time until the whole quota is back, and when refused the time until one
+--   request is allowed again; or {'bad_argument', what}
 --
 -- The clock is this Redis node's (TIME), so every API process counts against one clock.
 -- Not idempotent, and need not be: a retried call takes one more request from the quota,

@@ -1,8 +1,8 @@
 -- renew_lease: a worker still working on a running job pushes its lease deadline out.
 --
--- KEYS[1] job hash  KEYS[2] bucket leases
+-- KEYS[1] job  job hash  KEYS[2] leases  bucket leases
 --
--- ARGV[1] job id  ARGV[2] owner  ARGV[3] new lease deadline ms
+-- ARGV[1] job_id  ARGV[2] owner  ARGV[3] lease_until: the new lease deadline ms
 --
 -- Returns {code, state} with code 'ok' | 'invalid_transition' (not running) | 'not_found'
 --   | 'bad_argument'

@@ -1,9 +1,9 @@
 -- rule_slot_take: take one of the user's rule slots for a rule id. Idempotent by rule id.
 --
--- KEYS[1] user hash   tg:{b}:user:<uid>
--- KEYS[2] user rules  tg:{b}:user:<uid>:rules  (set of rule ids; slots used = SCARD)
+-- KEYS[1] user   user hash   tg:{b}:user:<uid>
+-- KEYS[2] rules  user rules  tg:{b}:user:<uid>:rules  (set of rule ids; slots used = SCARD)
 --
--- ARGV[1] rule id
+-- ARGV[1] rule_id
 --
 -- Returns {code, used, limit} with code one of
 --   'ok' | 'already' (this rule holds a slot) | 'rule_slots_exhausted' | 'not_found' (user)

@@ -1,10 +1,11 @@
 -- set_plan: an admin moves a user to another plan and its limits. Idempotent by
 -- operation id; lowering a limit below current use refuses new work, never old work.
 --
--- KEYS[1] user hash  tg:{b}:user:<uid>
--- KEYS[2] user ops   tg:{b}:user:<uid>:ops
+-- KEYS[1] user  user hash  tg:{b}:user:<uid>
+-- KEYS[2] ops   user ops   tg:{b}:user:<uid>:ops
 --
--- ARGV[1] operation id  ARGV[2] plan  ARGV[3] max active jobs  ARGV[4] max rule slots
+-- ARGV[1] op_id: the operation id  ARGV[2] plan  ARGV[3] max_active jobs
+-- ARGV[4] max_rules: rule slots
 --
 -- Returns {code, plan} with code 'ok' | 'already' | 'not_found' | 'bad_argument'
 --   | 'wrong_type' ({code, n}: the n-th key checked holds another type; nothing written)

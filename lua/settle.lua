@@ -2,15 +2,16 @@
 -- never started): charge the succeeded items, refund the rest, free the concurrency slot,
 -- schedule the flush. Repeating a settle that already happened answers 'already'.
 --
--- KEYS[1] job hash      KEYS[2] user hash     KEYS[3] user active set
--- KEYS[4] bucket holds  KEYS[5] bucket leases KEYS[6] bucket queued
--- KEYS[7] bucket flush  KEYS[8] bucket ledger
--- KEYS[9] job webhook log  KEYS[10] bucket webhooks (the outbox, includes/outbox.lua)
--- KEYS[11] bucket counters tg:{b}:counters (includes/stats.lua)
+-- KEYS[1] job      job hash       KEYS[2] user    user hash     KEYS[3] active  user active set
+-- KEYS[4] holds    bucket holds   KEYS[5] leases  bucket leases  KEYS[6] queued  bucket queued
+-- KEYS[7] flush    bucket flush   KEYS[8] ledger  bucket ledger
+-- KEYS[9] webhook_log  job webhook log
+-- KEYS[10] webhooks    bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[11] counters    bucket counters tg:{b}:counters (includes/stats.lua)
 --
--- ARGV[1] job id  ARGV[2] owner  ARGV[3] to state ('done' | 'failed')
--- ARGV[4] allowed from states, comma separated: 'queued' and/or 'running' only
--- ARGV[5] reason  ARGV[6] now ms  ARGV[7] flush due ms
+-- ARGV[1] job_id  ARGV[2] owner  ARGV[3] to_state ('done' | 'failed')
+-- ARGV[4] from_states allowed, comma separated: 'queued' and/or 'running' only
+-- ARGV[5] reason  ARGV[6] now ms  ARGV[7] flush_due ms
 --
 -- Returns {code, state, done, failed, total, charged, refunded} with code one of
 --   'ok' | 'already' (already in the target state) | 'invalid_transition' | 'not_found'

@@ -5,13 +5,13 @@
 -- buckets in use (service/state/stats.py); on a Cluster (where one script cannot span
 -- slots) it reads the same keys by plain commands instead.
 --
--- KEYS, 6 per bucket, for bucket i = 0..n-1:
+-- KEYS[1..] buckets, 6 keys per bucket, for bucket i = 0..n-1:
 --   KEYS[6i+1] counters tg:{b}:counters (includes/stats.lua)  KEYS[6i+2] webhook outcomes
 --   KEYS[6i+3] holds    KEYS[6i+4] queued    KEYS[6i+5] leases    KEYS[6i+6] flush
 --
--- Returns {counters (flat field, value list: a field once per bucket that has it),
---   outcomes (the same), held, queued, running,
---   the earliest flush due ms as a string ('' when none)}, or an error for a bad key count.
+-- Returns {counters, outcomes, held, queued, running, first_due}: counters as a flat field,
+--   value list (a field once per bucket that has it), outcomes the same, first_due the
+--   earliest flush due ms as a string ('' when none); or an error for a bad key count.
 local MAX_BUCKETS = 256
 local n = #KEYS / 6
 if n % 1 ~= 0 or n > MAX_BUCKETS then return redis.error_reply('stats_read: bad key count') end

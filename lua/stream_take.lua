@@ -1,9 +1,9 @@
 -- stream_take: takes (or renews) one of a user's open-stream slots for a stream (an SSE
 -- stream), as a lease: a process that dies holding one leaks it only until the lease ends.
 --
--- KEYS[1] user streams    tg:{b}:user:<uid>:streams  (zset: stream id -> lease deadline ms)
+-- KEYS[1] streams  user streams  tg:{b}:user:<uid>:streams  (zset: stream id -> lease deadline ms)
 --
--- ARGV[1] stream id  ARGV[2] lease ms  ARGV[3] most streams open at once
+-- ARGV[1] stream_id  ARGV[2] lease_ms  ARGV[3] most streams open at once
 --
 -- Returns {code, open} with code 'ok' (taken or renewed) | 'too_many_streams' (nothing
 --   written) | 'bad_argument'; open: the slots held after the call

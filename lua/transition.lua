@@ -1,14 +1,16 @@
 -- transition: move a live job one step along created -> uploaded -> queued -> running.
 -- Refuses any other move; repeating a move that already happened answers 'already'.
 --
--- KEYS[1] job hash      tg:{b}:job:<jid>
--- KEYS[2] bucket holds  tg:{b}:holds    (created/uploaded jobs, by hold deadline)
--- KEYS[3] bucket leases tg:{b}:leases   (running jobs, by lease deadline)
--- KEYS[4] bucket queued tg:{b}:queued   (queued jobs, by time queued)
--- KEYS[5] job webhook log  KEYS[6] bucket webhooks (the outbox, includes/outbox.lua)
+-- KEYS[1] job      job hash       tg:{b}:job:<jid>
+-- KEYS[2] holds    bucket holds   tg:{b}:holds    (created/uploaded jobs, by hold deadline)
+-- KEYS[3] leases   bucket leases  tg:{b}:leases   (running jobs, by lease deadline)
+-- KEYS[4] queued   bucket queued  tg:{b}:queued   (queued jobs, by time queued)
+-- KEYS[5] webhook_log  job webhook log
+-- KEYS[6] webhooks     bucket webhooks (the outbox, includes/outbox.lua)
 --
--- ARGV[1] job id  ARGV[2] owner ('' = any; workers are checked by token)
--- ARGV[3] expected from state  ARGV[4] to state  ARGV[5] now ms  ARGV[6] lease deadline ms
+-- ARGV[1] job_id  ARGV[2] owner ('' = any; workers are checked by token)
+-- ARGV[3] from_state expected  ARGV[4] to_state  ARGV[5] now ms
+-- ARGV[6] lease_until: the lease deadline ms
 --
 -- Returns {code, state, done, failed, total} with code one of
 --   'ok'                  moved

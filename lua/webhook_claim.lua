@@ -2,9 +2,9 @@
 -- pushed ARGV[3] ms into the future, so a second sweeper skips it and a sweeper that dies
 -- before recording the attempt's outcome finds it again then (at least once).
 --
--- KEYS[1] bucket webhooks  tg:{b}:webhooks  (zset delivery id -> next attempt ms)
+-- KEYS[1] webhooks  bucket webhooks  tg:{b}:webhooks  (zset delivery id -> next attempt ms)
 --
--- ARGV[1] now ms  ARGV[2] limit  ARGV[3] claim for ms
+-- ARGV[1] now ms  ARGV[2] limit  ARGV[3] claim_ms: claim for that long
 --
 -- Returns the list of claimed delivery ids ('<job id>.<kind>[.<n>]')
 local now, limit, claim_for = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -2,15 +2,16 @@
 -- Applies only if the record still shows ARGV[3] attempts, so a retried call (or a second
 -- sweeper that delivered the same claim) counts the attempt once.
 --
--- KEYS[1] job webhook log   tg:{b}:job:<jid>:webhooks  (delivery id -> JSON record)
--- KEYS[2] bucket webhooks   tg:{b}:webhooks            (zset delivery id -> next attempt ms)
--- KEYS[3] bucket outcomes   tg:{b}:webhook-outcomes    (hash outcome -> attempts)
+-- KEYS[1] webhook_log       job webhook log   tg:{b}:job:<jid>:webhooks  (delivery id -> JSON record)
+-- KEYS[2] webhooks          bucket webhooks   tg:{b}:webhooks            (zset delivery id -> next attempt ms)
+-- KEYS[3] webhook_outcomes  bucket outcomes   tg:{b}:webhook-outcomes    (hash outcome -> attempts)
 --
--- ARGV[1] delivery id  ARGV[2] outcome: 'delivered' | 'failed' (retry at ARGV[6]) |
+-- ARGV[1] delivery_id  ARGV[2] outcome: 'delivered' | 'failed' (retry at ARGV[6]) |
 --   'gave_up' (failed, and no retry is left)
--- ARGV[3] attempts the record showed before this one  ARGV[4] HTTP status or '' (no answer)
--- ARGV[5] now ms  ARGV[6] next attempt ms (for 'failed')  ARGV[7] the body sent ('' = keep)
--- ARGV[8] log TTL ms once the delivery has ended
+-- ARGV[3] attempts_seen: the attempts the record showed before this one
+-- ARGV[4] status: the HTTP status or '' (no answer)
+-- ARGV[5] now ms  ARGV[6] next_attempt ms (for 'failed')  ARGV[7] body sent ('' = keep)
+-- ARGV[8] log_ttl_ms once the delivery has ended
 --
 -- Returns {code} with code 'ok' | 'already' (this attempt was recorded) | 'not_found'
 --   (no such delivery: its id leaves the due zset) | 'bad_argument'

@@ -110,17 +110,18 @@ async def take_request(rt: Runtime, limits: RateLimits, user_id: str, klass: str
                        api_key: ApiKeyLimit | None = None) -> Decision:
     """Takes one request of `klass` from the user's quota (and the key's, if any)."""
     user = rt.core.keys.user(user_id)
-    keys = [user.base, user.rate(klass)]
+    keys = {"user": user.base, "rate": user.rate(klass)}
     key_limit = 0
     if api_key is not None:
-        keys.append(user.key_rate(api_key.key_id, klass))
+        keys |= {"key_rate": user.key_rate(api_key.key_id, klass)}
         key_limit = api_key.by_class[klass]
-    reply = await rt.core.scripts["rate_limit"](
-        rt.core.runner, keys, [WINDOW_S * 1000, key_limit, *limits.script_args(klass)])
-    if not isinstance(reply[0], int):  # {'bad_argument', what}: a bug, not the client's
+    reply = await rt.core.run_named(
+        "rate_limit", keys=keys, args={"window_ms": WINDOW_S * 1000, "key_limit": key_limit,
+                                       "plan_limits": limits.script_args(klass)})
+    if not isinstance(reply["allowed"], int):  # {'bad_argument', what}: a bug
         raise RuntimeError(f"rate_limit refused its arguments: {reply!r}")
-    allowed, limit, remaining, wait_ms = (int(value) for value in reply)
-    return Decision(klass, allowed == 1, limit, remaining, wait_ms)
+    return Decision(klass, reply["allowed"] == 1, int(reply["limit"]),
+                    int(reply["remaining"]), int(reply["wait_ms"]))
 
 
 class RateLimited(TooManyRequests):

@@ -29,9 +29,10 @@ T = TypeVar("T")
 
 async def _take(rt: Runtime, user_id: str, stream_id: str) -> bool:
     key = rt.core.keys.user(user_id).streams
-    code, _open = await rt.core.scripts["stream_take"](
-        rt.core.runner, [key], [stream_id, int(LEASE_S * 1000), MAX_STREAMS])
-    return bool(code == "ok")
+    reply = await rt.core.run_named(
+        "stream_take", keys={"streams": key},
+        args={"stream_id": stream_id, "lease_ms": int(LEASE_S * 1000), "most": MAX_STREAMS})
+    return bool(reply["code"] == "ok")
 
 
 async def take_slot(rt: Runtime, user_id: str) -> str:

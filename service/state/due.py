@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from service.state.store import Core, now_ms
 
@@ -51,9 +50,9 @@ class DueIndex:
         """Due buckets of every shard (at most `limit` a shard), set to `placeholder`."""
         await self.core.marks.sent()  # this process's own marks first
         now = now_ms() if at_ms is None else at_ms
-        script = self.core.scripts["due_take"]
         replies = await asyncio.gather(*(
-            script(self.core.runner, [key], [now, limit, placeholder])
+            self.core.run_script("due_take", keys={"due_index": key},
+                                 args={"now": now, "limit": limit, "placeholder": placeholder})
             for key in self.keys.due_indexes))
         return sorted(int(bucket) for reply in replies for bucket in reply
                       if int(bucket) < self.keys.buckets)
@@ -61,19 +60,21 @@ class DueIndex:
     async def next_due(self, bucket: int, requeue_after_ms: int) -> int | None:
         """The ms by which the bucket needs its next visit (None: it has no work)."""
         b = self.keys.bucket(bucket)
-        due = int(await self.core.scripts["bucket_next_due"](
-            self.core.runner,
-            [b.holds, b.leases, b.queued, b.flush, b.ledger, b.ledger_retry],
-            [requeue_after_ms, now_ms()]))
+        due = int(await self.core.run_script(
+            "bucket_next_due",
+            keys={"holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
+                  "ledger": b.ledger, "ledger_retry": b.ledger_retry},
+            args={"requeue_after_ms": requeue_after_ms, "now": now_ms()}))
         return None if due < 0 else due
 
     async def settle(self, bucket: int, placeholder: int | None, next_due: int | None) -> str:
         """After a visit (`placeholder` it set) or a safety-net read (None: any placeholder)."""
-        reply: list[Any] = await self.core.scripts["due_settle"](
-            self.core.runner, [self.keys.due_index(bucket)],
-            [bucket, "" if placeholder is None else placeholder,
-             -1 if next_due is None else next_due, PLACEHOLDER_FLOOR])
-        return str(reply[1])
+        reply = await self.core.run_named(
+            "due_settle", keys={"due_index": self.keys.due_index(bucket)},
+            args={"bucket": bucket, "placeholder": "" if placeholder is None else placeholder,
+                  "next_due": -1 if next_due is None else next_due,
+                  "placeholder_floor": PLACEHOLDER_FLOOR})
+        return str(reply["outcome"])
 
     async def reindex(self, buckets: Iterable[int], requeue_after_ms: int) -> int:
         """The safety net: every bucket's score lowered to its real next due time (a bucket

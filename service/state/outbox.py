@@ -7,7 +7,6 @@ is what the sweeper and the API do with them. Built over a Core: `Outbox(core)`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from service.state.codes import ERRORS, SUCCESS, Code
 from service.state.keys import JobKeys
@@ -20,16 +19,14 @@ class Outbox:
         self.core = core
         self.keys = core.keys
 
-    async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        return await self.core.scripts[name](self.core.runner, keys, args)
-
     def delivery_keys(self, delivery_id: str) -> JobKeys:
         """A delivery id is '<job id>.<kind>[.<n>]': it names its job, so its log."""
         return self.core.job_keys(delivery_id.partition(".")[0])
 
     async def claim(self, bucket: int, *, limit: int, claim_ms: int) -> list[str]:
-        reply = await self._run("webhook_claim", [self.keys.bucket(bucket).webhooks],
-                                [now_ms(), limit, claim_ms])
+        reply = await self.core.run_script(
+            "webhook_claim", keys={"webhooks": self.keys.bucket(bucket).webhooks},
+            args={"now": now_ms(), "limit": limit, "claim_ms": claim_ms})
         return list(reply)
 
     async def record(self, delivery_id: str) -> str | None:
@@ -43,10 +40,14 @@ class Outbox:
     ) -> Code:
         job = self.delivery_keys(delivery_id)
         b = job.bucket
-        reply = await self._run(
-            "webhook_result", [job.webhooks, b.webhooks, b.webhook_outcomes],
-            [delivery_id, outcome, attempts_seen, "" if status is None else status, now_ms(),
-             next_attempt_ms, body, log_ttl_ms])
+        reply = await self.core.run_script(
+            "webhook_result",
+            keys={"webhook_log": job.webhooks, "webhooks": b.webhooks,
+                  "webhook_outcomes": b.webhook_outcomes},
+            args={"delivery_id": delivery_id, "outcome": outcome,
+                  "attempts_seen": attempts_seen, "status": "" if status is None else status,
+                  "now": now_ms(), "next_attempt": next_attempt_ms, "body": body,
+                  "log_ttl_ms": log_ttl_ms})
         code = Code(reply[0])
         if code not in SUCCESS:
             raise ERRORS[code](f"webhook_result: {code.value}", reply=reply[1:])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import TollgateError
+from service.state.calls import SPECS
 from service.state.codes import ERRORS, SUCCESS, Code
 from service.state.records import JobRecord, LedgerEntry, UserRecord
 
@@ -114,5 +115,8 @@ def check_reply(reply: list[Any], script: str) -> Code:
 def job_progress(reply: list[Any], script: str) -> JobProgress:
     """{code, state, done, failed, total[, charged, refunded]}, as the job scripts answer."""
     code = check_reply(reply, script)
-    extra = [int(v) for v in reply[5:7]] if len(reply) >= 7 else [None, None]
-    return JobProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), *extra)
+    fields = SPECS[script].named(reply)
+    charged, refunded = fields.get("charged"), fields.get("refunded")
+    return JobProgress(code, fields["state"], int(fields["done"]), int(fields["failed"]),
+                       int(fields["total"]), None if charged is None else int(charged),
+                       None if refunded is None else int(refunded))

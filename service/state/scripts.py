@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import NoScriptError
+
+from service.state.calls import Arg
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
@@ -45,7 +48,7 @@ class Script:
     source: str
     sha: str
 
-    async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
+from service.state.calls import SPECS, bind
 from service.state.store import Core, now_ms
 
 # The live states as the indexes hold them: created and uploaded jobs both hold credits in
@@ -52,9 +53,10 @@ async def _read_by_script(core: Core, buckets: list[int]) -> list[list[Any]]:
     await core.client.script_load(script.source)  # EVALSHA inside a pipeline cannot fall back
     async with core.client.pipeline(transaction=False) as pipe:
         for start in range(0, len(buckets), SCRIPT_GROUP):
-            keys = [key for bucket in buckets[start:start + SCRIPT_GROUP]
-                    for key in _bucket_keys(core, bucket)]
-            pipe.evalsha(script.sha, len(keys), *keys)
+            keys, args = bind("stats_read", keys={"buckets": [
+                key for bucket in buckets[start:start + SCRIPT_GROUP]
+                for key in _bucket_keys(core, bucket)]})
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies: list[list[Any]] = await pipe.execute()
     return replies
 
@@ -85,13 +87,13 @@ async def business_totals(core: Core) -> BusinessTotals:
     cluster = isinstance(core.client, RedisCluster)
     replies = await (_read_by_commands if cluster else _read_by_script)(core, buckets)
     oldest_due: float | None = None
-    for counters, outcomes, held, queued, running, first_due in replies:
-        _add(totals.counters, counters)
-        _add(totals.webhook_outcomes, outcomes)
-        for state, count in zip(LIVE_STATES, (held, queued, running), strict=True):
-            totals.live[state] += int(count)
-        if first_due:
-            due = float(first_due)
+    for reply in map(SPECS["stats_read"].named, replies):
+        _add(totals.counters, reply["counters"])
+        _add(totals.webhook_outcomes, reply["outcomes"])
+        for state, name in zip(LIVE_STATES, ("held", "queued", "running"), strict=True):
+            totals.live[state] += int(reply[name])
+        if reply["first_due"]:
+            due = float(reply["first_due"])
             oldest_due = due if oldest_due is None else min(oldest_due, due)
     if oldest_due is not None:
         totals.flush_lag_s = max(0.0, (now_ms() - oldest_due) / 1000)

@@ -1,139 +1,61 @@
 """The typed face of the Lua scripts: one method per atomic operation.
 
-Every method builds its keys through `service.state.keys`, runs one script, maps the script's
-return code through `service.state.codes` and raises the matching typed error on a refusal.
+Every method builds its keys through `service.state.keys`, runs one script with its keys and
+arguments by name (`service.state.calls` declares each script's), maps the script's return
+code through `service.state.codes` and raises the matching typed error on a refusal.
 Methods are safe to retry: every script is idempotent by an operation id.
+
+Core is the job lifecycle here, over the calls about users and credits
+(service.state.users), the flusher's (service.state.flushing) and the reads
+(service.state.reads).
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 from typing import Any
 
-from service.state.autopipeline import AutoPipeline
+from service.state.base import now_ms
 from service.state.codes import ERRORS, Code
+from service.state.flushing import FlushCalls
 from service.state.fsm import TERMINAL, JobState
-from service.state.keys import JobKeys, KeySpace, UserKeys
-from service.state.marks import DueMarks
-from service.state.plans import Plan
-from service.state.reads import StateReads
+from service.state.keys import JobKeys, UserKeys
 from service.state.replies import (
-    Balance,
     BatchProgress,
-    DueWork,
-    FlushAttempt,
     ItemReport,
     JobProgress,
-    SlotUse,
-    check_reply,
     item_flag,
     job_progress,
 )
-from service.state.scripts import Script, load_scripts
+from service.state.users import UserCalls, op_digest
 
-MARK_AGAIN_S = 600  # how often a process adds a bucket it uses to `tg:buckets` again
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["Core", "ItemReport", "now_ms", "op_digest"]
 
 
-def op_digest(op_id: str) -> str:
-    """An admin operation id (an Idempotency-Key, up to 200 characters) in a fixed size: it
-    names the op in the user's ops hash and ends the ledger id `grant:<uid>:<digest>`, which
-    must fit credit_ledger.id for the longest user id."""
-    return hashlib.sha256(op_id.encode()).hexdigest()[:32]
+def _report_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
+    """The keys item_result and items_result share (their specs add the job's ring)."""
+    b = job.bucket
+    return {"job": job.base, "items": job.items, "callbacks": job.callbacks,
+            "callback_set": job.callback_set, "user": user.base, "active": user.active,
+            "holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
+            "ledger": b.ledger, "webhook_log": job.webhooks, "webhooks": b.webhooks,
+            "counters": b.counters}
 
 
-class Core(StateReads):
-    """Holds the client and the scripts; share one per process. The reads are in StateReads."""
+def _finish_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
+    """settle's and cancel's keys (lua/includes/finish_job.lua)."""
+    b = job.bucket
+    return {"job": job.base, "user": user.base, "active": user.active, "holds": b.holds,
+            "leases": b.leases, "queued": b.queued, "flush": b.flush, "ledger": b.ledger,
+            "webhook_log": job.webhooks, "webhooks": b.webhooks, "counters": b.counters}
 
-    def __init__(self, client: Any, keys: KeySpace, *, autopipeline: bool = False) -> None:
-        self.client = client
-        self.keys = keys
-        self.scripts: dict[str, Script] = load_scripts()
-        # Scripts and single-key reads go through `runner`: the client itself, or an
-        # AutoPipeline over it that batches what concurrent requests send in one loop turn.
-        self.runner: Any = AutoPipeline(client) if autopipeline else client
-        self._buckets_marked: dict[int, float] = {}  # bucket -> when this process marked it
-        self.marks = DueMarks(self.runner, keys)
 
-    async def close(self) -> None:
-        await self.marks.sent()  # the due-index marks of the last calls
-        await super().close()
-
-    async def _use_bucket(self, bucket: int) -> None:
-        """Adds the bucket to the set a metrics scrape reads, after a script there that
-        provisioned, funded or reserved succeeded: a refused call writes nothing. Once per
-        process every 10 minutes (SADD is idempotent, the set only grows): a crash between
-        the script and the SADD, or a Redis that lost the set, is mended by the next call."""
-        if time.monotonic() - self._buckets_marked.get(bucket, -MARK_AGAIN_S) >= MARK_AGAIN_S:
-            await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
-            self._buckets_marked[bucket] = time.monotonic()
-        await self._mark_due(bucket, now_ms())  # its ledger entry waits for the flusher
-
-    async def _mark_job_due(self, job_id: str, due_ms: int) -> None:
-        bucket = self.keys.bucket_of_job(job_id)
-        if bucket is not None:  # it is: job_keys checked the id before the script ran
-            await self._mark_due(bucket, due_ms)
-
-    async def _mark_due(self, bucket: int, due_ms: int) -> None:
-        """Tells the flusher's due index (service/state/due.py) that the bucket has work due
-        by `due_ms`, after the script that made it: the index lives in slots of its own,
-        which a bucket's script may not write. ZADD LT never postpones an earlier mark. A
-        crash between the script and this call is mended by the flusher's safety net.
-        Auto-pipelined, it goes with the other marks of this loop turn, unawaited
-        (service/state/marks.py); otherwise (a Cluster, fakeredis) a ZADD of its own."""
-        if self.runner is self.client:
-            await self.client.execute_command("ZADD", self.keys.due_index(bucket), "LT", due_ms,
-                                              bucket)
-        else:
-            self.marks.mark(bucket, due_ms)
-
-    async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        return await self.scripts[name](self.runner, keys, args)
-
-    def _finish_keys(self, job: JobKeys, user: UserKeys) -> list[str]:
-        b = job.bucket
-        return [job.base, user.base, user.active, b.holds, b.leases, b.queued, b.flush, b.ledger,
-                job.webhooks, b.webhooks, b.counters]
+class Core(UserCalls, FlushCalls):
+    """Holds the client and the scripts; share one per process."""
 
     async def ping(self) -> str | None:
         """Runs ping.lua; returns the value of the `<prefix>:ping` key it reads (None if unset)."""
-        value: str | None = await self._run("ping", [f"{self.keys.prefix}:ping"], [])
+        value: str | None = await self.run_script("ping", keys={"key": f"{self.keys.prefix}:ping"})
         return value
-
-    async def ensure_user(self, user_id: str, plan: Plan, credits: int) -> bool:
-        """Provision a user once, its signup entry in the Redis ledger; True when this call
-        created it."""
-        user = self.keys.user(user_id)
-        reply = await self._run(
-            "ensure_user",
-            [user.base, user.bucket.ledger, user.bucket.counters],
-            [user_id, plan.name, credits, plan.concurrency, plan.rule_slots, now_ms(),
-             0, credits, "1"],
-        )
-        code = check_reply(reply, "ensure_user")
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
-        return code is Code.OK
-
-    async def restore_user(
-        self, user_id: str, plan: Plan, *, available: int, spent: int, granted: int,
-        signup_credits: int = 0,
-    ) -> bool:
-        """Create the user record with a balance SQL already holds (its ledger entries are
-        there, so none is pushed), unless Redis has it; True when this call created it."""
-        user = self.keys.user(user_id)
-        reply = await self._run(
-            "ensure_user",
-            [user.base, user.bucket.ledger, user.bucket.counters],
-            [user_id, plan.name, available, plan.concurrency, plan.rule_slots, now_ms(),
-             spent, granted, "0", signup_credits],
-        )
-        code = check_reply(reply, "ensure_user")
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
-        return code is Code.OK
 
     async def reserve(
         self,
@@ -166,44 +88,43 @@ class Core(StateReads):
             # another bucket would hold credits that nothing could ever release.
             raise ERRORS[Code.BAD_ARGUMENT](f"reserve: job id {job_id!r} is not from {user_id!r}")
         job = JobKeys(user.bucket, job_id)
-        now = at_ms if at_ms is not None else now_ms()
-        idem = user.idempotency(idempotency_key or "-")
-        reply = await self._run(
+        now = at_ms if at_ms is not None else self._now()
+        # The optional arguments, only those given (lua/reserve.lua: ARGV[8]).
+        opts: dict[str, str | int | bool] = {name: value for name, value in (
+            ("rule_id", rule_id), ("model", model), ("webhook_url", webhook_url),
+            ("webhook_events", ",".join(webhook_events)), ("params", params_json),
+            ("bill_input_errors", bill_input_errors), ("retry_of", retry_of),
+            ("uploaded", uploaded)) if value}
+        if result_ttl_s is not None:
+            opts["result_ttl_s"] = result_ttl_s
+        if idempotency_key:
+            opts |= {"idempotent": True, "body_hash": body_hash,
+                     "idempotency_ttl_ms": idempotency_ttl_ms}
+        code, reply = await self.run_checked(
             "reserve",
-            [user.base, user.active, user.jobs, job.base, job.meta, user.bucket.holds, idem,
-             user.bucket.ledger],
-            [
-                job_id, user_id, total, price, now, now + hold_ttl_ms, meta_json,
-                "1" if idempotency_key else "0", body_hash, idempotency_ttl_ms, rule_id,
-                model, webhook_url, ",".join(webhook_events), params_json,
-                "1" if bill_input_errors else "",
-                "" if result_ttl_s is None else result_ttl_s, retry_of,
-                JobState.UPLOADED if uploaded else "",
-            ],
+            keys={"user": user.base, "active": user.active, "jobs": user.jobs, "job": job.base,
+                  "meta": job.meta, "holds": user.bucket.holds,
+                  "idempotency": user.idempotency(idempotency_key or "-"),
+                  "ledger": user.bucket.ledger},
+            args={"job_id": job_id, "owner": user_id, "total": total, "price": price,
+                  "now": now, "hold_until": now + hold_ttl_ms, "meta_json": meta_json,
+                  "opts": opts},
         )
-        code = check_reply(reply, "reserve")
         await self._use_bucket(self.keys.bucket_of_user(user_id))
-        return code, str(reply[1])
-
-    async def webhook_logs(self, job_ids: list[str]) -> list[dict[str, str]]:
-        """Each job's webhook delivery log (delivery id -> JSON record), in one round trip:
-        the flusher moves it to SQL with the job."""
-        if not job_ids:
-            return []
-        replies = await self._read(*(("HGETALL", self.job_keys(job_id).webhooks)
-                                     for job_id in job_ids))
-        return [dict(reply or {}) for reply in replies]
+        return code, str(reply["job_id"])
 
     async def transition(
         self, job_id: str, from_state: str, to_state: str, *, owner: str = "", lease_ms: int = 0
     ) -> JobProgress:
         job = self.job_keys(job_id)
         b = job.bucket
-        now = now_ms()
-        reply = await self._run(
+        now = self._now()
+        reply = await self.run_script(
             "transition",
-            [job.base, b.holds, b.leases, b.queued, job.webhooks, b.webhooks],
-            [job_id, owner, from_state, to_state, now, now + lease_ms],
+            keys={"job": job.base, "holds": b.holds, "leases": b.leases, "queued": b.queued,
+                  "webhook_log": job.webhooks, "webhooks": b.webhooks},
+            args={"job_id": job_id, "owner": owner, "from_state": from_state,
+                  "to_state": to_state, "now": now, "lease_until": now + lease_ms},
         )
         progress = job_progress(reply, "transition")
         if to_state in (JobState.QUEUED, JobState.RUNNING):  # a requeue or lease deadline
@@ -224,16 +145,13 @@ class Core(StateReads):
         billable: bool = False,
     ) -> JobProgress:
         job = self.job_keys(job_id)
-        user = job.user(owner)
-        b = job.bucket
-        now = now_ms()
-        reply = await self._run(
+        now = self._now()
+        reply = await self.run_script(
             "item_result",
-            [job.base, job.items, job.callbacks, user.base, user.active,
-             b.holds, b.leases, b.queued, b.flush, b.ledger, job.webhooks, b.webhooks,
-             job.callback_set, b.counters],
-            [job_id, owner, callback_key, index, item_flag(ok, billable), detail,
-             now, now + lease_ms, now + flush_delay_ms],
+            keys=_report_keys(job, job.user(owner)),
+            args={"job_id": job_id, "owner": owner, "callback_key": callback_key,
+                  "index": index, "outcome": item_flag(ok, billable), "detail": detail,
+                  "now": now, "lease_until": now + lease_ms, "flush_due": now + flush_delay_ms},
         )
         progress = job_progress(reply, "item_result")
         if progress.state in TERMINAL:  # its ledger entries wait (a renewed lease only
@@ -251,25 +169,22 @@ class Core(StateReads):
     ) -> BatchProgress:
         """A batch of item reports in one script; each counts exactly once (item_result)."""
         job = self.job_keys(job_id)
-        user = job.user(owner)
-        b = job.bucket
-        now = now_ms()
+        now = self._now()
         entries: list[str | int] = []
         for report in reports:
             entries += [report.callback_key, report.index, report.flag, report.detail]
-        reply = await self._run(
+        code, reply = await self.run_checked(
             "items_result",
-            [job.base, job.items, job.callbacks, job.callback_set, user.base, user.active,
-             b.holds, b.leases, b.queued, b.flush, b.ledger, job.webhooks, b.webhooks,
-             b.counters],
-            [job_id, owner, now, now + lease_ms, now + flush_delay_ms, len(reports), *entries],
+            keys=_report_keys(job, job.user(owner)),
+            args={"job_id": job_id, "owner": owner, "now": now, "lease_until": now + lease_ms,
+                  "flush_due": now + flush_delay_ms, "count": len(reports),
+                  "entries": entries},
         )
-        code = check_reply(reply, "items_result")
-        if reply[1] in TERMINAL:
+        if reply["state"] in TERMINAL:
             await self._mark_job_due(job_id, now)
-        counted, duplicates = (int(reply[5]), int(reply[6])) if len(reply) >= 7 else (0, 0)
-        return BatchProgress(code, reply[1], int(reply[2]), int(reply[3]), int(reply[4]),
-                             counted, duplicates)
+        return BatchProgress(code, reply["state"], int(reply["done"]), int(reply["failed"]),
+                             int(reply["total"]), int(reply.get("counted", 0)),
+                             int(reply.get("duplicates", 0)))
 
     async def settle(
         self,
@@ -282,11 +197,13 @@ class Core(StateReads):
         flush_delay_ms: int,
     ) -> JobProgress:
         job = self.job_keys(job_id)
-        now = now_ms()
-        reply = await self._run(
+        now = self._now()
+        reply = await self.run_script(
             "settle",
-            self._finish_keys(job, job.user(owner)),
-            [job_id, owner, to_state, ",".join(from_states), reason, now, now + flush_delay_ms],
+            keys=_finish_keys(job, job.user(owner)),
+            args={"job_id": job_id, "owner": owner, "to_state": to_state,
+                  "from_states": ",".join(from_states), "reason": reason, "now": now,
+                  "flush_due": now + flush_delay_ms},
         )
         progress = job_progress(reply, "settle")
         await self._mark_job_due(job_id, now)  # ledger entries wait
@@ -302,11 +219,12 @@ class Core(StateReads):
         from_states: tuple[str, ...] = (),
     ) -> JobProgress:
         job = self.job_keys(job_id)
-        now = now_ms()
-        reply = await self._run(
+        now = self._now()
+        reply: list[Any] = await self.run_script(
             "cancel",
-            self._finish_keys(job, job.user(owner)),
-            [job_id, owner, reason, now, now + flush_delay_ms, ",".join(from_states)],
+            keys=_finish_keys(job, job.user(owner)),
+            args={"job_id": job_id, "owner": owner, "reason": reason, "now": now,
+                  "flush_due": now + flush_delay_ms, "from_states": ",".join(from_states)},
         )
         progress = job_progress(reply, "cancel")
         await self._mark_job_due(job_id, now)  # ledger entries wait
@@ -314,112 +232,7 @@ class Core(StateReads):
 
     async def renew_lease(self, job_id: str, owner: str, lease_ms: int) -> Code:
         job = self.job_keys(job_id)
-        reply = await self._run(
-            "renew_lease", [job.base, job.bucket.leases], [job_id, owner, now_ms() + lease_ms]
-        )
-        return check_reply(reply, "renew_lease")
-
-    async def rule_slot_take(self, user_id: str, rule_id: str) -> SlotUse:
-        user = self.keys.user(user_id)
-        reply = await self._run("rule_slot_take", [user.base, user.rules], [rule_id])
-        code = check_reply(reply, "rule_slot_take")
-        return SlotUse(code, int(reply[1]), int(reply[2]))
-
-    async def rule_slot_release(self, user_id: str, rule_id: str) -> Code:
-        user = self.keys.user(user_id)
-        reply = await self._run("rule_slot_release", [user.rules], [rule_id])
-        return check_reply(reply, "rule_slot_release")
-
-    async def grant(self, user_id: str, op_id: str, amount: int, reason: str) -> Balance:
-        user = self.keys.user(user_id)
-        reply = await self._run(
-            "grant",
-            [user.base, user.ops, user.bucket.ledger, user.bucket.counters],
-            [user_id, op_digest(op_id), amount, reason, now_ms()],
-        )
-        code = check_reply(reply, "grant")
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
-        return Balance(code, *(int(v) for v in reply[1:5]))
-
-    async def set_plan(self, user_id: str, op_id: str, plan: Plan) -> Code:
-        user = self.keys.user(user_id)
-        reply = await self._run(
-            "set_plan",
-            [user.base, user.ops],
-            [op_digest(op_id), plan.name, plan.concurrency, plan.rule_slots],
-        )
-        return check_reply(reply, "set_plan")
-
-    async def claim_due(
-        self, bucket: int, *, limit: int, claim_ms: int, requeue_after_ms: int
-    ) -> DueWork:
-        b = self.keys.bucket(bucket)
-        now = now_ms()
-        reply = await self._run(
-            "claim_due",
-            [b.holds, b.leases, b.queued, b.flush],
-            [now, limit, claim_ms, now - requeue_after_ms],
-        )
-        return DueWork(*(list(part) for part in reply))
-
-    async def flush_done(self, job_id: str, owner: str) -> Code:
-        job = self.job_keys(job_id)
-        user = job.user(owner)
-        reply = await self._run(
-            "flush_done",
-            [job.base, job.items, job.callbacks, job.meta, job.bucket.flush, user.jobs,
-             job.callback_set],
-            [job_id],
-        )
-        return check_reply(reply, "flush_done")
-
-    async def ledger_ack(self, bucket: int, count: int, first_entry: str) -> Code:
-        ledger = self.keys.bucket(bucket).ledger
-        reply = await self._run("ledger_ack", [ledger], [count, first_entry])
-        return check_reply(reply, "ledger_ack")
-
-    async def flush_retry_later(
-        self, bucket: int, kind: str, record_id: str, entry: str, *, attempts_allowed: int,
-        delay_ms: int,
-    ) -> FlushAttempt:
-        """Counts a refused SQL write of a job (`entry` '') or ledger entry (`entry` as read
-        from the ledger list) and schedules the next attempt unless this was the last."""
-        b = self.keys.bucket(bucket)
-        reply = await self._run(
-            "flush_retry_later", [b.flush_attempts, b.flush, b.ledger_retry],
-            [kind, record_id, entry, now_ms(), attempts_allowed, delay_ms])
-        code = check_reply(reply, "flush_retry_later")
-        return FlushAttempt(int(reply[1]), int(reply[2]), code is Code.EXHAUSTED)
-
-    async def flush_retry_end(
-        self, bucket: int, kind: str, record_id: str, entry: str, *, set_aside: bool
-    ) -> Code:
-        """A refused record is done with (written, or set aside: counted as a failure)."""
-        b = self.keys.bucket(bucket)
-        reply = await self._run(
-            "flush_retry_end", [b.flush_attempts, b.ledger_retry, b.counters],
-            [kind, record_id, entry, "1" if set_aside else "0"])
-        return check_reply(reply, "flush_retry_end")
-
-    async def forget_job_attempts(self, bucket: int, job_ids: list[str]) -> None:
-        """Drops the attempt counts of flushed jobs (most have none: HDEL of absent fields)."""
-        if job_ids:
-            fields = [f"job:{job_id}{end}" for job_id in job_ids for end in ("", ":first")]
-            # Through the runner: it joins the batch of the flush_done scripts sent with it.
-            await self.runner.execute_command(
-                "HDEL", self.keys.bucket(bucket).flush_attempts, *fields)
-
-    async def jobs_present(self, job_ids: list[str]) -> set[str]:
-        """Which of these jobs Redis still holds (a job hash exists), in one round trip."""
-        known = [(job_id, keys.base) for job_id in job_ids
-                 if (keys := self.keys.job(job_id)) is not None]
-        if not known:
-            return set()
-        replies = await self._read(*(("EXISTS", key) for _, key in known))
-        return {job_id for (job_id, _), there in zip(known, replies, strict=True) if there}
-
-    async def ledger_retries_due(self, bucket: int, limit: int) -> list[str]:
-        """Refused ledger entries whose next attempt is due, as read from the ledger list."""
-        due: list[str] = await self.client.zrangebyscore(
-            self.keys.bucket(bucket).ledger_retry, "-inf", now_ms(), start=0, num=limit)
-        return due
+        code, _ = await self.run_checked(
+            "renew_lease", keys={"job": job.base, "leases": job.bucket.leases},
+            args={"job_id": job_id, "owner": owner, "lease_until": self._now() + lease_ms})
+        return code

@@ -120,7 +120,8 @@ async def race_core(
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Pins `service.state.store.now_ms`; tests move time by assigning clock[0]."""
+    """Pins `service.state.base.now_ms`, the clock of Core's calls; tests move time by
+    assigning clock[0]."""
     clock = [1_800_000_000_000]
-    monkeypatch.setattr("service.state.store.now_ms", lambda: clock[0])
+    monkeypatch.setattr("service.state.base.now_ms", lambda: clock[0])
     yield clock

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import BadArgument
-from service.state.replies import ItemReport, check_reply
+from service.state.replies import ItemReport
 from service.state.store import Core
 from tests.core.job_setup import FLUSH_MS, HOLD_MS, LEASE_MS, STEPS, new_user
 from tests.core.redis_state import assert_balanced, balance, ledger, money
@@ -131,9 +131,14 @@ async def test_a_malformed_outcome_flag_is_refused_before_any_write(
     before = await core.job_record(job_id)
     keys, bucket = core.job_keys(job_id), core.job_keys(job_id).bucket
     with pytest.raises(BadArgument):
-        check_reply(await core._run("items_result", [
-            keys.base, keys.items, keys.callbacks, keys.callback_set, keys.user(user).base,
-            keys.user(user).active, bucket.holds, bucket.leases, bucket.queued, bucket.flush,
-            bucket.ledger, keys.webhooks, bucket.webhooks, bucket.counters],
-            [job_id, user, 1, 2, 3, 1, "cb-0", 0, "3", "x"]), "items_result")
+        await core.run_checked(
+            "items_result",
+            keys={"job": keys.base, "items": keys.items, "callbacks": keys.callbacks,
+                  "callback_set": keys.callback_set, "user": keys.user(user).base,
+                  "active": keys.user(user).active, "holds": bucket.holds,
+                  "leases": bucket.leases, "queued": bucket.queued, "flush": bucket.flush,
+                  "ledger": bucket.ledger, "webhook_log": keys.webhooks,
+                  "webhooks": bucket.webhooks, "counters": bucket.counters},
+            args={"job_id": job_id, "owner": user, "now": 1, "lease_until": 2, "flush_due": 3,
+                  "count": 1, "entries": ["cb-0", 0, "3", "x"]})
     assert await core.job_record(job_id) == before
