@@ -65,12 +65,16 @@ class CoreBase(StateReads):
         reply = await self.run_script(name, keys=keys, args=args)
         return check_reply(reply, name), SPECS[name].named(reply)
 
-    async def _use_bucket(self, bucket: int) -> None:
+    async def _use_bucket(self, bucket: int, *, at_once: bool = False) -> None:
         """Adds the bucket to the set a metrics scrape reads, after a script there that
         provisioned, funded or reserved succeeded: a refused call writes nothing. Once per
         process every 10 minutes (SADD is idempotent, the set only grows): a crash between
-        the script and the SADD, or a Redis that lost the set, is mended by the next call."""
-        if time.monotonic() - self._buckets_marked.get(bucket, -MARK_AGAIN_S) >= MARK_AGAIN_S:
+        the script and the SADD, or a Redis that lost the set, is mended by the next call.
+        `at_once`: a user was just created or rebuilt there, maybe in a Redis that lost the
+        set (the flusher's safety net would find it within a cycle; the webhook sender and
+        queue position need it now)."""
+        last = self._buckets_marked.get(bucket, -MARK_AGAIN_S)
+        if at_once or time.monotonic() - last >= MARK_AGAIN_S:
             await self.runner.execute_command("SADD", self.keys.buckets_in_use, bucket)
             self._buckets_marked[bucket] = time.monotonic()
         await self._mark_due(bucket, now_ms())  # its ledger entry waits for the flusher

@@ -45,7 +45,7 @@ class UserCalls(CoreBase):
                   "max_active": plan.concurrency, "max_rules": plan.rule_slots,
                   "now": self._now(), "opts": opts},
         )
-        await self._use_bucket(self.keys.bucket_of_user(user_id))
+        await self._use_bucket(self.keys.bucket_of_user(user_id), at_once=code is Code.OK)
         return code is Code.OK
 
     async def rule_slot_take(self, user_id: str, rule_id: str) -> SlotUse:

@@ -366,3 +366,20 @@ async def test_auto_pipelined_marks_ride_behind_their_scripts(
     as the plain one does."""
     await test_every_write_that_leaves_due_work_marks_its_bucket(piped, sessions)
     assert piped.marks.commands > 0
+
+
+async def test_a_user_rebuilt_after_a_wipe_puts_its_bucket_back_in_use_at_once(
+        core: Core) -> None:
+    """The process that marked the bucket minutes ago would wait 10 minutes to mark it again;
+    a user created or rebuilt there (after a loss, restore_user) marks it on the spot, so the
+    webhook sender sees the user's new deliveries without waiting for the safety net."""
+    from service.state.plans import PLANS
+
+    await new_user(core, "ann")
+    bucket = core.keys.bucket_of_user("ann")
+    due = DueIndex(core)
+    assert await due.buckets_in_use() == [bucket]
+    async for key in core.client.scan_iter(match=f"{core.keys.prefix}:*", count=1000):
+        await core.client.delete(key)  # the wipe
+    assert await core.restore_user("ann", PLANS["pro"], available=5, spent=0, granted=5)
+    assert await due.buckets_in_use() == [bucket]

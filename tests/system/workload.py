@@ -81,6 +81,8 @@ class Workload:
         self.scrape_failures = 0
         self.grants = 0
         self.notes: list[str] = []
+        self.losses: list[float] = []  # monotonic, when a state store was lost
+        self.loss_times: list[float] = []  # the same, wall clock (the API's timestamps)
         self.phase = "main"
         self._images = _images()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(15.0),
@@ -322,6 +324,8 @@ class Workload:
     def state_lost(self, where: str = "the state store",
                    held: Callable[[JobRecord], bool] = lambda _: True) -> None:
         """Marks the live jobs whose state was `held` in the store just lost."""
+        self.losses.append(time.monotonic())
+        self.loss_times.append(time.time())
         live = [record for record in self.jobs.values() if record.final is None and held(record)]
         for record in live:
             record.live_at_wipe = True
