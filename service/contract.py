@@ -135,8 +135,8 @@ def batch_payload(
     items: list[BatchItem],
     params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`params`: the job's, the same for every batch and item of it (API.md "Rules are
-    processing presets")."""
+    """`params`: the job's, the same for every batch and item of it (docs/models.md,
+    "Params and rule presets")."""
     return {
         "job_id": job_id,
         "batch_no": batch_no,

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     events_poll_interval: float = Field(default=0.25, ge=0.01, le=5)
     # A stream on a job that has not changed for this many seconds ends (with a retry hint).
     stream_idle: float = Field(default=300.0, gt=0)
-    # Abuse limits (API.md): per-plan request rates from a TOML file of [<plan>] tables
+    # Rate limits (docs/reference.md): per-plan request rates from a TOML file of [<plan>] tables
     # (write = N, read = N per minute); unset: the defaults in service/api/ratelimit.py.
     rate_limits: str | None = None
     rate_limits_enabled: bool = True

@@ -15,7 +15,7 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Settings that API.md and issue 13 name and compose.yaml already sets, ahead of the code that
+# Settings that issue 13 names, which compose.yaml already sets ahead of the code that
 # reads them: drop a name from here once Settings has it.
 PENDING_SETTINGS: set[str] = set()
 

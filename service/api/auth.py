@@ -60,7 +60,7 @@ class TollgateToken(Token):
 
     PyJWT checks the times with the leeway; Litestar's own stricter checks (exp in the
     future, iat in the past, both to the second) are left out. `sub` must be a user id
-    (API.md): anything else could spell another user's Redis keys, so it is a 401.
+    (docs/reference.md): anything else could spell another user's Redis keys, so it is a 401.
     """
 
     @classmethod

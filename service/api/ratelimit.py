@@ -1,4 +1,4 @@
-"""Request rates per user and plan (API.md, "Abuse limits").
+"""Request rates per user and plan (docs/reference.md, too_many_requests).
 
 Each request on a user route takes one request from its user's quota of its class, `write`
 (POST, PUT, PATCH, DELETE) or `read` (the rest), in one script (lua/rate_limit.lua) on the
@@ -82,7 +82,7 @@ def load_rate_limits(path: str | None) -> RateLimits:
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyLimit:
-    """The hook for API keys: a key with limits lower than its user's (API.md) is counted
+    """The hook for API keys: a key with limits lower than its user's is counted
     on its own as well, and the tighter of the two answers."""
 
     key_id: str

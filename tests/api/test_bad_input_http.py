@@ -1,5 +1,5 @@
 """Bad input on every endpoint is a 4xx problem document with a code, never a 500: the
-exact status and code API.md names (422 `validation_error` for a body or parameter that does
+exact status and code the reference names (422 `validation_error` for a body or parameter that does
 not validate, 400 `malformed_json` for JSON that does not parse)."""
 
 from __future__ import annotations

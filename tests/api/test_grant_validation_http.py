@@ -1,4 +1,4 @@
-"""Admin grants (API.md, "Abuse limits"): a reused Idempotency-Key with another body is 422
+"""Admin grants (docs/reference.md): a reused Idempotency-Key with another body is 422
 idempotency_key_reused, and `amount` is a JSON integer only (issue 23, low finding)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`Prefer: wait=N` on POST /jobs/{id}/execute and GET /jobs/{id} (API.md v3): the answer
+"""`Prefer: wait=N` on POST /jobs/{id}/execute and GET /jobs/{id} (docs/client.md): the answer
 waits until the job is final or N seconds pass, 200 with the view either way and
 `Preference-Applied: wait=N`; a user's 11th concurrent wait answers at once. On Redis, the
 embedded fakeredis and a Cluster."""

@@ -1,4 +1,4 @@
-"""Request rate limits (API.md, "Abuse limits") over HTTP, on the three Redis back ends."""
+"""Request rate limits (docs/reference.md) over HTTP, on the three Redis back ends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rules as processing presets over HTTP (API.md "Rules are processing presets"): a rule's
+"""Rules as processing presets over HTTP (docs/models.md, "Params and rule presets"): a rule's
 model, params and webhook; params checked against the model's params_schema wherever they
 enter (rule create, rule edit, job create), 422 naming the field; a job copies its rule."""
 

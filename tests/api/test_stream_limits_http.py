@@ -1,4 +1,4 @@
-"""Open event streams per user (API.md, "Abuse limits"): at most 10, counted in the user's
+"""Open event streams per user (docs/reference.md): at most 10, counted in the user's
 bucket across API processes, leased so that a dead process leaks none; a stream on a job
 that does not change ends with a retry hint. On fakeredis, Redis and Cluster."""
 

@@ -1,4 +1,4 @@
-"""Bodies without valid credentials (API.md, "Abuse limits"), over raw sockets: the worker
+"""Bodies without valid credentials, over raw sockets: the worker
 callback checks its token before it reads the body, and a body on a path with no valid
 credentials is read on strict terms (64 KiB, 5 s)."""
 

@@ -147,7 +147,7 @@ async def test_a_lower_concurrency_limit_keeps_running_jobs_but_refuses_new_ones
 async def test_the_longest_grant_ledger_id_fits_its_column(core: Core) -> None:
     from service.history.models import LedgerEntry
 
-    user = "u" * 128  # the longest user id API.md allows
+    user = "u" * 128  # the longest user id the API allows
     await core.ensure_user(user, PLANS["free"], 0)
     await core.grant(user, "k" * 200, 5, "promo")  # the longest Idempotency-Key
     entry = (await ledger(core, user))[-1]

@@ -1,1 +1,1 @@
-"""HTTP routes, one module per part of API.md."""
+"""HTTP routes, one module per part of the REST reference (docs/reference.md)."""

@@ -78,7 +78,7 @@ class AdminController(Controller):
                             user_id: UserIdPath, data: JSONBody[CreditGrant],
                             idempotency_key: RequiredIdempotencyKey) -> CreditBalance:
         # The body is decoded leniently ("1" and 1.0 become 1); money takes a JSON integer
-        # only (API.md). The raw JSON is parsed once more, on this admin route only.
+        # only. The raw JSON is parsed once more, on this admin route only.
         if type((await request.json()).get("amount")) is not int:
             raise BadArgument("amount must be a JSON integer")
         balance = await admin_grant(rt, user_id, idempotency_key, data.amount, data.reason)
