@@ -29,7 +29,7 @@ log = logging.getLogger("tollgate.live")
 
 KEEPALIVE_S = 15.0
 # A stream on a job that did not change for settings.stream_idle ends with this hint: a
-# client that still wants the job opens a new stream after it (API.md, "Abuse limits").
+# client that still wants the job opens a new stream after it (TOLLGATE_STREAM_IDLE).
 IDLE_RETRY_MS = 5000
 
 

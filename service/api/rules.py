@@ -6,7 +6,7 @@ has a row, and an 'active' row always has a slot. A crash leaves a 'pending' or 
 row that `repair_rules` finishes on the user's next rule request (both Redis steps are
 idempotent by rule id).
 
-A rule is a processing preset (API.md "Rules are processing presets"): a model, its params
+A rule is a processing preset (docs/models.md, "Params and rule presets"): a model, its params
 (checked against the model's params_schema) and a webhook, which a job made with `rule_id`
 copies at creation (`job_preset`); fields the job gives itself win.
 """

@@ -11,7 +11,7 @@ from msgspec import UNSET, UnsetType
 
 from service.errors import BadArgument
 
-# Bounds at the edge (API.md "Identifiers and bounds"). A user id never holds `:`, `{` or
+# Bounds at the edge (docs/reference.md renders them). A user id never holds `:`, `{` or
 # `}`, so it can never spell another user's Redis keys; stored text holds no control
 # characters (PostgreSQL text cannot hold NUL). The patterns are shared with the path,
 # query and header parameters of service.api.params, so OpenAPI shows them all. Each ends

@@ -1,4 +1,4 @@
-"""Open streams per user (API.md, "Abuse limits"): at most MAX_STREAMS at once.
+"""Open streams per user (docs/reference.md, too_many_streams): at most MAX_STREAMS at once.
 
 Each stream holds a slot in its user's bucket (lua/stream_take.lua), a lease renewed while
 it runs and given back when it ends, so the count is shared by every API process and a

@@ -1,5 +1,5 @@
-"""Webhook redelivery and the delivery log in SQL (API.md v3, "Items and deliveries the user
-controls"): the flusher moves a job's log to SQL with the job; GET /jobs/{id}/webhooks reads
+"""Webhook redelivery and the delivery log in SQL (docs/client.md and
+docs/webhooks.md): the flusher moves a job's log to SQL with the job; GET /jobs/{id}/webhooks reads
 Redis, then SQL; POST .../redeliver makes one new attempt now, with a new webhook-id, signed
 with the current secret (checked with the Standard Webhooks library), recorded in the log.
 On Redis, the embedded fakeredis and a Cluster."""

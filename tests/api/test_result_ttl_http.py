@@ -1,4 +1,4 @@
-"""POST /jobs `result_ttl_s` (API.md v3): a job's own result TTL, 3600 to 2592000 s, stored
+"""POST /jobs `result_ttl_s` (docs/reference.md): a job's own result TTL, 3600 to 2592000 s, stored
 on the job and its jobs_log row; its outputs are deleted after it (S3 and the local folder)
 and its view says `result_expired`, while a job on the default TTL keeps its files."""
 

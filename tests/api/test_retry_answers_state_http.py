@@ -1,5 +1,5 @@
 """A retried confirm or execute answers the job where it is, never a 409 for the client's own
-earlier call (API.md, "Retries answer the state"); a true conflict stays 409. On the embedded
+earlier call (docs/concepts.md, the state machine); a true conflict stays 409. On the embedded
 fakeredis, a standalone Redis and a Redis Cluster."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""POST /jobs/{id}/retry (API.md v3, "Items and deliveries the user controls"): a new job of
+"""POST /jobs/{id}/retry (docs/client.md, "Waiting, retrying failed items"): a new job of
 only the failed items, on copies of the stored inputs, held and charged through reserve.lua
 like any job. On Redis with S3, the embedded fakeredis and a local folder, and a Cluster."""
 

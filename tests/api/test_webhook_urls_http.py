@@ -63,7 +63,7 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-# IPv6 forms that carry an IPv4 address (API.md, "Abuse limits"): on a NAT64 or 6to4 network
+# IPv6 forms that carry an IPv4 address (docs/webhooks.md): on a NAT64 or 6to4 network
 # they reach the embedded address, here loopback and the metadata service.
 EMBEDDED_IPV4 = ["http://[::127.0.0.1]/hook", "http://[::7f00:1]/hook",
                  "http://[64:ff9b::127.0.0.1]/hook", "http://[64:ff9b:1::7f00:1]/hook",
