@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.jobs import decode_cursor, encode_cursor, job_view, with_queue_position
 from service.history.queries import history_page
+from service.jobs.views import decode_cursor, encode_cursor, job_view, with_queue_position
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL
 from service.state.listing import Position, active_jobs, job_index_window

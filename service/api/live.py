@@ -19,8 +19,8 @@ from typing import Any
 
 from litestar.response import ServerSentEventMessage
 
-from service.api.jobs import get_job
 from service.errors import NotFound
+from service.jobs.views import get_job
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL
 from service.state.outbox import Outbox

@@ -13,7 +13,7 @@ class TollgateRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         # msgspec decodes untyped first and stops at Python's recursion limit (about 1000
         # levels) with a RecursionError; typed fields refuse shallower nesting, and free-form
-        # params stop at schemas.MAX_JSON_DEPTH.
+        # params stop at service.jobs.schemas.MAX_JSON_DEPTH.
         try:
             return await super().json()
         except RecursionError:

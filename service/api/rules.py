@@ -8,26 +8,27 @@ idempotent by rule id).
 
 A rule is a processing preset (docs/models.md, "Params and rule presets"): a model, its params
 (checked against the model's params_schema) and a webhook, which a job made with `rule_id`
-copies at creation (`job_preset`); fields the job gives itself win.
+copies at creation (service.jobs.presets); fields the job gives itself win.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy import delete, select, update
 
-from service.api.schemas import JobCreate, RuleCreate, RulePatch, WebhookIn
-from service.api.users import as_known_user
+from service.api.schemas import RuleCreate, RulePatch
 from service.errors import NotFound, RuleSlotsExhausted
 from service.history.models import Rule
+from service.jobs.presets import get_rule, webhook_in
+from service.jobs.provisioning import as_known_user
+from service.jobs.schemas import WebhookIn
+from service.jobs.webhooks import resolve_allowed
 from service.runtime import Runtime
-from service.state.keys import is_sortable_id, new_sortable_id
+from service.state.keys import new_sortable_id
 from service.state.records import iso_z
-from service.webhooks import resolve_allowed
 
 # A 'pending' row younger than this may belong to a request still in flight.
 PENDING_GRACE = timedelta(seconds=30)
@@ -38,32 +39,8 @@ def rule_view(rule: Rule) -> dict[str, Any]:
             "webhook": rule.webhook, "created_at": iso_z(rule.created_at)}
 
 
-@dataclass(frozen=True, slots=True)
-class Preset:
-    """What a job runs with: its model (None: the default one), params and webhook."""
-
-    model: str | None
-    params: dict[str, Any]
-    webhook: WebhookIn | None
-
-
-def _webhook_in(stored: dict[str, Any] | None) -> WebhookIn | None:
-    return None if stored is None else msgspec.convert(stored, WebhookIn)
-
-
 def _webhook_stored(webhook: WebhookIn | None) -> dict[str, Any] | None:
     return None if webhook is None else {"url": webhook.url, "events": list(webhook.events)}
-
-
-async def job_preset(rt: Runtime, user_id: str, body: JobCreate) -> Preset:
-    """The job's own fields over its rule's (404 for a rule the user does not have)."""
-    if body.rule_id is None:
-        return Preset(body.model, body.params if body.params is not None else {}, body.webhook)
-    rule = await get_rule(rt, user_id, body.rule_id)
-    return Preset(
-        model=body.model if body.model is not None else rule.model,
-        params=body.params if body.params is not None else dict(rule.params),
-        webhook=body.webhook if body.webhook is not None else _webhook_in(rule.webhook))
 
 
 async def _check_preset(rt: Runtime, model: str | None, params: dict[str, Any],
@@ -103,16 +80,6 @@ async def list_rules(rt: Runtime, user_id: str) -> list[dict[str, Any]]:
     return [rule_view(rule) for rule in rules]
 
 
-async def get_rule(rt: Runtime, user_id: str, rule_id: str) -> Rule:
-    if not is_sortable_id(rule_id):  # before the lookup: a URL may hold a NUL
-        raise NotFound(f"no rule {rule_id!r}")
-    async with rt.sessions() as session:
-        rule = await session.get(Rule, rule_id)
-    if rule is None or rule.user_id != user_id or rule.state != "active":
-        raise NotFound(f"no rule {rule_id!r}")
-    return rule
-
-
 async def create_rule(rt: Runtime, user_id: str, body: RuleCreate) -> dict[str, Any]:
     await _check_preset(rt, body.model, body.params, body.webhook)
     rule = Rule(id=new_sortable_id(), user_id=user_id, name=body.name, params=body.params,
@@ -143,7 +110,7 @@ async def update_rule(rt: Runtime, user_id: str, rule_id: str, patch: RulePatch
         values["name"] = patch.name
     model = rule.model if isinstance(patch.model, msgspec.UnsetType) else patch.model
     params = rule.params if isinstance(patch.params, msgspec.UnsetType) else patch.params
-    webhook = (_webhook_in(rule.webhook) if isinstance(patch.webhook, msgspec.UnsetType)
+    webhook = (webhook_in(rule.webhook) if isinstance(patch.webhook, msgspec.UnsetType)
                else patch.webhook)
     await _check_preset(rt, model, params,
                         None if isinstance(patch.webhook, msgspec.UnsetType) else webhook)

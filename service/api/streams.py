@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from service.errors import TooManyStreams
 from service.runtime import Runtime
+from service.state.streams import give_back_stream_slot
 
 log = logging.getLogger("tollgate.streams")
 
@@ -60,8 +61,7 @@ async def holding_slot(rt: Runtime, user_id: str, stream_id: str,
     finally:
         # Shielded: a cancelled stream (the client left) still gives its slot back; its
         # lease ends it otherwise.
-        key = rt.core.keys.user(user_id).streams
-        release = asyncio.ensure_future(rt.core.runner.execute_command("ZREM", key, stream_id))
+        release = asyncio.ensure_future(give_back_stream_slot(rt.core, user_id, stream_id))
         release.add_done_callback(_quiet)
         close = getattr(events, "aclose", None)
         if close is not None:
@@ -70,6 +70,6 @@ async def holding_slot(rt: Runtime, user_id: str, stream_id: str,
             await asyncio.shield(release)
 
 
-def _quiet(task: asyncio.Future[object]) -> None:
+def _quiet(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("giving back a stream slot failed: %s", task.exception())

@@ -3,7 +3,7 @@
 The /files PUT route asks this before and after the bytes arrive, so an upload URL stops
 working once its job is confirmed, canceled or finished (409 invalid_transition) and the
 bytes of a refused upload are never kept. S3 cannot ask anything on a presigned PUT: there
-the confirm step fixes what a job reads, and the sweeper deletes a finished job's inputs
+the confirm step fixes what a job reads, and the flusher deletes a finished job's inputs
 at its flush and the whole folder once its results expire.
 """
 

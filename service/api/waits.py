@@ -18,11 +18,12 @@ from typing import Annotated, Any
 from litestar.params import HeaderParameter
 
 from service.api import live, streams
-from service.api.jobs import get_job
 from service.errors import TooManyStreams
+from service.jobs.views import get_job
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL
 from service.state.outbox import Outbox
+from service.state.streams import give_back_stream_slot
 
 MAX_WAIT_S = 60
 # Any text: a preference the server cannot read is ignored (RFC 7240), never refused.
@@ -51,9 +52,8 @@ async def until_final(rt: Runtime, state: Any, user_id: str, job_id: str, second
         return await _wait(rt, live.change_watch(state, rt), user_id, job_id,
                            seconds), {"Preference-Applied": f"wait={seconds}"}
     finally:
-        key = rt.core.keys.user(user_id).streams
         with contextlib.suppress(Exception):  # its lease ends it otherwise
-            await asyncio.shield(rt.core.runner.execute_command("ZREM", key, slot))
+            await asyncio.shield(give_back_stream_slot(rt.core, user_id, slot))
 
 
 async def _wait(rt: Runtime, watch: live.ChangeWatch, user_id: str, job_id: str,

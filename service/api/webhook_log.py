@@ -9,16 +9,22 @@ import logging
 import secrets
 from typing import Any
 
-from service.api.jobs import get_job
-from service.dead_letters import delivery_row
 from service.errors import NotFound
 from service.history.deliveries import job_deliveries, upsert_deliveries
 from service.history.models import WebhookDeliveryLog
+from service.jobs.deliveries import (
+    WebhookPoster,
+    delivery_row,
+    log_entry,
+    redelivery,
+    sender_client,
+)
+from service.jobs.views import get_job, webhook_job_view
+from service.jobs.webhooks import new_secret
 from service.runtime import Runtime
 from service.state.outbox import Outbox
 from service.state.records import datetime_to_ms
 from service.state.store import now_ms
-from service.webhooks import WebhookSender, log_entry, new_secret, redelivery, sender_client
 
 log = logging.getLogger("tollgate.webhooks")
 
@@ -68,9 +74,7 @@ async def redeliver(rt: Runtime, user_id: str, job_id: str, delivery_id: str
         raise NotFound(f"no delivery {delivery_id!r} of job {job_id!r}")
     now = now_ms()
     record = redelivery(original, f"{job_id}.redeliver.{now}{secrets.token_hex(3)}", now)
-    outbox = Outbox(rt.core)
-    await rt.core.runner.execute_command("HSET", outbox.delivery_keys(record["id"]).webhooks,
-                                         record["id"], json.dumps(record))
+    await Outbox(rt.core).add_record(record["id"], json.dumps(record))
     task = asyncio.create_task(_attempt(rt, record), name=f"redeliver {record['id']}")
     _REDELIVERIES.add(task)
     task.add_done_callback(_REDELIVERIES.discard)
@@ -85,7 +89,7 @@ async def _attempt(rt: Runtime, record: dict[str, Any]) -> None:
 
     client = sender_client(rt.settings)
     try:
-        await WebhookSender(outbox, rt.settings, view, client).attempt(record["id"], record)
+        await WebhookPoster(outbox, rt.settings, view, client).attempt(record["id"], record)
         raw = await outbox.record(record["id"])
         if raw is not None:  # the job may be in SQL already: its log there gets this too
             async with rt.sessions() as session, session.begin():
@@ -99,9 +103,3 @@ async def _attempt(rt: Runtime, record: dict[str, Any]) -> None:
 async def webhook_secret(rt: Runtime, user_id: str, *, rotate: bool = False) -> dict[str, str]:
     """The secret deliveries are signed with; made on first use, replaced by a rotation."""
     return {"secret": await Outbox(rt.core).secret(user_id, new_secret(), rotate=rotate)}
-
-
-async def webhook_job_view(rt: Runtime, owner: str, job_id: str) -> dict[str, Any]:
-    """The `data` of a delivery: the job view without items, as GET /jobs lists it. The
-    command line hands this to the sweeper, which may not import the API."""
-    return await get_job(rt, owner, job_id, with_items=False)

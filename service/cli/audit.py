@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.dead_letters import money_rows
+from service.flusher.dead_letters import money_rows
 from service.history.balances import (
     LedgerTotals,
     history_charged,

@@ -20,17 +20,16 @@ import uvicorn
 
 from service.api.app import create_app
 from service.api.auth import issue_token
-from service.api.webhook_log import webhook_job_view
-from service.cli.main import (
+from service.cli.serve import uvicorn_options
+from service.cli.startup import (
     default_public_url,
     generated_secret,
     processor_problem,
     redis_or_exit,
 )
-from service.cli.serve import uvicorn_options
+from service.flusher.loop import run_flusher_with_requeue
 from service.history.engine import run_migrations
 from service.settings import Settings
-from service.sweeper import run_flusher_with_requeue
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,7 @@ class FlusherThread(threading.Thread):
         self._loop, self._stop_flusher = asyncio.get_running_loop(), asyncio.Event()
         self._loop_ready.set()
         try:
-            await run_flusher_with_requeue(self.settings, once=False, job_view=webhook_job_view,
-                                           stop=self._stop_flusher)
+            await run_flusher_with_requeue(self.settings, once=False, stop=self._stop_flusher)
         except Exception:
             log.exception("the flusher stopped on an error")
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from service.dead_letters import retry_failures
+from service.flusher.dead_letters import retry_failures
 from service.history.engine import make_engine, make_session_factory
 from service.history.failures import list_failures, record_of
 from service.settings import Settings

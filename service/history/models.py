@@ -101,7 +101,7 @@ class JobLog(Base):
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    # Set when the sweeper deleted the job's files, TOLLGATE_RESULT_TTL after finished_at.
+    # Set when the flusher deleted the job's files, TOLLGATE_RESULT_TTL after finished_at.
     results_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     # The job's own result TTL (POST /jobs `result_ttl_s`) and when it runs out; NULL: the
     # setting's TOLLGATE_RESULT_TTL after finished_at.
@@ -109,7 +109,7 @@ class JobLog(Base):
     results_expire_at: Mapped[datetime | None] = mapped_column(default=None)
     # The job whose failed items this one runs again (POST /jobs/{id}/retry).
     retry_of: Mapped[str | None] = mapped_column(String(64), default=None)
-    # Set when the sweeper deleted the inputs of its failed items, kept for a retry
+    # Set when the flusher deleted the inputs of its failed items, kept for a retry
     # TOLLGATE_RETRY_WINDOW after finished_at (every other input goes at the flush).
     inputs_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -119,7 +119,7 @@ Index("ix_jobs_log_user_created", JobLog.user_id, JobLog.created_at.desc(), JobL
 # The same pages with ?status=: without it, a status filter read every row of the user.
 Index("ix_jobs_log_user_state_created", JobLog.user_id, JobLog.state, JobLog.created_at.desc(),
       JobLog.id.desc())
-# The sweeper's "whose results are due for deletion": only rows not yet deleted are indexed.
+# The flusher's "whose results are due for deletion": only rows not yet deleted are indexed.
 Index("ix_jobs_log_results_due", JobLog.finished_at,
       postgresql_where=JobLog.results_deleted_at.is_(None),
       sqlite_where=JobLog.results_deleted_at.is_(None))

@@ -1,7 +1,7 @@
 """The outbox's side of Redis: webhook deliveries, signing secrets and the change counter.
 
 The scripts that change a job record its events themselves (lua/includes/outbox.lua); this
-is what the sweeper and the API do with them. Built over a Core: `Outbox(core)`.
+is what the flusher and the API do with them. Built over a Core: `Outbox(core)`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,20 @@ class Outbox:
         raw: str | None = await self.core.runner.execute_command(
             "HGET", self.delivery_keys(delivery_id).webhooks, delivery_id)
         return raw
+
+    async def add_record(self, delivery_id: str, record: str) -> None:
+        """Writes a delivery record (JSON) into its job's log: a redelivery's, before its
+        one attempt."""
+        await self.core.runner.execute_command(
+            "HSET", self.delivery_keys(delivery_id).webhooks, delivery_id, record)
+
+    async def put_back(self, bucket: int, due: list[tuple[int, str]]) -> None:
+        """Claimed deliveries back to the bucket's due set, each due at its time (ms), given
+        as (due ms, delivery id). XX: one whose outcome was recorded meanwhile is not added
+        again."""
+        args = [part for pair in due for part in pair]
+        await self.core.runner.execute_command(
+            "ZADD", self.keys.bucket(bucket).webhooks, "XX", *args)
 
     async def result(
         self, delivery_id: str, outcome: str, *, attempts_seen: int, status: int | None,

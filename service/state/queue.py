@@ -1,7 +1,7 @@
 """Hands a job's items to the GPU workers: RQ jobs of batches with deterministic ids.
 
 The RQ job id is derived from the tollgate job id and the batch number, so enqueueing the
-same job twice (the sweeper re-enqueueing a queued job nobody started, a retried execute)
+same job twice (the flusher re-enqueueing a queued job nobody started, a retried execute)
 leaves a live batch alone and only recreates one that is gone or over. The payload is plain
 JSON under RQ's JSONSerializer (no pickle in Redis); every worker must use the same one:
 `tollgate worker` does, a bare `rq worker` needs `--serializer json`.

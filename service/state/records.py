@@ -173,7 +173,7 @@ class JobRecord:
         row["state"] = str(self.state)
         row["items"] = self.items if self.items is not None else item_rows({}, None,
                                                                            self.total_items)
-        # When the sweeper deletes its outputs (a job with its own TTL; NULL: the setting's).
+        # When the flusher deletes its outputs (a job with its own TTL; NULL: the setting's).
         row["results_expire_at"] = (
             self.finished_at + timedelta(seconds=self.result_ttl_s)
             if self.finished_at is not None and self.result_ttl_s is not None else None)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from service.flusher.loop import flush_once
 from service.runtime import open_runtime
-from service.sweeper import flush_once
 from tests.api.conftest import SECRET, Api
 
 

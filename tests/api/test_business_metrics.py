@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.flusher.loop import flush_once
+from service.flusher.webhooks import WebhookSender
+from service.jobs.deliveries import sender_client
 from service.runtime import Runtime, open_runtime
 from service.state.outbox import Outbox
-from service.sweeper import flush_once
-from service.webhooks import WebhookSender, sender_client
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, queued_job, report_item, upload_all
 from tests.api.receiver import Receiver
@@ -198,7 +199,7 @@ async def test_webhook_deliveries_are_counted_by_outcome(api: Api, rt: Runtime) 
         await report_item(api, job["id"], user, 0)
 
         async def view(owner: str, job_id: str) -> dict[str, Any] | None:
-            from service.api.webhook_log import webhook_job_view
+            from service.jobs.views import webhook_job_view
 
             return await webhook_job_view(rt, owner, job_id)
 

@@ -27,7 +27,7 @@ from service.client import (
     verify_webhook,
 )
 from service.client.sse import EventParser
-from service.webhooks import new_secret, sign
+from service.jobs.webhooks import new_secret, sign
 from tests.api.conftest import Api
 from tests.api.flow import create_job, report_item
 

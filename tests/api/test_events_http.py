@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 from litestar import Litestar
 
-from service.api.webhook_log import webhook_job_view
+from service.flusher.loop import run_flusher_with_requeue
 from service.settings import Settings
-from service.sweeper import run_flusher_with_requeue
 from tests.api.conftest import Api, ServerThread
 from tests.api.flow import create_job, queued_job, report_item, upload_all
 
@@ -93,7 +92,7 @@ async def test_a_finished_job_streams_once_and_another_users_job_is_404(api: Api
     user = api.user()
     job = await queued_job(api, user, 1)
     await report_item(api, job["id"], user, 0)
-    await run_flusher_with_requeue(api.settings, once=True, job_view=webhook_job_view)
+    await run_flusher_with_requeue(api.settings, once=True)
     events: list[tuple[float, dict[str, Any]]] = []
     await asyncio.wait_for(read_events(api, user, job["id"], events), 5)
     assert [e["data"]["status"] for _, e in events] == ["done"]

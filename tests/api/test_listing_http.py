@@ -13,9 +13,9 @@ from typing import Any
 
 import redis
 
-from service.api.jobs import encode_cursor
 from service.history.engine import make_engine
 from service.history.queries import upsert_jobs
+from service.jobs.views import encode_cursor
 from service.state.keys import KeySpace
 from service.state.plans import Plan
 from service.state.store import Core

@@ -14,12 +14,13 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.api.webhook_log import webhook_job_view
+from service.flusher.loop import flush_once
+from service.flusher.webhooks import WebhookSender
 from service.history.models import WebhookDeliveryLog
+from service.jobs.deliveries import sender_client
+from service.jobs.views import webhook_job_view
 from service.runtime import Runtime, open_runtime
 from service.state.outbox import Outbox
-from service.sweeper import flush_once
-from service.webhooks import WebhookSender, sender_client
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import create_job, report_item, upload_all
 from tests.api.receiver import Receiver

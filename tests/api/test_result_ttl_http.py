@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from service.contract import output_key
+from service.flusher.loop import flush_once
 from service.history.models import JobLog, utcnow
 from service.runtime import Runtime, open_runtime
-from service.sweeper import flush_once
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import items, queued_job, report_item, upload_all
 from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)

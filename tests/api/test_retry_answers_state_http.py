@@ -11,7 +11,7 @@ import pytest
 import redis
 from rq.job import Job
 
-import service.dispatch
+import service.jobs.dispatch
 import service.state.clients as clients
 from service.contract import rq_job_id
 from tests.api.conftest import Api
@@ -92,7 +92,7 @@ async def test_an_execute_whose_enqueue_failed_is_dispatched_by_its_retry(
         raise redis.exceptions.ConnectionError("RQ's Redis went away")
 
     with monkeypatch.context() as patched:
-        patched.setattr(service.dispatch, "enqueue_job", rq_away)
+        patched.setattr(service.jobs.dispatch, "enqueue_job", rq_away)
         status, problem = await post(api, user, job["id"], "execute")
     assert (status, problem["code"]) == (503, "unavailable")
     assert not Job.exists(rq_job_id(job["id"], 0), connection=rq_redis)

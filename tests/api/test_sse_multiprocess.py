@@ -25,12 +25,11 @@ import httpx
 import pytest
 import redis
 
-from service.api.webhook_log import webhook_job_view
+from service.flusher.loop import run_flusher_with_requeue
 from service.history.engine import run_migrations
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.keys import KeySpace
-from service.sweeper import run_flusher_with_requeue
 from tests.api.conftest import SECRET, Api, drop_rq_queue
 from tests.api.flow import PNG_BYTES, callback, create_job
 from tests.api.test_events_http import read_events
@@ -179,8 +178,7 @@ async def test_a_job_flushed_before_the_first_poll_ends_its_stream_from_sql(
                 canceled = await writing.client.post(f"/jobs/{job['id']}/cancel",
                                                      headers=writing.auth(user))
                 assert canceled.status_code == 200, canceled.text
-                await run_flusher_with_requeue(settings,
-                                               once=True, job_view=webhook_job_view)
+                await run_flusher_with_requeue(settings, once=True)
                 assert await job_hash(settings, job["id"]) == {}  # flushed: only SQL has it
                 await asyncio.wait({reader}, timeout=12)
                 if not reader.done():

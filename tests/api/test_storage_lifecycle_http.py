@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import update
 
 from service.contract import input_key, output_key
+from service.flusher.loop import flush_once
 from service.history.models import JobLog, utcnow
 from service.runtime import open_runtime
-from service.sweeper import flush_once
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import PNG_BYTES, callback, create_job, queued_job, report_item, upload_all
 

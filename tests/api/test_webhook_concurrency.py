@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from service.flusher.webhooks import WebhookSender
+from service.jobs.deliveries import sender_client
 from service.settings import Settings
 from service.state.keys import KeySpace
 from service.state.outbox import Outbox
 from service.state.plans import Plan
 from service.state.store import Core
-from service.webhooks import WebhookSender, sender_client
 from tests.api.webhook_measure import LEASE_MS, QUICK, Latencies, Receiver, measure
 from tests.core.conftest import cluster_client, delete_prefix
 

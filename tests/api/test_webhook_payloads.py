@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from service.api.webhook_log import webhook_job_view
+from service.flusher.loop import run_flusher_with_requeue
+from service.flusher.webhooks import WebhookSender
+from service.jobs.deliveries import sender_client
+from service.jobs.views import webhook_job_view
 from service.runtime import open_runtime
 from service.state.outbox import Outbox
-from service.sweeper import run_flusher_with_requeue
-from service.webhooks import WebhookSender, sender_client
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, report_item, upload_all
 from tests.api.receiver import Receiver
@@ -66,7 +67,7 @@ async def started_job(api: Api, user: str, receiver: Receiver, n: int
 async def deliver(api: Api, flushed: bool) -> None:
     """Every due delivery, after the job ended: from SQL after a flush, or from Redis."""
     if flushed:
-        await run_flusher_with_requeue(api.settings, once=True, job_view=webhook_job_view)
+        await run_flusher_with_requeue(api.settings, once=True)
         return
     rt = await open_runtime(api.settings, SECRET)
 

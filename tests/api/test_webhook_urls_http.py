@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import WebhookUrlNotAllowed
-from service.webhooks import pinned_request, resolve_allowed, sign
+from service.jobs.webhooks import pinned_request, resolve_allowed, sign
 from tests.api.conftest import Api
 from tests.api.flow import items
 

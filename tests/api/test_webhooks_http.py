@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from service.api.webhook_log import webhook_job_view
+from service.flusher.loop import run_flusher_with_requeue
+from service.flusher.webhooks import WebhookSender
+from service.jobs.deliveries import sender_client
+from service.jobs.views import webhook_job_view
 from service.runtime import open_runtime
 from service.settings import Settings
 from service.state.due import DueIndex
 from service.state.outbox import Outbox
-from service.sweeper import run_flusher_with_requeue
-from service.webhooks import WebhookSender, sender_client
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, report_item, upload_all
 from tests.api.receiver import Hang, Receiver, verify
@@ -93,7 +94,7 @@ async def test_events_are_signed_delivered_and_logged(api: Api, receiver: Receiv
     await report_item(api, job["id"], user, 0)
     await report_item(api, job["id"], user, 1, ok=False)
     # The flusher delivers, in-process here: one pass after the job finished.
-    await run_flusher_with_requeue(api.settings, once=True, job_view=webhook_job_view)
+    await run_flusher_with_requeue(api.settings, once=True)
 
     secret = await secret_of(api, user)
     assert secret.startswith("whsec_")

@@ -27,11 +27,12 @@ from typing import Any
 
 import httpx
 
+from service.flusher.webhooks import WebhookSender
+from service.jobs.deliveries import JobView, sender_client
 from service.settings import Settings
 from service.state.outbox import Outbox
 from service.state.plans import Plan
 from service.state.store import Core
-from service.webhooks import JobView, WebhookSender, sender_client
 
 LEASE_MS = 600_000
 MakeSender = Callable[[Outbox, Settings, JobView, httpx.AsyncClient], Any]

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from service.flusher.loop import reindex_buckets
 from service.runtime import make_core
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.due import DueIndex
-from service.sweeper import reindex_buckets
 
 LIMIT = 4
 BURST = 400

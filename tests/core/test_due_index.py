@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import service.bucket_sweep as bucket_sweep
-import service.sweeper as sweeper
-from service.bucket_sweep import FlushStats
+import service.flusher.bucket as bucket_sweep
+import service.flusher.loop as sweeper
+from service.flusher.bucket import FlushStats
+from service.flusher.loop import flush_once
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.settings import Settings
 from service.state.due import PLACEHOLDER_FLOOR, DueIndex, new_placeholder
 from service.state.keys import DUE_SHARDS, KeySpace
 from service.state.replies import ItemReport
 from service.state.store import Core, now_ms
-from service.sweeper import flush_once
 from tests.core.conftest import BUCKETS
 from tests.core.job_setup import new_job, new_user
 

@@ -148,7 +148,7 @@ async def test_a_queued_job_lost_by_the_queue_is_enqueued_again_and_finishes(
     from rq.job import Job
 
     from service.contract import rq_job_id
-    from service.sweeper import run_flusher_with_requeue
+    from service.flusher.loop import run_flusher_with_requeue
 
     user = api.user()
     job = await queued_job(api, user, 2)

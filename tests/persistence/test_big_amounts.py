@@ -6,13 +6,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from service.flusher.loop import flush_once
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
 from service.state.keys import KeySpace
 from service.state.plans import PLANS
 from service.state.store import Core
-from service.sweeper import flush_once
 
 TRILLION = 10**12
 

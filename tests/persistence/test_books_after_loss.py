@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from service.cli.audit import run_audit
-from service.dead_letters import Record
+from service.flusher.dead_letters import Record
+from service.flusher.loop import flush_once
 from service.history.balances import (
     jobs_without_row,
     ledger_totals,
@@ -26,7 +27,6 @@ from service.history.failures import set_aside
 from service.history.models import JobLog, LedgerEntry
 from service.history.queries import ensure_user_row, insert_ledger
 from service.state.store import Core
-from service.sweeper import flush_once
 from tests.persistence.test_flusher import (
     LONG_MS,
     START_CREDITS,

@@ -13,11 +13,11 @@ from sqlalchemy import Table, func, select, text
 
 from service.api.business_metrics import business_metrics
 from service.cli.main import main
-from service.dead_letters import retry_failures
+from service.flusher.dead_letters import retry_failures
+from service.flusher.loop import flush_once
 from service.history.models import FlushFailure, JobLog, LedgerEntry
 from service.settings import Settings, get_settings
 from service.state.store import Core
-from service.sweeper import flush_once
 from tests.persistence.test_flusher import (
     Sessions,
     finished_job,

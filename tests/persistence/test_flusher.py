@@ -19,17 +19,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import service.dead_letters as dead_letters
-import service.sweeper as flusher
-from service.bucket_sweep import FlushStats
+import service.flusher.dead_letters as dead_letters
+import service.flusher.loop as flusher
 from service.errors import InvalidTransition
+from service.flusher.bucket import FlushStats
+from service.flusher.loop import flush_once, run_flusher
 from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
 from service.state.due import DueIndex
 from service.state.keys import KeySpace
 from service.state.plans import PLANS
 from service.state.store import Core
-from service.sweeper import flush_once, run_flusher
 from tests.persistence.conftest import BUCKETS
 
 pytestmark = pytest.mark.redis
@@ -370,7 +370,7 @@ def test_flusher_process_exits_cleanly_on_sigterm(
            "TOLLGATE_DATABASE_URL": url, "TOLLGATE_BUCKETS": "4",
            "TOLLGATE_FLUSHER_INTERVAL": "0.05"}
     code = ("import asyncio; from service.settings import Settings; "
-            "from service.sweeper import run_flusher; "
+            "from service.flusher.loop import run_flusher; "
             "asyncio.run(run_flusher(Settings(), once=False))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,11 +18,11 @@ from sqlalchemy import update
 from service.api.problems import EXCEPTION_HANDLERS
 from service.contract import input_key, output_key
 from service.errors import InvalidTransition
+from service.flusher.loop import flush_once
 from service.history.models import JobLog, utcnow
 from service.state.store import Core
 from service.storage import LocalStorage, S3Storage, Storage, local_file_routes
 from service.storage.routes import WRITE_BUFFER
-from service.sweeper import flush_once
 from tests.persistence.test_flusher import (
     Sessions,
     finished_job,

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.bucket_sweep import FlushStats
 from service.errors import TollgateError
+from service.flusher.bucket import FlushStats
+from service.flusher.loop import flush_once
 from service.history.queries import ensure_user_row
 from service.settings import Settings
 from service.state.plans import PLANS
 from service.state.store import Core, now_ms
-from service.sweeper import flush_once
 
 Sessions = async_sessionmaker[AsyncSession]
 LONG_MS = 600_000

@@ -17,8 +17,8 @@ import redis
 from rq.job import Job
 
 from service.contract import SERIALIZER, input_key, output_key, rq_job_id
+from service.flusher.loop import flush_once
 from service.runtime import open_runtime
-from service.sweeper import flush_once
 from tests.api.conftest import SECRET, Api, api, real_settings  # noqa: F401
 from tests.api.flow import PNG_BYTES, create_job, me, upload_all
 from workers.callbacks import RetryingClient

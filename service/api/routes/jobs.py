@@ -7,12 +7,12 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from service.api import jobs, listing, retries, waits
+from service.api import listing, waits
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
 from service.api.responses import JsonResponse
 from service.api.routes.deps import UserRequest
-from service.api.schemas import JobCreate, JobCreated, JobPage, JobStatus, JobView, body
+from service.api.schemas import JobCreated, JobPage, JobStatus, JobView, body
 from service.api.waits import PreferHeader
 from service.errors import (
     BadArgument,
@@ -26,6 +26,9 @@ from service.errors import (
     UnknownModel,
     UploadsMissing,
 )
+from service.jobs import create, lifecycle, views
+from service.jobs.retry import retry_job
+from service.jobs.schemas import JobCreate
 from service.runtime import Runtime
 
 
@@ -59,7 +62,7 @@ class JobsController(Controller):
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> JobCreated:
         return body(JobCreated,
-                    await jobs.create_job(rt, request.user.user_id, data, idempotency_key))
+                    await create.create_job(rt, request.user.user_id, data, idempotency_key))
 
     @get("/{job_id:str}", responses=refusals(NotFound), description=(
         "The job. With `Prefer: wait=N` (1-60) the answer waits until the job is final or "
@@ -70,7 +73,7 @@ class JobsController(Controller):
                       ) -> Response[JobView]:
         seconds = waits.wanted_wait(prefer)
         if seconds is None:
-            return JsonResponse(body(JobView, await jobs.get_job(rt, request.user.user_id,
+            return JsonResponse(body(JobView, await views.get_job(rt, request.user.user_id,
                                                                  job_id)))
         view, headers = await waits.until_final(rt, request.app.state, request.user.user_id,
                                                 job_id, seconds)
@@ -82,7 +85,7 @@ class JobsController(Controller):
               "already uploaded or later (a retry) it answers the job where it is."))
     async def confirm_upload(self, request: UserRequest, rt: NamedDependency[Runtime],
                              job_id: FromPath[str]) -> JobView:
-        return body(JobView, await jobs.confirm_upload(rt, request.user.user_id, job_id))
+        return body(JobView, await lifecycle.confirm_upload(rt, request.user.user_id, job_id))
 
     @post("/{job_id:str}/execute", status_code=202,
           responses={**refusals(NotFound, InvalidTransition), 200: ResponseSpec(
@@ -96,7 +99,7 @@ class JobsController(Controller):
                       job_id: FromPath[str], prefer: PreferHeader = None
                       ) -> Response[JobView]:
         user_id = request.user.user_id
-        view = await jobs.execute(rt, user_id, job_id)
+        view = await lifecycle.execute(rt, user_id, job_id)
         seconds = waits.wanted_wait(prefer)
         if seconds is None:
             return JsonResponse(body(JobView, view), status_code=202)
@@ -113,11 +116,11 @@ class JobsController(Controller):
     async def retry(self, request: UserRequest, rt: NamedDependency[Runtime],
                     job_id: FromPath[str], idempotency_key: OptionalIdempotencyKey = None
                     ) -> JobCreated:
-        return body(JobCreated, await retries.retry_job(rt, request.user.user_id, job_id,
+        return body(JobCreated, await retry_job(rt, request.user.user_id, job_id,
                                                         idempotency_key))
 
     @post("/{job_id:str}/cancel", status_code=200,
           responses=refusals(NotFound, InvalidTransition))
     async def cancel(self, request: UserRequest, rt: NamedDependency[Runtime],
                      job_id: FromPath[str]) -> JobView:
-        return body(JobView, await jobs.cancel(rt, request.user.user_id, job_id))
+        return body(JobView, await lifecycle.cancel(rt, request.user.user_id, job_id))

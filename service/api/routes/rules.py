@@ -9,6 +9,7 @@ from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
 from service.api.schemas import RuleCreate, RuleList, RulePatch, RuleView, body
 from service.errors import NotFound, RuleSlotsExhausted, UnknownModel, WebhookUrlNotAllowed
+from service.jobs import presets
 from service.runtime import Runtime
 
 
@@ -31,7 +32,7 @@ class RulesController(Controller):
     async def get_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
                        rule_id: FromPath[str]) -> RuleView:
         return body(RuleView,
-                    rules.rule_view(await rules.get_rule(rt, request.user.user_id, rule_id)))
+                    rules.rule_view(await presets.get_rule(rt, request.user.user_id, rule_id)))
 
     @patch("/{rule_id:str}", status_code=200, responses=refusals(
         NotFound, UnknownModel, WebhookUrlNotAllowed, json_body=True))

@@ -1,12 +1,13 @@
-"""One bucket's sweep: what the flusher (service.sweeper) does in each bucket it visits.
+"""One bucket's work in a pass: what the flusher (service.flusher.loop) does in each bucket
+it visits.
 
 Cancel jobs whose upload hold expired (refunding them), fail running jobs whose lease ran
 out (a killed worker), hand queued jobs nobody started back to the queue, and move finished
 jobs and credit-ledger entries into SQL.
 
 A finished job's jobs_log row, its `release` and its `charge` are written in one
-transaction, built from the job hash (service.dead_letters.Record.rows): the copies of those
-two entries in the bucket's ledger list are trimmed unwritten while the job is still in
+transaction, built from the job hash (service.flusher.dead_letters.Record.rows): the copies
+of those two entries in the bucket's ledger list are trimmed unwritten while the job is still in
 Redis, so a Redis loss can lose a finished job whole (the rebuild then releases its hold and
 writes a `lost_with_redis` row, service.history.balances) but never split it. Holds, grants
 and signups are written on every pass.
@@ -28,7 +29,8 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.dead_letters import (
+from service.errors import InvalidTransition, NotFound
+from service.flusher.dead_letters import (
     Record,
     end_retries,
     job_record,
@@ -36,8 +38,7 @@ from service.dead_letters import (
     retry_or_set_aside,
     write_records,
 )
-from service.errors import InvalidTransition, NotFound
-from service.retention import delete_finished_files
+from service.flusher.retention import delete_finished_files
 from service.settings import Settings
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
@@ -150,7 +151,7 @@ async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
         try:
             await requeue(job_id)
             count += 1
-        except Exception:  # one broken job must not stop the sweep of the others
+        except Exception:  # one broken job must not stop the pass over the others
             log.exception("re-enqueueing job %s failed", job_id)
     return count
 
@@ -184,7 +185,7 @@ async def _flush_history(
     ledger_limit: int, storage: Storage | None,
 ) -> FlushStats:
     """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
-    later or is set aside (service.dead_letters), and never holds up the rest."""
+    later or is set aside (service.flusher.dead_letters), and never holds up the rest."""
     snapshots, raw_entries, retried, hooks = await asyncio.gather(
         core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
         core.ledger_retries_due(bucket, ledger_limit), core.webhook_logs(job_ids))

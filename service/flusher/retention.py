@@ -1,19 +1,19 @@
 """How long files live: a job's inputs go when it ends, its outputs TOLLGATE_RESULT_TTL later.
 
-The sweeper deletes the inputs of the jobs it flushes (after their rows are committed, so a
+The flusher deletes the inputs of the jobs it flushes (after their rows are committed, so a
 crash only repeats the deletion), and the outputs of their items that did not end ok (a
 canceled job's worker may have uploaded some: unpaid_outputs), and once per pass deletes
 the whole folder of jobs that finished more than the TTL ago: outputs, and any input a late
 presigned S3 PUT brought back (S3 cannot refuse a PUT whose URL is still valid).
-jobs_log.results_deleted_at marks them; the job view then says `result_expired` and hands
-out no URL.
+jobs_log.results_deleted_at marks them; the job view (service.jobs.views) then says
+`result_expired` and hands out no URL.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -77,14 +77,6 @@ async def _delete(storage: Storage, keys: list[str], jobs: int) -> None:
     except Exception as error:
         log.warning("deleting the inputs of %d finished jobs failed (%s: %s); they go with "
                     "the results", jobs, type(error).__name__, error)
-
-
-def results_expired(finished_at: datetime | None, deleted_at: datetime | None, ttl_s: int
-                    ) -> bool:
-    """True once the files are gone or due to go (the sweeper may not have run yet)."""
-    if deleted_at is not None:
-        return True
-    return finished_at is not None and finished_at < utcnow() - timedelta(seconds=ttl_s)
 
 
 async def expire_results(

@@ -1,6 +1,6 @@
 """Hands a queued job to the GPU workers: fresh presigned URLs, its callback token, RQ.
 
-Used by `POST /jobs/{id}/execute` and by the sweeper, which re-enqueues a queued job that
+Used by `POST /jobs/{id}/execute` and by the flusher, which re-enqueues a queued job that
 no worker started. Safe to repeat: the RQ job ids are deterministic.
 """
 

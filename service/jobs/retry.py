@@ -4,7 +4,8 @@ It takes the same path as POST /jobs (reserve.lua: the concurrency slot, the hol
 original job's price, the ledger's hold entry), created `uploaded` on copies of the stored
 inputs, so the client only executes it. The copies are the new job's own files: its flush
 and its retention never touch the original's. The inputs of a job's failed items are kept
-TOLLGATE_RETRY_WINDOW after it finished (service.retention); past that, 410.
+TOLLGATE_RETRY_WINDOW after it finished (service.flusher.retention deletes them then);
+past that, 410.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from service.api.jobs import get_job
-from service.api.users import as_known_user
 from service.contract import input_key
 from service.errors import (
     IdempotencyKeyReused,
@@ -28,6 +27,8 @@ from service.errors import (
 from service.history.models import JobLog, utcnow
 from service.history.queries import history_job
 from service.history.retention import failed_indexes
+from service.jobs.provisioning import as_known_user
+from service.jobs.views import get_job
 from service.runtime import Runtime
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState

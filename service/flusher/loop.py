@@ -1,8 +1,8 @@
-"""The sweeper (`tollgate flusher`): visits the buckets with due work and finishes the work
+"""The flusher loop (`tollgate flusher`): visits the buckets with due work and finishes the work
 no request will do.
 
 What it does in each bucket (expire holds and leases, requeue, flush to SQL, and why a
-crash between any two steps loses nothing) is service.bucket_sweep.
+crash between any two steps loses nothing) is service.flusher.bucket.
 
 Which buckets: the due index (service/state/due.py), so an idle pass costs the same for 64
 or 16,384 buckets (16 small scripts, one per index shard). Core marks a bucket after each
@@ -26,23 +26,25 @@ import contextlib
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from service.bucket_sweep import CLAIM_MS, FlushStats, Requeue, Sessions, flush_bucket
-from service.dispatch import dispatch
 from service.errors import NotFound
+from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_bucket
+from service.flusher.retention import expire_kept_inputs, expire_results
+from service.flusher.webhooks import WebhookSender
 from service.history.deliveries import expire_deliveries
 from service.history.engine import make_engine, make_session_factory
-from service.retention import expire_kept_inputs, expire_results
-from service.runtime import Runtime, make_core, open_runtime
+from service.jobs.deliveries import sender_client
+from service.jobs.dispatch import dispatch
+from service.jobs.views import webhook_job_view
+from service.runtime import make_core, open_runtime
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.due import DueIndex, new_placeholder
 from service.state.outbox import Outbox
 from service.state.store import Core
 from service.storage import Storage
-from service.webhooks import WebhookSender, sender_client
 
 log = logging.getLogger("tollgate.flusher")
 
@@ -52,8 +54,6 @@ MAX_ROUNDS = 25
 FULL_SWEEP_S = 60.0
 
 Reindex = Literal["in_use", "all"]
-# (runtime, owner, job id) -> the API's job view; given by the command line (service.cli)
-RuntimeJobView = Callable[[Runtime, str, str], Awaitable[dict[str, Any]]]
 
 
 async def reindex_buckets(core: Core, settings: Settings,
@@ -235,11 +235,10 @@ async def run_flusher(
 
 
 async def run_flusher_with_requeue(settings: Settings, *, once: bool,
-                                   job_view: RuntimeJobView | None = None,
                                    stop: asyncio.Event | None = None) -> None:
-    """The sweeper with the API's own re-enqueue: a queued job nobody started needs fresh
-    presigned URLs and its callback token, so this opens a Runtime for it. With `job_view`
-    (the API's job view, passed in by the command line) it delivers webhooks too."""
+    """The flusher with the API's own re-enqueue: a queued job nobody started needs fresh
+    presigned URLs and its callback token, so this opens a Runtime for it; it delivers
+    webhooks too, their `data` the job view (service.jobs.views)."""
     if not settings.jwt_secret:
         raise SystemExit("TOLLGATE_JWT_SECRET is not set (re-enqueued jobs need callback tokens)")
     rt = await open_runtime(settings, settings.jwt_secret)
@@ -247,21 +246,16 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
     async def requeue(job_id: str) -> None:
         await dispatch(rt, job_id)
 
-    webhooks = None
-    if job_view is not None:
-        view = job_view
+    async def render(owner: str, job_id: str) -> dict[str, Any] | None:
+        try:
+            return await webhook_job_view(rt, owner, job_id)
+        except NotFound:
+            return None
 
-        async def render(owner: str, job_id: str) -> dict[str, Any] | None:
-            try:
-                return await view(rt, owner, job_id)
-            except NotFound:
-                return None
-
-        webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
+    webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
     try:
         await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks,
                           storage=rt.storage, stop=stop)
     finally:
-        if webhooks is not None:
-            await webhooks.client.aclose()
+        await webhooks.client.aclose()
         await rt.close()

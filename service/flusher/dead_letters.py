@@ -39,6 +39,7 @@ from service.history.failures import (
     set_aside,
 )
 from service.history.queries import insert_ledger, upsert_jobs
+from service.jobs.deliveries import delivery_row
 from service.settings import Settings
 from service.state.records import JOB_ID, JOB_OWNER, JobRecord, LedgerEntry, ms_to_datetime
 from service.state.store import Core
@@ -99,24 +100,6 @@ class Rows:
     jobs: list[dict[str, Any]]
     ledger: list[dict[str, Any]]
     deliveries: list[dict[str, Any]] = field(default_factory=list)  # webhook_deliveries
-
-
-def delivery_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A webhook_deliveries row from a delivery record of the job's log in Redis (JSON
-    written by lua/includes/outbox.lua and lua/webhook_result.lua, times in ms)."""
-    def at(name: str) -> datetime | None:
-        value = record.get(name)
-        return ms_to_datetime(int(value)) if isinstance(value, int | float) else None
-
-    status = record.get("last_status")
-    return {"id": str(record["id"]), "job_id": str(record["job_id"]),
-            "user_id": str(record.get("owner") or ""), "type": str(record["type"]),
-            "url": str(record.get("url") or ""), "attempts": int(record.get("attempts") or 0),
-            "last_status": int(status) if isinstance(status, int | float) else None,
-            "created_at": ms_to_datetime(int(record["created_at"])),
-            "delivered_at": at("delivered_at"), "next_attempt_at": at("next_attempt_at"),
-            "gave_up_at": at("gave_up_at"), "body": record.get("body") or None,
-            "redelivery_of": record.get("redelivery_of") or None}
 
 
 def delivery_rows(records: dict[str, str]) -> list[dict[str, Any]]:
