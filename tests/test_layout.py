@@ -9,6 +9,8 @@ import ast
 import re
 from pathlib import Path
 
+import grimp
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
 
@@ -50,3 +52,18 @@ def test_workers_import_only_the_contract_and_the_settings_of_service() -> None:
     }
     assert {name for _, name in imported} <= allowed, imported
     assert any(name == "service.contract" for _, name in imported)  # the walk sees imports
+
+
+def test_no_module_of_service_or_workers_is_part_of_an_import_cycle() -> None:
+    """import-linter's graph (grimp), lazy imports inside functions included: a cycle is
+    an import A -> B with a way back from B to A."""
+    graph = grimp.build_graph("service", "workers")
+    assert len(graph.modules) > 50  # the graph holds the code
+    assert graph.direct_import_exists(importer="service.cli.main", imported="service.cli.dev")
+    cycles = {
+        " -> ".join((module, *back))
+        for module in sorted(graph.modules)
+        for imported in graph.find_modules_directly_imported_by(module)
+        if (back := graph.find_shortest_chain(importer=imported, imported=module))
+    }
+    assert cycles == set()
