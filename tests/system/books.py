@@ -128,7 +128,9 @@ async def check_books(system: System, work: Workload) -> Report:
                     (row.state, row.charged) != (record.final["status"], record.final["charged"]) \
                     and not ended_just_before_a_loss(record, row):
                 problems.append(f"{record.id}: jobs_log says {row.state} charged {row.charged},"
-                                f" the API {record.final['status']} {record.final['charged']}")
+                                f" the API {record.final['status']} {record.final['charged']}"
+                                f" (finished {record.final.get('finished_at')}, losses at "
+                                f"{[round(t, 3) for t in work.loss_times]})")
         return problems
 
     report.check("jobs_log has each job exactly once", await _until(SETTLE_S, history))

@@ -31,6 +31,7 @@ CALL_DEADLINE_S = 45.0  # a call retried past this (503, no connection) counts a
 LOST = frozenset({403, 404, 409})
 AFTER_FAULTS_S = 15.0  # traffic after the last fault, for the checks "after recovery"
 GONE_AFTER_S = 5.0  # a job that answers no view this long is taken as gone
+NEAR_LOSS_S = 10.0  # a job created this close before a noted loss may be the loss's
 LAG = re.compile(r"^tollgate_flush_lag_seconds\s+(\S+)", re.M)
 
 
@@ -117,12 +118,18 @@ class Workload:
                 await asyncio.sleep(min(float(response.headers.get("Retry-After") or 1), 2))
                 continue
             break
-        if job is not None and job.live_at_wipe:  # (perhaps since this call began)
-            refusals = refusals | LOST
+        if job is not None and (job.live_at_wipe or self._near_a_loss(job)):
+            refusals = refusals | LOST  # (perhaps since this call began)
         if job is not None and response is not None and self._hold_ran_out(job, response):
             refusals = refusals | {409}
         self.answers.note(what, response, expect | refusals)
         return response if response is not None and response.status_code in expect else None
+
+    def _near_a_loss(self, job: JobRecord) -> bool:
+        """Created while a store was being lost (a restart takes seconds) or just before: its
+        create may have answered after the loss was noted. The books then hold it to the same
+        account as a job live at the loss (final, or lost without trace)."""
+        return any(loss - NEAR_LOSS_S <= job.created_at <= loss for loss in self.losses)
 
     def _hold_ran_out(self, job: JobRecord, response: httpx.Response) -> bool:
         """A 409 to a client too slow for the hold: its TTL ran out and the job was canceled
