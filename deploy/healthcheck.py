@@ -82,7 +82,10 @@ def flush_lag_seconds(metrics_text: str) -> float | None:
 
 def check_flush_lag(metrics_url: str, max_lag: float) -> str:
     try:
-        with urllib.request.urlopen(metrics_url, timeout=TIMEOUT_S) as response:
+        request = urllib.request.Request(metrics_url)
+        if token := os.environ.get("TOLLGATE_METRICS_TOKEN"):  # /metrics wants it when set
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             text = response.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         raise Unhealthy(f"cannot read the flush lag from {metrics_url}: {exc}") from exc

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     # JWT `aud` that user and admin tokens must carry; unset: aud is not required.
     jwt_audience: str | None = None
+    # GET /metrics wants `Authorization: Bearer <metrics_token>`; unset: loopback clients only.
+    metrics_token: str | None = None
 
     @property
     def worker_url(self) -> str:

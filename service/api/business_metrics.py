@@ -2,13 +2,18 @@
 
 Kept in Redis (per bucket, `tg:{b}:counters`, lua/includes/stats.lua) rather than in process
 memory: the flusher cannot be scraped, and every API process must report the same totals.
-The scrape reads the buckets in use in one pipeline (service/state/stats.py) and the RQ
-queue lengths in one more round trip. Add a plain counter by naming its hash field here.
+A read covers the buckets in use in one pipeline (service/state/stats.py) and the RQ queue
+lengths in one more round trip. A scrape serves a snapshot of that read at most
+SNAPSHOT_TTL_S old, taken by one scrape while concurrent ones wait for it (BusinessSnapshot):
+the Redis cost of scraping is at most one read per SNAPSHOT_TTL_S per process, whatever the
+number of users, buckets or scrapers. Add a plain counter by naming its hash field here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,3 +100,44 @@ async def business_metrics(core: Core, queue_connection: Any = None,
     registry.register(_Totals(totals, depths))
     text: bytes = generate_latest(registry)
     return text
+
+
+SNAPSHOT_TTL_S = 5.0  # a scrape's business metrics are at most this old
+_clock = time.monotonic  # replaced by tests that move time
+
+
+class BusinessSnapshot:
+    """The business metrics of one Core, read at most once per SNAPSHOT_TTL_S: a single
+    flight, as the scrapes that find the snapshot stale wait on one lock and all but the
+    first find it fresh. A failed read is not kept (the next scrape tries again)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.text = b""
+        self.taken = float("-inf")  # time.monotonic() of the read
+
+    def fresh(self) -> bool:
+        return _clock() - self.taken < SNAPSHOT_TTL_S
+
+    async def get(self, core: Core, queue_connection: Any = None,
+                  queues: list[str] | None = None) -> bytes:
+        if self.fresh():
+            return self.text
+        async with self.lock:
+            if not self.fresh():
+                self.text = await business_metrics(core, queue_connection, queues)
+                self.taken = _clock()
+            return self.text
+
+
+# One snapshot per Core: one per API process (one Runtime each), one per test app.
+_snapshots: weakref.WeakKeyDictionary[Core, BusinessSnapshot] = weakref.WeakKeyDictionary()
+
+
+async def business_metrics_snapshot(core: Core, queue_connection: Any = None,
+                                    queues: list[str] | None = None) -> bytes:
+    """business_metrics() as of at most SNAPSHOT_TTL_S ago."""
+    snapshot = _snapshots.get(core)
+    if snapshot is None:
+        snapshot = _snapshots[core] = BusinessSnapshot()
+    return await snapshot.get(core, queue_connection, queues)

@@ -11,12 +11,14 @@ this middleware looks each label set up once and keeps the children.
 from __future__ import annotations
 
 import glob
+import hmac
+import ipaddress
 import logging
 import os
 import time
 from typing import Any
 
-from litestar import Controller, Response, get, head
+from litestar import Controller, Request, Response, get, head
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -31,7 +33,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from service.api.business_metrics import business_metrics
+from service.api.business_metrics import business_metrics_snapshot
+from service.errors import Forbidden, Unauthorized
 from service.runtime import Runtime
 from service.state.clients import RedisError
 
@@ -140,23 +143,50 @@ def _alive(pid: int) -> bool:
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
+def check_access(request: Request[Any, Any, Any], token: str | None) -> None:
+    """/metrics is for Prometheus: with TOLLGATE_METRICS_TOKEN set, only for
+    `Authorization: Bearer <token>` (401 otherwise, on loopback too); unset, only for a
+    loopback client (403 otherwise)."""
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()):
+            raise Unauthorized("GET /metrics needs Authorization: Bearer <TOLLGATE_METRICS_TOKEN>")
+        return
+    if not _loopback(request.client.host if request.client else None):
+        raise Forbidden("GET /metrics answers loopback clients only while "
+                        "TOLLGATE_METRICS_TOKEN is unset")
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:  # not an address (a unix socket's path, a test client's name)
+        return False
+
+
 class MetricsController(Controller):
-    """GET /metrics: the request metrics of every process of this server, then the business
-    counters from Redis (left out, with a log line, while Redis is unreachable: the rest
-    still gets scraped)."""
+    """GET /metrics: the request metrics of every process of this server (live), then the
+    business counters from Redis, as of at most SNAPSHOT_TTL_S ago (left out, with a log
+    line, while Redis is unreachable: the rest still gets scraped). For a token or loopback
+    only: check_access."""
 
     path = "/metrics"
 
     @get()
-    async def metrics(self, rt: NamedDependency[Runtime]) -> Response[bytes]:
+    async def metrics(self, request: Request[Any, Any, Any],
+                      rt: NamedDependency[Runtime]) -> Response[bytes]:
+        check_access(request, rt.settings.metrics_token)
         body = generate_latest(request_registry())
         try:
-            body += await business_metrics(rt.core, rt.queue_connection,
-                                           rt.models.queues())
+            body += await business_metrics_snapshot(rt.core, rt.queue_connection,
+                                                    rt.models.queues())
         except (RedisError, OSError) as error:
             log.warning("business metrics left out of this scrape: %s", error)
         return Response(body, media_type=METRICS_MEDIA_TYPE)
 
     @head(media_type=METRICS_MEDIA_TYPE, include_in_schema=False)
-    async def metrics_head(self) -> None:
+    async def metrics_head(self, request: Request[Any, Any, Any],
+                           rt: NamedDependency[Runtime]) -> None:
         """HEAD /metrics: a probe's check that the endpoint is there, without a scrape."""
+        check_access(request, rt.settings.metrics_token)

@@ -81,6 +81,15 @@ def _serve(settings: Settings) -> Iterator[tuple[str, Settings]]:
         yield settings.public_url, settings
 
 
+@pytest.fixture(autouse=True)
+def live_business_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes here read Redis each time, so that a test sees the counters its last step
+    moved; tests/api/test_metrics_access_http.py checks the 5 s snapshot itself."""
+    import service.api.business_metrics as business_metrics
+
+    monkeypatch.setattr(business_metrics, "SNAPSHOT_TTL_S", 0.0)
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     """Override in a test module to change the served settings (e.g. a short lease)."""
