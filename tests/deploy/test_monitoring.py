@@ -18,6 +18,7 @@ from tests.deploy.artefacts import (
     ROOT,
     bind_mounts,
     command_args,
+    compose,
     services,
 )
 
@@ -39,6 +40,19 @@ def test_prometheus_scrapes_the_api() -> None:
     assert targets == {("/metrics", "api:8000")}
     api_args = command_args(services()["api"])
     assert api_args[api_args.index("--port") + 1] == "8000"
+
+
+def test_prometheus_sends_the_metrics_token_the_api_asks_for() -> None:
+    """/metrics answers only with TOLLGATE_METRICS_TOKEN (or on loopback, which the
+    Prometheus container is not): the token reaches Prometheus as a Compose secret."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["authorization"] == {"type": "Bearer",
+                                    "credentials_file": "/run/secrets/metrics_token"}
+    prometheus = services()["prometheus"]
+    assert [secret["source"] for secret in prometheus["secrets"]] == ["metrics_token"]
+    assert compose()["secrets"]["metrics_token"]["environment"] == "TOLLGATE_METRICS_TOKEN"
+    assert "TOLLGATE_METRICS_TOKEN" in services()["api"]["environment"]
 
 
 def test_grafana_is_provisioned_with_prometheus_and_the_tollgate_dashboard() -> None:
