@@ -15,12 +15,13 @@ import sqlalchemy as sa
 
 from tests.system.receivers import GOOD, Attempt
 from tests.system.stacks import System
-from tests.system.workload import TERMINAL, JobRecord, Workload
+from tests.system.workload import PRICES, TERMINAL, WAIT_S, JobRecord, Workload
 
 DRAIN_S = 60.0  # every job final within this after the workload stopped
 SETTLE_S = 20.0  # then SQL, balances and webhooks have this long to catch up
 SHOWN = 8  # evidence lines per check
 WEBHOOK_P95_S = 2.0  # finish to first attempt on a good receiver, while one receiver hangs
+WAIT_SLACK_S = 1.0  # a job that finished this long before its wait ran out answers final
 
 
 @dataclass
@@ -135,6 +136,13 @@ async def check_books(system: System, work: Workload) -> Report:
 
     report.check("jobs_log has each job exactly once", await _until(SETTLE_S, history))
     report.figures["lost_after_ending"] = len(lost_after_end)
+    retried = await asyncio.to_thread(
+        _sql, stack.database_url, "SELECT id, retry_of FROM jobs_log WHERE retry_of IS NOT NULL")
+    report.check("a retry job holds the failed items, is charged only for their successes, "
+                 "and its jobs_log row names the job retried",
+                 _retries(work, {row.id: row.retry_of for row in retried}, traceless, report))
+    report.check(f"a `Prefer: wait={WAIT_S}` answer is final when the job finished in the wait",
+                 _waits(work, report))
 
     orphans = await asyncio.to_thread(
         _sql, stack.database_url,
@@ -172,6 +180,8 @@ async def check_books(system: System, work: Workload) -> Report:
     report.check("tollgate audit exits 0", await _until(6.0, audit))
     report.check("every terminal webhook was delivered",
                  await _until(SETTLE_S, lambda: _webhooks(system, work)))
+    report.check("a redelivered job.completed reaches the receiver with a new webhook-id",
+                 await _until(SETTLE_S, lambda: _redeliveries(system, work, report)))
     report.check(f"good receivers get job.completed within {WEBHOOK_P95_S} s (p95)",
                  _webhook_latency(system, work, report))
     report.check("no process log holds an ERROR line or a traceback", stack.log_trouble())
@@ -274,4 +284,96 @@ def _webhook_latency(system: System, work: Workload, report: Report) -> list[str
         if phase == "main" and p95 > WEBHOOK_P95_S:
             problems.append(f"p95 {p95:.2f} s over {len(found)} deliveries (p50 {p50:.2f}, "
                             f"max {found[-1]:.2f})")
+    return problems
+
+
+def _retries(work: Workload, logged: dict[str, str], traceless: set[str], report: Report
+             ) -> list[str]:
+    """A retry job (kind "retry") holds as many items as its original had failed, is charged
+    for the ones that succeeded (price x done, at most price x items) and its jobs_log row has
+    `retry_of`; no other row has one. One lost with the state store is held to account like
+    any other lost job: `lost_with_redis`, nothing charged."""
+    retries = [r for r in work.jobs.values() if r.kind == "retry"]
+    report.figures["retry jobs"] = {
+        "n": len(retries), "items": sum(r.retried_items for r in retries),
+        "done_items": sum(r.final["done_items"] for r in retries if r.final),
+        "charged": sum(r.final["charged"] for r in retries if r.final)}
+    problems = []
+    for record in retries:
+        final = record.final
+        if final is None or record.id in traceless:
+            continue
+        if work.lossy(record) and final["reason"] == "lost_with_redis":
+            # lost with the state store like any other job (no items, no model, no
+            # retry_of): its hold was rebuilt from SQL and released, nothing charged
+            if final["charged"] != 0:
+                problems.append(f"{_describe(record)}: lost with the store, charged "
+                                f"{final['charged']}")
+            continue
+        price = PRICES[record.model]
+        if final["total_items"] != record.retried_items or \
+                final["charged"] > record.retried_items * price or \
+                final["charged"] != final["done_items"] * price:
+            problems.append(f"{_describe(record)}: retry of {record.retry_of} "
+                            f"({record.retried_items} failed, price {price}): total_items "
+                            f"{final['total_items']}, done {final['done_items']}, charged "
+                            f"{final['charged']}")
+        if final["retry_of"] != record.retry_of:
+            problems.append(f"{record.id}: the view says retry_of {final['retry_of']}, "
+                            f"not {record.retry_of}")
+        if logged.get(record.id) != record.retry_of and not record.live_at_wipe:
+            problems.append(f"{record.id}: jobs_log retry_of {logged.get(record.id)}, "
+                            f"not {record.retry_of}")
+    problems += [f"{job_id}: jobs_log retry_of {original}, but no retry made it"
+                 for job_id, original in logged.items()
+                 if job_id not in work.jobs or work.jobs[job_id].retry_of != original]
+    return problems
+
+
+def _waits(work: Workload, report: Report) -> list[str]:
+    """An answer that waited (Preference-Applied) and is not final must have waited the
+    whole time, and its job must not have ended more than WAIT_SLACK_S before the wait ran
+    out. Jobs near a state loss are left out."""
+    answers = [w for w in work.waits if not work.lossy(w.record)]
+    report.figures["waits"] = {
+        "n": len(work.waits), "applied": sum(w.applied for w in work.waits),
+        "final": sum(w.status in TERMINAL for w in work.waits),
+        "max_s": round(max((w.elapsed for w in work.waits), default=0.0), 2)}
+    problems = []
+    for wait in answers:
+        if wait.status in TERMINAL or not wait.applied:
+            continue
+        finished = _when(wait.record.final["finished_at"]) if wait.record.final else None
+        if wait.elapsed < WAIT_S - 0.5:
+            problems.append(f"{wait.record.id}: {wait.what} answered {wait.status} after "
+                            f"{wait.elapsed:.2f} s of a {WAIT_S} s wait")
+        elif finished is not None and finished < wait.sent_wall + WAIT_S - WAIT_SLACK_S:
+            problems.append(f"{wait.record.id}: {wait.what} answered {wait.status}, the job "
+                            f"finished {finished - wait.sent_wall:.2f} s into the wait")
+    return problems
+
+
+async def _redeliveries(system: System, work: Workload, report: Report) -> list[str]:
+    """Each POST .../redeliver (202) made an attempt at the job's receiver with a webhook-id
+    it had not seen, carrying the job's final status. One made just before a process or
+    store was killed is left out (its attempt runs in the API process)."""
+    timeout = system.stack.timing.webhook_timeout
+    problems, checked = [], 0
+    for redelivery in work.redeliveries:
+        record = redelivery.record
+        if record.live_at_wipe or any(redelivery.at - 1.0 <= at <= redelivery.at + timeout + 2
+                                      for at in work.disruptions):
+            continue
+        checked += 1
+        new = [a for a in work.receivers.of(record.id)
+               if a.webhook_id not in redelivery.seen_before and a.type == "job.completed"
+               and a.receiver == record.webhook]
+        status = record.final["status"] if record.final else None
+        if not new:
+            problems.append(f"{record.id}: redelivery of {redelivery.delivery_id} never "
+                            f"reached {record.webhook}")
+        elif new[-1].job_status != status:
+            problems.append(f"{record.id}: redelivered job.completed carried "
+                            f"{new[-1].job_status}, the job is {status}")
+    report.figures["redeliveries"] = {"n": len(work.redeliveries), "checked": checked}
     return problems

@@ -145,6 +145,7 @@ def _process_faults(system: System, restart_store: StoreLoss) -> None:
         assert api.popen is not None
         before, offsets = children(api.popen.pid), stack.log_offsets()
         assert before, "the API server has no worker processes"
+        work.disruptions.append(time.monotonic())
         with contextlib.suppress(ProcessLookupError):
             os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 30

@@ -3,7 +3,11 @@
 Each client loops over: a job run to its end (two models, some items that fail, sometimes
 a retried create or a retried execute), a job canceled (before or after it ran), a job left
 holding its credits until the hold expires, a keyed admin grant sent twice. Half the jobs
-carry a webhook to one of the receivers. A scraper reads the flush lag from /metrics.
+carry a webhook to one of the receivers. Issue 22: some finished jobs with failed items are
+retried (POST /jobs/{id}/retry, keyed, sent twice; the retry job executed: a thumbnail
+item that is no image fails again, a slow item marked `flaky` succeeds), some delivered
+webhooks are redelivered, and some executes and GETs wait (`Prefer: wait=5`); what each
+answered is kept for the books. A scraper reads the flush lag from /metrics.
 Every answer is counted; one that the contract does not allow is kept as unexpected.
 """
 
@@ -32,6 +36,8 @@ LOST = frozenset({403, 404, 409})
 AFTER_FAULTS_S = 15.0  # traffic after the last fault, for the checks "after recovery"
 GONE_AFTER_S = 5.0  # a job that answers no view this long is taken as gone
 NEAR_LOSS_S = 10.0  # a job created this close before a noted loss may be the loss's
+WAIT_S = 5  # `Prefer: wait=5` on some executes and GETs
+PRICES = {"thumbnail": 1, "slow": 2}  # price_per_item of harness.MODELS_TOML
 LAG = re.compile(r"^tollgate_flush_lag_seconds\s+(\S+)", re.M)
 
 
@@ -47,6 +53,31 @@ class JobRecord:
     phase: str
     live_at_wipe: bool = False  # live when the state store was lost
     final: dict[str, Any] | None = None
+    retry_of: str | None = None  # kind "retry": the job whose failed items it runs
+    retried_items: int = 0  # the original's failed_items when it was retried
+
+
+@dataclass(frozen=True, slots=True)
+class WaitAnswer:
+    """An answer to a request with `Prefer: wait=WAIT_S`."""
+
+    record: JobRecord
+    what: str
+    sent_wall: float  # Unix time the first try was sent
+    elapsed: float  # seconds until the answer, retries included
+    status: str
+    applied: bool  # Preference-Applied came back (no free stream slot: it did not)
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """A POST .../redeliver of a delivered job.completed, and the webhook-ids the receiver
+    had seen for the job before it."""
+
+    record: JobRecord
+    delivery_id: str
+    seen_before: frozenset[str]
+    at: float  # monotonic, when the 202 came back
 
 
 @dataclass
@@ -84,7 +115,10 @@ class Workload:
         self.notes: list[str] = []
         self.losses: list[float] = []  # monotonic, when a state store was lost
         self.loss_times: list[float] = []  # the same, wall clock (the API's timestamps)
+        self.disruptions: list[float] = []  # monotonic: a loss, or an API process killed
         self.phase = "main"
+        self.waits: list[WaitAnswer] = []
+        self.redeliveries: list[Redelivery] = []
         self._images = _images()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(15.0),
                                        limits=httpx.Limits(max_connections=64))
@@ -181,6 +215,8 @@ class Workload:
             if model == "thumbnail":
                 data = b"not an image" if bad else self.rng.choice(self._images)
                 kind = "image/png"
+            elif bad and self.rng.random() < 0.5:  # fails once: its retry succeeds
+                data, kind = b"flaky-" + uuid.uuid4().hex.encode(), "text/plain"
             else:
                 data, kind = (b"fail" if bad else b"ok") + bytes([index]) * 16, "text/plain"
             out.append(({"name": f"item-{index}", "content_type": kind, "size": len(data)},
@@ -244,18 +280,103 @@ class Workload:
                                user=user, expect={200}, job=record) is None:
                 return
             for label in ("", " (retried)")[: 2 if self.rng.random() < 0.25 else 1]:
-                if await self.call(f"POST execute{label}", "POST", self.api(f"{path}/execute"),
-                                   user=user, expect={202}, job=record) is None:
+                if not await self.execute(record, label, waits=kind == "run"):
                     return
         if kind == "cancel":
             await asyncio.sleep(self.rng.uniform(0, 0.6))
             await self.call("POST cancel", "POST", self.api(f"{path}/cancel"), user=user,
                             expect={200}, refusals=frozenset({409} if ran else ()), job=record)
         await self.wait_final(record, 30.0)
+        if kind == "run" and record.final is not None and not self.lossy(record):
+            if record.final["failed_items"] and self.rng.random() < 0.5:
+                await self.retry(record)
+            if record.webhook in GOOD and self.rng.random() < 0.3:
+                await self.redeliver(record)
+
+    def lossy(self, record: JobRecord) -> bool:
+        return record.live_at_wipe or self._near_a_loss(record)
+
+    async def execute(self, record: JobRecord, label: str = "", *, waits: bool) -> bool:
+        """POST execute, with `Prefer: wait=WAIT_S` a third of the time (`waits`): then 200
+        with the view (final, or the wait ran out), else 202."""
+        path = f"/jobs/{record.id}/execute"
+        if not waits or self.rng.random() >= 1 / 3:
+            return await self.call(f"POST execute{label}", "POST", self.api(path),
+                                   user=record.user, expect={202}, job=record) is not None
+        return await self.waited(record, f"POST execute{label} (wait)", "POST", path)
+
+    async def waited(self, record: JobRecord, what: str, method: str, path: str) -> bool:
+        """A request with `Prefer: wait=WAIT_S`; its answer is kept for the books."""
+        sent, began = time.time(), time.monotonic()
+        got = await self.call(what, method, self.api(path), user=record.user, expect={200},
+                              job=record, headers={"Prefer": f"wait={WAIT_S}"})
+        if got is None:
+            return False
+        view = got.json()
+        self.waits.append(WaitAnswer(record, what, sent, time.monotonic() - began,
+                                     view["status"],
+                                     got.headers.get("Preference-Applied") == f"wait={WAIT_S}"))
+        if view["status"] in TERMINAL:
+            record.final = view
+        return True
+
+    async def retry(self, original: JobRecord) -> None:
+        """POST /jobs/{id}/retry with an Idempotency-Key, sent twice (the second answers the
+        same job), then the retry job (created `uploaded`) executed and read to its end."""
+        assert original.final is not None
+        key = f"retry-{uuid.uuid4().hex}"
+        path = f"/jobs/{original.id}/retry"
+        first = await self.call("POST retry", "POST", self.api(path), user=original.user,
+                                expect={201}, refusals=frozenset({402, 429}), job=original,
+                                headers={"Idempotency-Key": key})
+        if first is None:
+            return
+        view = first.json()
+        record = JobRecord(view["id"], original.user, original.model, "retry", None,
+                           ("completed",), time.monotonic(), self.phase,
+                           retry_of=original.id,
+                           retried_items=original.final["failed_items"])
+        self.jobs[record.id] = record
+        if view.get("retry_of") != original.id or view["status"] != "uploaded" or \
+                view["total_items"] != record.retried_items:
+            self.answers.unexpected.append(f"retry of {original.id} ({record.retried_items} "
+                                           f"failed): {first.text[:300]}")
+        again = await self.call("POST retry (again)", "POST", self.api(path),
+                                user=original.user, expect={200, 201}, job=record,
+                                headers={"Idempotency-Key": key})
+        if again is not None and (again.json()["id"] != record.id
+                                  or not again.json().get("idempotent_replay")):
+            self.answers.unexpected.append(f"retry {key} sent twice: {record.id} then "
+                                           f"{again.text[:200]}")
+        if await self.execute(record, " (retry job)", waits=True):
+            await self.wait_final(record, 30.0)
+
+    async def redeliver(self, record: JobRecord) -> None:
+        """POST .../redeliver of the job's job.completed delivery, once its first attempt
+        reached the (good) receiver: the books look for an attempt with a new webhook-id."""
+        deadline = time.monotonic() + 5.0
+        while not [a for a in self.receivers.of(record.id) if a.type == "job.completed"]:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.2)
+        log = await self.call("GET /jobs/{id}/webhooks", "GET",
+                              self.api(f"/jobs/{record.id}/webhooks"), user=record.user,
+                              expect={200}, job=record)
+        items = [d for d in (log.json()["items"] if log is not None else [])
+                 if d["type"] == "job.completed" and d["redelivery_of"] is None]
+        if not items:
+            return
+        seen = frozenset(a.webhook_id for a in self.receivers.of(record.id))
+        if await self.call("POST redeliver", "POST",
+                           self.api(f"/jobs/{record.id}/webhooks/{items[0]['id']}/redeliver"),
+                           user=record.user, expect={202}, job=record) is not None:
+            self.redeliveries.append(Redelivery(record, items[0]["id"], seen, time.monotonic()))
 
     async def wait_final(self, record: JobRecord, within: float) -> None:
         deadline = time.monotonic() + within
         missing_since: float | None = None
+        if self.rng.random() < 0.3 and record.final is None:
+            await self.waited(record, "GET /jobs/{id} (wait)", "GET", f"/jobs/{record.id}")
         while time.monotonic() < deadline:
             got = await self.call("GET /jobs/{id}", "GET", self.api(f"/jobs/{record.id}"),
                                   user=record.user, expect={200}, job=record)
@@ -332,6 +453,7 @@ class Workload:
                    held: Callable[[JobRecord], bool] = lambda _: True) -> None:
         """Marks the live jobs whose state was `held` in the store just lost."""
         self.losses.append(time.monotonic())
+        self.disruptions.append(self.losses[-1])
         self.loss_times.append(time.time())
         live = [record for record in self.jobs.values() if record.final is None and held(record)]
         for record in live:
