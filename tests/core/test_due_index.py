@@ -148,7 +148,7 @@ async def test_the_safety_net_finds_work_whose_index_write_was_lost(
     ann, bob = users_in_two_buckets(core)
     settings = settings_for(core)
 
-    async def lost(self: Core, bucket: int, due_ms: int = 0) -> None:
+    async def lost(self: Core, bucket: int, due_ms: int = 0, **_: object) -> None:
         """The process died between the script and its ZADD (or SADD)."""
 
     with monkeypatch.context() as patch:
