@@ -22,6 +22,7 @@ import uvicorn
 from service.api.app import create_app
 from service.api.auth import issue_token
 from service.history.engine import run_migrations
+from service.runtime import Runtime, open_runtime
 from service.settings import Settings
 from tests.conftest import free_port
 
@@ -160,3 +161,41 @@ async def embedded_api(tmp_path: Path) -> AsyncIterator[Api]:
     for url, served in _serve(settings):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield Api(url, served, client)
+
+
+@pytest.fixture
+async def cluster_api(cluster_url: str, redis_url: str, key_prefix: str, tmp_path: Path
+                      ) -> AsyncIterator[Api]:
+    """The API with its state on a 3-node Redis Cluster (RQ stays on a standalone Redis)."""
+    port = free_port()
+    settings = Settings(
+        redis_url=cluster_url, queue_redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path}/t.db", public_url=f"http://127.0.0.1:{port}",
+        jwt_secret=SECRET, key_prefix=key_prefix, storage_dir=str(tmp_path / "files"),
+        queue_name=key_prefix, flush_delay=0,
+    )
+    run_migrations(settings.database_url)
+    with ServerThread(settings, port):
+        async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
+            yield Api(settings.public_url, settings, client)
+    connection = redis.Redis.from_url(redis_url)
+    drop_rq_queue(connection, key_prefix)
+    connection.close()
+
+
+@pytest.fixture(params=["real", "embedded", "cluster"])
+def any_api(request: pytest.FixtureRequest) -> Api:
+    """The API on each Redis back end in turn: standalone Redis (with PostgreSQL and S3 where
+    real_settings gives them), the embedded fakeredis, a Cluster."""
+    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
+    api: Api = request.getfixturevalue(fixture[request.param])
+    return api
+
+
+@pytest.fixture
+async def rt(any_api: Api) -> AsyncIterator[Runtime]:
+    """A Runtime of the test's own over the same settings as `any_api` (its Redis, SQL and
+    storage), for reading and arranging state behind the API."""
+    runtime = await open_runtime(any_api.settings, SECRET)
+    yield runtime
+    await runtime.close()

@@ -10,7 +10,6 @@ import pytest
 
 from tests.api.conftest import Api
 from tests.api.flow import callback, create_job, me, report_item, upload_all
-from tests.api.test_cluster_http import cluster_api  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(params=["real", "cluster"])

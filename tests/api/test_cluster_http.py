@@ -2,38 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import httpx
-import pytest
-
-from service.history.engine import run_migrations
-from service.settings import Settings
-from tests.api.conftest import SECRET, Api, ServerThread, drop_rq_queue
+from tests.api.conftest import Api
 from tests.api.flow import create_job, me, report_item, upload_all
-from tests.conftest import free_port
-
-
-@pytest.fixture
-async def cluster_api(cluster_url: str, redis_url: str, key_prefix: str, tmp_path: Path
-                      ) -> AsyncIterator[Api]:
-    import redis
-
-    port = free_port()
-    settings = Settings(
-        redis_url=cluster_url, queue_redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path}/t.db", public_url=f"http://127.0.0.1:{port}",
-        jwt_secret=SECRET, key_prefix=key_prefix, storage_dir=str(tmp_path / "files"),
-        queue_name=key_prefix, flush_delay=0,
-    )
-    run_migrations(settings.database_url)
-    with ServerThread(settings, port):
-        async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
-            yield Api(settings.public_url, settings, client)
-    connection = redis.Redis.from_url(redis_url)
-    drop_rq_queue(connection, key_prefix)
-    connection.close()
 
 
 async def test_a_job_lives_its_whole_life_with_state_on_redis_cluster(cluster_api: Api) -> None:

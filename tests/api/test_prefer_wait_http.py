@@ -9,18 +9,8 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 from tests.api.conftest import Api
 from tests.api.flow import create_job, queued_job, report_item, upload_all
-from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)
-
-
-@pytest.fixture(params=["real", "embedded", "cluster"])
-def any_api(request: pytest.FixtureRequest) -> Api:
-    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
-    api: Api = request.getfixturevalue(fixture[request.param])
-    return api
 
 
 async def finish_later(api: Api, user: str, job_id: str, n: int, delay: float) -> float:

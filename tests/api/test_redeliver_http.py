@@ -7,7 +7,7 @@ On Redis, the embedded fakeredis and a Cluster."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from service.state.outbox import Outbox
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import create_job, report_item, upload_all
 from tests.api.receiver import Receiver
-from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)
 
 
 @pytest.fixture
@@ -34,19 +33,11 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-@pytest.fixture(params=["real", "embedded", "cluster"])
-def any_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Api:
+@pytest.fixture(autouse=True)
+def _private_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receivers on loopback: set before any_api's server reads its settings."""
     monkeypatch.setenv("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "true")
-    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
-    api: Api = request.getfixturevalue(fixture[request.param])
-    return api
 
-
-@pytest.fixture
-async def rt(any_api: Api) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(any_api.settings, SECRET)
-    yield runtime
-    await runtime.close()
 
 
 async def deliveries(api: Api, user: str, job_id: str) -> list[dict[str, Any]]:

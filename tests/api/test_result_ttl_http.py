@@ -4,7 +4,6 @@ and its view says `result_expired`, while a job on the default TTL keeps its fil
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -13,26 +12,13 @@ from sqlalchemy import select, update
 from service.contract import output_key
 from service.flusher.loop import flush_once
 from service.history.models import JobLog, utcnow
-from service.runtime import Runtime, open_runtime
-from tests.api.conftest import SECRET, Api
+from service.runtime import Runtime
+from tests.api.conftest import Api
 from tests.api.flow import items, queued_job, report_item, upload_all
-from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)
 
 HOUR = 3600
 
 
-@pytest.fixture(params=["real", "embedded", "cluster"])
-def any_api(request: pytest.FixtureRequest) -> Api:
-    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
-    api: Api = request.getfixturevalue(fixture[request.param])
-    return api
-
-
-@pytest.fixture
-async def rt(any_api: Api) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(any_api.settings, SECRET)
-    yield runtime
-    await runtime.close()
 
 
 @pytest.mark.parametrize("ttl", [HOUR - 1, 30 * 86400 + 1, 0, -HOUR])

@@ -17,14 +17,6 @@ from service.contract import rq_job_id
 from tests.api.conftest import Api
 from tests.api.flow import callback, create_job, queued_job, report_item, upload_all
 from tests.api.history import flush_everything
-from tests.api.test_cluster_http import cluster_api  # noqa: F401  (a fixture)
-
-
-@pytest.fixture(params=["embedded", "real", "cluster"])
-def any_api(request: pytest.FixtureRequest) -> Api:
-    api: Api = request.getfixturevalue(
-        {"embedded": "embedded_api", "real": "api", "cluster": "cluster_api"}[request.param])
-    return api
 
 
 @pytest.fixture

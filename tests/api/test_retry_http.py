@@ -4,7 +4,6 @@ like any job. On Redis with S3, the embedded fakeredis and a local folder, and a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,26 +13,13 @@ from sqlalchemy import update
 from service.contract import input_key
 from service.flusher.loop import flush_once
 from service.history.models import JobLog, utcnow
-from service.runtime import Runtime, open_runtime
-from tests.api.conftest import SECRET, Api
+from service.runtime import Runtime
+from tests.api.conftest import Api
 from tests.api.flow import PNG_BYTES, me, queued_job, report_item
-from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)
 
 FAILED = (1, 4, 6)  # 3 of 8 items fail
 
 
-@pytest.fixture(params=["real", "embedded", "cluster"])
-def any_api(request: pytest.FixtureRequest) -> Api:
-    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
-    api: Api = request.getfixturevalue(fixture[request.param])
-    return api
-
-
-@pytest.fixture
-async def rt(any_api: Api) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(any_api.settings, SECRET)
-    yield runtime
-    await runtime.close()
 
 
 async def finished_with_failures(api: Api, user: str, failed: tuple[int, ...] = FAILED,

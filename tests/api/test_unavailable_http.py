@@ -14,8 +14,6 @@ from service.state.outbox import Outbox
 from service.state.reads import StateReads
 from tests.api.conftest import Api
 from tests.api.flow import queued_job
-from tests.api.test_cluster_http import cluster_api  # noqa: F401  (a fixture)
-from tests.api.test_retry_answers_state_http import any_api  # noqa: F401  (a fixture)
 
 TRANSIENT = [
     exceptions.MaxConnectionsError("Too many connections"),
@@ -30,7 +28,7 @@ TRANSIENT = [
 
 @pytest.mark.parametrize("error", TRANSIENT, ids=lambda error: type(error).__name__)
 async def test_a_transient_redis_error_is_503_unavailable_with_retry_after(
-    any_api: Api, error: Exception, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    any_api: Api, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api, user = any_api, any_api.user()
     job_id = (await queued_job(api, user, 1))["id"]
@@ -50,7 +48,7 @@ async def test_a_transient_redis_error_is_503_unavailable_with_retry_after(
 
 
 async def test_a_queued_jobs_view_stands_when_its_queue_position_cannot_be_read(
-    any_api: Api, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    any_api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api, user = any_api, any_api.user()
     job_id = (await queued_job(api, user, 1))["id"]

@@ -23,7 +23,6 @@ from service.state.outbox import Outbox
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, report_item, upload_all
 from tests.api.receiver import Receiver
-from tests.api.test_cluster_http import cluster_api  # noqa: F401 (a fixture, by name)
 
 EVENTS = ["started", "progress", "completed"]
 
@@ -35,12 +34,10 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-@pytest.fixture(params=["real", "embedded", "cluster"])
-def any_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Api:
+@pytest.fixture(autouse=True)
+def _private_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receivers on loopback: set before any_api's server reads its settings."""
     monkeypatch.setenv("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "true")
-    fixture = {"real": "api", "embedded": "embedded_api", "cluster": "cluster_api"}
-    api: Api = request.getfixturevalue(fixture[request.param])
-    return api
 
 
 async def view_now(api: Api, user: str, job_id: str) -> dict[str, Any]:
