@@ -114,6 +114,7 @@ class Workload:
         self.grants = 0
         self.notes: list[str] = []
         self.losses: list[float] = []  # monotonic, when a state store was lost
+        self.maybe_lost: list[tuple[JobRecord, str]] = []  # 403/404/409 judged at the books
         self.loss_times: list[float] = []  # the same, wall clock (the API's timestamps)
         self.disruptions: list[float] = []  # monotonic: a loss, or an API process killed
         self.phase = "main"
@@ -156,8 +157,22 @@ class Workload:
             refusals = refusals | LOST  # (perhaps since this call began)
         if job is not None and response is not None and self._hold_ran_out(job, response):
             refusals = refusals | {409}
+        if job is not None and response is not None and response.status_code in LOST and \
+                response.status_code not in expect | refusals:
+            # Judged at the books: a store restarted empty answers 404 before the restart
+            # returns and the loss is noted (state_lost marks the job then).
+            self.answers.counts[f"{what} {response.status_code}"] += 1
+            self.maybe_lost.append((job, f"{what}: {response.status_code} (expected "
+                                         f"{sorted(expect | refusals)}) {response.text[:200]}"))
+            return None
         self.answers.note(what, response, expect | refusals)
         return response if response is not None and response.status_code in expect else None
+
+    def unexpected_answers(self) -> list[str]:
+        """The answers the contract does not allow, with a 403/404/409 about a job taken as
+        its store loss's when the job was live at a loss or created just before one."""
+        return [*self.answers.unexpected, *(text for job, text in self.maybe_lost
+                                            if not (job.live_at_wipe or self._near_a_loss(job)))]
 
     def _near_a_loss(self, job: JobRecord) -> bool:
         """Created while a store was being lost (a restart takes seconds) or just before: its
