@@ -67,6 +67,13 @@ def _describe(record: JobRecord) -> str:
             f"{', live at the wipe' if record.live_at_wipe else ''}): {status}")
 
 
+def _relative(moment: float, losses: list[float]) -> str:
+    """A monotonic moment against the losses noted (for a failure's text)."""
+    if not losses:
+        return "with no loss noted"
+    return ", ".join(f"{moment - loss:+.1f} s from loss {n}" for n, loss in enumerate(losses))
+
+
 async def _until(deadline_s: float, probe: Any) -> list[str]:
     """`probe()` (a list of problems) until it is empty or time runs out."""
     deadline = time.monotonic() + deadline_s
@@ -85,15 +92,15 @@ async def check_books(system: System, work: Workload) -> Report:
     report.figures.update(jobs=len(jobs), grants=work.grants, notes=list(work.notes),
                           drained_s=round(time.monotonic() - started, 1),
                           answers=dict(sorted(work.answers.counts.items())))
-    # A job created less than a flusher pass or two before a state store was lost, whose hold
-    # never reached SQL, left no trace anywhere: no money moved, and it answers 404. It is
-    # counted, not failed; one that left any ledger row must be final and in jobs_log.
+    # A job created less than a flusher pass or two before a state store was lost (or since a
+    # flusher killed just before it, whose claims were still out), whose hold never reached
+    # SQL, left no trace anywhere: no money moved, and it answers 404. It is counted, not
+    # failed; one that left any ledger row must be final and in jobs_log.
     named = {row.job_id for row in await asyncio.to_thread(
         _sql, stack.database_url,
         "SELECT DISTINCT job_id FROM credit_ledger WHERE job_id IS NOT NULL")}
-    window = 2 * stack.timing.flusher_interval + 1.0
     traceless = {r.id for r in jobs if r.id not in named and any(
-        loss - window <= r.created_at <= loss for loss in work.losses)}
+        start <= r.created_at <= end and held(r) for start, end, held in work.trace_windows)}
     report.figures["lost_without_trace"] = len(traceless)
     # A job that ended less than a pass or two before the loss, its row and money not yet
     # written, is lost whole and free: its row says lost_with_redis, its hold released.
@@ -104,7 +111,7 @@ async def check_books(system: System, work: Workload) -> Report:
         if (row.state, row.reason, row.charged) != ("canceled", "lost_with_redis", 0) or \
                 finished is None:
             return False
-        if any(loss - window <= finished <= loss + 1.0 for loss in work.loss_times):
+        if any(start <= finished <= end + 1.0 for start, end in work.trace_windows_wall):
             lost_after_end.add(record.id)
             return True
         return False
@@ -118,7 +125,10 @@ async def check_books(system: System, work: Workload) -> Report:
         logged: dict[str, list[Any]] = {}
         for row in rows:
             logged.setdefault(row.id, []).append(row)
-        problems = [f"{job_id}: not in jobs_log" for job_id in ids if job_id not in logged]
+        problems = [f"{_describe(work.jobs[job_id])}: not in jobs_log "
+                    f"({'named' if job_id in named else 'not named'} by the ledger; created "
+                    f"{_relative(work.jobs[job_id].created_at, work.losses)})"
+                    for job_id in ids if job_id not in logged]
         problems += [f"{job_id}: {len(rows)} rows" for job_id, rows in logged.items()
                      if len(rows) != 1]
         problems += [f"{job_id}: in jobs_log, never created by a client" for job_id in logged
@@ -194,6 +204,8 @@ async def check_books(system: System, work: Workload) -> Report:
         else ["no flush lag sample"] if worst is None else []))
     report.check("holds expire within their TTL plus two sweeper periods", _holds(system, jobs))
     report.check("every answer is one the contract allows", work.unexpected_answers())
+    for feature in work.features:
+        await feature.check(system, work, report)
     return report
 
 

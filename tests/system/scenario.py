@@ -38,6 +38,9 @@ async def run_setup(name: str, folder: Path, plan: Plan) -> tuple[Report, Report
         with SETUPS[name](folder, timing) as system:
             work = Workload(system.stack, receivers)
             try:
+                for feature in work.features:
+                    if hasattr(feature, "start"):
+                        await feature.start(work)
                 await work.run(plan.seconds, plan.clients, "main", [])
                 main = await check_books(system, work)
                 main.figures["log folder"] = str(system.stack.logdir)

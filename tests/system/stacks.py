@@ -156,15 +156,16 @@ def _process_faults(system: System, restart_store: StoreLoss) -> None:
         stack.excuse_since(offsets, only=api)  # granian's "Unexpected exit from worker-1"
 
     async def kill_flusher(work: Workload) -> None:
+        work.flusher_kills.append(time.monotonic())
         stack.procs["flusher-1"].kill()
         await asyncio.sleep(0.5)
         stack.procs["flusher-1"].start()
 
     async def store_lost(work: Workload) -> None:
         offsets = stack.log_offsets()
-        system.wiped_at = time.monotonic()
+        system.wiped_at = began = time.monotonic()
         where, held = await asyncio.to_thread(restart_store, work)
-        work.state_lost(where, held)
+        work.state_lost(where, held, began)
         await asyncio.to_thread(stack.wait_ready)
         await asyncio.sleep(STORE_GRACE_S)
         stack.excuse_since(offsets)

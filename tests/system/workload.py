@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from service.flusher.bucket import CLAIM_MS
+from tests.system.features import load_features
 from tests.system.harness import Stack
 from tests.system.receivers import FAILING, GOOD, HANGING, Receivers
 
@@ -55,6 +57,7 @@ class JobRecord:
     final: dict[str, Any] | None = None
     retry_of: str | None = None  # kind "retry": the job whose failed items it runs
     retried_items: int = 0  # the original's failed_items when it was retried
+    extra: dict[str, Any] = field(default_factory=dict)  # what a feature added to its create
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,15 @@ class Workload:
         self.maybe_lost: list[tuple[JobRecord, str]] = []  # 403/404/409 judged at the books
         self.loss_times: list[float] = []  # the same, wall clock (the API's timestamps)
         self.disruptions: list[float] = []  # monotonic: a loss, or an API process killed
+        self.flusher_kills: list[float] = []  # monotonic: a flusher killed with kill -9
+        # Per loss, the monotonic span (and its wall-clock twin) in which a job may have left
+        # nothing in SQL: a pass or two before the wipe began, reaching back to a flusher
+        # killed within CLAIM_MS before it (what that flusher had claimed and not written
+        # comes back only after the claim, so it was still in Redis only).
+        self.trace_windows: list[tuple[float, float, Callable[[JobRecord], bool]]] = []
+        self.trace_windows_wall: list[tuple[float, float]] = []
         self.phase = "main"
+        self.features = load_features()
         self.waits: list[WaitAnswer] = []
         self.redeliveries: list[Redelivery] = []
         self._images = _images()
@@ -139,7 +150,7 @@ class Workload:
         response: httpx.Response | None = None
         while time.monotonic() < deadline:
             headers = dict(kwargs.pop("headers", None) or {})
-            if user is not None:
+            if user is not None and "Authorization" not in headers:
                 token = await asyncio.to_thread(self.stack.token, user, admin=admin)
                 headers["Authorization"] = f"Bearer {token}"
             kwargs["headers"] = headers
@@ -238,11 +249,16 @@ class Workload:
                         data))
         return out
 
-    async def create(self, user: str, kind: str) -> tuple[JobRecord, dict[str, Any],
-                                                           list[bytes]] | None:
+    async def create(self, user: str, kind: str, *, extra: dict[str, Any] | None = None,
+                     auth: str | None = None, refusals: frozenset[int] = frozenset()
+                     ) -> tuple[JobRecord, dict[str, Any], list[bytes]] | None:
+        """A job of `kind`; a feature adds fields to the body (`extra`), sends it with
+        another credential (`auth`, the whole Authorization value) and names the refusals
+        its fields may bring."""
         model = self.rng.choice(("thumbnail", "slow"))
         items = self._items(model)
-        body: dict[str, Any] = {"model": model, "items": [meta for meta, _ in items]}
+        body: dict[str, Any] = {"model": model, "items": [meta for meta, _ in items],
+                                **(extra or {})}
         receiver: str | None = None
         events: tuple[str, ...] = ("completed",)
         if self.rng.random() < 0.5:
@@ -250,22 +266,22 @@ class Workload:
             events = self.rng.choice((("completed",), ("started", "completed")))
             body["webhook"] = {"url": self.receivers.url(receiver), "events": list(events)}
         key = f"create-{uuid.uuid4().hex}"
+        headers = {"Idempotency-Key": key, **({"Authorization": auth} if auth else {})}
         created = await self.call("POST /jobs", "POST", self.api("/jobs"), user=user,
-                                  expect={201}, refusals=frozenset({402, 429}), json=body,
-                                  headers={"Idempotency-Key": key})
+                                  expect={201}, refusals=frozenset({402, 429}) | refusals,
+                                  json=body, headers=headers)
         if created is None:
             return None
         view = created.json()
         if self.rng.random() < 0.3:  # the client retries as if the answer had been lost
             again = await self.call("POST /jobs (retried)", "POST", self.api("/jobs"),
-                                    user=user, expect={200, 201}, json=body,
-                                    headers={"Idempotency-Key": key})
+                                    user=user, expect={200, 201}, json=body, headers=headers)
             if again is not None and (again.json()["id"] != view["id"]
                                       or not again.json().get("idempotent_replay")):
                 self.answers.unexpected.append(f"retried create {key}: {view['id']} then "
                                                f"{again.text[:200]}")
         record = JobRecord(view["id"], user, model, kind, receiver, events, time.monotonic(),
-                           self.phase)
+                           self.phase, extra=dict(extra or {}))
         self.jobs[record.id] = record
         return record, view, [data for _, data in items]
 
@@ -278,8 +294,9 @@ class Workload:
                 return False
         return True
 
-    async def run_job(self, user: str, kind: str) -> None:
-        made = await self.create(user, kind)
+    async def run_job(self, user: str, kind: str, *, extra: dict[str, Any] | None = None,
+                      auth: str | None = None, refusals: frozenset[int] = frozenset()) -> None:
+        made = await self.create(user, kind, extra=extra, auth=auth, refusals=refusals)
         if made is None:
             return
         record, view, data = made
@@ -408,8 +425,11 @@ class Workload:
 
     async def client(self, user: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            featured = next((f for f in self.features if self.rng.random() < f.share), None)
             roll = self.rng.random()
-            if roll < 0.1:
+            if featured is not None:
+                await featured.act(self, user)
+            elif roll < 0.1:
                 await self.grant(user, self.rng.randint(20, 60))
             elif roll < 0.25:
                 await self.run_job(user, "hold")
@@ -465,11 +485,21 @@ class Workload:
                 raise result
 
     def state_lost(self, where: str = "the state store",
-                   held: Callable[[JobRecord], bool] = lambda _: True) -> None:
-        """Marks the live jobs whose state was `held` in the store just lost."""
-        self.losses.append(time.monotonic())
+                   held: Callable[[JobRecord], bool] = lambda _: True,
+                   began: float | None = None) -> None:
+        """Marks the live jobs whose state was `held` in the store just lost (`began`:
+        monotonic, when the restart that lost it began)."""
+        now, wall = time.monotonic(), time.time()
+        began = now if began is None else began
+        start = began - (2 * self.stack.timing.flusher_interval + 1.0)
+        for killed in self.flusher_kills:
+            if began - CLAIM_MS / 1000 <= killed <= began:
+                start = min(start, killed - (2 * self.stack.timing.flusher_interval + 1.0))
+        self.trace_windows.append((start, now, held))
+        self.trace_windows_wall.append((wall - (now - start), wall))
+        self.losses.append(now)
         self.disruptions.append(self.losses[-1])
-        self.loss_times.append(time.time())
+        self.loss_times.append(wall)
         live = [record for record in self.jobs.values() if record.final is None and held(record)]
         for record in live:
             record.live_at_wipe = True
