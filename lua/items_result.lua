@@ -14,6 +14,7 @@
 -- KEYS[12] webhook_log  job webhook log
 -- KEYS[13] webhooks     bucket webhooks (the outbox, includes/outbox.lua)
 -- KEYS[14] counters     bucket counters tg:{b}:counters (includes/stats.lua)
+-- KEYS[15] key_spend    owner's API key spend  tg:{b}:user:<uid>:key-spend (includes/finish_job.lua)
 --
 -- ARGV[1] job_id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
 -- ARGV[4] lease_until: the new lease deadline ms  ARGV[5] flush_due ms
@@ -46,7 +47,7 @@ end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
   {KEYS[4], 'set'}, {KEYS[5], 'hash'}, {KEYS[6], 'set'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
   {KEYS[9], 'zset'}, {KEYS[10], 'zset'}, {KEYS[11], 'list'}, {KEYS[12], 'hash'},
-  {KEYS[13], 'zset'}, {KEYS[14], 'hash'}})
+  {KEYS[13], 'zset'}, {KEYS[14], 'hash'}, {KEYS[15], 'hash'}})
 if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost',
@@ -96,7 +97,7 @@ stats_items(KEYS[14], KEYS[1], done - tonumber(job[3]), failed - tonumber(job[4]
 
 local k = {job = KEYS[1], user = KEYS[5], active = KEYS[6], holds = KEYS[7], leases = KEYS[8],
   queued = KEYS[9], flush = KEYS[10], ledger = KEYS[11], hooks = KEYS[12], webhooks = KEYS[13],
-  stats = KEYS[14]}
+  stats = KEYS[14], key_spend = KEYS[15]}
 local now_state = job_progress(k, job_id, owner, state, done, failed, total, now,
   lease_deadline, flush_due, tonumber(job[6]), tonumber(job[7]))
 return {'ok', now_state, done, failed, total, counted, duplicates}

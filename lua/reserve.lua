@@ -27,6 +27,10 @@
 --     result_ttl_s        the job's own result TTL in seconds (TOLLGATE_RESULT_TTL)
 --     retry_of            the job it retries (POST /jobs/{id}/retry)
 --     uploaded            true to create the job uploaded (a retry: its inputs are there)
+--     key_id              the API key that makes the job (recorded on it; its spend counted)
+--     key_period          the current UTC period of the key's cap, a whole number (days or
+--                         months since the epoch); required with key_id
+--     key_cap             the key's spend cap in credits a period, if it has one
 --
 -- Returns {code, job_id}:
 --   {'ok', job_id}                       reserved now
@@ -35,6 +39,8 @@
 --   {'not_found'}                        the user is not provisioned
 --   {'insufficient_credits', available, cost}
 --   {'concurrency_limit', active, limit}
+--   {'key_spend_cap_exceeded', spent, cap}  the key's period spend plus this cost would pass
+--                                        its cap: nothing written
 --   {'bad_argument', name}               nothing written (an opts field: its name)
 --   {'wrong_type', n}                    the n-th key checked holds another type: nothing written
 -- @include opts
@@ -50,14 +56,18 @@ local opts, bad_opt = read_opts(ARGV[8], {
   idempotent = 'boolean', body_hash = 'string', idempotency_ttl_ms = 'whole',
   rule_id = 'string', model = 'string', webhook_url = 'string', webhook_events = 'string',
   params = 'string', bill_input_errors = 'boolean', result_ttl_s = 'whole',
-  retry_of = 'string', uploaded = 'boolean'})
+  retry_of = 'string', uploaded = 'boolean', key_id = 'string', key_period = 'whole',
+  key_cap = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
+local key_id = opts.key_id
+if key_id and (not opts.key_period or not KEYS[9]) then return {'bad_argument', 'key_period'} end
 local use_idem, body_hash = opts.idempotent == true, opts.body_hash or ''
 local idem_ttl = opts.idempotency_ttl_ms
 if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
 -- @include key_types
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'zset'},
-  {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'}})
+  {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'},
+  key_id and {KEYS[9], 'hash'} or nil})
 if bad then return {'wrong_type', bad} end
 
 if use_idem then
@@ -76,6 +86,19 @@ local cost = total * price
 if available < cost then return {'insufficient_credits', available, cost} end
 local active = redis.call('SCARD', KEYS[2])
 if active >= max_active then return {'concurrency_limit', active, max_active} end
+-- The key's spend in its period: a stored period older than this call's starts afresh (0);
+-- a newer one (another process's clock past midnight) is the one counted in.
+local key_period, key_spent = opts.key_period, 0
+if key_id then
+  local stored = redis.call('HMGET', KEYS[9], key_id .. ':p', key_id .. ':s')
+  local stored_period = tonumber(stored[1])
+  if stored_period and stored_period >= key_period then
+    key_period, key_spent = stored_period, tonumber(stored[2]) or 0
+  end
+  if opts.key_cap and key_spent + cost > opts.key_cap then
+    return {'key_spend_cap_exceeded', key_spent, opts.key_cap}
+  end
+end
 
 -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
 redis.call('HINCRBY', KEYS[1], 'available', 0 - cost)
@@ -88,6 +111,10 @@ redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
   'rule_id', opts.rule_id or '', 'model', opts.model or '', 'webhook_url', opts.webhook_url or '',
   'webhook_events', opts.webhook_events or '', 'params', opts.params or '')
 if opts.bill_input_errors then redis.call('HSET', KEYS[4], 'bill_input_errors', '1') end
+if key_id then
+  redis.call('HSET', KEYS[9], key_id .. ':p', key_period, key_id .. ':s', key_spent + cost)
+  redis.call('HSET', KEYS[4], 'key_id', key_id, 'key_period', key_period)
+end
 redis.call('SET', KEYS[5], ARGV[7])
 redis.call('ZADD', KEYS[6], deadline, job_id)
 if cost > 0 then

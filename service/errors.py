@@ -65,6 +65,19 @@ class RuleSlotsExhausted(TollgateError):
     status, code, title = 409, "rule_slots_exhausted", "Every rule slot of the plan is taken"
 
 
+class KeySlotsExhausted(TollgateError):
+    status, code, title = 409, "key_slots_exhausted", "Every API key slot of the plan is taken"
+
+
+class KeySpendCapExceeded(TollgateError):
+    status, code = 402, "key_spend_cap_exceeded"
+    title = "The API key's spend cap for this period would be passed"
+
+
+class InsufficientScope(TollgateError):
+    status, code, title = 403, "insufficient_scope", "The API key's scopes do not allow this"
+
+
 class IdempotencyKeyReused(TollgateError):
     status, code = 422, "idempotency_key_reused"
     title = "Idempotency-Key was used with another body"

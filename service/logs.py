@@ -20,11 +20,16 @@ REDACTED = "?<redacted>"
 # A query string with at least one `name=value`: the part after `?` up to a space or quote.
 _QUERY = re.compile(r"\?[^\s\"'<>?]*=[^\s\"'<>]*")
 _QUIET = ("httpx", "httpcore", "alembic")  # per request, per migration step
+# An API key's secret (`tg_<key id>_<random>`): the key id stays, the random part goes.
+_KEY_SECRET = re.compile(r"(tg_[0-9a-z]{26}_)[A-Za-z0-9_-]+")
 
 
 def redact(text: str) -> str:
-    """Drops every query string (where signatures, credentials and expiries travel)."""
-    return _QUERY.sub(REDACTED, text) if "?" in text else text
+    """Drops every query string (where signatures, credentials and expiries travel) and the
+    secret part of any API key."""
+    if "?" in text:
+        text = _QUERY.sub(REDACTED, text)
+    return _KEY_SECRET.sub(r"\1<redacted>", text) if "tg_" in text else text
 
 
 def _redacted(arg: object) -> object:
@@ -33,7 +38,7 @@ def _redacted(arg: object) -> object:
     if arg is None or isinstance(arg, (int, float)):
         return arg
     text = str(arg)  # e.g. an httpx.URL
-    return redact(text) if _QUERY.search(text) else arg
+    return redact(text) if _QUERY.search(text) or _KEY_SECRET.search(text) else arg
 
 
 def install_redaction() -> None:

@@ -5,6 +5,8 @@
 -- Callers must have validated everything before calling: this only writes.
 -- k = {job, user, active, holds, leases, queued, flush, ledger, hooks?, webhooks?, stats?}
 -- (stats: the bucket's counters, includes/stats.lua)
+-- (key_spend: the owner's API key spend hash, reserve.lua: the refund goes back to the
+-- period counter of the key that made the job, if that period is still the key's)
 -- (hooks, webhooks: the outbox keys of includes/outbox.lua; the 'completed' event)
 -- @include outbox
 -- @include stats
@@ -19,12 +21,20 @@ local function finish_job_wrong_type(k)
     expected[#expected + 1] = {k.webhooks, 'zset'}
   end
   if k.stats then expected[#expected + 1] = {k.stats, 'hash'} end
+  if k.key_spend then expected[#expected + 1] = {k.key_spend, 'hash'} end
   return wrong_type(expected)
 end
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
   local charge = (done + (tonumber(redis.call('HGET', k.job, 'billed')) or 0)) * price
   if charge > cost then charge = cost end
   local refund = cost - charge
+  if k.key_spend and refund > 0 then
+    local made_by = redis.call('HMGET', k.job, 'key_id', 'key_period')
+    if made_by[1] and made_by[1] ~= '' and
+        redis.call('HGET', k.key_spend, made_by[1] .. ':p') == made_by[2] then
+      redis.call('HINCRBY', k.key_spend, made_by[1] .. ':s', 0 - refund)
+    end
+  end
   -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
   redis.call('HINCRBY', k.user, 'reserved', 0 - cost)
   redis.call('HINCRBY', k.user, 'spent', charge)

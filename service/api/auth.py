@@ -21,8 +21,10 @@ from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedExce
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
+from service.api.key_auth import KeyAuthenticator, check_scope
 from service.api.schemas import USER_ID_PATTERN
 from service.settings import Settings
+from service.state.apikeys import KeyRecord, KeySpend
 
 # Paths that never need a user token: probes, metrics, the schema, the self-signed local
 # storage URLs and the worker callback (which checks its own token). Anchored: Litestar
@@ -41,6 +43,12 @@ PUBLIC_PATHS = [
 class Principal:
     user_id: str
     admin: bool
+    key: KeyRecord | None = None  # the API key the request came with (None: a JWT)
+
+    @property
+    def key_spend(self) -> KeySpend | None:
+        """What a job made by this caller is counted against (reserve.lua)."""
+        return None if self.key is None else self.key.spend
 
 
 def issue_token(secret: str, user_id: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
@@ -52,6 +60,7 @@ def issue_token(secret: str, user_id: str, *, admin: bool = False, ttl_s: int = 
 
 
 CLOCK_SKEW_S = 30
+API_KEY_PREFIX = "tg_"
 _USER_ID = re.compile(USER_ID_PATTERN)
 
 
@@ -95,6 +104,7 @@ class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._verified: OrderedDict[str, tuple[float, AuthenticationResult]] = OrderedDict()
+        self._keys = KeyAuthenticator()
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]
                                    ) -> AuthenticationResult:
@@ -103,7 +113,13 @@ class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
         scheme, _, encoded_token = (connection.headers.get(self.auth_header) or "").partition(" ")
         if scheme.lower() != "bearer" or not encoded_token.strip():
             raise NotAuthorizedException("a Bearer token is required")
-        return await self.authenticate_token(encoded_token.strip(), connection)
+        token = encoded_token.strip()
+        if token.startswith(API_KEY_PREFIX):  # an API key (a JWT starts with `ey`)
+            record = await self._keys.authenticate(connection.app.state.runtime, token)
+            check_scope(record, str(connection.scope.get("method", "GET")), connection.scope["path"])
+            return AuthenticationResult(
+                user=Principal(user_id=record.user_id, admin=False, key=record), auth=record)
+        return await self.authenticate_token(token, connection)
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]

@@ -49,6 +49,9 @@ DURATION = Histogram("tollgate_request_duration_seconds", "Request duration, in 
 ERRORS = Counter("tollgate_requests_error_total", "Total errors in requests", LABELS)
 IN_PROGRESS = Gauge("tollgate_requests_in_progress", "Total requests currently in progress",
                     ("method", "path", "app_name"), multiprocess_mode="livesum")
+# Creates refused by an API key's spend cap (402 key_spend_cap_exceeded), nothing held.
+KEY_CAP_REFUSALS = Counter("tollgate_key_cap_refusals_total",
+                           "Job creates refused by an API key's spend cap")
 
 # (method, path template, status) -> (requests child, duration child, errors child or None)
 _children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}

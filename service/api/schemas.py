@@ -3,6 +3,7 @@ validates."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -110,6 +111,24 @@ class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
 
 
+Scope = Literal["jobs:read", "jobs:write", "rules:read", "rules:write", "keys:write"]
+KeyPeriod = Literal["day", "month"]
+
+
+class SpendCap(msgspec.Struct, forbid_unknown_fields=True):
+    credits: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+    period: KeyPeriod
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /me/keys. No `scopes`: every scope but keys:write."""
+
+    name: Name
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=5)] | None = None
+    spend_cap: SpendCap | None = None
+    expires_at: datetime | None = None
+
+
 # ---- Response bodies --------------------------------------------------------------------
 # The services build plain dicts; the routes convert them with `body()` into these Structs,
 # which OpenAPI shows. Strict on purpose: a key a service adds but no Struct declares is a
@@ -212,6 +231,7 @@ class JobView(msgspec.Struct, forbid_unknown_fields=True):
     result_expired: bool | UnsetType = UNSET
     result_ttl_s: int | UnsetType = UNSET  # the job's own, or TOLLGATE_RESULT_TTL
     retry_of: str | UnsetType | None = UNSET  # the job whose failed items this one runs
+    key_id: str | UnsetType | None = UNSET  # the API key that made it (null: a JWT)
     # Set while the job waits for a model whose processor cannot run: why, one line.
     model_unavailable: str | UnsetType = UNSET
     items: list[ItemView] | UnsetType = UNSET  # on a single job, not in lists
@@ -287,6 +307,23 @@ class WebhookDelivery(msgspec.Struct, forbid_unknown_fields=True):
 
 class WebhookLog(msgspec.Struct, forbid_unknown_fields=True):
     items: list[WebhookDelivery]
+
+
+class KeyView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str
+    prefix: str  # `tg_<id>_`: how the secret starts
+    scopes: list[str]
+    spend_cap: SpendCap | None
+    expires_at: str | None
+    created_at: str
+    spent_this_period: int | UnsetType = UNSET  # in the list: held + charged this period
+    last_used_at: str | UnsetType | None = UNSET  # in the list
+    secret: str | UnsetType = UNSET  # in the create answer only: shown once
+
+
+class KeyList(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[KeyView]
 
 
 class WebhookSecret(msgspec.Struct, forbid_unknown_fields=True):

@@ -112,6 +112,8 @@ class JobLog(Base):
     # Set when the flusher deleted the inputs of its failed items, kept for a retry
     # TOLLGATE_RETRY_WINDOW after finished_at (every other input goes at the flush).
     inputs_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The API key the job was made through (NULL: a JWT).
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 # GET /jobs pages newest first by (created_at, id): one index range scan per page.
@@ -132,6 +134,31 @@ _KEPT_INPUTS = (JobLog.failed_items > 0) & JobLog.inputs_deleted_at.is_(None) \
     & JobLog.results_deleted_at.is_(None)
 Index("ix_jobs_log_kept_inputs", JobLog.finished_at, postgresql_where=_KEPT_INPUTS,
       sqlite_where=_KEPT_INPUTS)
+
+
+# A key's period spend, rebuilt after a Redis loss: its jobs since the period began.
+Index("ix_jobs_log_key_created", JobLog.key_id, JobLog.created_at,
+      postgresql_where=JobLog.key_id.is_not(None), sqlite_where=JobLog.key_id.is_not(None))
+
+
+class ApiKey(Base):
+    """A user's API key (POST /me/keys). Only sha256 of its secret is kept; Redis holds the
+    same record for authentication and rebuilds it from here after a loss."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(64))  # `tg_<id>_`: what a log may show
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(200))  # comma separated
+    cap_credits: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cap_period: Mapped[str | None] = mapped_column(String(8), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class WebhookDeliveryLog(Base):

@@ -20,6 +20,7 @@ from service.jobs.views import get_job, job_view
 from service.jobs.webhooks import EVENTS, resolve_allowed
 from service.models import Model
 from service.runtime import Runtime
+from service.state.apikeys import KeySpend
 from service.state.codes import Code
 from service.state.fsm import JobState
 from service.state.records import JobRecord, iso_z
@@ -109,8 +110,10 @@ async def _replay(rt: Runtime, user_id: str, idempotency_key: str | None, digest
 
 
 async def create_job(
-    rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None
+    rt: Runtime, user_id: str, body: JobCreate, idempotency_key: str | None,
+    key: KeySpend | None = None,
 ) -> dict[str, Any]:
+    """`key`: the API key the job is made through (its spend cap checked with the hold)."""
     digest = body_hash(body)
     try:
         model, preset, webhook_url, webhook_events = await _prepare(rt, user_id, body)
@@ -132,14 +135,15 @@ async def create_job(
         body_hash=digest, idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
         params_json=_json(preset.params), bill_input_errors=model.bill_input_errors,
-        result_ttl_s=body.result_ttl_s,
+        result_ttl_s=body.result_ttl_s, key=key,
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back
         view = job_view(rt, JobRecord.reserved(
             job_id, user_id, total=len(meta), price=model.price_per_item,
             rule_id=body.rule_id, model=model.name, at_ms=created_ms, params=preset.params,
-            result_ttl_s=body.result_ttl_s), with_items=False)
+            result_ttl_s=body.result_ttl_s, key_id=key.key_id if key else None),
+            with_items=False)
     else:
         view = await get_job(rt, user_id, job_id, with_items=False)
     return await _with_uploads(rt, view, meta, replay=code is Code.ALREADY)

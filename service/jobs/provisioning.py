@@ -26,6 +26,7 @@ from service.history.balances import (
     write_lost_jobs,
 )
 from service.history.queries import ensure_user_row, insert_ledger
+from service.jobs.apikeys import restore_keys
 from service.runtime import Runtime
 from service.state.plans import DEFAULT_PLAN, PLANS
 
@@ -60,6 +61,8 @@ async def restore_user(rt: Runtime, user_id: str, *, signup_credits: int = 0) ->
         totals = (await ledger_totals(session, [user_id])).get(user_id)
     available = totals.total if totals else 0
     spent = -totals.charges if totals else 0
+    # Its API keys and their period spend first: no reserve runs before the user's record.
+    await restore_keys(rt, user_id)
     await rt.core.restore_user(user_id, PLANS.get(plan, PLANS[DEFAULT_PLAN]),
                                available=available, spent=spent, granted=available + spent,
                                signup_credits=signup_credits)

@@ -30,6 +30,7 @@ from service.history.retention import failed_indexes
 from service.jobs.provisioning import as_known_user
 from service.jobs.views import get_job
 from service.runtime import Runtime
+from service.state.apikeys import KeySpend
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.records import JobRecord
@@ -103,8 +104,8 @@ async def _copy_inputs(rt: Runtime, user_id: str, original: str, new_id: str,
         raise
 
 
-async def retry_job(rt: Runtime, user_id: str, job_id: str, idempotency_key: str | None
-                    ) -> dict[str, Any]:
+async def retry_job(rt: Runtime, user_id: str, job_id: str, idempotency_key: str | None,
+                    key: KeySpend | None = None) -> dict[str, Any]:
     digest = retry_hash(job_id)
     try:
         original = await _finished(rt, user_id, job_id)
@@ -133,7 +134,7 @@ async def retry_job(rt: Runtime, user_id: str, job_id: str, idempotency_key: str
             idempotency_ttl_ms=settings.idempotency_ttl * 1000,
             params_json=json.dumps(original.params or {}, separators=(",", ":")),
             bill_input_errors=model.bill_input_errors, result_ttl_s=original.result_ttl_s,
-            retry_of=job_id, uploaded=True)
+            retry_of=job_id, uploaded=True, key=key)
 
     code, new_id = await as_known_user(rt, user_id, reserve)
     view = await get_job(rt, user_id, new_id, with_items=False)

@@ -71,6 +71,7 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
             job.finished_at, job.results_deleted_at if isinstance(job, JobLog) else None,
             job.result_ttl_s or rt.settings.result_ttl),
         "result_ttl_s": job.result_ttl_s or rt.settings.result_ttl, "retry_of": job.retry_of,
+        "key_id": job.key_id,
     }
     unavailable = rt.models.unavailable(job.model)
     if unavailable is not None and job.finished_at is None:  # it waits for a worker

@@ -11,6 +11,8 @@ from service.errors import (
     InsufficientCredits,
     InternalError,
     InvalidTransition,
+    KeySlotsExhausted,
+    KeySpendCapExceeded,
     NotFound,
     RuleSlotsExhausted,
     TollgateError,
@@ -26,6 +28,8 @@ class Code(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"
     CONCURRENCY_LIMIT = "concurrency_limit"
     RULE_SLOTS_EXHAUSTED = "rule_slots_exhausted"
+    KEY_SLOTS_EXHAUSTED = "key_slots_exhausted"
+    KEY_SPEND_CAP_EXCEEDED = "key_spend_cap_exceeded"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     BAD_ARGUMENT = "bad_argument"
     WRONG_TYPE = "wrong_type"
@@ -41,6 +45,8 @@ ERRORS: dict[Code, type[TollgateError]] = {
     Code.INSUFFICIENT_CREDITS: InsufficientCredits,
     Code.CONCURRENCY_LIMIT: ConcurrencyLimit,
     Code.RULE_SLOTS_EXHAUSTED: RuleSlotsExhausted,
+    Code.KEY_SLOTS_EXHAUSTED: KeySlotsExhausted,
+    Code.KEY_SPEND_CAP_EXCEEDED: KeySpendCapExceeded,
     Code.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     Code.BAD_ARGUMENT: BadArgument,
     # A key that holds another type than the script writes: stored state no request can

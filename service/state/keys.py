@@ -66,6 +66,11 @@ class KeySpace:
         first script there; a metrics scrape reads only these."""
         return f"{self.prefix}:buckets"
 
+    def apikey_owner(self, key_id: str) -> str:
+        """string: the user id of an API key: the one lookup outside a bucket, so that a
+        secret (which carries the key id) finds its user's bucket."""
+        return f"{self.prefix}:apikey:{key_id}"
+
     def due_index(self, bucket: int) -> str:
         """zset: bucket -> ms by which the flusher must visit it (service/state/due.py). One
         of DUE_SHARDS keys, each in a hash slot of its own: written by Python after a
@@ -176,6 +181,22 @@ class UserKeys:
     def key_rate(self, key_id: str, klass: str) -> str:
         """string: as `rate`, for one API key of the user with a lower limit of its own."""
         return f"{self.base}:key:{key_id}:rate:{klass}"
+
+    @property
+    def apikeys(self) -> str:
+        """set: the ids of the user's API keys (key slots used = SCARD; lua/key_create.lua)."""
+        return f"{self.base}:apikeys"
+
+    def apikey(self, key_id: str) -> str:
+        """hash: one API key's record (user_id, hash of the secret, scopes, cap, expiry)."""
+        return f"{self.base}:apikey:{key_id}"
+
+    @property
+    def key_spend(self) -> str:
+        """hash: `<key id>:p` the key's cap period, `<key id>:s` credits held and charged
+        through it in that period (lua/reserve.lua counts, includes/finish_job.lua gives
+        back)."""
+        return f"{self.base}:key-spend"
 
     @property
     def streams(self) -> str:

@@ -10,11 +10,12 @@ class Plan:
     name: str
     rule_slots: int
     concurrency: int
+    key_slots: int = 2  # API keys (POST /me/keys), revoked ones not counted
 
 
 PLANS: dict[str, Plan] = {
     "free": Plan("free", rule_slots=2, concurrency=1),
-    "pro": Plan("pro", rule_slots=20, concurrency=10),
+    "pro": Plan("pro", rule_slots=20, concurrency=10, key_slots=20),
 }
 
 DEFAULT_PLAN = "free"

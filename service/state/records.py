@@ -129,6 +129,8 @@ class JobRecord:
     result_ttl_s: int | None = None
     # The job whose failed items it runs again (POST /jobs/{id}/retry).
     retry_of: str | None = None
+    # The API key it was made through (None: a JWT).
+    key_id: str | None = None
 
     @classmethod
     def from_redis(cls, job: Mapping[str, str], outcomes: Mapping[str, str] | None = None,
@@ -151,21 +153,22 @@ class JobRecord:
             items=None if outcomes is None else item_rows(outcomes, meta_json, total),
             params=parse_params(job.get("params")),
             result_ttl_s=int(job["result_ttl"]) if job.get("result_ttl") else None,
-            retry_of=job.get("retry_of") or None,
+            retry_of=job.get("retry_of") or None, key_id=job.get("key_id") or None,
         )
 
     @classmethod
     def reserved(cls, job_id: str, owner: str, *, total: int, price: int, rule_id: str | None,
                  model: str | None, at_ms: int, params: dict[str, Any] | None = None,
                  result_ttl_s: int | None = None, retry_of: str | None = None,
-                 state: JobState = JobState.CREATED) -> JobRecord:
+                 state: JobState = JobState.CREATED, key_id: str | None = None) -> JobRecord:
         """The job exactly as reserve.lua has just written it (no need to read it back)."""
         at = ms_to_datetime(at_ms)
         return cls(id=job_id, user_id=owner, state=state, total_items=total,
                    done_items=0, failed_items=0, price=price, cost=total * price, charged=0,
                    refunded=0, rule_id=rule_id or None, model=model or None, reason=None,
                    created_at=at, updated_at=at, started_at=None, finished_at=None,
-                   params=params, result_ttl_s=result_ttl_s, retry_of=retry_of or None)
+                   params=params, result_ttl_s=result_ttl_s, retry_of=retry_of or None,
+                   key_id=key_id)
 
     def history_row(self) -> dict[str, Any]:
         """The jobs_log row: the same names, items always there."""

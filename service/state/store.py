@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.state.apikeys import ApiKeyCalls, KeySpend
 from service.state.base import now_ms
 from service.state.codes import ERRORS, Code
 from service.state.flushing import FlushCalls
@@ -38,7 +39,7 @@ def _report_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
             "callback_set": job.callback_set, "user": user.base, "active": user.active,
             "holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
             "ledger": b.ledger, "webhook_log": job.webhooks, "webhooks": b.webhooks,
-            "counters": b.counters}
+            "counters": b.counters, "key_spend": user.key_spend}
 
 
 def _finish_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
@@ -46,10 +47,11 @@ def _finish_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
     b = job.bucket
     return {"job": job.base, "user": user.base, "active": user.active, "holds": b.holds,
             "leases": b.leases, "queued": b.queued, "flush": b.flush, "ledger": b.ledger,
-            "webhook_log": job.webhooks, "webhooks": b.webhooks, "counters": b.counters}
+            "webhook_log": job.webhooks, "webhooks": b.webhooks, "counters": b.counters,
+            "key_spend": user.key_spend}
 
 
-class Core(UserCalls, FlushCalls):
+class Core(UserCalls, ApiKeyCalls, FlushCalls):
     """Holds the client and the scripts; share one per process."""
 
     async def ping(self) -> str | None:
@@ -79,6 +81,7 @@ class Core(UserCalls, FlushCalls):
         result_ttl_s: int | None = None,
         retry_of: str = "",
         uploaded: bool = False,
+        key: KeySpend | None = None,
     ) -> tuple[Code, str]:
         """Returns (OK, job_id) or (ALREADY, the existing job id). `uploaded`: the job
         starts `uploaded` (a retry, on inputs already stored)."""
@@ -100,12 +103,16 @@ class Core(UserCalls, FlushCalls):
         if idempotency_key:
             opts |= {"idempotent": True, "body_hash": body_hash,
                      "idempotency_ttl_ms": idempotency_ttl_ms}
+        keys = {"user": user.base, "active": user.active, "jobs": user.jobs, "job": job.base,
+                "meta": job.meta, "holds": user.bucket.holds,
+                "idempotency": user.idempotency(idempotency_key or "-"),
+                "ledger": user.bucket.ledger}
+        if key is not None:  # the job is made through an API key: counted against its cap
+            opts |= key.reserve_opts(now)
+            keys["key_spend"] = user.key_spend
         code, reply = await self.run_checked(
             "reserve",
-            keys={"user": user.base, "active": user.active, "jobs": user.jobs, "job": job.base,
-                  "meta": job.meta, "holds": user.bucket.holds,
-                  "idempotency": user.idempotency(idempotency_key or "-"),
-                  "ledger": user.bucket.ledger},
+            keys=keys,
             args={"job_id": job_id, "owner": user_id, "total": total, "price": price,
                   "now": now, "hold_until": now + hold_ttl_ms, "meta_json": meta_json,
                   "opts": opts},

@@ -8,6 +8,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service.api import listing, waits
+from service.api.metrics import KEY_CAP_REFUSALS
 from service.api.openapi import refusals
 from service.api.params import Cursor, OptionalIdempotencyKey
 from service.api.responses import JsonResponse
@@ -20,7 +21,9 @@ from service.errors import (
     IdempotencyKeyReused,
     InputsExpired,
     InsufficientCredits,
+    InsufficientScope,
     InvalidTransition,
+    KeySpendCapExceeded,
     NotFound,
     NothingToRetry,
     UnknownModel,
@@ -52,8 +55,8 @@ class JobsController(Controller):
                                                      limit=limit, cursor=cursor))
 
     @post("/", status_code=201, responses=refusals(
-        InsufficientCredits, ConcurrencyLimit, NotFound, IdempotencyKeyReused, UnknownModel,
-        json_body=True))
+        InsufficientCredits, KeySpendCapExceeded, ConcurrencyLimit, NotFound,
+        IdempotencyKeyReused, UnknownModel, InsufficientScope, json_body=True))
     async def create_job(
         self,
         request: UserRequest,
@@ -61,8 +64,13 @@ class JobsController(Controller):
         data: JSONBody[JobCreate],
         idempotency_key: OptionalIdempotencyKey = None,
     ) -> JobCreated:
-        return body(JobCreated,
-                    await create.create_job(rt, request.user.user_id, data, idempotency_key))
+        try:
+            created = await create.create_job(rt, request.user.user_id, data, idempotency_key,
+                                              key=request.user.key_spend)
+        except KeySpendCapExceeded:
+            KEY_CAP_REFUSALS.inc()
+            raise
+        return body(JobCreated, created)
 
     @get("/{job_id:str}", responses=refusals(NotFound), description=(
         "The job. With `Prefer: wait=N` (1-60) the answer waits until the job is final or "
@@ -109,15 +117,20 @@ class JobsController(Controller):
 
     @post("/{job_id:str}/retry", status_code=201, responses=refusals(
         NotFound, InvalidTransition, NothingToRetry, InputsExpired, InsufficientCredits,
-        ConcurrencyLimit, IdempotencyKeyReused), description=(
+        KeySpendCapExceeded, ConcurrencyLimit, IdempotencyKeyReused), description=(
             "A new job (`retry_of`) of the finished job's failed items, on their stored "
             "inputs, at its price and params: created `uploaded`, so execute it next. The "
             "inputs are kept TOLLGATE_RETRY_WINDOW after the job finished; then 410."))
     async def retry(self, request: UserRequest, rt: NamedDependency[Runtime],
                     job_id: FromPath[str], idempotency_key: OptionalIdempotencyKey = None
                     ) -> JobCreated:
-        return body(JobCreated, await retry_job(rt, request.user.user_id, job_id,
-                                                        idempotency_key))
+        try:
+            created = await retry_job(rt, request.user.user_id, job_id, idempotency_key,
+                                      key=request.user.key_spend)
+        except KeySpendCapExceeded:
+            KEY_CAP_REFUSALS.inc()
+            raise
+        return body(JobCreated, created)
 
     @post("/{job_id:str}/cancel", status_code=200,
           responses=refusals(NotFound, InvalidTransition))
