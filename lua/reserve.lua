@@ -10,6 +10,9 @@
 -- KEYS[7] idempotency  idempotency record   tg:{b}:user:<uid>:idem:<key>  (ignored unless
 --                      opts.idempotent)
 -- KEYS[8] ledger       bucket ledger        tg:{b}:ledger            (gets the 'hold:<jid>' entry, -cost)
+-- KEYS[9] key_spend    optional: key spend  tg:{b}:user:<uid>:key-spend  (hash: '<key id>:p' the
+--                      key's current period, '<key id>:s' credits held and charged through
+--                      it in that period); given with opts.key_id
 --
 -- ARGV[1] job_id      ARGV[2] owner (user id)   ARGV[3] total items   ARGV[4] price per item
 -- ARGV[5] now ms      ARGV[6] hold_until: the hold deadline ms   ARGV[7] meta_json

@@ -55,6 +55,31 @@ class AsyncTollgate:
         body: dict[str, Any] = await self._call("GET", "/me")
         return body
 
+    async def create_key(
+        self, name: str, *, scopes: Sequence[str] | None = None,
+        spend_cap: dict[str, Any] | None = None, expires_at: str | None = None,
+    ) -> dict[str, Any]:
+        """A new API key (POST /me/keys); its `secret` is in this answer only. `spend_cap`:
+        `{"credits": N, "period": "day" | "month"}`. Pass the secret as the token of another
+        client to act through the key."""
+        body: dict[str, Any] = {"name": name}
+        for field, value in (("scopes", None if scopes is None else list(scopes)),
+                             ("spend_cap", spend_cap), ("expires_at", expires_at)):
+            if value is not None:
+                body[field] = value
+        key: dict[str, Any] = await self._call("POST", "/me/keys", json=body)
+        return key
+
+    async def keys(self) -> list[dict[str, Any]]:
+        """The caller's API keys, each with `spent_this_period` and `last_used_at`."""
+        data = await self._call("GET", "/me/keys")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revokes the key: every API process refuses it within 1 s."""
+        await self._call("DELETE", f"/me/keys/{key_id}")
+
     async def create(
         self, files: Sequence[FileSpec], *, rule_id: str | None = None,
         model: str | None = None, params: dict[str, Any] | None = None,

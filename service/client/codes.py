@@ -24,6 +24,10 @@ INVALID_TRANSITION = Code("invalid_transition", 409, "The job is not in a state 
 INSUFFICIENT_CREDITS = Code("insufficient_credits", 402, "Not enough credits")
 CONCURRENCY_LIMIT = Code("concurrency_limit", 429, "Too many jobs running at once")
 RULE_SLOTS_EXHAUSTED = Code("rule_slots_exhausted", 409, "Every rule slot of the plan is taken")
+KEY_SLOTS_EXHAUSTED = Code("key_slots_exhausted", 409, "Every API key slot of the plan is taken")
+KEY_SPEND_CAP_EXCEEDED = Code(
+    "key_spend_cap_exceeded", 402, "The API key's spend cap for this period would be passed")
+INSUFFICIENT_SCOPE = Code("insufficient_scope", 403, "The API key's scopes do not allow this")
 IDEMPOTENCY_KEY_REUSED = Code(
     "idempotency_key_reused", 422, "Idempotency-Key was used with another body")
 VALIDATION_ERROR = Code("validation_error", 422, "Invalid request")
@@ -60,6 +64,9 @@ CODES: dict[str, Code] = {code.code: code for code in (
     INSUFFICIENT_CREDITS,
     CONCURRENCY_LIMIT,
     RULE_SLOTS_EXHAUSTED,
+    KEY_SLOTS_EXHAUSTED,
+    KEY_SPEND_CAP_EXCEEDED,
+    INSUFFICIENT_SCOPE,
     IDEMPOTENCY_KEY_REUSED,
     VALIDATION_ERROR,
     WEBHOOK_URL_NOT_ALLOWED,

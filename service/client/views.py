@@ -58,6 +58,7 @@ class Job(msgspec.Struct):
     retry_of: str | None = None  # the job whose failed items this one runs again
     result_ttl_s: int | None = None
     result_expired: bool = False
+    key_id: str | None = None  # the API key that made it (None: a JWT)
 
     @property
     def finished(self) -> bool:

@@ -278,3 +278,27 @@ async def _redis_text(rt: Runtime) -> str:
             value = kind
         parts.append(f"{name} {value}")
     return "\n".join(parts)
+
+
+async def test_the_clients_make_list_use_and_revoke_keys(embedded_api: Api) -> None:
+    from service.client import AsyncTollgate, Tollgate
+
+    api = embedded_api
+    user = api.user()
+    await api.admin_create_user(user, plan="pro", credits=20)
+    async with AsyncTollgate(api.url, api.token(user)) as owner:
+        key = await owner.create_key("ci", scopes=["jobs:read", "jobs:write"],
+                                     spend_cap={"credits": 1, "period": "month"})
+        async with AsyncTollgate(api.url, key["secret"]) as backend:
+            job = await backend.create([("a.png", b"\x89PNG")])
+            assert job.key_id == key["id"]
+        [listed] = await owner.keys()
+        assert (listed["id"], listed["spent_this_period"]) == (key["id"], job.cost)
+
+        def blocking() -> None:
+            with Tollgate(api.url, api.token(user)) as tg:
+                assert [item["id"] for item in tg.keys()] == [key["id"]]
+                tg.revoke_key(key["id"])
+                assert tg.keys() == []
+
+        await asyncio.to_thread(blocking)

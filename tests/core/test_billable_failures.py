@@ -138,7 +138,8 @@ async def test_a_malformed_outcome_flag_is_refused_before_any_write(
                   "active": keys.user(user).active, "holds": bucket.holds,
                   "leases": bucket.leases, "queued": bucket.queued, "flush": bucket.flush,
                   "ledger": bucket.ledger, "webhook_log": keys.webhooks,
-                  "webhooks": bucket.webhooks, "counters": bucket.counters},
+                  "webhooks": bucket.webhooks, "counters": bucket.counters,
+                  "key_spend": keys.user(user).key_spend},
             args={"job_id": job_id, "owner": user, "now": 1, "lease_until": 2, "flush_due": 3,
                   "count": 1, "entries": ["cb-0", 0, "3", "x"]})
     assert await core.job_record(job_id) == before
