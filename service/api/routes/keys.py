@@ -13,7 +13,7 @@ from service.api.routes.admin import admins_only
 from service.api.routes.deps import UserRequest
 from service.api.schemas import KeyCreate, KeyList, KeyView, body
 from service.api.users import known_in_sql
-from service.errors import Forbidden, InsufficientScope, KeySlotsExhausted, NotFound
+from service.errors import BadArgument, Forbidden, InsufficientScope, KeySlotsExhausted, NotFound
 from service.runtime import Runtime
 
 
@@ -46,12 +46,13 @@ class AdminKeysController(Controller):
     tags = ["admin"]
     guards = [admins_only]
 
-    @get("/", responses=refusals(Forbidden, NotFound))
+    @get("/", responses=refusals(Forbidden, NotFound, BadArgument))
     async def list(self, rt: NamedDependency[Runtime], user_id: UserIdPath) -> KeyList:
         await known_in_sql(rt, user_id)
         return body(KeyList, {"items": await list_keys(rt, user_id)})
 
-    @delete("/{key_id:str}", status_code=204, responses=refusals(Forbidden, NotFound))
+    @delete("/{key_id:str}", status_code=204,
+            responses=refusals(Forbidden, NotFound, BadArgument))
     async def revoke(self, rt: NamedDependency[Runtime], user_id: UserIdPath,
                      key_id: FromPath[str]) -> None:
         await revoke_key(rt, user_id, key_id)

@@ -1,0 +1,114 @@
+"""API keys with spend caps in the system suite (issue 20).
+
+Some users make a key capped at a few dozen credits a UTC day and run jobs through it
+(`Authorization: Bearer tg_...`); a create that would pass the cap is a 402. At the books,
+for every key: no day's spend passed its cap (SQL, jobs_log by key_id), GET /me/keys's
+`spent_this_period` equals what jobs_log and the credit ledger charged through it today (every
+job is final and flushed by then, so nothing is held), and every job the key made names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.system.books import Report, _sql, _until
+from tests.system.stacks import System
+from tests.system.workload import Workload
+
+SETTLE_S = 20.0
+
+
+@dataclass
+class Key:
+    id: str
+    secret: str
+    cap: int
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class CappedKeys:
+    share: float = 0.12
+    keys: dict[str, Key] = field(default_factory=dict)  # user -> their key
+    made: int = 0
+
+    async def start(self, work: Workload) -> None:
+        """A new system, a new run: the keys of an earlier set-up are not this one's."""
+        self.keys, self.made = {}, 0
+
+    async def act(self, work: Workload, user: str) -> None:
+        key = self.keys.get(user)
+        if key is None:
+            cap = work.rng.randint(15, 40)
+            answer = await work.call("POST /me/keys", "POST", work.api("/me/keys"), user=user,
+                                     expect={201}, json={"name": "system suite", "spend_cap": {
+                                         "credits": cap, "period": "day"}})
+            if answer is None:
+                return
+            body = answer.json()
+            key = self.keys[user] = Key(body["id"], body["secret"], cap)
+        before = len(work.jobs)
+        await work.run_job(user, "run", auth=f"Bearer {key.secret}",
+                           refusals=frozenset({402}))
+        self.made += len(work.jobs) - before
+
+    async def check(self, system: System, work: Workload, report: Report) -> None:
+        url = system.stack.database_url
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        report.figures["keys"] = {"keys": len(self.keys), "jobs_through_keys": self.made,
+                                  "key_cap_refusals": work.answers.counts.get(
+                                      "POST /jobs 402", 0)}
+
+        async def probe() -> list[str]:
+            problems: list[str] = []
+            for user, key in self.keys.items():
+                rows = await asyncio.to_thread(
+                    _sql, url, "SELECT id, charged, created_at FROM jobs_log "
+                    "WHERE key_id = :key", key=key.id)
+                by_day: dict[str, int] = {}
+                for row in rows:
+                    day = _utc(row.created_at).date().isoformat()
+                    by_day[day] = by_day.get(day, 0) + int(row.charged)
+                problems += [f"key {key.id}: {spent} charged on {day}, cap {key.cap}"
+                             for day, spent in by_day.items() if spent > key.cap]
+                charged_today = sum(int(row.charged) for row in rows
+                                    if _utc(row.created_at) >= today)
+                ledger = await asyncio.to_thread(
+                    _sql, url, "SELECT l.amount, j.created_at FROM credit_ledger l JOIN "
+                    "jobs_log j ON l.job_id = j.id WHERE l.kind = 'charge' AND j.key_id = :key",
+                    key=key.id)
+                ledger_today = -sum(int(row.amount) for row in ledger
+                                    if _utc(row.created_at) >= today)
+                listed = await work.call("GET /me/keys", "GET", work.api("/me/keys"),
+                                         user=user, expect={200})
+                if listed is None:
+                    problems.append(f"key {key.id}: GET /me/keys did not answer")
+                    continue
+                shown = {item["id"]: item for item in listed.json()["items"]}.get(key.id)
+                if shown is None:
+                    problems.append(f"key {key.id} of {user} is not listed")
+                    continue
+                spent = shown["spent_this_period"]
+                if not spent == charged_today == ledger_today or spent > key.cap:
+                    problems.append(f"key {key.id}: spent_this_period {spent}, jobs_log "
+                                    f"charged {charged_today}, ledger {ledger_today}, "
+                                    f"cap {key.cap}")
+            mine = {key.id for key in self.keys.values()}
+            named = await asyncio.to_thread(
+                _sql, url, "SELECT id, key_id FROM jobs_log WHERE key_id IS NOT NULL")
+            problems += [f"job {row.id} names key {row.key_id}, not one of the suite's"
+                         for row in named if row.key_id not in mine]
+            return problems
+
+        report.check("api keys: caps held, spend exact", await _until(SETTLE_S, probe))
+
+
+FEATURE = CappedKeys()
