@@ -12,7 +12,6 @@ the row shows the median over rounds. Target: 0.9 (issue 20).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx

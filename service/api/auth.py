@@ -116,7 +116,8 @@ class CachedJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
         token = encoded_token.strip()
         if token.startswith(API_KEY_PREFIX):  # an API key (a JWT starts with `ey`)
             record = await self._keys.authenticate(connection.app.state.runtime, token)
-            check_scope(record, str(connection.scope.get("method", "GET")), connection.scope["path"])
+            method = str(connection.scope.get("method", "GET"))
+            check_scope(record, method, connection.scope["path"])
             return AuthenticationResult(
                 user=Principal(user_id=record.user_id, admin=False, key=record), auth=record)
         return await self.authenticate_token(token, connection)

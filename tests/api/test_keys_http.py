@@ -297,7 +297,7 @@ async def test_the_clients_make_list_use_and_revoke_keys(embedded_api: Api) -> N
 
         def blocking() -> None:
             with Tollgate(api.url, api.token(user)) as tg:
-                assert [item["id"] for item in tg.keys()] == [key["id"]]
+                assert [item["id"] for item in tg.keys()] == [key["id"]]  # noqa: SIM118
                 tg.revoke_key(key["id"])
                 assert tg.keys() == []
 

@@ -36,7 +36,7 @@ def _utc(value: Any) -> datetime:
 
 @dataclass
 class CappedKeys:
-    share: float = 0.12
+    share: float = 0.25
     keys: dict[str, Key] = field(default_factory=dict)  # user -> their key
     made: int = 0
 
