@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -46,14 +45,6 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENC
                                              pattern=IDEMPOTENCY_KEY_PATTERN)]
 OutputKey = Annotated[str, msgspec.Meta(max_length=MAX_OUTPUT_KEY_CHARS)]
 ItemIndex = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class CallbackEvent(StrEnum):
-    STARTED = "started"
-    HEARTBEAT = "heartbeat"
-    ITEM = "item"
-    ITEMS = "items"
-    FAILED = "failed"
 
 
 # Answers to a callback that mean "this job no longer takes reports: stop working on it".
