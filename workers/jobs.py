@@ -3,9 +3,9 @@
 The payload is a `service.contract.BatchPayload` as JSON (built by
 `service.state.queue.enqueue_job`), and every report a `CallbackIn`, both decoded and encoded
 with the contract's Structs. Every report carries a
-deterministic idempotency key, so RQ retrying a batch, or the sweeper re-enqueueing it,
+deterministic idempotency key, so RQ retrying a batch, or the flusher re-enqueueing it,
 can never count an item twice. While the batch runs, a heartbeat thread renews the job's
-running lease; a worker that dies stops renewing and the sweeper settles the job.
+running lease; a worker that dies stops renewing and the flusher settles the job.
 
 Memory: inputs stream to spool files (only small ones stay in memory) and the processor reads
 them lazily through `Item`. A batch runs in groups whose declared input sizes fit
