@@ -217,16 +217,26 @@ async def test_a_revoked_key_is_refused_by_every_process_within_a_second(
             assert gone.status_code == 204
             revoked_at = time.monotonic()
             refused: dict[str, float] = {}
+            seen: list[tuple[str, float, int]] = []  # evidence: each answer and when sent
             while len(refused) < 2 and time.monotonic() - revoked_at < 3:
                 for name, client in (("first", api.client), ("second", other)):
                     if name not in refused:
                         sent = time.monotonic() - revoked_at  # when the process saw it
                         answer = await client.get("/me", headers=bearer(key["secret"]))
+                        seen.append((name, round(sent, 3), answer.status_code))
                         if answer.status_code == 401:
                             refused[name] = sent
                 await asyncio.sleep(0.02)
-    assert set(refused) == {"first", "second"}, refused
-    assert max(refused.values()) < 1.0, refused
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - revoked_at)))
+            for name, client in (("first", api.client), ("second", other)):  # 1 s on
+                sent = time.monotonic() - revoked_at
+                answer = await client.get("/me", headers=bearer(key["secret"]))
+                seen.append((name, round(sent, 3), answer.status_code))
+    # Timed by when each request was sent: on a loaded machine an answer may take long, so
+    # the first refusal can come late only because no request was sent in between.
+    assert set(refused) == {"first", "second"}, seen
+    assert [entry for entry in seen if entry[1] >= 1.0 and entry[2] != 401] == [], seen
+    assert {status for _, _, status in seen} <= {200, 401}, seen
 
 
 async def test_the_secret_is_stored_nowhere(any_api: Api, rt: Runtime,
