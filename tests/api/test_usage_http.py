@@ -171,3 +171,25 @@ async def test_bad_ranges_and_groupings_are_422_with_a_code(embedded_api: Api) -
     detail = await api.client.get("/me/usage", params={"from": "2026-01-01", "to": "2027-06-01"},
                                   headers=api.auth(user))
     assert "366" in detail.json()["detail"]
+
+
+async def test_both_clients_read_the_statement_and_its_csv(embedded_api: Api) -> None:
+    from service.client import AsyncTollgate, Tollgate, ValidationFailed
+
+    api, user = embedded_api, embedded_api.user()
+    await api.admin_create_user(user, plan="pro", credits=20)
+    await finished_job(api, user, 3, failed=(2,))
+    await flush_everything(api)
+    raw = (await usage(api, user, TODAY, TODAY, "model")).json()
+    async with AsyncTollgate(api.url, api.token(user)) as client:
+        assert await client.usage(TODAY, TODAY.isoformat(), group_by="model") == raw
+        assert (await client.usage_csv(TODAY, TODAY)).splitlines() == [
+            "period,jobs,items,charged,refunded", f"{TODAY.isoformat()},1,3,2,1"]
+        try:
+            await client.usage(TODAY, TODAY - timedelta(days=1))
+        except ValidationFailed as refused:
+            assert refused.status == 422
+        else:
+            raise AssertionError("from after to was accepted")
+    with Tollgate(api.url, api.token(user)) as blocking:  # the server runs in its own thread
+        assert blocking.usage(TODAY, TODAY, group_by="model") == raw
