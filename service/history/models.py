@@ -137,7 +137,8 @@ Index("ix_jobs_log_kept_inputs", JobLog.finished_at, postgresql_where=_KEPT_INPU
 Index("ix_jobs_log_user_finished", JobLog.user_id, JobLog.finished_at,
       postgresql_include=["model", "total_items", "charged", "refunded"])
 # The same across users (GET /admin/usage without user_id).
-Index("ix_jobs_log_finished", JobLog.finished_at)
+Index("ix_jobs_log_finished", JobLog.finished_at,
+      postgresql_include=["model", "total_items", "charged", "refunded"])
 
 
 class WebhookDeliveryLog(Base):

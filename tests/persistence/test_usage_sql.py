@@ -1,7 +1,7 @@
 """The usage statement's SQL (service.history.usage) on SQLite and PostgreSQL: sums by UTC
 day, model and key against the rows summed in Python, whatever the session's time zone; and
 on PostgreSQL, a 31-day statement is an index range on ix_jobs_log_user_finished, chosen by
-the planner on a table of 60,000 rows (bench/usage_statement.py measures it on 1 million)."""
+the planner on a table of 20,000 rows (bench/usage_statement.py measures it on 1 million)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ async def test_a_31_day_statement_is_an_index_range_on_postgresql(
 
     with psycopg.connect(sync_url(database_url).replace("+psycopg", ""),
                          autocommit=True) as conn:
-        load_jobs(conn, 60_000, datetime.now(UTC))
+        load_jobs(conn, 20_000, datetime.now(UTC))
         conn.execute("VACUUM ANALYZE jobs_log")
     async with sessions() as session:
         scan = _scan(await _plan(session, "u7"))
