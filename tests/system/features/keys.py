@@ -19,6 +19,7 @@ from tests.system.stacks import System
 from tests.system.workload import Workload
 
 SETTLE_S = 20.0
+MAX_KEYS = 5  # of a user (the pro plan has 20 slots)
 
 
 @dataclass
@@ -37,36 +38,39 @@ def _utc(value: Any) -> datetime:
 @dataclass
 class CappedKeys:
     share: float = 0.25
-    keys: dict[str, Key] = field(default_factory=dict)  # user -> their key
+    keys: dict[str, list[Key]] = field(default_factory=dict)  # user -> their keys, newest last
 
     async def start(self, work: Workload) -> None:
         """A new system, a new run: the keys of an earlier set-up are not this one's."""
         self.keys = {}
 
     async def act(self, work: Workload, user: str) -> None:
-        key = self.keys.get(user)
-        if key is None:
-            cap = work.rng.randint(15, 40)
+        mine = self.keys.setdefault(user, [])
+        # Now and then a new key (a spent cap stays spent all day): keys of every phase.
+        if not mine or (len(mine) < MAX_KEYS and work.rng.random() < 0.2):
+            cap = work.rng.randint(20, 80)  # some reach it, some 402s
             answer = await work.call("POST /me/keys", "POST", work.api("/me/keys"), user=user,
                                      expect={201}, json={"name": "system suite", "spend_cap": {
                                          "credits": cap, "period": "day"}})
             if answer is None:
                 return
             body = answer.json()
-            key = self.keys[user] = Key(body["id"], body["secret"], cap)
+            mine.append(Key(body["id"], body["secret"], cap))
+        key = mine[-1]
         await work.run_job(user, "run", auth=f"Bearer {key.secret}",
                            refusals=frozenset({402}))
 
     async def check(self, system: System, work: Workload, report: Report) -> None:
         url = system.stack.database_url
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        figures = report.figures["keys"] = {"keys": len(self.keys),
+        keys = [(user, key) for user, mine in self.keys.items() for key in mine]
+        figures = report.figures["keys"] = {"keys": len(keys),
                                             "creates_answered_402": work.answers.counts.get(
                                                 "POST /jobs 402", 0)}
 
         async def probe() -> list[str]:
             problems: list[str] = []
-            for user, key in self.keys.items():
+            for user, key in keys:
                 rows = await asyncio.to_thread(
                     _sql, url, "SELECT id, charged, created_at FROM jobs_log "
                     "WHERE key_id = :key", key=key.id)
@@ -98,7 +102,7 @@ class CappedKeys:
                     problems.append(f"key {key.id}: spent_this_period {spent}, jobs_log "
                                     f"charged {charged_today}, ledger {ledger_today}, "
                                     f"cap {key.cap}")
-            mine = {key.id for key in self.keys.values()}
+            mine = {key.id for _, key in keys}
             named = await asyncio.to_thread(
                 _sql, url, "SELECT id, key_id FROM jobs_log WHERE key_id IS NOT NULL")
             figures["jobs_through_keys"] = len(named)
