@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # request began; an idle keep-alive connection is closed after keepalive_timeout.
     body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
     keepalive_timeout: int = Field(default=5, ge=1, le=600)
+    # Connections one API process holds at once (granian's slots, one per connection), and
+    # requests one client (an IP address, an IPv6 /64) may have in flight in one process;
+    # 0: no cap. service/api/client_cap.py.
+    max_connections: int = Field(default=16384, ge=16)
+    client_max_in_flight: int = Field(default=128, ge=0)
     # The largest item (bytes) a job may declare: a model's max_item_bytes, unless it sets one.
     max_item_size: int = Field(default=100 * 1024**2, ge=1)
     # A worker holds at most this many bytes of declared inputs at once: it downloads and runs
