@@ -73,8 +73,6 @@ class Abuse:
     async def start(self, work: Workload) -> None:
         # One FEATURE serves every set-up of a session: each starts afresh.
         self.tasks, self.samples, self.seen, self.quiet = [], [], Counter(), 0
-        seconds = float(os.environ.get("TOLLGATE_SYSTEM_SECONDS", "60"))
-        self.ends_at = time.monotonic() + max(5.0, seconds - 1.0)
         stamp = os.urandom(3).hex()
         users = {"normal": ("pro", f"sys-normal-{stamp}"),
                  "looper": ("free", f"sys-looper-{stamp}"),
@@ -89,6 +87,9 @@ class Abuse:
         for _, user in users.values():  # made now (a `tollgate token` each), then cached
             await asyncio.to_thread(work.stack.token, user)
         slow_token = await asyncio.to_thread(work.stack.token, users["slow"][1])
+        # The main phase begins when every feature has started: it lasts this long.
+        seconds = float(os.environ.get("TOLLGATE_SYSTEM_SECONDS", "60"))
+        self.ends_at = time.monotonic() + QUIET_S + max(5.0, seconds - 1.0)
         self.tasks = [asyncio.create_task(self._sample(work, users["normal"][1]))]
         await asyncio.sleep(QUIET_S)  # the samples before the abuse: the figure to compare
         self.quiet = len(self.samples)
