@@ -9,7 +9,6 @@ from service.state.base import CoreBase
 from service.state.codes import Code
 from service.state.replies import DueWork, FlushAttempt
 
-
 ENDED_LOGS_KEPT = 100_000
 
 
