@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     queue_name: str = "gpu"
     batch_size: int = Field(default=8, ge=1)
     requeue_after: int = Field(default=300, ge=1)
+    # Scheduling (docs/scheduling.md): each plan's share of a queue's workers, and how many
+    # batches per live worker the dispatcher keeps in each RQ queue.
+    plan_weights: str = Field(default="free=1,pro=4",
+                              pattern=r"^[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?(,[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?)*$")
+    dispatch_batches_per_worker: int = Field(default=2, ge=1, le=100)
     upload_url_ttl: int = Field(default=3600, ge=60)
     result_url_ttl: int = Field(default=86400, ge=60)
     # Outputs are deleted this long after their job finished (inputs as soon as it ends).

@@ -26,6 +26,8 @@ CONCURRENCY_LIMIT = Code("concurrency_limit", 429, "Too many jobs running at onc
 RULE_SLOTS_EXHAUSTED = Code("rule_slots_exhausted", 409, "Every rule slot of the plan is taken")
 IDEMPOTENCY_KEY_REUSED = Code(
     "idempotency_key_reused", 422, "Idempotency-Key was used with another body")
+PRIORITY_NOT_ALLOWED = Code(
+    "priority_not_allowed", 403, "The plan does not allow this priority")
 VALIDATION_ERROR = Code("validation_error", 422, "Invalid request")
 WEBHOOK_URL_NOT_ALLOWED = Code(
     "webhook_url_not_allowed", 422, "The webhook URL is not a public http(s) address")
