@@ -71,7 +71,10 @@ async def _fail_gone_model(rt: Runtime, job: JobRecord) -> None:
 async def admit(rt: Runtime, job: JobRecord) -> Admitted | None:
     """Puts an uploaded (or queued: a retried execute) job in its queue's dispatch order.
     None when its model is gone (the job failed, refunded)."""
-    if model_gone(rt, job):
+    if model_gone(rt, job):  # queued, then failed: only a job handed on ends failed
+        if job.state == JobState.UPLOADED:
+            await rt.core.transition(job.id, JobState.UPLOADED, JobState.QUEUED,
+                                     owner=job.user_id)
         await _fail_gone_model(rt, job)
         return None
     model = rt.models.get(job.model)
