@@ -54,13 +54,15 @@ Hook = Callable[[str], Awaitable[None]]
 
 class Dispatcher:
     def __init__(self, rt: Runtime, *, claim_ms: int = CLAIM_MS, lock_ms: int = LOCK_MS,
-                 interval: float = 0.05, hook: Hook | None = None) -> None:
+                 interval: float = 0.05, hook: Hook | None = None,
+                 fixed_room: int | None = None) -> None:
         self.rt = rt
         self.sched = SchedState(rt.core)
         self.claim_ms = claim_ms
         self.lock_ms = lock_ms
         self.interval = interval
         self.hook = hook
+        self.fixed_room = fixed_room  # tests' burst workers: room whatever is live
         self.token = f"{os.getpid()}-{id(self)}"
         self.workers: dict[str, int] = {}
         self._workers_read = -WORKERS_TTL_S
@@ -120,6 +122,8 @@ class Dispatcher:
 
     async def room(self, queue: str) -> int:
         """Batches the queue may still take: per live worker, less what waits in RQ."""
+        if self.fixed_room is not None:
+            return self.fixed_room
         workers = self.workers.get(queue, 0)
         if workers == 0:
             return 0

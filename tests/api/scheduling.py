@@ -7,8 +7,11 @@ order of the pops is the order batches start in.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from rq import Queue
@@ -16,7 +19,8 @@ from rq import Queue
 from service.flusher.dispatcher import Dispatcher, Hook
 from service.jobs.dispatch import admit
 from service.jobs.provisioning import as_known_user, provision_user
-from service.runtime import Runtime
+from service.runtime import Runtime, open_runtime
+from service.settings import Settings
 from service.state.records import JobRecord
 from service.state.store import now_ms
 
@@ -93,3 +97,28 @@ async def one_pass(d: Dispatcher) -> int:
 
 def deadline_in(seconds: float) -> int:
     return now_ms() + int(seconds * 1000)
+
+
+async def drain(settings: Settings) -> int:
+    """Hands every waiting batch to RQ whatever workers are live: for a test's `--burst`
+    worker, which would find RQ empty and stop before any dispatcher saw it."""
+    rt = await open_runtime(settings, settings.jwt_secret or "")
+    try:
+        return await Dispatcher(rt, fixed_room=1_000_000).pass_once()
+    finally:
+        await rt.close()
+
+
+@contextlib.asynccontextmanager
+async def dispatching(settings: Settings) -> AsyncIterator[Dispatcher]:
+    """A dispatcher running beside the test, as the flusher process runs one."""
+    rt = await open_runtime(settings, settings.jwt_secret or "")
+    stop = asyncio.Event()
+    running = Dispatcher(rt)
+    task = asyncio.create_task(running.run(stop))
+    try:
+        yield running
+    finally:
+        stop.set()
+        await task
+        await rt.close()
