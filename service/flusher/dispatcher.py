@@ -33,7 +33,7 @@ from service.state.due import DueIndex
 from service.state.fsm import JobState
 from service.state.queue import live_workers, queue_depths
 from service.state.records import JobRecord
-from service.state.sched import SchedState
+from service.state.sched import WAIT_BUCKETS, SchedState
 
 log = logging.getLogger("tollgate.dispatcher")
 
@@ -46,8 +46,6 @@ DEADLINES_PER_PASS = 500
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
 WORKERS_TTL_S = 1.0
-# Seconds from execute to the job's first batch in RQ (tollgate_dispatch_wait_seconds).
-WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 # Tests stop the dispatcher between its steps: "taken" (claimed, not in RQ), "enqueued".
 Hook = Callable[[str], Awaitable[None]]
 

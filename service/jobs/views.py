@@ -85,9 +85,12 @@ async def with_queue_position(rt: Runtime, view: dict[str, Any]) -> dict[str, An
     """A queued job's place in its queue's dispatch order (docs/scheduling.md): the jobs
     ahead of it, one ZRANK (O(log n)) on the order's own slot, no bucket read; 0 once every
     batch is in RQ. The view of any other job has null."""
-    if view["status"] == JobState.QUEUED:
+    if view["status"] == JobState.QUEUED and (view["model"] is None
+                                              or view["model"] in rt.models):
         try:
             queue = rt.models.get(view["model"]).queue
+            workers = await rt.live_workers.counts(rt.models.queues())
+            view["waiting_for_worker"] = workers.get(queue, 0) == 0
             rank = await SchedState(rt.core).position(queue, view["id"])
             view["queue_position"] = 0 if rank is None else rank
         except POSITION_UNREAD as error:

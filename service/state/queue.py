@@ -132,5 +132,27 @@ def live_workers(connection: Any, names: list[str]) -> dict[str, int]:
                                                                           strict=True)}
 
 
+class LiveWorkers:
+    """live_workers read at most every `ttl_s` per process: a job view and GET /models
+    cost no RQ round trip each."""
+
+    def __init__(self, connection: Any, ttl_s: float = 2.0) -> None:
+        self.connection = connection
+        self.ttl_s = ttl_s
+        self._read_at = -ttl_s
+        self._counts: dict[str, int] = {}
+
+    async def counts(self, names: list[str]) -> dict[str, int]:
+        import time
+
+        import anyio
+
+        if time.monotonic() - self._read_at >= self.ttl_s or set(names) - set(self._counts):
+            self._counts = await anyio.to_thread.run_sync(
+                lambda: live_workers(self.connection, names))
+            self._read_at = time.monotonic()
+        return self._counts
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -19,6 +19,8 @@ from service.state.replies import check_reply
 from service.state.store import Core
 
 PRIORITIES = ("high", "normal", "low")
+# Seconds from execute to the job's first batch in RQ (tollgate_dispatch_wait_seconds).
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 # Scripts in flight in a rebuild (a pool that is full raises, it does not wait).
 IN_FLIGHT = 8
 

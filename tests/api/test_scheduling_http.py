@@ -208,3 +208,24 @@ def _in_ms(seconds: float) -> int:
     from tests.api.scheduling import deadline_in
 
     return deadline_in(seconds)
+
+
+async def test_models_and_a_queued_job_say_whether_a_worker_serves_them(
+        any_api: Api, rt: Runtime) -> None:
+    owner = any_api.user()
+    job = await queued_job(any_api, owner, 2)
+    assert job["waiting_for_worker"] is True
+    (model,) = (await any_api.client.get("/models", headers=any_api.auth(owner))).json()["items"]
+    assert (model["workers"], model["queued_items"]) == (0, 2)
+    register_worker(rt, "w1")
+    await one_pass(dispatcher(rt))
+    await asyncio.sleep(2.1)  # the API reads the worker registry at most every 2 s
+    (model,) = (await any_api.client.get("/models", headers=any_api.auth(owner))).json()["items"]
+    assert (model["workers"], model["queued_items"]) == (1, 0)
+    view = (await any_api.client.get(f"/jobs/{job['id']}", headers=any_api.auth(owner))).json()
+    assert view["waiting_for_worker"] is False
+    metrics = (await any_api.client.get("/metrics")).text
+    name = model["name"]
+    assert f'tollgate_workers{{model="{name}"}} 1.0' in metrics
+    assert (f'tollgate_dispatch_wait_seconds_count{{model="{name}",priority="normal"}} 1.0'
+            in metrics), metrics[-3000:]
