@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.registry import Collector
 
 from service.runtime import Runtime
-from service.state.sched import PRIORITIES, WAIT_BUCKETS
+from service.state.sched import PRIORITIES, WAIT_BUCKETS, SchedReads
 
 SNAPSHOT_TTL_S = 5.0
 
@@ -50,22 +50,14 @@ class _Scheduling(Collector):
 async def scheduling_metrics(rt: Runtime) -> bytes:
     queues = {model.name: model.queue for model in rt.models}
     counts = await rt.live_workers.counts(rt.models.queues())
-    waits_by_queue = {
-        queue: await rt.core.runner.execute_command("HGETALL", rt.core.keys.sched(queue).waits)
-        for queue in set(queues.values())}
+    sched = SchedReads(rt.core)
+    waits_by_queue = {queue: await sched.waits(queue) for queue in set(queues.values())}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Scheduling(
         {model: counts.get(queue, 0) for model, queue in queues.items()},
-        {model: _text_dict(waits_by_queue[queue]) for model, queue in queues.items()}))
+        {model: waits_by_queue[queue] for model, queue in queues.items()}))
     text: bytes = generate_latest(registry)
     return text
-
-
-def _text_dict(raw: object) -> dict[str, str]:
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    items = list(raw) if isinstance(raw, list | tuple) else []
-    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
 
 
 _snapshots: weakref.WeakKeyDictionary[object, tuple[float, bytes]] = \

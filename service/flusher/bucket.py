@@ -43,6 +43,7 @@ from service.settings import Settings
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.records import JOB_STATE, JOB_TOTAL
+from service.state.sched import SchedReads
 from service.state.store import Core
 from service.storage import Storage
 
@@ -114,8 +115,7 @@ async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: i
             await core.drop_index_entry(bucket, "holds", job_id)
             return False
         # A start deadline (POST /jobs start_deadline_s) shortened the hold: say which ended it.
-        deadline = await core.runner.execute_command("HGET", core.job_keys(job_id).base,
-                                                     "start_deadline")
+        (deadline,) = await SchedReads(core).job_fields(job_id, ("start_deadline",))
         reason = "deadline" if deadline and int(deadline) <= core._now() else "hold_expired"
         try:
             progress = await core.cancel(job_id, owner, reason=reason,
@@ -137,8 +137,7 @@ async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: 
         if owner is None:
             await core.drop_index_entry(bucket, "leases", job_id)
             return False
-        if await core.runner.execute_command("ZSCORE", core.keys.bucket(bucket).waiting,
-                                             job_id) is not None:
+        if await SchedReads(core).waiting_place(job_id) is not None:
             # Its next batches wait in the dispatch order, not on a worker: no lease lost.
             await core.renew_lease(job_id, owner, lease_ms)
             return False

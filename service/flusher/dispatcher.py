@@ -27,13 +27,14 @@ from rq.job import Job
 from service.contract import SERIALIZER, rq_job_id
 from service.errors import InvalidTransition, NotFound
 from service.jobs.dispatch import enqueue_batches, model_gone, sched_fields
-from service.runtime import Runtime
+from service.runtime import Runtime, open_runtime
+from service.settings import Settings
 from service.state.base import now_ms
 from service.state.due import DueIndex
 from service.state.fsm import JobState
 from service.state.queue import live_workers, queue_depths
 from service.state.records import JobRecord
-from service.state.sched import WAIT_BUCKETS, SchedState
+from service.state.sched import SchedReads
 
 log = logging.getLogger("tollgate.dispatcher")
 
@@ -55,7 +56,7 @@ class Dispatcher:
                  interval: float = 0.05, hook: Hook | None = None,
                  fixed_room: int | None = None) -> None:
         self.rt = rt
-        self.sched = SchedState(rt.core)
+        self.sched = SchedReads(rt.core)
         self.claim_ms = claim_ms
         self.lock_ms = lock_ms
         self.interval = interval
@@ -110,13 +111,7 @@ class Dispatcher:
         return self.workers
 
     async def _lock(self, queue: str) -> bool:
-        runner, key = self.rt.core.runner, self.sched.order_keys(queue).lock
-        if await runner.execute_command("SET", key, self.token, "NX", "PX", self.lock_ms):
-            return True
-        if await runner.execute_command("GET", key) == self.token:
-            await runner.execute_command("PEXPIRE", key, self.lock_ms)
-            return True
-        return False
+        return await self.sched.lock(queue, self.token, self.lock_ms)
 
     async def room(self, queue: str) -> int:
         """Batches the queue may still take: per live worker, less what waits in RQ."""
@@ -132,12 +127,9 @@ class Dispatcher:
     async def recover(self, queue: str) -> int:
         """Hands again what a dispatcher killed between take and done left claimed (each
         batch once: the enqueue leaves one that reached RQ alone)."""
-        claims = self.sched.order_keys(queue).claims
-        runner = self.rt.core.runner
         handed = 0
-        for job_id in await runner.execute_command("ZRANGEBYSCORE", claims, "-inf", now_ms(),
-                                                   "LIMIT", 0, HEAD):
-            handed += max(0, await self.hand(queue, str(job_id), 0, None))
+        for job_id in await self.sched.due_claims(queue, now_ms(), HEAD):
+            handed += max(0, await self.hand(queue, job_id, 0, None))
         return handed
 
     async def fill(self, queue: str) -> int:
@@ -175,19 +167,18 @@ class Dispatcher:
         `before`) to RQ; returns how many, 0 when the job had none left, -1 when another
         dispatcher's claim holds it."""
         sched, rt = self.sched, self.rt
-        claims, runner = sched.order_keys(queue).claims, rt.core.runner
-        await runner.execute_command("ZADD", claims, now_ms() + self.claim_ms, job_id)
+        await sched.note_claim(queue, job_id, now_ms() + self.claim_ms)
         taken = await sched.take(job_id, claim_ms=self.claim_ms, most=room, before=before)
         if taken.code == "claimed":
             return -1
         if taken.code == "none":
-            await runner.execute_command("ZREM", claims, job_id)
+            await sched.end_claim(queue, job_id)
             return 0
         job = None if taken.code == "gone" else await self._job(job_id)
         if job is None or job.items is None or model_gone(rt, job):
             # Ended, or its model is gone (the flusher's requeue fails it): never handed.
             await sched.place(queue, job_id, "")
-            await runner.execute_command("ZREM", claims, job_id)
+            await sched.end_claim(queue, job_id)
             self._jobs.pop(job_id, None)
             return 0
         if self.hook is not None:
@@ -201,7 +192,7 @@ class Dispatcher:
             await self.hook("enqueued")
         handed = await sched.done(job_id, taken.first, taken.last,
                                   lease_ms=rt.settings.lease_ttl * 1000)
-        await runner.execute_command("ZREM", claims, job_id)
+        await sched.end_claim(queue, job_id)
         if handed.code == "gone":  # canceled between the take and the enqueue: undo it
             await self._unhand(queue, job_id, batches)
             return 0
@@ -212,8 +203,8 @@ class Dispatcher:
         if not handed.score:
             self._jobs.pop(job_id, None)
         if handed.first_dispatch and handed.queued_at_ms is not None:
-            await self.observe_wait(queue, handed.priority,
-                                    (now_ms() - handed.queued_at_ms) / 1000)
+            await sched.observe_wait(queue, handed.priority,
+                                     (now_ms() - handed.queued_at_ms) / 1000)
         return len(batches)
 
     async def _unhand(self, queue: str, job_id: str, batches: range) -> None:
@@ -228,15 +219,6 @@ class Dispatcher:
                               serializer=SERIALIZER).delete()
 
         await anyio.to_thread.run_sync(delete)
-
-    async def observe_wait(self, queue: str, priority: str, seconds: float) -> None:
-        key = self.sched.order_keys(queue).waits
-        runner = self.rt.core.runner
-        for bound in WAIT_BUCKETS:
-            if seconds <= bound:
-                await runner.execute_command("HINCRBY", key, f"{priority}:{bound}", 1)
-        await runner.execute_command("HINCRBY", key, f"{priority}:count", 1)
-        await runner.execute_command("HINCRBYFLOAT", key, f"{priority}:sum", round(seconds, 6))
 
     async def expire_deadlines(self, queue: str) -> int:
         """Cancels (reason `deadline`) the jobs of the queue not started by their start
@@ -257,8 +239,7 @@ class Dispatcher:
                 await sched.place(queue, job_id, "")
                 self._jobs.pop(job_id, None)
             else:
-                await rt.core.runner.execute_command(
-                    "ZREM", sched.order_keys(queue).deadlines, job_id)
+                await sched.drop_deadline(queue, job_id)
         return ended
 
     async def rebuild(self) -> int:
@@ -268,17 +249,12 @@ class Dispatcher:
         core = self.rt.core
         placed = 0
         for bucket in await DueIndex(core).buckets_in_use():
-            waiting = core.keys.bucket(bucket).waiting
-            raw = await core.runner.execute_command("ZRANGE", waiting, 0, -1, "WITHSCORES")
-            pairs = [(str(raw[i]), float(raw[i + 1])) for i in range(0, len(raw), 2)] \
-                if raw and not isinstance(raw[0], list | tuple) else \
-                [(str(m), float(s)) for m, s in raw]
-            for job_id, score in pairs:
+            for job_id, score in await self.sched.bucket_waiting(bucket):
                 fields = await sched_fields(self.rt, job_id)
                 job = await core.job(job_id)
                 if (fields is None or job is None or not fields.queue
                         or job.state not in (JobState.QUEUED, JobState.RUNNING)):
-                    await core.runner.execute_command("ZREM", waiting, job_id)
+                    await self.sched.drop_waiting(bucket, job_id)
                     continue
                 size = self.rt.models.get(job.model).batch_size if job.model in \
                     self.rt.models or job.model is None else 1
@@ -306,3 +282,23 @@ class Beside:
         elif self.once:  # `tollgate flusher --once`: one pass after the flush
             await self.dispatcher.rebuild()
             await self.dispatcher.pass_once()
+
+
+async def run_dispatcher(settings: Settings) -> None:
+    """`tollgate dispatcher`: the dispatcher alone, until SIGTERM or SIGINT (the flusher
+    runs one too; one fills each queue at a time)."""
+    import signal
+
+    if not settings.jwt_secret:
+        raise SystemExit("TOLLGATE_JWT_SECRET is not set (batches carry callback tokens)")
+    rt = await open_runtime(settings, settings.jwt_secret)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("dispatcher: running\n", end="", flush=True)
+    try:
+        await Dispatcher(rt).run(stop)
+    finally:
+        await rt.close()
+    print("dispatcher: stopped\n", end="", flush=True)

@@ -20,7 +20,7 @@ from service.runtime import Runtime
 from service.state.fsm import JobState
 from service.state.queue import enqueue_job
 from service.state.records import JobRecord
-from service.state.sched import Admitted, SchedState
+from service.state.sched import Admitted, SchedReads, SchedState
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def plan_weights(rt: Runtime) -> str:
 
 
 async def sched_fields(rt: Runtime, job_id: str) -> SchedFields | None:
-    raw = await rt.core.runner.execute_command("HMGET", rt.core.job_keys(job_id).base,
-                                               *SCHED_FIELDS)
+    raw = await SchedReads(rt.core).job_fields(job_id, SCHED_FIELDS)
     if raw[0] is None:
         return None
     return SchedFields(str(raw[0]), str(raw[1] or "normal"),
@@ -138,12 +137,11 @@ async def requeue(rt: Runtime, job_id: str) -> None:
     if fields is None or not fields.queue:  # queued before the dispatch order: all of it
         await enqueue_batches(rt, job, range(0, 1 << 30), new_only=False)
         return
-    sched = SchedState(rt.core)
-    score = await rt.core.runner.execute_command("ZSCORE", rt.core.job_keys(job_id).bucket.waiting,
-                                                 job_id)
+    sched = SchedReads(rt.core)
+    score = await sched.waiting_place(job_id)
     if score is not None:
         size = rt.models.get(job.model).batch_size
-        await sched.place(fields.queue, job_id, repr(float(score)),
+        await sched.place(fields.queue, job_id, repr(score),
                           items=max(0, job.total_items - fields.next_batch * size),
                           deadline_ms=fields.start_deadline_ms, priority=fields.priority)
     if fields.next_batch:

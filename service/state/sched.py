@@ -157,3 +157,66 @@ def _pairs(raw: Any) -> list[tuple[str, float]]:
     if raw and isinstance(raw[0], list | tuple):
         return [(str(member), float(score)) for member, score in raw]
     return [(str(raw[i]), float(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+
+class SchedReads(SchedState):
+    """The single-key reads and writes of scheduling that no script needs: here, so that
+    only service.state touches Core's client."""
+
+    async def job_fields(self, job_id: str, names: tuple[str, ...]) -> list[Any]:
+        raw: list[Any] = await self.core.runner.execute_command(
+            "HMGET", self.core.job_keys(job_id).base, *names)
+        return raw
+
+    async def waiting_place(self, job_id: str) -> float | None:
+        score = await self.core.runner.execute_command(
+            "ZSCORE", self.core.job_keys(job_id).bucket.waiting, job_id)
+        return None if score is None else float(score)
+
+    async def bucket_waiting(self, bucket: int) -> list[tuple[str, float]]:
+        return _pairs(await self.core.runner.execute_command(
+            "ZRANGE", self.keys.bucket(bucket).waiting, 0, -1, "WITHSCORES"))
+
+    async def drop_waiting(self, bucket: int, job_id: str) -> None:
+        await self.core.runner.execute_command("ZREM", self.keys.bucket(bucket).waiting, job_id)
+
+    async def lock(self, queue: str, token: str, ms: int) -> bool:
+        """The queue is this dispatcher's for `ms` (taken, or still its own: renewed)."""
+        runner, key = self.core.runner, self.keys.sched(queue).lock
+        if await runner.execute_command("SET", key, token, "NX", "PX", ms):
+            return True
+        if await runner.execute_command("GET", key) == token:
+            await runner.execute_command("PEXPIRE", key, ms)
+            return True
+        return False
+
+    async def note_claim(self, queue: str, job_id: str, until_ms: int) -> None:
+        await self.core.runner.execute_command("ZADD", self.keys.sched(queue).claims,
+                                               until_ms, job_id)
+
+    async def end_claim(self, queue: str, job_id: str) -> None:
+        await self.core.runner.execute_command("ZREM", self.keys.sched(queue).claims, job_id)
+
+    async def due_claims(self, queue: str, now: int, limit: int) -> list[str]:
+        raw = await self.core.runner.execute_command(
+            "ZRANGEBYSCORE", self.keys.sched(queue).claims, "-inf", now, "LIMIT", 0, limit)
+        return [str(job_id) for job_id in raw]
+
+    async def drop_deadline(self, queue: str, job_id: str) -> None:
+        await self.core.runner.execute_command("ZREM", self.keys.sched(queue).deadlines, job_id)
+
+    async def observe_wait(self, queue: str, priority: str, seconds: float) -> None:
+        """One dispatch wait into the queue's histogram (cumulative counts per bound)."""
+        key, runner = self.keys.sched(queue).waits, self.core.runner
+        for bound in WAIT_BUCKETS:
+            if seconds <= bound:
+                await runner.execute_command("HINCRBY", key, f"{priority}:{bound}", 1)
+        await runner.execute_command("HINCRBY", key, f"{priority}:count", 1)
+        await runner.execute_command("HINCRBYFLOAT", key, f"{priority}:sum", round(seconds, 6))
+
+    async def waits(self, queue: str) -> dict[str, str]:
+        raw = await self.core.runner.execute_command("HGETALL", self.keys.sched(queue).waits)
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        items = list(raw or [])
+        return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}

@@ -14,6 +14,7 @@ from service.runtime import Runtime
 from service.state.fsm import JobState
 from tests.api.conftest import Api
 from tests.api.flow import me, queued_job
+from tests.api.history import flush_everything
 from tests.api.scheduling import (
     dispatcher,
     executed_job,
@@ -66,8 +67,13 @@ async def test_a_job_canceled_in_the_order_behind_the_api_is_dropped_not_dispatc
     job = await executed_job(rt, owner, 8)
     await rt.core.cancel(job.id, owner, reason="user", flush_delay_ms=0)  # the order keeps it
     register_worker(rt, "w1")
-    assert await one_pass(dispatcher(rt)) == 0
-    assert rq_batches(rt) == []
+    steps: list[str] = []
+
+    async def seen(step: str) -> None:
+        steps.append(step)
+
+    assert await one_pass(dispatcher(rt, hook=seen)) == 0
+    assert rq_batches(rt) == [] and steps == []  # never claimed, never enqueued
     assert await rt.core.runner.execute_command(
         "ZCARD", rt.core.keys.sched(rt.settings.queue_name).order) == 0
 
@@ -229,3 +235,16 @@ async def test_models_and_a_queued_job_say_whether_a_worker_serves_them(
     assert f'tollgate_workers{{model="{name}"}} 1.0' in metrics
     assert (f'tollgate_dispatch_wait_seconds_count{{model="{name}",priority="normal"}} 1.0'
             in metrics), metrics[-3000:]
+
+
+async def test_a_job_still_waiting_for_its_uploads_ends_by_its_start_deadline(
+        any_api: Api, rt: Runtime) -> None:
+    owner = any_api.user()
+    body = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}],
+            "start_deadline_s": 1}
+    created = (await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))).json()
+    await asyncio.sleep(1.1)
+    await flush_everything(any_api)  # the flusher: its hold ended at the deadline
+    view = (await any_api.client.get(f"/jobs/{created['id']}",
+                                     headers=any_api.auth(owner))).json()
+    assert (view["status"], view["reason"], view["refunded"]) == ("canceled", "deadline", 1)
