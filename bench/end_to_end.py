@@ -146,21 +146,25 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
     per_round = args.jobs * args.repeats
     names = [f"e2e{i}" for i in range(math.ceil(per_round / JOBS_PER_USER))]
     tokens = await users(bench, api, names)
+    # The baseline's payloads come from donor jobs of users of their own: executed, handed to
+    # RQ while no worker runs, taken off it, and left live (a finished job's files refuse
+    # transfers).
+    donor_tokens = await users(bench, api, [f"e2d{i}" for i in range(len(names))])
     rows, baselines = [], {}
+    gate = asyncio.Semaphore(32)
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+
+        async def ready(owner: str, execute: bool) -> str:
+            async with gate:
+                return await ready_job(http, owner, args.items, execute=execute)
+
         for count in args.worker_counts:
             owners = [tokens[i // JOBS_PER_USER] for i in range(per_round)]
-            # The baseline's payloads: the batches of jobs executed and handed to RQ while no
-            # worker runs (the dispatcher told there is room), then canceled.
-            donors = await asyncio.gather(*(ready_job(http, owner, args.items)
-                                            for owner in owners))
+            donors = [donor_tokens[i // JOBS_PER_USER] for i in range(per_round)]
+            donated = await asyncio.gather(*(ready(donor, True) for donor in donors))
             await drain(bench)
             payloads = await asyncio.to_thread(take_batches, bench, per_round)
-            for owner, donor in zip(owners, donors, strict=True):
-                await http.post(f"/jobs/{donor}/cancel",
-                                headers={"Authorization": f"Bearer {owner}"})
-            ids = await asyncio.gather(*(ready_job(http, owner, args.items, execute=False)
-                                         for owner in owners))
+            ids = await asyncio.gather(*(ready(owner, False) for owner in owners))
             by_job = dict(zip(ids, payloads, strict=True))
             workers = [bench.worker(api, PROCESSOR, *(["--fork"] if args.fork else []))
                        for _ in range(count)]
@@ -176,6 +180,9 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
                     legs.append(await tollgate_leg(http, mine, args.items))
             for worker in [*workers, dispatcher]:
                 worker.stop()
+            for donor, job_id in zip(donors, donated, strict=True):
+                await http.post(f"/jobs/{job_id}/cancel",
+                                headers={"Authorization": f"Bearer {donor}"})
             ratios = [rate / ((bases[i] + bases[i + 1]) / 2) for i, rate in enumerate(legs)]
             baselines[count] = median(bases)
             rows.append(Row(f"tollgate, {count} worker{'s' * (count > 1)}", median(legs),

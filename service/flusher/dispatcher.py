@@ -43,6 +43,8 @@ CLAIM_MS = 10_000
 LOCK_MS = 5_000
 # The order's head read at once: a job under another's live claim is stepped over.
 HEAD = 8
+# How often a queue with work waiting for room is looked at again (one LLEN per queue).
+BACKLOG_POLL_S = 0.005
 DEADLINES_PER_PASS = 500
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
@@ -67,6 +69,7 @@ class Dispatcher:
         self._workers_read = -WORKERS_TTL_S
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()  # items, read once a job
         self._rebuilt = -REBUILD_S
+        self.backlog = False  # the last pass left work waiting for room in RQ
 
     @property
     def queues(self) -> list[str]:
@@ -87,13 +90,15 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher pass failed; retrying")
                 busy = False
-            if not busy:
+            if not busy:  # work waits for room: watch RQ drain closely, else rest
+                pause = BACKLOG_POLL_S if self.backlog else self.interval
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
 
     async def pass_once(self) -> int:
         """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
         await self.read_workers()
+        self.backlog = False
         done = 0
         for queue in self.queues:
             if not await self._lock(queue):
@@ -149,6 +154,8 @@ class Dispatcher:
                 break
             room -= moved
             handed += moved
+        if room <= 0 and self.workers.get(queue, 0):
+            self.backlog = self.backlog or bool(await self.sched.head(queue, 1))
         return handed
 
     async def _job(self, job_id: str) -> JobRecord | None:
