@@ -82,12 +82,12 @@ async def test_get_models_lists_every_model_with_its_price_and_limits(api: Api) 
     assert thumbnail == {
         "name": "thumbnail", "description": "256 px PNG thumbnails", "price_per_item": 1,
         "max_items": api.settings.max_items, "content_types": ["image/*"], "default": True,
-        "params_schema": None, "available": True}
+        "params_schema": None, "available": True, "workers": 0, "queued_items": 0}
     assert heavy == {
         "name": "heavy", "description": "a pricier model", "price_per_item": 3, "max_items": 4,
         "content_types": ["image/png"], "default": False,
         "params_schema": {"type": "object", "properties": {"strength": {"type": "integer"}}},
-        "available": True}
+        "available": True, "workers": 0, "queued_items": 0}
     assert (await api.client.get("/models")).status_code == 401
 
 
