@@ -310,6 +310,8 @@ def _xdist_group(item: pytest.Item, tests: Path, folder: str) -> str:
     return str(path.relative_to(tests)) if path.is_relative_to(tests) else str(path)
 
 
+# tryfirst: xdist's own hook (on each worker) reads the xdist_group marks this adds.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = Path(__file__).resolve().parent
     groups: dict[str, str] = {}
