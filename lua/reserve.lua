@@ -34,6 +34,9 @@
 --     key_period          the current UTC period of the key's cap, a whole number (days or
 --                         months since the epoch); required with key_id
 --     key_cap             the key's spend cap in credits a period, if it has one
+--     priority            high | normal | low (lua/admit.lua; checked against the plan by
+--                         the API); start_deadline  ms by which it must start (the hold
+--                         deadline ARGV[6] is then no later)
 --
 -- Returns {code, job_id}:
 --   {'ok', job_id}                       reserved now
@@ -60,7 +63,7 @@ local opts, bad_opt = read_opts(ARGV[8], {
   rule_id = 'string', model = 'string', webhook_url = 'string', webhook_events = 'string',
   params = 'string', bill_input_errors = 'boolean', result_ttl_s = 'whole',
   retry_of = 'string', uploaded = 'boolean', key_id = 'string', key_period = 'whole',
-  key_cap = 'whole'})
+  key_cap = 'whole', priority = 'string', start_deadline = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
 local key_id = opts.key_id
 if key_id and (not opts.key_period or not KEYS[9]) then return {'bad_argument', 'key_period'} end
@@ -133,4 +136,6 @@ end
 if opts.result_ttl_s then redis.call('HSET', KEYS[4], 'result_ttl', opts.result_ttl_s) end
 if (opts.retry_of or '') ~= '' then redis.call('HSET', KEYS[4], 'retry_of', opts.retry_of) end
 if opts.uploaded then redis.call('HSET', KEYS[4], 'state', 'uploaded') end
+if opts.priority then redis.call('HSET', KEYS[4], 'priority', opts.priority) end
+if opts.start_deadline then redis.call('HSET', KEYS[4], 'start_deadline', opts.start_deadline) end
 return {'ok', job_id}

@@ -83,6 +83,10 @@ class IdempotencyKeyReused(TollgateError):
     title = "Idempotency-Key was used with another body"
 
 
+class PriorityNotAllowed(TollgateError):
+    status, code, title = 403, "priority_not_allowed", "The plan does not allow this priority"
+
+
 class BadArgument(TollgateError):
     status, code, title = 422, "validation_error", "Invalid request"
 
@@ -141,6 +145,10 @@ class TooManyRequests(TollgateError):
 
 class TooManyStreams(TollgateError):
     status, code, title = 429, "too_many_streams", "Too many open event streams"
+
+
+class TooManyInFlight(TollgateError):
+    status, code, title = 429, "too_many_in_flight", "Too many requests in flight from this client"
 
 
 class InternalError(TollgateError):

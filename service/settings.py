@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     keepalive_timeout: Seconds = setting(
         "api", 5, "how long an idle keep-alive connection stays open (granian, uvicorn)",
         ge=1, le=600)
+    max_connections: int = setting(
+        "api", 16384, "connections one API process holds at once: granian's slots, one per "
+        "connection from accept to close, idle or not (the open-file limit is raised to hold "
+        "them, or fewer)", ge=16)
+    client_max_in_flight: int = setting(
+        "api", 128, "requests one client (an IP address, an IPv6 /64) may have in flight in "
+        "one API process; past it 429 `too_many_in_flight` after a 1 s pause; 0: no cap",
+        ge=0)
     events_poll_interval: Interval = setting(
         "api", 0.25, "time between two reads of the change counters of open event streams "
         "(one read a process)", ge=0.01, le=5)
@@ -158,6 +166,13 @@ class Settings(BaseSettings):
         "jobs", 60, "how long a running job's lease lasts without a heartbeat", ge=2)
     requeue_after: Seconds = setting(
         "jobs", 300, "time before a queued job nobody started is enqueued again", ge=1)
+    plan_weights: str = setting(
+        "jobs", "free=1,pro=4", "each plan's share of a queue's workers, `plan=weight,...` "
+        "(docs/scheduling.md)",
+        pattern=r"^[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?(,[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?)*$")
+    dispatch_batches_per_worker: int = setting(
+        "jobs", 2, "batches per live worker the dispatcher keeps in each RQ queue", ge=1,
+        le=100)
     idempotency_ttl: Seconds = setting(
         "jobs", 86400, "how long an `Idempotency-Key` of POST /jobs is remembered", ge=60)
     result_ttl: Seconds = setting(

@@ -30,6 +30,7 @@ KEY_SPEND_CAP_EXCEEDED = Code(
 INSUFFICIENT_SCOPE = Code("insufficient_scope", 403, "The API key's scopes do not allow this")
 IDEMPOTENCY_KEY_REUSED = Code(
     "idempotency_key_reused", 422, "Idempotency-Key was used with another body")
+PRIORITY_NOT_ALLOWED = Code("priority_not_allowed", 403, "The plan does not allow this priority")
 VALIDATION_ERROR = Code("validation_error", 422, "Invalid request")
 WEBHOOK_URL_NOT_ALLOWED = Code(
     "webhook_url_not_allowed", 422, "The webhook URL is not a public http(s) address")
@@ -46,6 +47,7 @@ METHOD_NOT_ALLOWED = Code("method_not_allowed", 405, "Method not allowed")
 UNSUPPORTED_MEDIA_TYPE = Code("unsupported_media_type", 415, "Unsupported media type")
 TOO_MANY_REQUESTS = Code("too_many_requests", 429, "Too many requests")
 TOO_MANY_STREAMS = Code("too_many_streams", 429, "Too many open event streams")
+TOO_MANY_IN_FLIGHT = Code("too_many_in_flight", 429, "Too many requests in flight from this client")
 INTERNAL_ERROR = Code("internal_error", 500, "Internal error")
 UNAVAILABLE = Code("unavailable", 503, "Service unavailable")
 MODEL_UNAVAILABLE = Code(
@@ -68,6 +70,7 @@ CODES: dict[str, Code] = {code.code: code for code in (
     KEY_SPEND_CAP_EXCEEDED,
     INSUFFICIENT_SCOPE,
     IDEMPOTENCY_KEY_REUSED,
+    PRIORITY_NOT_ALLOWED,
     VALIDATION_ERROR,
     WEBHOOK_URL_NOT_ALLOWED,
     UNKNOWN_MODEL,
@@ -82,6 +85,7 @@ CODES: dict[str, Code] = {code.code: code for code in (
     UNSUPPORTED_MEDIA_TYPE,
     TOO_MANY_REQUESTS,
     TOO_MANY_STREAMS,
+    TOO_MANY_IN_FLIGHT,
     INTERNAL_ERROR,
     UNAVAILABLE,
     MODEL_UNAVAILABLE,

@@ -11,11 +11,14 @@ class Plan:
     rule_slots: int
     concurrency: int
     key_slots: int = 2  # API keys (POST /me/keys), revoked ones not counted
+    # POST /jobs `priority` values the plan may use (docs/scheduling.md)
+    priorities: frozenset[str] = frozenset({"normal", "low"})
 
 
 PLANS: dict[str, Plan] = {
     "free": Plan("free", rule_slots=2, concurrency=1),
-    "pro": Plan("pro", rule_slots=20, concurrency=10, key_slots=20),
+    "pro": Plan("pro", rule_slots=20, concurrency=10, key_slots=20,
+                priorities=frozenset({"high", "normal", "low"})),
 }
 
 DEFAULT_PLAN = "free"

@@ -25,6 +25,7 @@ SCENARIOS = {
     "webhook_latency": ["webhook_latency"], "rate_limit": ["rate_limit"],
     "flusher_idle": ["flusher_idle"], "worker_modes": ["worker_modes"],
     "api_keys": ["api_keys"],
+    "slow_clients": ["slow_clients"],
     "usage_statement": ["usage_statement"],
 }
 

@@ -148,11 +148,11 @@ class Workload:
         job's own check, every job final, reports it) rather than unexpected answers."""
         deadline = time.monotonic() + CALL_DEADLINE_S
         response: httpx.Response | None = None
-        # A token of ours is made again on every try (a restarted dev has a new secret).
-        own_token = user is not None and "Authorization" not in (kwargs.get("headers") or {})
+        given = dict(kwargs.pop("headers", None) or {})  # a feature's own credential stays
         while time.monotonic() < deadline:
-            headers = dict(kwargs.pop("headers", None) or {})
-            if own_token:
+            headers = dict(given)
+            if user is not None and "Authorization" not in given:
+                # Made again on every try: `tollgate dev` restarted with a new secret.
                 token = await asyncio.to_thread(self.stack.token, user, admin=admin)
                 headers["Authorization"] = f"Bearer {token}"
             kwargs["headers"] = headers
