@@ -162,6 +162,7 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                      "expires_at", "restore", "spent_period", "spent"),
                more_args="plan_limits", reply=("code", "used", "limit")),
     ScriptSpec("key_revoke", keys=("apikeys", "record", "key_spend"), args=("key_id",),
+               reply=("code",)),
     ScriptSpec("admit",
                keys=("job", "holds", "queued", "waiting", "user", "webhook_log", "webhooks"),
                args=("job_id", "owner", "now", "queue", "vtime", "batch_size", "weights"),
