@@ -27,8 +27,6 @@ def _fields(response: httpx.Response) -> dict[str, str]:
             for name in ("retry-after", "ratelimit-policy", "ratelimit")}
 
 
-# 60 writes must land within 1 s (one more is allowed each second): fails on busy cores.
-@pytest.mark.slow
 async def test_the_61st_write_in_a_minute_from_a_free_user_is_429(serve: Serve) -> None:
     api = serve()
     user, other = api.user(), api.user()
@@ -58,16 +56,16 @@ async def test_the_61st_write_in_a_minute_from_a_free_user_is_429(serve: Serve) 
     assert (await _write(api, other)).status_code == 404
 
 
-# 60 writes must land within 1 s (one more is allowed each second): fails on busy cores.
-@pytest.mark.slow
 async def test_two_api_processes_share_one_count(serve: Serve) -> None:
     first, second = serve(), serve()
     user = first.user()
-    for n in range(60):
-        response = await _write(first if n % 2 else second, user)
-        assert response.status_code == 404, response.text
-    for api in (first, second):
-        assert (await _write(api, user)).status_code == 429
+    started = time.monotonic()
+    passed = 0
+    while (await _write(first if passed % 2 else second, user)).status_code == 404:
+        passed += 1
+        # One quota of 60 for both, plus one a second freed meanwhile (a slow machine).
+        assert passed <= 60 + math.ceil(time.monotonic() - started)
+    assert passed >= 60  # and not 120: the two processes took from one count
 
 
 async def test_limits_follow_the_plan_and_the_limits_file(serve: Serve, tmp_path: Path
