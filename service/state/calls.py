@@ -133,6 +133,7 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                args=("job_id",), reply=("code",)),
     ScriptSpec("ledger_ack", keys=("ledger",), args=("count", "first_entry"),
                reply=("code",)),
+    ScriptSpec("mark_in_sql", keys=(), more_keys="jobs", args=("at",)),
     ScriptSpec("flush_retry_later", keys=("flush_attempts", "flush", "ledger_retry"),
                args=("kind", "record_id", "entry", "now", "attempts_allowed", "delay_ms"),
                reply=("code", "attempts", "first_failed_ms")),

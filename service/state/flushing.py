@@ -34,6 +34,16 @@ class FlushCalls(CoreBase):
         )
         return code
 
+    async def mark_in_sql(self, job_ids: list[str]) -> int:
+        """Notes on each finished job's hash (field JOB_IN_SQL) that its rows are in SQL;
+        `job_ids` all of one bucket. Returns how many were marked."""
+        if not job_ids:
+            return 0
+        marked = await self.run_script(
+            "mark_in_sql", keys={"jobs": [self.job_keys(job_id).base for job_id in job_ids]},
+            args={"at": self._now()})
+        return int(marked)
+
     async def ledger_ack(self, bucket: int, count: int, first_entry: str) -> Code:
         code, _ = await self.run_checked(
             "ledger_ack", keys={"ledger": self.keys.bucket(bucket).ledger},

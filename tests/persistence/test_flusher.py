@@ -156,7 +156,7 @@ async def test_crash_before_the_sql_commit_writes_nothing_and_loses_nothing(
 ) -> None:
     await three_finished_jobs(core)
 
-    async def crash(*_: Any) -> int:
+    async def crash(*_: Any, **__: Any) -> int:
         raise Crash
 
     # upsert_jobs runs, then the ledger insert dies inside the same transaction (an error
