@@ -230,16 +230,16 @@ async def visit_bucket(
         for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
 
     job_ids, ledger_limit = due.due_flushes, limit * LEDGER_ENTRIES_PER_JOB
-    snapshots, raw_entries, retried, hooks = await asyncio.gather(
-        core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
-        core.ledger_retries_due(bucket, ledger_limit), core.webhook_logs(job_ids))
+    read = await core.flush_read(bucket, job_ids, ledger_limit)
+    snapshots, raw_entries, retried, hooks = (read.snapshots, read.ledger_head,
+                                              read.retries_due, read.webhook_logs)
     visit = Visit(bucket, stats, raw_entries=raw_entries)
     for job_id, (job, items, meta), log in zip(job_ids, snapshots, hooks, strict=True):
         if not job:
             visit.vanished.append(job_id)  # deleted by an earlier flush: only its index entry
         elif job.get(JOB_STATE) in TERMINAL:  # its delivery log goes to SQL with its row
             visit.jobs.append(job_record(job, items, meta, log))
-    read = [ledger_record(raw) for raw in raw_entries]
+    entries = [ledger_record(raw) for raw in raw_entries]
     visit.retried_read = [ledger_record(raw) for raw in retried]
     # A job's release and charge travel with its jobs_log row (its record builds them from
     # the job hash): an entry for a job Redis still holds is left to that job's record, so
@@ -251,8 +251,8 @@ async def visit_bucket(
     # its hash is marked (mark_in_sql.lua) and the flush writes only its delivery log.
     # Refused here, the rows wait for the flush and its dead letters.
     visit.held, visit.early = await _held_and_early(
-        core, [*read, *visit.retried_read], {record.record_id for record in visit.jobs})
-    visit.entries = [record for record in read if record.settles not in visit.held]
+        core, [*entries, *visit.retried_read], {record.record_id for record in visit.jobs})
+    visit.entries = [record for record in entries if record.settles not in visit.held]
     visit.retries = [record for record in visit.retried_read
                      if record.settles not in visit.held]
     visit.stats.saturated |= max(len(raw_entries), len(retried)) >= ledger_limit

@@ -53,6 +53,22 @@ from service.state.store import Core
 
 log = logging.getLogger("tollgate.flusher")
 
+
+class _AbortedPipeline(logging.Filter):
+    """psycopg runs the flusher's executemany in pipeline mode; when SQL refuses a row, it
+    logs a warning as it closes the aborted pipeline ("error ignored terminating ...:
+    pipeline aborted"). The refusal itself is raised and handled here (split, retried, set
+    aside with one line of ours): that warning adds nothing, at random (it depends on how
+    far the pipeline got), so it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("error ignored terminating")
+                    and message.endswith("pipeline aborted"))
+
+
+logging.getLogger("psycopg").addFilter(_AbortedPipeline())
+
 Sessions = async_sessionmaker[AsyncSession]
 
 # What a record's own data can raise: SQL's refusals, and Python's while building its row

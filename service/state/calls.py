@@ -134,6 +134,8 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
     ScriptSpec("ledger_ack", keys=("ledger",), args=("count", "first_entry"),
                reply=("code",)),
     ScriptSpec("mark_in_sql", keys=(), more_keys="jobs", args=("at",)),
+    ScriptSpec("flush_read", keys=("ledger", "ledger_retry"), more_keys="jobs",
+               args=("ledger_limit", "now"), reply=("ledger_head", "retries_due", "jobs")),
     ScriptSpec("flush_retry_later", keys=("flush_attempts", "flush", "ledger_retry"),
                args=("kind", "record_id", "entry", "now", "attempts_allowed", "delay_ms"),
                reply=("code", "attempts", "first_failed_ms")),

@@ -3,9 +3,25 @@ and counting the records SQL refused. A base of `service.state.store.Core`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from service.state.base import CoreBase
 from service.state.codes import Code
 from service.state.replies import DueWork, FlushAttempt
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRead:
+    ledger_head: list[str]
+    retries_due: list[str]
+    snapshots: list[tuple[dict[str, str], dict[str, str], str | None]]  # hash, items, meta
+    webhook_logs: list[dict[str, str]]
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash from HGETALL's flat field/value list, as a script returns it."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class FlushCalls(CoreBase):
@@ -33,6 +49,26 @@ class FlushCalls(CoreBase):
             args={"job_id": job_id},
         )
         return code
+
+    async def flush_read(self, bucket: int, job_ids: list[str], ledger_limit: int
+                         ) -> FlushRead:
+        """What a visit of the bucket writes to SQL, in one script (flush_read.lua): the head
+        of its ledger, its refused entries due again, and each job's (hash, items, meta,
+        webhook log), as raw_job_snapshots and webhook_logs give them."""
+        b = self.keys.bucket(bucket)
+        keys = [key for job_id in job_ids
+                for job in (self.job_keys(job_id),)
+                for key in (job.base, job.items, job.meta, job.webhooks)]
+        reply = await self.run_named(
+            "flush_read", keys={"ledger": b.ledger, "ledger_retry": b.ledger_retry,
+                                "jobs": keys},
+            args={"ledger_limit": ledger_limit, "now": self._now()})
+        flat = reply["jobs"]
+        snapshots = [(_pairs(flat[i]), _pairs(flat[i + 1]), flat[i + 2] or None)
+                     for i in range(0, len(flat), 4)]
+        logs = [_pairs(flat[i + 3]) for i in range(0, len(flat), 4)]
+        return FlushRead(list(reply["ledger_head"]), list(reply["retries_due"]), snapshots,
+                         logs)
 
     async def mark_in_sql(self, job_ids: list[str]) -> int:
         """Notes on each finished job's hash (field JOB_IN_SQL) that its rows are in SQL;
