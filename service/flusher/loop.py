@@ -30,6 +30,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from sqlalchemy import text
+
 from service.errors import NotFound
 from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_buckets
 from service.flusher.retention import expire_kept_inputs, expire_results
@@ -228,7 +230,10 @@ async def run_flusher(
                 if share is not None:
                     began = time.perf_counter()
                     await reindex_buckets(core, settings, share)
-                    if net.first:  # the start-up's cost, apart from the work (bench.end_to_end)
+                    if net.first:  # start-up: the net, and SQL's first connection opened
+                        async with engine.connect() as connection:
+                            await connection.execute(text("SELECT 1"))
+                        # The start-up's cost, apart from the work (bench.end_to_end).
                         log.info("safety net: every bucket read in %.3fs",
                                  time.perf_counter() - began)
                 net.done()
