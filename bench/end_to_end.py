@@ -4,7 +4,7 @@ the flusher's jobs_log rows/s into PostgreSQL, as a ratio to writing the same ro
 alone.
 
     python -m bench.end_to_end [--quick] [--workers 1,2,4] [--jobs 32] [--items 8]
-                               [--repeats 3] [--api-processes 1] [--fork]
+                               [--repeats 3] [--api-processes 1] [--fork] [--flusher-only]
 
 Per worker count: `--jobs` x `--repeats` jobs are created, uploaded, confirmed and executed
 over HTTP while no worker runs; their batches are taken off the queue (so each job's batch
@@ -19,9 +19,13 @@ A tollgate leg's ratio is its jobs/s over the mean of the baseline legs around i
 shows the median (target 0.8).
 
 Flusher: the run's finished jobs wait in Redis (no flusher ran); then `tollgate flusher`
-starts, timed from its first jobs_log row to the last. Baseline: the same rows read back and
-written by SQL alone (executemany into tables LIKE jobs_log and credit_ledger, one
-transaction per TOLLGATE_FLUSH_BATCH jobs).
+starts, timed from the end of its start-up (its log line `safety net: ...`, written once the
+first safety net read every bucket and its first SQL connection is open, just before its
+first pass) to the last jobs_log row: the pass's claims, Redis reads, row building and SQL
+writes. Baseline: the same rows read back and written by SQL alone (executemany into tables
+LIKE jobs_log and credit_ledger, one transaction per TOLLGATE_FLUSH_BATCH jobs, on a
+connection already open). `--flusher-only` skips the worker legs: the jobs are finished by
+a played worker (each batch taken off the queue and reported done over the callback).
 """
 
 from __future__ import annotations
