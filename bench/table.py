@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.harness import RESULTS, markdown
 
 ORDER = ["end_to_end", "flusher", "http_api", "sse", "webhook_latency", "rate_limit",
-         "sweeper_idle", "worker_modes"]
+         "flusher_idle", "worker_modes"]
 
 
 def tables(path: Path) -> str:

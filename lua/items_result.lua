@@ -35,12 +35,12 @@
 -- @include job_progress
 -- @include key_types
 -- @include count_items
-local MAX_ENTRIES = 1000
+-- @const MAX_REPORT_ITEMS
 local job_id, owner = ARGV[1], ARGV[2]
 local now, lease_deadline, flush_due = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 if not now or not lease_deadline or not flush_due then return {'bad_argument', 'time'} end
-if not n or n < 1 or n > MAX_ENTRIES or n % 1 ~= 0 or #ARGV ~= 6 + 4 * n then
+if not n or n < 1 or n > MAX_REPORT_ITEMS or n % 1 ~= 0 or #ARGV ~= 6 + 4 * n then
   return {'bad_argument', 'items'}
 end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},

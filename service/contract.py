@@ -1,8 +1,13 @@
 """The wire contract between the API and the GPU workers: nothing else crosses it.
 
-A batch reaches a worker as an RQ job on a tollgate queue (JSON payload, deterministic RQ
-id); the worker answers through `POST /jobs/{id}/callback` with a per-job token. Workers
-import this module and `service.settings`, never the rest of `service`.
+A batch reaches a worker as an RQ job on a tollgate queue (a `BatchPayload` as JSON,
+deterministic RQ id); the worker answers through `POST /jobs/{id}/callback` with a per-job
+token and a `CallbackIn` report: one event, or a batch's results (`event: "items"`, a list of
+`ItemReportIn`). The API validates the report with these Structs (they are its request
+schema), the dispatcher builds the payload with them, and the workers decode and encode with
+them; each limit of the wire is stated here once (the Lua scripts get theirs through
+LUA_CONSTANTS, `-- @const NAME`). Workers import this module and `service.settings`, never
+the rest of `service`.
 """
 
 from __future__ import annotations
@@ -14,11 +19,10 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -29,14 +33,18 @@ SERIALIZER = JSONSerializer
 MAX_ERROR_CHARS = 1000
 # Entries of one batched report (`event: "items"`); a bigger batch sends several.
 MAX_REPORT_ITEMS = 1000
+# A storage key the worker reports for an output.
+MAX_OUTPUT_KEY_CHARS = 1024
+# An Idempotency-Key (a header of the REST API, and the key of every report entry).
+IDEMPOTENCY_KEY_MAX = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$(?!\n)"
+# Constants the Lua scripts read (`-- @const NAME` in a script: service.state.scripts).
+LUA_CONSTANTS: Mapping[str, int] = MappingProxyType({"MAX_REPORT_ITEMS": MAX_REPORT_ITEMS})
 
-
-class CallbackEvent(StrEnum):
-    STARTED = "started"
-    HEARTBEAT = "heartbeat"
-    ITEM = "item"
-    ITEMS = "items"
-    FAILED = "failed"
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+                                             pattern=IDEMPOTENCY_KEY_PATTERN)]
+OutputKey = Annotated[str, msgspec.Meta(max_length=MAX_OUTPUT_KEY_CHARS)]
+ItemIndex = Annotated[int, msgspec.Meta(ge=0)]
 
 
 # Answers to a callback that mean "this job no longer takes reports: stop working on it".
@@ -92,18 +100,67 @@ def describe_error(what: str, exc: BaseException) -> str:
     return f"{what}: {type(exc).__name__}" + (f": {message}" if message else "")
 
 
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    index: int
+class BatchItem(msgspec.Struct, frozen=True):
+    """One item of a batch, as the worker gets it."""
+
+    index: ItemIndex
     name: str
     content_type: str
     input_url: str
     output_url: str
-    output_key: str
+    output_key: OutputKey
     # The size the client declared for the input (bytes; storage refuses a larger upload):
     # the worker groups a batch by it (TOLLGATE_WORKER_MAX_BATCH_BYTES). None: not known (a
     # batch enqueued before it was sent), counted as 0.
-    size: int | None = None
+    size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class BatchPayload(msgspec.Struct, frozen=True):
+    """The one argument of the RQ job `JOB_FUNCTION` (as JSON: `to_builtins`)."""
+
+    job_id: str
+    batch_no: Annotated[int, msgspec.Meta(ge=0)]
+    rq_job_id: str
+    callback_url: str
+    callback_token: str
+    lease_ttl_s: Annotated[float, msgspec.Meta(gt=0)]
+    items: list[BatchItem]
+    # The job's, the same for every batch and item of it (docs/models.md, "Params and rule
+    # presets"). A batch enqueued before params existed has none.
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def read_batch(payload: object) -> BatchPayload:
+    """The payload a worker took off the queue; msgspec.ValidationError when it is not one."""
+    return msgspec.convert(payload, BatchPayload)
+
+
+class ItemReportIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One entry of a batched report (`event: "items"`)."""
+
+    index: ItemIndex
+    ok: bool
+    idempotency_key: IdempotencyKey
+    output_key: OutputKey | None = None
+    error: str | None = None
+    # A failure the input caused after the work was done (`Output.failed(..., billable=True)`):
+    # charged when the job's model has bill_input_errors. Ignored on an ok entry.
+    billable: bool = False
+
+
+class CallbackIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A worker's report: one event, or (`items`) the results of a batch's items."""
+
+    event: Literal["started", "item", "items", "failed", "heartbeat"]
+    # Required by every event but "items", whose entries carry one each.
+    idempotency_key: IdempotencyKey | None = None
+    item_index: ItemIndex | None = None
+    ok: bool | None = None
+    output_key: OutputKey | None = None
+    error: str | None = None
+    billable: bool = False
+    items: Annotated[list[ItemReportIn], msgspec.Meta(min_length=1,
+                                                      max_length=MAX_REPORT_ITEMS)] | None = None
 
 
 def frozen_params(params: Any) -> Any:
@@ -135,18 +192,12 @@ def batch_payload(
     items: list[BatchItem],
     params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`params`: the job's, the same for every batch and item of it (docs/models.md,
-    "Params and rule presets")."""
-    return {
-        "job_id": job_id,
-        "batch_no": batch_no,
-        "rq_job_id": rq_job_id(job_id, batch_no),
-        "callback_url": callback_url,
-        "callback_token": callback_token,
-        "lease_ttl_s": lease_ttl_s,
-        "items": [asdict(item) for item in items],
-        "params": dict(params or {}),
-    }
+    """The payload of one batch, as the JSON-ready arguments RQ stores."""
+    payload = BatchPayload(job_id=job_id, batch_no=batch_no, rq_job_id=rq_job_id(job_id, batch_no),
+                           callback_url=callback_url, callback_token=callback_token,
+                           lease_ttl_s=lease_ttl_s, items=list(items), params=dict(params or {}))
+    built: dict[str, Any] = msgspec.to_builtins(payload)
+    return built
 
 
 def _b64(raw: bytes) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import GROUPS, Settings, group_of, grouped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +53,31 @@ def test_the_docs_document_every_setting() -> None:
     spec.loader.exec_module(generate)
     table = generate.settings_table()
     assert "<!-- generated:settings -->" in (ROOT / "docs" / "configuration.md").read_text()
-    rows = {row.split("`")[1]: row for row in table.splitlines()[2:]}
+    rows = {row.split("`")[1]: row for row in table.splitlines()
+            if row.startswith("| `TOLLGATE_")}
     for name in Settings.model_fields:
         variable = f"TOLLGATE_{name.upper()}"
         assert variable in rows, variable
         assert rows[variable].split("|")[2].strip(), variable  # a meaning
+    headings = [line.removeprefix("### ") for line in table.splitlines()
+                if line.startswith("### ")]
+    assert headings and set(headings) <= set(GROUPS)
+    assert "duration" in rows["TOLLGATE_HOLD_TTL"] and "duration" in rows[
+        "TOLLGATE_FLUSHER_INTERVAL"]
+
+
+def test_every_setting_has_a_group_and_durations_take_units() -> None:
+    assert {group_of(name) for name in Settings.model_fields} == set(GROUPS)
+    settings = Settings(hold_ttl="5m", flusher_interval="250ms", webhook_log_ttl="7d",
+                        webhook_timeout=2)
+    assert (settings.hold_ttl, settings.flusher_interval) == (300, 0.25)
+    assert settings.webhook_log_ttl == 7 * 86400 and settings.webhook_timeout == 2.0
+    assert isinstance(settings.hold_ttl, int)
+    assert grouped(settings)["flusher"]["flusher_interval"] == 0.25
+    for bad in ({"hold_ttl": "1.5s"}, {"hold_ttl": "soon"}, {"lease_ttl": "1s"},
+                {"flusher_interval": "-1s"}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

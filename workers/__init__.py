@@ -1,1 +1,1 @@
-"""RQ job functions for GPU items, the processors they run, and the flusher/sweeper loop."""
+"""RQ job functions for GPU items, the processors they run, and the flusher."""

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 
-from service.contract import is_closed_answer
+from service.contract import CallbackIn, is_closed_answer
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,10 @@ class CallbackClient:
         self.token = token
         self.poster = poster
 
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, report: CallbackIn) -> dict[str, Any]:
         response = self.poster.request(
-            "POST", self.url, json=body, headers={"Authorization": f"Bearer {self.token}"}
+            "POST", self.url, content=msgspec.json.encode(report),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         if response.status_code == 401:
             raise CallbackUnauthorized(f"callback refused with 401 for {self.url}")
@@ -127,7 +129,7 @@ class CallbackClient:
                 raise JobClosed(str(problem.get("detail") or problem.get("title") or ""))
         if response.is_error:
             raise CallbackError(
-                f"callback {body.get('event')} refused with {response.status_code}: "
+                f"callback {report.event} refused with {response.status_code}: "
                 f"{response.text[:300]}"
             )
         return _problem(response)

@@ -1,9 +1,11 @@
 """The RQ job function: one batch of a job's items, from download to the last callback.
 
-The payload is plain JSON (built by `service.state.queue.enqueue_job`). Every report carries a
-deterministic idempotency key, so RQ retrying a batch, or the sweeper re-enqueueing it,
+The payload is a `service.contract.BatchPayload` as JSON (built by
+`service.state.queue.enqueue_job`), and every report a `CallbackIn`, both decoded and encoded
+with the contract's Structs. Every report carries a
+deterministic idempotency key, so RQ retrying a batch, or the flusher re-enqueueing it,
 can never count an item twice. While the batch runs, a heartbeat thread renews the job's
-running lease; a worker that dies stops renewing and the sweeper settles the job.
+running lease; a worker that dies stops renewing and the flusher settles the job.
 
 Memory: inputs stream to spool files (only small ones stay in memory) and the processor reads
 them lazily through `Item`. A batch runs in groups whose declared input sizes fit
@@ -17,7 +19,6 @@ and nothing more is uploaded or reported.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import threading
@@ -30,16 +31,20 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 from rq import get_current_job
 from rq.timeouts import BaseTimeoutException
 
 from service.contract import (
     MAX_REPORT_ITEMS,
     BatchItem,
+    CallbackIn,
+    ItemReportIn,
     clean_error,
     describe_error,
     frozen_params,
     item_callback_key,
+    read_batch,
 )
 from service.settings import get_settings
 from workers.callbacks import (
@@ -83,17 +88,12 @@ class Batch:
     params: Mapping[str, Any] = field(default_factory=lambda: NO_PARAMS)
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> Batch:
-        return cls(
-            job_id=str(payload["job_id"]),
-            rq_job_id=str(payload["rq_job_id"]),
-            callback_url=str(payload["callback_url"]),
-            callback_token=str(payload["callback_token"]),
-            lease_ttl_s=float(payload["lease_ttl_s"]),
-            items=[BatchItem(**item) for item in payload["items"]],
-            # A batch enqueued before params existed has none.
-            params=frozen_params(payload.get("params") or {}),
-        )
+    def from_payload(cls, payload: object) -> Batch:
+        """The batch an RQ job carries (contract.read_batch checks every field)."""
+        wire = read_batch(payload)
+        return cls(job_id=wire.job_id, rq_job_id=wire.rq_job_id, callback_url=wire.callback_url,
+                   callback_token=wire.callback_token, lease_ttl_s=wire.lease_ttl_s,
+                   items=wire.items, params=frozen_params(wire.params))
 
 
 @lru_cache(maxsize=8)
@@ -186,7 +186,7 @@ class LeaseHeartbeat:
             beat += 1
             key = f"{self.batch.rq_job_id}:heartbeat:{beat}:{uuid.uuid4().hex[:8]}"
             try:
-                self.callbacks.post({"idempotency_key": key, "event": "heartbeat"})
+                self.callbacks.post(CallbackIn(event="heartbeat", idempotency_key=key))
             except JobClosed:
                 self.closed.set()
                 return
@@ -238,30 +238,24 @@ def upload(http: RetryingClient, spec: BatchItem, output: Output) -> Output:
     return output
 
 
-def item_entry(batch: Batch, spec: BatchItem, output: Output) -> dict[str, Any]:
+def item_entry(batch: Batch, spec: BatchItem, output: Output) -> ItemReportIn:
     """One item's entry of a batched report (`event: "items"`)."""
-    entry: dict[str, Any] = {
-        "index": spec.index,
-        "ok": output.error is None,
-        "idempotency_key": item_callback_key(batch.job_id, spec.index),
-    }
+    key = item_callback_key(batch.job_id, spec.index)
     if output.error is None:
-        entry["output_key"] = spec.output_key
-    else:
-        entry["error"] = clean_error(output.error)
-        if output.billable:
-            entry["billable"] = True
-    return entry
+        return ItemReportIn(index=spec.index, ok=True, idempotency_key=key,
+                            output_key=spec.output_key)
+    return ItemReportIn(index=spec.index, ok=False, idempotency_key=key,
+                        error=clean_error(output.error), billable=output.billable)
 
 
-def report_chunks(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def report_chunks(entries: list[ItemReportIn]) -> list[list[ItemReportIn]]:
     """One request's worth each: at most MAX_REPORT_ITEMS entries and about
     MAX_REPORT_BYTES of JSON, well under the API's body limit even when every item failed
     with a long error."""
-    chunks: list[list[dict[str, Any]]] = [[]]
+    chunks: list[list[ItemReportIn]] = [[]]
     size = 0
     for entry in entries:
-        entry_size = len(json.dumps(entry)) + 1
+        entry_size = len(msgspec.json.encode(entry)) + 1
         if chunks[-1] and (len(chunks[-1]) >= MAX_REPORT_ITEMS
                            or size + entry_size > MAX_REPORT_BYTES):
             chunks.append([])
@@ -271,12 +265,12 @@ def report_chunks(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [chunk for chunk in chunks if chunk]
 
 
-def report_items(callbacks: CallbackClient, entries: list[dict[str, Any]],
+def report_items(callbacks: CallbackClient, entries: list[ItemReportIn],
                  reported: set[int]) -> None:
     """The batch's results in one request (more only for a very large batch)."""
     for chunk in report_chunks(entries):
-        callbacks.post({"event": "items", "items": chunk})
-        reported.update(entry["index"] for entry in chunk)
+        callbacks.post(CallbackIn(event="items", items=chunk))
+        reported.update(entry.index for entry in chunk)
 
 
 def run_batch(batch: Batch, processor: Processor, http: RetryingClient, *,
@@ -289,7 +283,7 @@ def run_batch(batch: Batch, processor: Processor, http: RetryingClient, *,
         "stopped": None,
     }
     try:
-        callbacks.post({"idempotency_key": f"{batch.rq_job_id}:started", "event": "started"})
+        callbacks.post(CallbackIn(event="started", idempotency_key=f"{batch.rq_job_id}:started"))
     except JobClosed as closed:
         summary["stopped"] = str(closed)
         return summary

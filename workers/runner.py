@@ -4,7 +4,7 @@ By default a worker runs each batch in its own process (SimpleWorker): the proce
 setup() runs once, before the first batch, and a GPU processor keeps its CUDA context and
 weights between batches. A batch that runs past its RQ timeout is stopped by SIGALRM (the
 worker runs on the main thread). A processor that crashes the process takes the worker down;
-the job's running lease runs out and the sweeper settles it, as for a killed worker.
+the job's running lease runs out and the flusher settles it, as for a killed worker.
 `fork=True` (`tollgate worker --fork`) keeps RQ's forking Worker, a fresh work-horse per
 batch, for processors that leak memory: each horse then pays setup() again. The embedded
 fakeredis lives inside one process and a forked child's writes to it are lost, so on the

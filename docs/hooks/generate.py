@@ -2,14 +2,12 @@
 
 - `<!-- generated:openapi -->` (reference.md): every operation and schema of the OpenAPI
   document that the app itself builds (service.api.app.create_app), as Markdown tables.
-- `<!-- generated:settings -->` (configuration.md): every field of service.settings.Settings,
-  its variable, type and default, with its meaning from the comment above it in
-  service/settings.py or, for a field without one, from MEANINGS below.
+- `<!-- generated:settings -->` (configuration.md): every field of service.settings.Settings
+  by group, its variable, meaning, type and default, as `setting(...)` declares them.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import sys
@@ -20,121 +18,36 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Meanings of the settings that service/settings.py does not comment.
-MEANINGS = {
-    "redis_url": "state Redis; `redis+cluster://host:port` for Redis Cluster (unset: an "
-                 "embedded fakeredis in the process, `tollgate dev` only)",
-    "queue_redis_url": "RQ's Redis (standalone; unset: the state Redis)",
-    "database_url": "SQL history, users, rules, ledger",
-    "public_url": "base URL clients reach the API on (job links, local-folder URLs handed to "
-                  "clients); `tollgate api` and `tollgate dev` default it to their "
-                  "`--host`/`--port`",
-    "jwt_secret": "HS256 secret for user/admin tokens (also keys callback tokens and local "
-                  "URLs); `tollgate dev` makes one and prints it",
-    "jwt_public_key": "RS256 public key (PEM) to verify user tokens instead",
-    "signup_credits": "credits of a newly provisioned user",
-    "storage_dir": "local-folder storage",
-    "s3_endpoint": "S3 storage instead of the local folder: the endpoint as the API and the "
-                   "workers reach it",
-    "s3_bucket": "S3 bucket", "s3_region": "S3 region", "s3_access_key": "S3 access key",
-    "s3_secret_key": "S3 secret key",
-    "processor": "`module:function` run by workers on each batch (the one model without "
-                 "`TOLLGATE_MODELS`)",
-    "hold_ttl": "seconds a created/uploaded job may wait before its hold expires",
-    "max_items": "items per job", "key_prefix": "Redis key prefix",
-    "price_per_item": "credits per item (the one model without `TOLLGATE_MODELS`)",
-    "lease_ttl": "seconds a running job's lease lasts without a heartbeat",
-    "flush_delay": "seconds a finished job stays in Redis before the flush",
-    "queue_name": "RQ queue (the one model without `TOLLGATE_MODELS`)",
-    "batch_size": "items per RQ job",
-    "requeue_after": "seconds before a queued job nobody started is enqueued again",
-    "upload_url_ttl": "seconds an upload URL stays valid",
-    "result_url_ttl": "seconds a result download URL stays valid",
-    "idempotency_ttl": "seconds an `Idempotency-Key` of POST /jobs is remembered",
-    "max_body_bytes": "largest API request body",
-    "max_item_size": "largest item (bytes) a job may declare, for a model that sets no "
-                     "`max_item_bytes`",
-    "flush_batch": "jobs per bucket per flusher round (a bucket that fills a round is taken "
-                   "again at once, up to 25 rounds a pass)",
-    "flusher_interval": "seconds between flusher passes",
-    "redis_max_connections": "state Redis connection pool size per process",
-    "redis_autopipeline": "send the scripts concurrent requests issue in one event-loop turn "
-                          "as one pipeline (standalone Redis only)",
-    "webhook_timeout": "seconds a receiver has to answer a delivery before it counts as "
-                       "failed",
-    "webhook_log_ttl": "seconds a job's delivery log is kept after its last delivery ended",
-    "internal_url": "base URL workers reach the API on (callback URLs, local-folder URLs "
-                    "handed to workers); unset: `TOLLGATE_PUBLIC_URL`",
-    "s3_public_endpoint": "S3 as clients reach it: upload and result URLs handed to clients "
-                          "are signed for it; unset: `TOLLGATE_S3_ENDPOINT`",
-    "models": "path of a TOML file of models ([Models and processors](models.md)); unset: "
-              "one model, `thumbnail`, from `TOLLGATE_PROCESSOR`, `_PRICE_PER_ITEM`, "
-              "`_QUEUE_NAME`, `_BATCH_SIZE`, `_MAX_ITEMS`",
-    "buckets": "hash-slot buckets, fixed for the life of the data (`tollgate rebucket` moves "
-               "it: [Operations](operations.md#changing-tollgate_buckets))",
-    "result_ttl": "seconds a finished job's outputs are kept; then the flusher deletes its "
-                  "files and the job view shows `result_expired: true` (inputs go when the "
-                  "job is flushed)",
-    "body_read_timeout": "seconds a request body may take to arrive, else 408 "
-                         "`request_timeout`",
-    "keepalive_timeout": "seconds an idle keep-alive connection stays open (granian, uvicorn)",
-    "flush_attempts": "tries of a record SQL refuses before it is set aside in "
-                      "`flush_failures` (`tollgate inspect failures`)",
-    "flush_retry_delay": "seconds before the first retry of a refused record (doubling, at "
-                         "most 1 h)",
-    "webhook_allow_private": "allow webhook URLs that resolve to private, loopback or "
-                             "link-local addresses (local testing, a private network)",
-    "events_poll_interval": "seconds between two reads of the change counters of open event "
-                            "streams",
-}
-
-
-def _comments(source: str) -> dict[str, str]:
-    """The comment block right above each `name: type = ...` line of the Settings class."""
-    lines = source.splitlines()
-    found: dict[str, str] = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name == "Settings":
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    # The comment block above it, across the fields it also covers (a
-                    # block over two fields with no blank line between them).
-                    block: list[str] = []
-                    index = item.lineno - 2
-                    while index >= 0 and lines[index].strip() and not block:
-                        while index >= 0 and lines[index].strip().startswith("#"):
-                            block.insert(0, lines[index].strip().lstrip("#").strip())
-                            index -= 1
-                        if not block:
-                            index -= 1  # a field line of the same block
-                    if block:
-                        found[item.target.id] = " ".join(block)
-    return found
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def settings_table() -> str:
-    from service.settings import Settings
+    """One table per group of service.settings (GROUPS), each setting with its variable,
+    meaning, type (a duration says so: it takes `30s`, `5m`, `2h`, `7d`) and default."""
+    from service.settings import GROUPS, Settings, group_of, parse_duration
 
-    comments = _comments((ROOT / "service" / "settings.py").read_text())
-    rows = ["| variable | meaning | type | default |", "|---|---|---|---|"]
+    by_group: dict[str, list[str]] = {group: [] for group in GROUPS}
     for name, field in Settings.model_fields.items():
-        meaning = MEANINGS.get(name) or comments.get(name)
-        if not meaning:
-            raise ValueError(f"setting {name!r} has no meaning: comment it in "
-                             f"service/settings.py or add it to docs/hooks MEANINGS")
+        if not field.description:
+            raise ValueError(f"setting {name!r} has no meaning: declare it with setting(...)")
         annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
         annotation = annotation.replace("typing.", "").replace("NoneType", "None")
+        if any(getattr(meta, "func", None) is parse_duration for meta in field.metadata):
+            annotation = "duration" + (" (whole seconds)" if annotation == "int" else "")
         default = "unset" if field.default is None else f"`{field.default!r}`"
         bounds = [f"{kind} {getattr(meta, kind)}" for meta in field.metadata
                   for kind in ("ge", "gt", "le", "lt") if getattr(meta, kind, None) is not None]
         kind = annotation + (f" ({', '.join(bounds)})" if bounds else "")
-        rows.append(f"| `TOLLGATE_{name.upper()}` | {_cell(meaning)} | {_cell(kind)} | "
-                    f"{_cell(default)} |")
-    return "\n".join(rows)
+        by_group[group_of(name)].append(
+            f"| `TOLLGATE_{name.upper()}` | {_cell(field.description)} | {_cell(kind)} | "
+            f"{_cell(default)} |")
+    out: list[str] = []
+    for group, rows in by_group.items():
+        if rows:
+            out += [f"### {group}", "", "| variable | meaning | type | default |",
+                    "|---|---|---|---|", *rows, ""]
+    return "\n".join(out).rstrip()
 
 
 def openapi_document() -> dict[str, Any]:

@@ -12,12 +12,8 @@ from typing import Annotated
 
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
-from service.api.schemas import (
-    IDEMPOTENCY_KEY_MAX,
-    IDEMPOTENCY_KEY_PATTERN,
-    USER_ID_MAX,
-    USER_ID_PATTERN,
-)
+from service.api.schemas import USER_ID_MAX, USER_ID_PATTERN
+from service.contract import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
 
 CURSOR_MAX = 200
 

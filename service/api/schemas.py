@@ -17,12 +17,8 @@ from service.jobs.schemas import NO_CONTROL_PATTERN, ModelName, Name, WebhookIn,
 # in `$(?!\n)`: Python's `$` (msgspec's) also matches before a final newline; ECMA's does not.
 USER_ID_PATTERN = r"^[A-Za-z0-9._@|+-]{1,128}$(?!\n)"
 USER_ID_MAX = 128
-IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$(?!\n)"
-IDEMPOTENCY_KEY_MAX = 200
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_MAX,
                                      pattern=USER_ID_PATTERN)]
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
-                                             pattern=IDEMPOTENCY_KEY_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_CONTROL_PATTERN)]
 PlanName = Literal["free", "pro"]
 
@@ -51,31 +47,6 @@ class RulePatch(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not isinstance(self.params, UnsetType):
             check_params(self.params)
-
-
-class ItemReportIn(msgspec.Struct, forbid_unknown_fields=True):
-    """One entry of a batched report (`event: "items"`)."""
-
-    index: Annotated[int, msgspec.Meta(ge=0)]
-    ok: bool
-    idempotency_key: IdempotencyKey
-    output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
-    error: str | None = None
-    # A failure the input caused after the work was done (`Output.failed(..., billable=True)`):
-    # charged when the job's model has bill_input_errors. Ignored on an ok entry.
-    billable: bool = False
-
-
-class CallbackIn(msgspec.Struct, forbid_unknown_fields=True):
-    event: Literal["started", "item", "items", "failed", "heartbeat"]
-    # Required by every event but "items", whose entries carry one each.
-    idempotency_key: IdempotencyKey | None = None
-    item_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    ok: bool | None = None
-    output_key: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
-    error: str | None = None
-    billable: bool = False
-    items: Annotated[list[ItemReportIn], msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 
 class CallbackOut(msgspec.Struct):

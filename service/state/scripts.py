@@ -15,9 +15,11 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from service.contract import LUA_CONSTANTS
 from service.state.calls import Arg
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+_CONST = re.compile(r"^-- @const (\w+)\s*$", re.MULTILINE)
 
 
 def lua_dir() -> Path:
@@ -29,8 +31,17 @@ def lua_dir() -> Path:
     raise FileNotFoundError("tollgate's lua/ scripts are missing from the installation")
 
 
+def _constant(match: re.Match[str]) -> str:
+    """`-- @const NAME` -> `local NAME = <value>`: a limit of the wire contract (LUA_CONSTANTS),
+    stated once in Python and read by the script."""
+    if match[1] not in LUA_CONSTANTS:
+        raise KeyError(f"lua: no contract constant {match[1]!r}")
+    return f"local {match[1]} = {int(LUA_CONSTANTS[match[1]])}"
+
+
 def _expand(source: str, folder: Path, seen: set[str] | None = None) -> str:
-    """Inlines `-- @include name` lines; an include may include others, each at most once."""
+    """Inlines `-- @include name` lines; an include may include others, each at most once.
+    `-- @const NAME` lines become the contract's value (LUA_CONSTANTS)."""
     seen = set() if seen is None else seen
 
     def include(match: re.Match[str]) -> str:
@@ -39,7 +50,7 @@ def _expand(source: str, folder: Path, seen: set[str] | None = None) -> str:
         seen.add(match[1])
         return _expand((folder / "includes" / f"{match[1]}.lua").read_text(), folder, seen)
 
-    return _INCLUDE.sub(include, source)
+    return _CONST.sub(_constant, _INCLUDE.sub(include, source))
 
 
 @dataclass(frozen=True, slots=True)

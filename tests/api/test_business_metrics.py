@@ -1,5 +1,5 @@
 """Business metrics at /metrics, each moved by a real job: a real API over HTTP on real Redis,
-PostgreSQL and S3, with the sweeper's passes run as the flusher runs them."""
+PostgreSQL and S3, with the flusher's passes run as the flusher runs them."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def sweep(rt: Runtime) -> None:
+async def flush_pass(rt: Runtime) -> None:
     await flush_once(rt.core, rt.sessions, rt.settings)
 
 
@@ -139,7 +139,7 @@ async def test_an_expired_hold_is_counted(api: Api, rt: Runtime) -> None:
     await api.admin_create_user(user, credits=10)
     await create_job(api, user, 2)
     await asyncio.sleep(1.1)  # hold_ttl 1 s
-    await sweep(rt)
+    await flush_pass(rt)
     samples = await scrape(api)
     assert value(samples, "tollgate_holds_expired_total") == 1
     assert value(samples, "tollgate_jobs_total", model="thumbnail", status="canceled") == 1
@@ -152,7 +152,7 @@ async def test_an_expired_lease_is_counted(api: Api, rt: Runtime) -> None:
     job = await queued_job(api, user, 2)
     await report_item(api, job["id"], user, 0)  # running, lease 2 s
     await asyncio.sleep(2.2)
-    await sweep(rt)
+    await flush_pass(rt)
     samples = await scrape(api)
     assert value(samples, "tollgate_leases_expired_total") == 1
     assert value(samples, "tollgate_jobs_total", model="thumbnail", status="failed") == 1
@@ -166,7 +166,7 @@ async def test_flush_lag_grows_until_the_flusher_writes_the_job(api: Api, rt: Ru
     await finished_job(api, user, [True])  # flush_delay 0: due at once
     await asyncio.sleep(0.3)
     assert value(await scrape(api), "tollgate_flush_lag_seconds") >= 0.3
-    await sweep(rt)
+    await flush_pass(rt)
     assert value(await scrape(api), "tollgate_flush_lag_seconds") == 0
 
 
@@ -178,7 +178,7 @@ async def test_a_record_sql_refuses_is_counted_as_a_flush_failure(api: Api, rt: 
                          autocommit=True) as conn:
         conn.execute("ALTER TABLE jobs_log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
     await finished_job(api, user, [True])
-    await sweep(rt)  # flush_attempts 1: the refused job is set aside at once
+    await flush_pass(rt)  # flush_attempts 1: the refused job is set aside at once
     assert value(await scrape(api), "tollgate_flush_failures_total") == 1
 
 

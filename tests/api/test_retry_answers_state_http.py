@@ -74,7 +74,7 @@ async def test_an_execute_whose_enqueue_failed_is_dispatched_by_its_retry(
     any_api: Api, rq_redis: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first call queued the job, then could not reach RQ (a 503): the retry enqueues it
-    now rather than leaving it to the sweeper's TOLLGATE_REQUEUE_AFTER."""
+    now rather than leaving it to the flusher's TOLLGATE_REQUEUE_AFTER."""
     api, user = any_api, any_api.user()
     job = await create_job(api, user, 1)
     await upload_all(job)

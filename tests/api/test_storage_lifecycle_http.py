@@ -83,7 +83,7 @@ async def test_expired_results_show_result_expired_and_no_url(api: Api) -> None:
         async with rt.sessions() as session, session.begin():
             await session.execute(update(JobLog).where(JobLog.id == job_id).values(
                 finished_at=utcnow() - timedelta(seconds=api.settings.result_ttl + 1)))
-        # Due already, before the sweeper deleted anything: no URL to a file about to go.
+        # Due already, before the flusher deleted anything: no URL to a file about to go.
         due = (await api.client.get(f"/jobs/{job_id}", headers=api.auth(user))).json()
         assert due["result_expired"] is True and "result_url" not in due["items"][0]
 

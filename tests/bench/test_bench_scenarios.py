@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = {
     "end_to_end": ["end_to_end", "flusher"], "http_api": ["http_api"], "sse": ["sse"],
     "webhook_latency": ["webhook_latency"], "rate_limit": ["rate_limit"],
-    "sweeper_idle": ["sweeper_idle"], "worker_modes": ["worker_modes"],
+    "flusher_idle": ["flusher_idle"], "worker_modes": ["worker_modes"],
 }
 
 

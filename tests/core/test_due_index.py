@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import service.flusher.bucket as bucket_sweep
-import service.flusher.loop as sweeper
+import service.flusher.bucket as bucket_module
+import service.flusher.loop as loop
 from service.flusher.loop import flush_once
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.settings import Settings
@@ -46,14 +46,14 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
 def visits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every bucket flush_once visits, in order (one entry a round)."""
     seen: list[int] = []
-    real = bucket_sweep.visit_bucket
+    real = bucket_module.visit_bucket
 
     async def counted(core: Core, settings: Settings, bucket: int,
-                      **kwargs: Any) -> bucket_sweep.Visit:
+                      **kwargs: Any) -> bucket_module.Visit:
         seen.append(bucket)
         return await real(core, settings, bucket, **kwargs)
 
-    monkeypatch.setattr(bucket_sweep, "visit_bucket", counted)
+    monkeypatch.setattr(bucket_module, "visit_bucket", counted)
     return seen
 
 
@@ -284,8 +284,8 @@ async def test_the_rolling_safety_net_reads_every_bucket_once_a_cycle(
     core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One pass a second, a cycle of 3 s: a third of the buckets a pass.
-    monkeypatch.setattr(sweeper, "FULL_SWEEP_S", 3.0)
-    net = sweeper.SafetyNet(core, settings_for(core, flusher_interval=1.0))
+    monkeypatch.setattr(loop, "FULL_SWEEP_S", 3.0)
+    net = loop.SafetyNet(core, settings_for(core, flusher_interval=1.0))
     assert await net.next_share() == "all"
     assert await net.next_share() == "all"  # until a pass with it went through
     net.done()
@@ -309,14 +309,14 @@ async def test_a_wiped_set_of_buckets_in_use_is_rebuilt_within_one_cycle(
     assert await due.buckets_in_use() == in_use
     await core.client.delete(core.keys.buckets_in_use)  # what a wipe and restore leave
     assert await due.buckets_in_use() == []
-    monkeypatch.setattr(sweeper, "FULL_SWEEP_S", 3.0)
+    monkeypatch.setattr(loop, "FULL_SWEEP_S", 3.0)
     settings = settings_for(core, flusher_interval=1.0)
-    net = sweeper.SafetyNet(core, settings)
+    net = loop.SafetyNet(core, settings)
     net.done()  # not the first pass: the rolling shares alone must find them
     for _ in range(3):
         share = await net.next_share()
         assert isinstance(share, list)
-        await sweeper.reindex_buckets(core, settings, share)
+        await loop.reindex_buckets(core, settings, share)
     assert await due.buckets_in_use() == in_use
     # and the job's bucket is back in the due index too
     assert core.keys.bucket_of_user(users[0]) in await due.scores()

@@ -205,7 +205,7 @@ async def test_cancel_of_a_finished_job_is_refused(core: Core, terminal: str) ->
 
 
 async def test_cancel_limited_to_some_from_states(core: Core) -> None:
-    """The sweeper cancels expired holds only while the job is still created/uploaded."""
+    """The flusher cancels expired holds only while the job is still created/uploaded."""
     user = await new_user(core, "ann")
     job_id = await new_job(core, user, state="queued")
     with pytest.raises(InvalidTransition):

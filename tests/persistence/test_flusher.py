@@ -1,4 +1,4 @@
-"""The flusher/sweeper against real Redis and real SQL (SQLite file and PostgreSQL).
+"""The flusher against real Redis and real SQL (SQLite file and PostgreSQL).
 
 The crash tests stop a pass between two of its steps by making the next step raise, then
 run a fresh pass and check that every row is in SQL exactly once and no Redis key is left.

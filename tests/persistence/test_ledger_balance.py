@@ -55,7 +55,7 @@ async def test_every_users_ledger_adds_up_after_a_random_concurrent_workload(
                                       ops_per_client=OPS_PER_CLIENT)
     await drain(core, sessions, settings, tally)
     context = f"seed {run_seed}, {tally}"
-    # The workload did every kind of thing, and the sweeper ended jobs too.
+    # The workload did every kind of thing, and the flusher ended jobs too.
     assert {"reserve", "start", "item", "cancel", "grant"} <= tally.kinds.keys(), context
     assert tally.flushed.flushed_jobs > 0 and tally.flushed.ledger_entries > 0, context
     assert tally.flushed.expired_holds > 0 and tally.flushed.expired_leases > 0, context

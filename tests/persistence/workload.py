@@ -2,7 +2,7 @@
 
 Many asyncio clients (two per user) reserve jobs of random size and price (free ones too),
 walk them forward, report items (ok, failed, repeated callbacks, a second key for a counted
-item), cancel, settle, let holds and leases expire for the sweeper to end, and grant or take
+item), cancel, settle, let holds and leases expire for the flusher to end, and grant or take
 back credits (repeated keys too). Refusals (no credits, no slot, a job that moved on) are part
 of the game. `drain` then runs the flusher until nothing is left to flush.
 """
@@ -27,7 +27,7 @@ from service.state.store import Core, now_ms
 
 Sessions = async_sessionmaker[AsyncSession]
 LONG_MS = 600_000
-SHORT_MS = 30  # a hold or lease the sweeper will find expired
+SHORT_MS = 30  # a hold or lease the flusher will find expired
 START_CREDITS = 60
 
 

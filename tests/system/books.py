@@ -202,7 +202,7 @@ async def check_books(system: System, work: Workload) -> Report:
     report.check(f"flush lag stays <= {bound} s", (
         [f"max {worst} s over {len(work.lag)} samples"] if worst is not None and worst > bound
         else ["no flush lag sample"] if worst is None else []))
-    report.check("holds expire within their TTL plus two sweeper periods", _holds(system, jobs))
+    report.check("holds expire within their TTL plus two flusher periods", _holds(system, jobs))
     report.check("every answer is one the contract allows", work.unexpected_answers())
     for feature in work.features:
         await feature.check(system, work, report)

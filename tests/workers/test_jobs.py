@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from rq.timeouts import JobTimeoutException
 
-from service.contract import BatchItem, batch_payload
+from service.contract import BatchItem, CallbackIn, ItemReportIn, batch_payload
 from tests.workers.conftest import TOKEN, FakeApi
 from workers.callbacks import CallbackClient, CallbackError, CallbackUnauthorized, RetryingClient
 from workers.jobs import Batch, LeaseHeartbeat, process_batch, run_batch
@@ -187,13 +187,13 @@ def test_a_batch_past_the_report_limit_reports_in_chunks(
 def test_long_errors_split_a_report_before_it_nears_the_body_limit() -> None:
     from workers.jobs import MAX_REPORT_BYTES, report_chunks
 
-    entries = [{"index": i, "ok": False, "idempotency_key": f"k{i}", "error": "x" * 1000}
+    entries = [ItemReportIn(index=i, ok=False, idempotency_key=f"k{i}", error="x" * 1000)
                for i in range(1000)]
     chunks = report_chunks(entries)
     assert [e for chunk in chunks for e in chunk] == entries
     assert len(chunks) > 1
-    assert all(len(json.dumps({"event": "items", "items": chunk})) <= MAX_REPORT_BYTES + 100
-               for chunk in chunks)
+    assert all(len(msgspec.json.encode(CallbackIn(event="items", items=chunk)))
+               <= MAX_REPORT_BYTES + 100 for chunk in chunks)
     assert report_chunks(entries[:3]) == [entries[:3]]
 
 

@@ -13,8 +13,6 @@ from service.api.openapi import refusals
 from service.api.params import OptionalIdempotencyKey, UserIdPath
 from service.api.routes.deps import UserRequest
 from service.api.schemas import (
-    IDEMPOTENCY_KEY_MAX,
-    IDEMPOTENCY_KEY_PATTERN,
     CreditBalance,
     CreditGrant,
     Credits,
@@ -24,6 +22,7 @@ from service.api.schemas import (
     body,
 )
 from service.api.users import admin_create_user, admin_grant, admin_set_plan, me
+from service.contract import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
 from service.errors import (
     BadArgument,
     Forbidden,

@@ -13,8 +13,8 @@ from litestar.params import FromPath, JSONBody
 
 from service.api.connections import vouch
 from service.api.openapi import refusals
-from service.api.schemas import CallbackIn, CallbackOut, ItemsCallbackOut
-from service.contract import clean_error, output_key, verify_callback_token
+from service.api.schemas import CallbackOut, ItemsCallbackOut
+from service.contract import CallbackIn, clean_error, output_key, verify_callback_token
 from service.errors import BadArgument, InvalidTransition, NotFound, Unauthorized
 from service.runtime import Runtime
 from service.state.codes import Code

@@ -1,7 +1,7 @@
 """The flusher's idle pass: what `tollgate flusher` costs while nothing is due, at 16,384
 buckets (the maximum) against a few buckets, in the same run.
 
-    python -m bench.sweeper_idle [--quick] [--buckets 16384] [--seconds 10]
+    python -m bench.flusher_idle [--quick] [--buckets 16384] [--seconds 10]
 
 Each measurement is a fresh stack (a private redis-server, so its counters hold only the
 flusher's calls) with TOLLGATE_BUCKETS set and TOLLGATE_FLUSHER_INTERVAL=0.05 (passes back to
@@ -45,7 +45,7 @@ async def main(args: Any) -> list[Result]:
     row = await idle(args.buckets, args.seconds)
     ratio = base["commands_per_s"] / row["commands_per_s"] if row["commands_per_s"] else 0.0
     return [Result(
-        "sweeper_idle", f"Flusher idle pass: {args.buckets:,} buckets against "
+        "flusher_idle", f"Flusher idle pass: {args.buckets:,} buckets against "
         f"{BASELINE_BUCKETS}, passes every {INTERVAL} s", "Redis commands/s",
         Row(f"{BASELINE_BUCKETS} buckets", base["commands_per_s"], 1.0, None, base),
         [Row(f"{args.buckets:,} buckets", row["commands_per_s"], round(ratio, 3), 0.9, row)],

@@ -1,4 +1,4 @@
-"""The sweeper's and flusher's scripts: claim_due, flush_done, ledger_ack, renew_lease."""
+"""The flusher's scripts: claim_due, flush_done, ledger_ack, renew_lease."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def test_an_expired_hold_is_claimed_once_per_claim_window(
     assert await claim(core, bucket) == ([job_id], [], [], [])
     holds = core.keys.bucket(bucket).holds
     assert await core.client.zscore(holds, job_id) == frozen_clock[0] + CLAIM_MS
-    # A second sweeper inside the window finds nothing; after the window it finds it again.
+    # A second flusher inside the window finds nothing; after the window it finds it again.
     frozen_clock[0] += CLAIM_MS - 1
     assert await claim(core, bucket) == ([], [], [], [])
     frozen_clock[0] += 1
