@@ -360,20 +360,3 @@ async def flush_buckets(
         outcomes.append(done)
     return outcomes
 
-
-async def flush_bucket(
-    core: Core,
-    sessions: Sessions,
-    settings: Settings,
-    bucket: int,
-    *,
-    requeue: Requeue | None = None,
-    claim_ms: int = CLAIM_MS,
-    storage: Storage | None = None,
-) -> FlushStats:
-    """One bucket on its own (flush_buckets of one): its stats, or its error raised."""
-    outcome, = await flush_buckets(core, sessions, settings, [bucket], requeue=requeue,
-                                   claim_ms=claim_ms, storage=storage)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
