@@ -202,7 +202,11 @@ async def flusher_result(bench: Stack, jobs: int, quick: bool) -> Result:
             await asyncio.sleep(0.001)
         seconds = time.perf_counter() - start
         jobs_timed = jobs
-        await asyncio.sleep(0.5)  # its deletes after the last commit
+        for _ in range(300):  # its pass ends (deletes, then its log line) after the commit
+            if "flusher pass: " in flusher.output():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.5)  # and any further pass
         passes = flusher.output().count("flusher pass: ")
         flusher.stop()
         ledger = await sql_count(conn, "credit_ledger") - ledger_before
