@@ -32,6 +32,7 @@ from service.api.routes.jobs import JobsController
 from service.api.routes.me import get_me
 from service.api.routes.models import list_models
 from service.api.routes.rules import RulesController
+from service.api.routes.usage import USAGE_HANDLERS
 from service.api.routes.webhooks import WEBHOOK_HANDLERS
 from service.api.uploads import check_upload
 from service.logs import DATE_FORMAT, FORMAT, install_redaction
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     load_models(settings)  # a bad TOLLGATE_MODELS file stops the start, not a request
     handlers: list[Any] = [get_me, list_models, RulesController, JobsController, job_callback,
                            AdminController, health, ready, MetricsController, docs_assets(),
-                           *WEBHOOK_HANDLERS]
+                           *WEBHOOK_HANDLERS, *USAGE_HANDLERS]
     # Local-folder storage serves its own signed upload/download URLs; the runtime shares
     # it. S3 storage is built by the lifespan, where its client can be closed.
     local_storage = make_storage(settings, storage_secret(secret)) \

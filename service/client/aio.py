@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import date
 from typing import Any
 from urllib.parse import urljoin
 
@@ -20,7 +21,13 @@ from service.client.io_async import each, sleep
 from service.client.problems import ProblemError, name_job, raise_for_problem
 from service.client.sse import EventParser
 from service.client.views import Job, JobEvent, JobPage, Upload, as_job
-from service.client.wire import job_body, key_header, page_params, prefer_wait
+from service.client.wire import (
+    job_body,
+    key_header,
+    page_params,
+    prefer_wait,
+    usage_params,
+)
 
 
 class AsyncTollgate:
@@ -54,6 +61,25 @@ class AsyncTollgate:
     async def me(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._call("GET", "/me")
         return body
+
+    async def usage(self, first_day: date | str, last_day: date | str, *,
+                    group_by: str = "day") -> dict[str, Any]:
+        """The caller's usage statement (GET /me/usage): `{items, totals}`, one item per UTC
+        day (`period`), model or API key (`key_id`) as group_by says, from first_day to
+        last_day, both included (at most 366 days). Only jobs already moved to SQL count,
+        each in the UTC day it finished."""
+        body: dict[str, Any] = await self._call(
+            "GET", "/me/usage", params=usage_params(first_day, last_day, group_by))
+        return body
+
+    async def usage_csv(self, first_day: date | str, last_day: date | str, *,
+                        group_by: str = "day") -> str:
+        """The same statement as CSV text: a header line, then one line per item."""
+        response = await self.http.get(
+            "/me/usage", params=usage_params(first_day, last_day, group_by),
+            headers={"Accept": "text/csv"})
+        raise_for_problem(response)
+        return response.text
 
     async def create(
         self, files: Sequence[FileSpec], *, rule_id: str | None = None,

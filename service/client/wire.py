@@ -3,6 +3,7 @@ for both clients."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 
@@ -32,3 +33,11 @@ def page_params(status: str | None, limit: int, cursor: str | None) -> dict[str,
     if cursor:
         params["cursor"] = cursor
     return params
+
+
+def usage_params(first_day: date | str, last_day: date | str, group_by: str) -> dict[str, str]:
+    """GET /me/usage's query: days as YYYY-MM-DD (a date, or text passed as it is)."""
+    def day(value: date | str) -> str:
+        return value.isoformat() if isinstance(value, date) else value
+
+    return {"from": day(first_day), "to": day(last_day), "group_by": group_by}

@@ -132,6 +132,13 @@ _KEPT_INPUTS = (JobLog.failed_items > 0) & JobLog.inputs_deleted_at.is_(None) \
     & JobLog.results_deleted_at.is_(None)
 Index("ix_jobs_log_kept_inputs", JobLog.finished_at, postgresql_where=_KEPT_INPUTS,
       sqlite_where=_KEPT_INPUTS)
+# The usage statement (service.history.usage): a user's jobs by the day they finished, one
+# range per statement; on PostgreSQL it carries the summed columns (an index-only scan).
+Index("ix_jobs_log_user_finished", JobLog.user_id, JobLog.finished_at,
+      postgresql_include=["model", "total_items", "charged", "refunded"])
+# The same across users (GET /admin/usage without user_id).
+Index("ix_jobs_log_finished", JobLog.finished_at,
+      postgresql_include=["model", "total_items", "charged", "refunded"])
 
 
 class WebhookDeliveryLog(Base):
