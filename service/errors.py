@@ -130,6 +130,10 @@ class TooManyStreams(TollgateError):
     status, code, title = 429, "too_many_streams", "Too many open event streams"
 
 
+class TooManyInFlight(TollgateError):
+    status, code, title = 429, "too_many_in_flight", "Too many requests in flight from this client"
+
+
 class InternalError(TollgateError):
     status, code, title = 500, "internal_error", "Internal error"
 

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     keepalive_timeout: Seconds = setting(
         "api", 5, "how long an idle keep-alive connection stays open (granian, uvicorn)",
         ge=1, le=600)
+    max_connections: int = setting(
+        "api", 16384, "connections one API process holds at once: granian's slots, one per "
+        "connection from accept to close, idle or not (the open-file limit is raised to hold "
+        "them, or fewer)", ge=16)
+    client_max_in_flight: int = setting(
+        "api", 128, "requests one client (an IP address, an IPv6 /64) may have in flight in "
+        "one API process; past it 429 `too_many_in_flight` after a 1 s pause; 0: no cap",
+        ge=0)
     events_poll_interval: Interval = setting(
         "api", 0.25, "time between two reads of the change counters of open event streams "
         "(one read a process)", ge=0.01, le=5)

@@ -12,6 +12,7 @@ from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 
 from service.api.auth import make_jwt_auth
+from service.api.client_cap import client_cap_middleware
 from service.api.connections import body_deadline_middleware, vouch
 from service.api.metrics import MetricsController, metrics_middleware
 from service.api.openapi import docs_assets, one_bearer_scheme, openapi_config
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     jwt_auth = make_jwt_auth(settings, secret)
     # A bad TOLLGATE_RATE_LIMITS file stops the start, like a bad models file.
-    middleware: list[Any] = [metrics_middleware, DefineMiddleware(
+    middleware: list[Any] = [DefineMiddleware(
+        client_cap_middleware, max_in_flight=settings.client_max_in_flight),
+        metrics_middleware, DefineMiddleware(
         body_deadline_middleware, timeout_s=settings.body_read_timeout)]
     if settings.rate_limits_enabled:
         # After the JWT middleware (Litestar puts it first), which tells the user.

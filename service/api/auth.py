@@ -143,6 +143,9 @@ def make_jwt_auth(
         algorithm=algorithm,
         retrieve_user_handler=retrieve_user,
         exclude=PUBLIC_PATHS,
+        # Litestar skips HEAD too by default: a HEAD handler on a user route would run with
+        # no user and uncounted. OPTIONS stays open (CORS preflight; Litestar's own handler).
+        exclude_http_methods=["OPTIONS"],
         require_claims=["exp", "sub", *(["aud"] if settings.jwt_audience else [])],
         accepted_audiences=[settings.jwt_audience] if settings.jwt_audience else None,
         authentication_middleware_class=CachedJWTAuthenticationMiddleware,

@@ -24,11 +24,38 @@ from service.settings import Settings, get_settings
 def granian_options(settings: Settings) -> dict[str, Any]:
     """Connection limits for granian. Its HTTP/1 header read timeout (hyper's) also runs while
     a keep-alive connection waits for its next request, so it is the idle timeout too. The
-    body read timeout is the app's own (service.api.connections): granian has none."""
+    body read timeout is the app's own (service.api.connections): granian has none.
+
+    granian's `backpressure` is a slot per connection, taken at accept and held until the
+    connection closes, idle or not (its default, 1,024 per process, is what 2,000 idle
+    connections from one client filled). Each process gets `max_connections` slots, as many
+    as its open-file limit allows; one client's requests in flight are capped far below
+    that (service.api.client_cap)."""
     from granian.http import HTTP1Settings
 
-    return {"http1_settings": HTTP1Settings(
-        header_read_timeout=settings.keepalive_timeout * 1000, keep_alive=True)}
+    return {"backpressure": connection_slots(settings.max_connections),
+            "http1_settings": HTTP1Settings(
+                header_read_timeout=settings.keepalive_timeout * 1000, keep_alive=True)}
+
+
+FILES_KEPT = 256  # descriptors left to the process itself (Redis, SQL, logs, temp files)
+
+
+def connection_slots(wanted: int) -> int:
+    """`wanted`, or fewer if the open-file limit cannot be raised to hold them: the soft
+    limit goes up to the hard one first (the server processes inherit it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FILES_KEPT
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - FILES_KEPT))
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

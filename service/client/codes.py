@@ -42,6 +42,7 @@ METHOD_NOT_ALLOWED = Code("method_not_allowed", 405, "Method not allowed")
 UNSUPPORTED_MEDIA_TYPE = Code("unsupported_media_type", 415, "Unsupported media type")
 TOO_MANY_REQUESTS = Code("too_many_requests", 429, "Too many requests")
 TOO_MANY_STREAMS = Code("too_many_streams", 429, "Too many open event streams")
+TOO_MANY_IN_FLIGHT = Code("too_many_in_flight", 429, "Too many requests in flight from this client")
 INTERNAL_ERROR = Code("internal_error", 500, "Internal error")
 UNAVAILABLE = Code("unavailable", 503, "Service unavailable")
 MODEL_UNAVAILABLE = Code(
@@ -75,6 +76,7 @@ CODES: dict[str, Code] = {code.code: code for code in (
     UNSUPPORTED_MEDIA_TYPE,
     TOO_MANY_REQUESTS,
     TOO_MANY_STREAMS,
+    TOO_MANY_IN_FLIGHT,
     INTERNAL_ERROR,
     UNAVAILABLE,
     MODEL_UNAVAILABLE,

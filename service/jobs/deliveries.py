@@ -54,9 +54,12 @@ def log_entry(record: dict[str, Any]) -> dict[str, Any]:
 def redelivery(original: dict[str, Any], delivery_id: str, now: int) -> dict[str, Any]:
     """A new delivery of the same event (its body as first sent, when it was sent): one
     attempt, with its own webhook-id, signed with the secret of the moment it is made."""
+    # The event's moment is its timestamp (a log read back from SQL has no snapshot).
+    snapshot = {**(original.get("snapshot") or {})}
+    snapshot.setdefault("at", original["created_at"])
     record = {"id": delivery_id, "job_id": original["job_id"], "owner": original["owner"],
               "type": original["type"], "url": original["url"],
-              "snapshot": original.get("snapshot") or {}, "created_at": now, "attempts": 0,
+              "snapshot": snapshot, "created_at": now, "attempts": 0,
               "next_attempt_at": now, "max_attempts": 1, "redelivery_of": original["id"]}
     if original.get("body"):
         record["body"] = original["body"]
@@ -153,10 +156,12 @@ class WebhookPoster:
             outcome, next_ms = "gave_up", 0  # a redelivery makes one attempt only
         else:
             outcome, next_ms = "failed", now_ms() + RETRY_DELAYS_S[seen] * 1000
-        sent = "" if record.get("body") or body is None else body.decode()
+        # The body is not kept: each attempt rebuilds it from the job and the event's
+        # snapshot, the same bytes while the job is final or the snapshot holds (a record
+        # written before this kept its body, which is sent as it is).
         code = await self._redis(lambda: self.outbox.result(
             delivery_id, outcome, attempts_seen=seen, status=status, next_attempt_ms=next_ms,
-            body=sent, log_ttl_ms=self.settings.webhook_log_ttl * 1000))
+            log_ttl_ms=self.settings.webhook_log_ttl * 1000))
         return code is Code.OK
 
     async def _post(self, url: str, msg_id: str, body: bytes, owner: str) -> int | None:

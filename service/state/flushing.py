@@ -3,12 +3,24 @@ and counting the records SQL refused. A base of `service.state.store.Core`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from service.state.base import CoreBase
 from service.state.codes import Code
 from service.state.replies import DueWork, FlushAttempt
+
+ENDED_LOGS_KEPT = 100_000
+
+
+def _ended(raw: str) -> bool:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and bool(record.get("delivered_at")
+                                             or record.get("gave_up_at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +51,28 @@ class FlushCalls(CoreBase):
         return DueWork(list(reply["expired_holds"]), list(reply["expired_leases"]),
                        list(reply["stale_queued"]), list(reply["due_flushes"]))
 
+    def _ended_logs(self) -> dict[str, str]:
+        """Job id -> its webhook log's delivery ids, each ended, as `webhook_logs` (or
+        `flush_read`) last read them for the flush (popped by `flush_done`; bounded, oldest
+        dropped first)."""
+        memo: dict[str, str] | None = self.__dict__.get("_ended_logs_memo")
+        if memo is None:
+            memo = self.__dict__["_ended_logs_memo"] = {}
+        return memo
+
     async def flush_done(self, job_id: str, owner: str) -> Code:
+        """Deletes the flushed job's records, and its webhook log when every delivery in it
+        had ended as the flush read it (SQL has it whole then: Redis need not keep it for
+        TOLLGATE_WEBHOOK_LOG_TTL, which an abandoned job's log cost for nothing)."""
         job = self.job_keys(job_id)
         code, _ = await self.run_checked(
             "flush_done",
             keys={"job": job.base, "items": job.items, "callbacks": job.callbacks,
                   "meta": job.meta, "flush": job.bucket.flush,
-                  "jobs": job.user(owner).jobs, "callback_set": job.callback_set},
-            args={"job_id": job_id},
+                  "jobs": job.user(owner).jobs, "callback_set": job.callback_set,
+                  "webhook_log": job.webhooks},
+            args={"job_id": job_id,
+                  "flushed_deliveries": self._ended_logs().pop(job_id, "")},
         )
         return code
 
@@ -67,6 +93,7 @@ class FlushCalls(CoreBase):
         snapshots = [(_pairs(flat[i]), _pairs(flat[i + 1]), flat[i + 2] or None)
                      for i in range(0, len(flat), 4)]
         logs = [_pairs(flat[i + 3]) for i in range(0, len(flat), 4)]
+        self._note_ended(job_ids, logs)  # as webhook_logs does: flush_done reads it
         return FlushRead(list(reply["ledger_head"]), list(reply["retries_due"]), snapshots,
                          logs)
 
@@ -145,4 +172,16 @@ class FlushCalls(CoreBase):
             return []
         replies = await self._read(*(("HGETALL", self.job_keys(job_id).webhooks)
                                      for job_id in job_ids))
-        return [dict(reply or {}) for reply in replies]
+        logs = [dict(reply or {}) for reply in replies]
+        self._note_ended(job_ids, logs)
+        return logs
+
+    def _note_ended(self, job_ids: list[str], logs: list[dict[str, str]]) -> None:
+        """Remembers the logs read for a flush whose every delivery had ended (_ended_logs)."""
+        memo = self._ended_logs()
+        for job_id, log in zip(job_ids, logs, strict=True):
+            memo.pop(job_id, None)
+            if log and all(_ended(raw) for raw in log.values()):
+                memo[job_id] = ",".join(log)
+        while len(memo) > ENDED_LOGS_KEPT:
+            del memo[next(iter(memo))]

@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, Request, get, post, route
 from litestar.testing import AsyncTestClient
 
 from service.api.auth import (
@@ -67,12 +67,18 @@ async def not_the_callback() -> dict[str, str]:
     return {"reached": "yes"}
 
 
+@route("/me/probe", http_method=["GET", "HEAD"])
+async def probe(request: Request[Any, Any, Any]) -> None:
+    request.app.state.probed = request.user
+
+
 def app_with(settings: Settings, secret: str, provisioned: list[str]) -> Litestar:
     async def provision(user_id: str) -> None:
         provisioned.append(user_id)
 
     auth = make_jwt_auth(settings, secret, provision)
-    return Litestar([me, health, callback, not_the_callback], on_app_init=[auth.on_app_init])
+    return Litestar([me, health, callback, not_the_callback, probe],
+                    on_app_init=[auth.on_app_init])
 
 
 @pytest.fixture
@@ -107,6 +113,22 @@ async def test_missing_forged_or_expired_tokens_are_401(
                     bearer(expired), bearer(no_expiry)):
         assert (await http.get("/me", headers=headers)).status_code == 401
     assert provisioned == []
+
+
+async def test_a_head_request_needs_a_token_like_a_get(
+    client: tuple[AsyncTestClient[Litestar], list[str]],
+) -> None:
+    # Litestar's auth middleware skips HEAD and OPTIONS by default: a HEAD on a user route
+    # would reach its handler with no user. Only OPTIONS (no handler of ours) is skipped.
+    http, provisioned = client
+    for method in ("GET", "HEAD"):
+        answer = await http.request(method, "/me/probe")
+        assert answer.status_code == 401, method
+        assert not hasattr(http.app.state, "probed")
+    answer = await http.head("/me/probe", headers=bearer(issue_token(SECRET, "ann")))
+    assert answer.status_code == 200
+    assert http.app.state.probed == Principal(user_id="ann", admin=False)
+    assert provisioned == ["ann"]
 
 
 async def test_public_paths_need_no_token_and_lookalikes_still_do(

@@ -185,3 +185,35 @@ async def test_the_client_lists_and_redelivers(private_embedded: Api, receiver: 
         assert again["redelivery_of"] == first_id
     await arrived(receiver, 2)
     assert receiver.requests[1].headers["webhook-id"] == again["id"]
+
+
+async def test_a_flushed_log_whose_deliveries_all_ended_leaves_redis(
+    any_api: Api, rt: Runtime, receiver: Receiver,
+) -> None:
+    """Its copy in SQL is whole: Redis does not keep it for TOLLGATE_WEBHOOK_LOG_TTL. A log
+    with a delivery still due stays (its later outcomes are recorded there)."""
+    api, user = any_api, any_api.user()
+    pending, _ = await finished_job_with_a_failed_delivery(api, rt, user, receiver)
+    job = await create_job(api, user, 1, webhook={"url": receiver.url})
+    await upload_all(job)
+    for step in ("confirm-upload", "execute"):
+        await api.client.post(f"/jobs/{job['id']}/{step}", headers=api.auth(user))
+    await report_item(api, job["id"], user, 0)
+    client = sender_client(api.settings)
+
+    async def view(owner: str, job_id: str) -> dict[str, Any] | None:
+        return await webhook_job_view(rt, owner, job_id)
+
+    try:
+        assert await WebhookSender(Outbox(rt.core), api.settings, view, client
+                                   ).deliver_once() == 1
+    finally:
+        await client.aclose()
+    [delivered] = await deliveries(api, user, job["id"])
+    assert delivered["delivered_at"] is not None
+    assert await Outbox(rt.core).log(job["id"])
+
+    await flush_once(rt.core, rt.sessions, api.settings, storage=rt.storage)
+    assert await Outbox(rt.core).log(job["id"]) == {}
+    assert await deliveries(api, user, job["id"]) == [delivered]  # from SQL
+    assert len(await Outbox(rt.core).log(pending)) == 1

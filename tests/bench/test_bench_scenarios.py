@@ -24,6 +24,7 @@ SCENARIOS = {
     "end_to_end": ["end_to_end", "flusher"], "http_api": ["http_api"], "sse": ["sse"],
     "webhook_latency": ["webhook_latency"], "rate_limit": ["rate_limit"],
     "flusher_idle": ["flusher_idle"], "worker_modes": ["worker_modes"],
+    "slow_clients": ["slow_clients"],
     "usage_statement": ["usage_statement"],
 }
 

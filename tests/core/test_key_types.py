@@ -134,7 +134,7 @@ CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
     "cancel": (_cancel, list(range(11))),
     "reserve": (_reserve, [0, 1, 2, 3, 5, 6, 7]),  # KEYS[5], the job meta, is SET whole
     # KEYS[2..4] and [7] (items, callbacks, meta, callback set) are only DELeted: any type
-    "flush_done": (_flush_done, [0, 4, 5]),
+    "flush_done": (_flush_done, [0, 4, 5, 7]),
     "flush_retry_later": (_flush_retry_later, [0, 1, 2]),
     "flush_retry_end": (_flush_retry_end, [0, 1, 2]),
     "webhook_result": (_webhook_result, [0, 1, 2]),
