@@ -52,6 +52,7 @@ from bench.harness import (
     run,
     stack,
     take_batches,
+    tollgate,
     users,
 )
 
@@ -121,6 +122,21 @@ async def tollgate_leg(http: httpx.AsyncClient, jobs: list[tuple[str, str]], ite
     return len(jobs) / (time.perf_counter() - start)
 
 
+async def drain(bench: Stack) -> None:
+    """Hands every waiting batch to RQ now, whatever workers are live."""
+    from service.flusher.dispatcher import Dispatcher
+    from service.runtime import open_runtime
+    from service.settings import Settings
+
+    settings = Settings(**{k.removeprefix("TOLLGATE_").lower(): v
+                           for k, v in bench.env().items() if k.startswith("TOLLGATE_")})
+    rt = await open_runtime(settings, settings.jwt_secret or "")
+    try:
+        await Dispatcher(rt, fixed_room=1_000_000).pass_once()
+    finally:
+        await rt.close()
+
+
 async def wait_for_workers(bench: Stack, count: int) -> None:
     from rq import Worker
 
@@ -136,17 +152,30 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
     per_round = args.jobs * args.repeats
     names = [f"e2e{i}" for i in range(math.ceil(per_round / JOBS_PER_USER))]
     tokens = await users(bench, api, names)
+    # The baseline's payloads come from donor jobs of users of their own: executed, handed to
+    # RQ while no worker runs, taken off it, and left live (a finished job's files refuse
+    # transfers).
+    donor_tokens = await users(bench, api, [f"e2d{i}" for i in range(len(names))])
     rows, baselines = [], {}
+    gate = asyncio.Semaphore(32)
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+
+        async def ready(owner: str, execute: bool) -> str:
+            async with gate:
+                return await ready_job(http, owner, args.items, execute=execute)
+
         for count in args.worker_counts:
             owners = [tokens[i // JOBS_PER_USER] for i in range(per_round)]
-            ids = await asyncio.gather(*(ready_job(http, owner, args.items)
-                                         for owner in owners))
-            by_job = {p["job_id"]: p for p in await asyncio.to_thread(
-                take_batches, bench, per_round)}
+            donors = [donor_tokens[i // JOBS_PER_USER] for i in range(per_round)]
+            donated = await asyncio.gather(*(ready(donor, True) for donor in donors))
+            await drain(bench)
+            payloads = await asyncio.to_thread(take_batches, bench, per_round)
+            ids = await asyncio.gather(*(ready(owner, False) for owner in owners))
+            by_job = dict(zip(ids, payloads, strict=True))
             workers = [bench.worker(api, PROCESSOR, *(["--fork"] if args.fork else []))
                        for _ in range(count)]
             await wait_for_workers(bench, count)
+            dispatcher = bench.start("tollgate dispatcher", tollgate("dispatcher"))
             jobs = list(zip(owners, ids, strict=True))
             bases, legs = [], []
             for leg in range(args.repeats + 1):
@@ -155,8 +184,11 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
                                                 f"{count}-{leg}"))
                 if leg < args.repeats:
                     legs.append(await tollgate_leg(http, mine, args.items))
-            for worker in workers:
+            for worker in [*workers, dispatcher]:
                 worker.stop()
+            for donor, job_id in zip(donors, donated, strict=True):
+                await http.post(f"/jobs/{job_id}/cancel",
+                                headers={"Authorization": f"Bearer {donor}"})
             ratios = [rate / ((bases[i] + bases[i + 1]) / 2) for i, rate in enumerate(legs)]
             baselines[count] = median(bases)
             rows.append(Row(f"tollgate, {count} worker{'s' * (count > 1)}", median(legs),

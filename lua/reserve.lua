@@ -27,6 +27,9 @@
 --     result_ttl_s        the job's own result TTL in seconds (TOLLGATE_RESULT_TTL)
 --     retry_of            the job it retries (POST /jobs/{id}/retry)
 --     uploaded            true to create the job uploaded (a retry: its inputs are there)
+--     priority            high | normal | low (lua/admit.lua; checked against the plan by
+--                         the API); start_deadline  ms by which it must start (the hold
+--                         deadline ARGV[6] is then no later)
 --
 -- Returns {code, job_id}:
 --   {'ok', job_id}                       reserved now
@@ -50,7 +53,7 @@ local opts, bad_opt = read_opts(ARGV[8], {
   idempotent = 'boolean', body_hash = 'string', idempotency_ttl_ms = 'whole',
   rule_id = 'string', model = 'string', webhook_url = 'string', webhook_events = 'string',
   params = 'string', bill_input_errors = 'boolean', result_ttl_s = 'whole',
-  retry_of = 'string', uploaded = 'boolean'})
+  retry_of = 'string', uploaded = 'boolean', priority = 'string', start_deadline = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
 local use_idem, body_hash = opts.idempotent == true, opts.body_hash or ''
 local idem_ttl = opts.idempotency_ttl_ms
@@ -103,4 +106,6 @@ end
 if opts.result_ttl_s then redis.call('HSET', KEYS[4], 'result_ttl', opts.result_ttl_s) end
 if (opts.retry_of or '') ~= '' then redis.call('HSET', KEYS[4], 'retry_of', opts.retry_of) end
 if opts.uploaded then redis.call('HSET', KEYS[4], 'state', 'uploaded') end
+if opts.priority then redis.call('HSET', KEYS[4], 'priority', opts.priority) end
+if opts.start_deadline then redis.call('HSET', KEYS[4], 'start_deadline', opts.start_deadline) end
 return {'ok', job_id}

@@ -70,6 +70,10 @@ class IdempotencyKeyReused(TollgateError):
     title = "Idempotency-Key was used with another body"
 
 
+class PriorityNotAllowed(TollgateError):
+    status, code, title = 403, "priority_not_allowed", "The plan does not allow this priority"
+
+
 class BadArgument(TollgateError):
     status, code, title = 422, "validation_error", "Invalid request"
 

@@ -24,6 +24,7 @@ from service.state.clients import (
     warn_if_evicting,
 )
 from service.state.keys import KeySpace
+from service.state.queue import LiveWorkers
 from service.state.store import Core
 from service.storage import Storage, make_storage
 
@@ -53,6 +54,10 @@ class Runtime:
     @cached_property
     def models(self) -> ModelTable:
         return load_models(self.settings)
+
+    @cached_property
+    def live_workers(self) -> LiveWorkers:
+        return LiveWorkers(self.queue_connection)
 
     async def close(self) -> None:
         await self.core.close()

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "jobs", 60, "how long a running job's lease lasts without a heartbeat", ge=2)
     requeue_after: Seconds = setting(
         "jobs", 300, "time before a queued job nobody started is enqueued again", ge=1)
+    plan_weights: str = setting(
+        "jobs", "free=1,pro=4", "each plan's share of a queue's workers, `plan=weight,...` "
+        "(docs/scheduling.md)",
+        pattern=r"^[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?(,[A-Za-z0-9_-]+=[0-9]+(\.[0-9]+)?)*$")
+    dispatch_batches_per_worker: int = setting(
+        "jobs", 2, "batches per live worker the dispatcher keeps in each RQ queue", ge=1,
+        le=100)
     idempotency_ttl: Seconds = setting(
         "jobs", 86400, "how long an `Idempotency-Key` of POST /jobs is remembered", ge=60)
     result_ttl: Seconds = setting(

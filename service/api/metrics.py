@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 
 from service.api.business_metrics import business_metrics_snapshot
+from service.api.sched_metrics import scheduling_metrics_snapshot
 from service.errors import Forbidden, Unauthorized
 from service.runtime import Runtime
 from service.state.clients import RedisError
@@ -181,6 +182,7 @@ class MetricsController(Controller):
         try:
             body += await business_metrics_snapshot(rt.core, rt.queue_connection,
                                                     rt.models.queues())
+            body += await scheduling_metrics_snapshot(rt)
         except (RedisError, OSError) as error:
             log.warning("business metrics left out of this scrape: %s", error)
         return Response(body, media_type=METRICS_MEDIA_TYPE)

@@ -185,6 +185,8 @@ class JobView(msgspec.Struct, forbid_unknown_fields=True):
     retry_of: str | UnsetType | None = UNSET  # the job whose failed items this one runs
     # Set while the job waits for a model whose processor cannot run: why, one line.
     model_unavailable: str | UnsetType = UNSET
+    # A queued job: true while no live worker serves its model (docs/scheduling.md).
+    waiting_for_worker: bool | UnsetType = UNSET
     items: list[ItemView] | UnsetType = UNSET  # on a single job, not in lists
 
 
@@ -222,6 +224,8 @@ class ModelView(msgspec.Struct, forbid_unknown_fields=True):
     # are refused, 503 model_unavailable, and unavailable_reason says why.
     available: bool = True
     unavailable_reason: str | UnsetType = UNSET
+    workers: int = 0  # live workers serving its queue (docs/scheduling.md)
+    queued_items: int = 0  # items executed and waiting in tollgate's dispatch order
 
 
 class ModelList(msgspec.Struct, forbid_unknown_fields=True):

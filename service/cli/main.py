@@ -133,6 +133,14 @@ def cmd_flusher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from service.flusher.dispatcher import run_dispatcher
+
+    redis_or_exit(get_settings())
+    asyncio.run(run_dispatcher(get_settings()))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from service.cli.dev import run_dev
 
@@ -256,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     flusher = command("flusher", "flush finished jobs, expire holds and leases")
     flusher.add_argument("--once", action="store_true", help="one pass over every bucket")
     flusher.set_defaults(run=cmd_flusher)
+    dispatcher = command("dispatcher", "only the dispatcher the flusher runs: hands waiting "
+                         "batches to RQ (docs/scheduling.md)")
+    dispatcher.set_defaults(run=cmd_dispatcher)
 
     command("migrate", "create or upgrade the SQL schema").set_defaults(run=cmd_migrate)
 

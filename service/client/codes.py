@@ -26,6 +26,7 @@ CONCURRENCY_LIMIT = Code("concurrency_limit", 429, "Too many jobs running at onc
 RULE_SLOTS_EXHAUSTED = Code("rule_slots_exhausted", 409, "Every rule slot of the plan is taken")
 IDEMPOTENCY_KEY_REUSED = Code(
     "idempotency_key_reused", 422, "Idempotency-Key was used with another body")
+PRIORITY_NOT_ALLOWED = Code("priority_not_allowed", 403, "The plan does not allow this priority")
 VALIDATION_ERROR = Code("validation_error", 422, "Invalid request")
 WEBHOOK_URL_NOT_ALLOWED = Code(
     "webhook_url_not_allowed", 422, "The webhook URL is not a public http(s) address")
@@ -62,6 +63,7 @@ CODES: dict[str, Code] = {code.code: code for code in (
     CONCURRENCY_LIMIT,
     RULE_SLOTS_EXHAUSTED,
     IDEMPOTENCY_KEY_REUSED,
+    PRIORITY_NOT_ALLOWED,
     VALIDATION_ERROR,
     WEBHOOK_URL_NOT_ALLOWED,
     UNKNOWN_MODEL,

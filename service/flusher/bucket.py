@@ -44,6 +44,7 @@ from service.settings import Settings
 from service.state.codes import Code
 from service.state.fsm import TERMINAL, JobState
 from service.state.records import JOB_STATE, JOB_TOTAL
+from service.state.sched import SchedReads
 from service.state.store import Core
 from service.storage import Storage
 
@@ -117,8 +118,11 @@ async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: i
         if owner is None:  # the job is gone: only its index entry is left
             await core.drop_index_entry(bucket, "holds", job_id)
             return False
+        # A start deadline (POST /jobs start_deadline_s) shortened the hold: say which ended it.
+        (deadline,) = await SchedReads(core).job_fields(job_id, ("start_deadline",))
+        reason = "deadline" if deadline and int(deadline) <= core._now() else "hold_expired"
         try:
-            progress = await core.cancel(job_id, owner, reason="hold_expired",
+            progress = await core.cancel(job_id, owner, reason=reason,
                                          flush_delay_ms=flush_ms,
                                          from_states=(JobState.CREATED, JobState.UPLOADED))
         except (InvalidTransition, NotFound):
@@ -128,13 +132,18 @@ async def _expire_holds(core: Core, bucket: int, job_ids: list[str], flush_ms: i
     return sum(await _bounded(expire, job_ids))
 
 
-async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int) -> int:
+async def _expire_leases(core: Core, bucket: int, job_ids: list[str], flush_ms: int,
+                         lease_ms: int) -> int:
     owners = await _owners(core, job_ids)
 
     async def expire(job_id: str) -> bool:
         owner = owners[job_id]
         if owner is None:
             await core.drop_index_entry(bucket, "leases", job_id)
+            return False
+        if await SchedReads(core).waiting_place(job_id) is not None:
+            # Its next batches wait in the dispatch order, not on a worker: no lease lost.
+            await core.renew_lease(job_id, owner, lease_ms)
             return False
         try:
             progress = await core.settle(job_id, owner, JobState.FAILED,
@@ -223,7 +232,8 @@ async def visit_bucket(
     flush_ms = settings.flush_delay * 1000
     stats = FlushStats()
     stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
-    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms)
+    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms,
+                                                settings.lease_ttl * 1000)
     stats.requeued = await _requeue(due.stale_queued, requeue)
     stats.saturated = any(
         len(ids) >= limit
@@ -359,4 +369,3 @@ async def flush_buckets(
         done.add(visit.stats)
         outcomes.append(done)
     return outcomes
-

@@ -34,12 +34,13 @@ from sqlalchemy import text
 
 from service.errors import NotFound
 from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_buckets
+from service.flusher.dispatcher import Dispatcher
 from service.flusher.retention import expire_kept_inputs, expire_results
 from service.flusher.webhooks import WebhookSender
 from service.history.deliveries import expire_deliveries
 from service.history.engine import make_engine, make_session_factory
 from service.jobs.deliveries import sender_client
-from service.jobs.dispatch import dispatch
+from service.jobs.dispatch import requeue as requeue_job
 from service.jobs.views import webhook_job_view
 from service.runtime import make_core, open_runtime
 from service.settings import Settings
@@ -281,7 +282,7 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
     rt = await open_runtime(settings, settings.jwt_secret)
 
     async def requeue(job_id: str) -> None:
-        await dispatch(rt, job_id)
+        await requeue_job(rt, job_id)
 
     async def render(owner: str, job_id: str) -> dict[str, Any] | None:
         try:
@@ -290,9 +291,12 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
             return None
 
     webhooks = WebhookSender(Outbox(rt.core), settings, render, sender_client(settings))
+    stop = stop or asyncio.Event()
+    dispatching = Dispatcher(rt).beside(stop, once=once)  # service/flusher/dispatcher.py
     try:
         await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks,
                           storage=rt.storage, stop=stop)
     finally:
+        await dispatching.close()
         await webhooks.client.aclose()
         await rt.close()

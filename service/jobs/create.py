@@ -12,7 +12,7 @@ import anyio
 import msgspec
 
 from service.contract import input_key
-from service.errors import BadArgument, IdempotencyKeyReused, TollgateError
+from service.errors import BadArgument, IdempotencyKeyReused, PriorityNotAllowed, TollgateError
 from service.jobs.presets import Preset, job_preset
 from service.jobs.provisioning import as_known_user
 from service.jobs.schemas import ItemIn, JobCreate
@@ -22,6 +22,7 @@ from service.models import Model
 from service.runtime import Runtime
 from service.state.codes import Code
 from service.state.fsm import JobState
+from service.state.plans import DEFAULT_PLAN, PLANS
 from service.state.records import JobRecord, iso_z
 from service.state.store import now_ms
 
@@ -81,6 +82,7 @@ async def _prepare(rt: Runtime, user_id: str, body: JobCreate
     model = model_for_items(rt.models.get(preset.model), body.items)
     rt.models.check_params(model, preset.params)
     rt.models.check_available(model)  # 503 model_unavailable: no worker here can run it
+    await check_priority(rt, user_id, preset.priority)
     for index, item in enumerate(body.items):
         if item.size > model.max_item_bytes:
             raise BadArgument(f"item {item.name!r} is larger than {model.max_item_bytes} bytes, "
@@ -92,6 +94,16 @@ async def _prepare(rt: Runtime, user_id: str, body: JobCreate
         webhook_url = preset.webhook.url
         webhook_events = tuple(event for event in EVENTS if event in preset.webhook.events)
     return model, preset, webhook_url, webhook_events
+
+
+async def check_priority(rt: Runtime, user_id: str, priority: str) -> None:
+    """403 priority_not_allowed for a priority the user's plan does not have (a user not
+    provisioned yet is on the default plan)."""
+    if priority in PLANS[DEFAULT_PLAN].priorities:
+        return
+    plan = (await rt.core.user_record(user_id)).get("plan") or DEFAULT_PLAN
+    if priority not in PLANS.get(plan, PLANS[DEFAULT_PLAN]).priorities:
+        raise PriorityNotAllowed(f"the {plan} plan does not allow priority {priority!r}")
 
 
 async def _replay(rt: Runtime, user_id: str, idempotency_key: str | None, digest: str,
@@ -132,7 +144,9 @@ async def create_job(
         body_hash=digest, idempotency_ttl_ms=settings.idempotency_ttl * 1000,
         webhook_url=webhook_url, webhook_events=webhook_events,
         params_json=_json(preset.params), bill_input_errors=model.bill_input_errors,
-        result_ttl_s=body.result_ttl_s,
+        result_ttl_s=body.result_ttl_s, priority=preset.priority,
+        start_deadline_ms=None if body.start_deadline_s is None
+        else created_ms + body.start_deadline_s * 1000,
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back

@@ -8,8 +8,8 @@ from typing import Any
 
 from service.contract import input_key
 from service.errors import InvalidTransition, NotFound, UploadsMissing
-from service.jobs.dispatch import dispatch, model_gone
-from service.jobs.views import get_job, job_view, with_queue_position
+from service.jobs.dispatch import admit, leave_order
+from service.jobs.views import get_job
 from service.runtime import Runtime
 from service.state.fsm import TERMINAL, JobState
 
@@ -35,25 +35,21 @@ async def confirm_upload(rt: Runtime, user_id: str, job_id: str) -> dict[str, An
 
 
 async def execute(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
+    job = await rt.core.job(job_id)
+    if job is None or job.user_id != user_id:  # flushed (final), or none of the caller's
+        return await get_job(rt, user_id, job_id)
+    # Also on a repeated execute of a queued job: the first call may have queued it and then
+    # failed to reach the dispatch order (a 503 to the client); its retry places it now,
+    # not after the flusher's TOLLGATE_REQUEUE_AFTER. Harmless otherwise.
     try:  # the script finds the caller's live job, or says there is none
-        await rt.core.transition(job_id, JobState.UPLOADED, JobState.QUEUED, owner=user_id)
-    except NotFound:  # flushed (final), or none of the caller's
+        if await admit(rt, job) is None:  # its model is gone: failed, refunded
+            return await get_job(rt, user_id, job_id)
+    except NotFound:  # flushed (final) since the read
         return await get_job(rt, user_id, job_id)
     except InvalidTransition as refused:
         if refused.extra.get("job_status") == JobState.CREATED:  # a true conflict
             raise
-        return await get_job(rt, user_id, job_id)  # running or final: no dispatch
-    job = await rt.core.job_snapshot(job_id)  # the one read: for the workers and the answer
-    if job is None:  # finished and flushed since the transition
-        return await get_job(rt, user_id, job_id)
-    # Also on a repeated execute of a queued job: the first call may have queued it and then
-    # failed to reach RQ (a 503 to the client); its retry enqueues now, not after the
-    # flusher's TOLLGATE_REQUEUE_AFTER. Harmless otherwise: RQ ids are deterministic and a
-    # live batch is left alone.
-    await dispatch(rt, job_id, job)
-    if model_gone(rt, job):  # dispatch failed it, refunded: answer that, not `queued`
-        return await get_job(rt, user_id, job_id)
-    return await with_queue_position(rt, job_view(rt, job, with_items=True))
+    return await get_job(rt, user_id, job_id)  # running or final: not placed again
 
 
 async def cancel(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
@@ -64,4 +60,5 @@ async def cancel(rt: Runtime, user_id: str, job_id: str) -> dict[str, Any]:
     if status != JobState.CANCELED:  # a repeated cancel answers like the first one
         await rt.core.cancel(job_id, user_id, reason="user",
                              flush_delay_ms=rt.settings.flush_delay * 1000)
+        await leave_order(rt, job_id)  # never RQ: a batch handed before is refused
     return await get_job(rt, user_id, job_id)

@@ -23,6 +23,7 @@ class Preset:
     model: str | None
     params: dict[str, Any]
     webhook: WebhookIn | None
+    priority: str = "normal"
 
 
 def webhook_in(stored: dict[str, Any] | None) -> WebhookIn | None:
@@ -32,12 +33,14 @@ def webhook_in(stored: dict[str, Any] | None) -> WebhookIn | None:
 async def job_preset(rt: Runtime, user_id: str, body: JobCreate) -> Preset:
     """The job's own fields over its rule's (404 for a rule the user does not have)."""
     if body.rule_id is None:
-        return Preset(body.model, body.params if body.params is not None else {}, body.webhook)
+        return Preset(body.model, body.params if body.params is not None else {}, body.webhook,
+                      body.priority or "normal")
     rule = await get_rule(rt, user_id, body.rule_id)
     return Preset(
         model=body.model if body.model is not None else rule.model,
         params=body.params if body.params is not None else dict(rule.params),
-        webhook=body.webhook if body.webhook is not None else webhook_in(rule.webhook))
+        webhook=body.webhook if body.webhook is not None else webhook_in(rule.webhook),
+        priority=body.priority or "normal")
 
 
 async def get_rule(rt: Runtime, user_id: str, rule_id: str) -> Rule:

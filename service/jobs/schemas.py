@@ -77,6 +77,7 @@ class ItemIn(msgspec.Struct, forbid_unknown_fields=True):
     size: Annotated[int, msgspec.Meta(ge=1)]
 
 
+Priority = Literal["high", "normal", "low"]
 WebhookEvent = Literal["started", "progress", "completed"]
 
 
@@ -99,6 +100,10 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] | None = None
     # Seconds the outputs are kept after the job finished; unset: TOLLGATE_RESULT_TTL.
     result_ttl_s: Annotated[int, msgspec.Meta(ge=3600, le=2592000)] | None = None
+    # Scheduling (docs/scheduling.md): its priority (unset: the rule's, else normal) and
+    # the seconds after its creation by which it must have started, else it is canceled.
+    priority: Priority | None = None
+    start_deadline_s: Annotated[int, msgspec.Meta(ge=1, le=259200)] | None = None
 
     def __post_init__(self) -> None:
         if self.params is not None:

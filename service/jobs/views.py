@@ -17,8 +17,8 @@ from service.jobs.provisioning import rebuild_if_lost
 from service.runtime import Runtime
 from service.state.clients import UNREACHABLE_ERRORS, RedisError
 from service.state.fsm import JobState
-from service.state.outbox import Outbox
 from service.state.records import ITEM_OK, ITEM_PENDING, JobRecord, iso_z
+from service.state.sched import SchedState
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,20 @@ def job_view(rt: Runtime, job: JobRecord | JobLog, with_items: bool) -> dict[str
 
 
 async def with_queue_position(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
-    """A queued job's place in line (the view of any other has null): a live read."""
-    if view["status"] == JobState.QUEUED:
+    """A queued job's place in its queue's dispatch order (docs/scheduling.md): the jobs
+    ahead of it, one ZRANK (O(log n)) on the order's own slot, no bucket read; 0 once every
+    batch is in RQ. The view of any other job has null."""
+    if view["status"] == JobState.QUEUED and (view["model"] is None
+                                              or view["model"] in rt.models):
         try:
-            view["queue_position"] = await Outbox(rt.core).queue_position(view["id"])
+            queue = rt.models.get(view["model"]).queue
+            workers = await rt.live_workers.counts(rt.models.queues())
+            view["waiting_for_worker"] = workers.get(queue, 0) == 0
+            rank = await SchedState(rt.core).position(queue, view["id"])
+            view["queue_position"] = 0 if rank is None else rank
         except POSITION_UNREAD as error:
-            # It reads every bucket in use: one node away (a Cluster failover) would fail
-            # every queued job's view. The place in line is a hint; the view stands without.
+            # The order's node away (a Cluster failover) must not fail every queued job's
+            # view: the place in line is a hint; the view stands without.
             log.warning("job %s: queue position unread: %s", view["id"],
                         type(error).__name__)
     return view

@@ -13,6 +13,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _SORTABLE_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 # The due index is split over this many keys so that every API write's ZADD does not land
@@ -79,6 +80,13 @@ class KeySpace:
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(self.bucket(self.bucket_of_user(user_id)), user_id)
 
+    def sched(self, queue: str) -> SchedKeys:
+        """One RQ queue's dispatch order across buckets (service/state/sched.py): its own
+        hash slot, written by Python after a bucket's script, rebuilt from the buckets'
+        waiting sets."""
+        tag = queue if _PLAIN_NAME.match(queue) else hashlib.sha256(queue.encode()).hexdigest()[:16]
+        return SchedKeys(f"{self.prefix}:sched:{{q:{tag}}}")
+
     def job(self, job_id: str) -> JobKeys | None:
         bucket = self.bucket_of_job(job_id)
         return None if bucket is None else JobKeys(self.bucket(bucket), job_id)
@@ -133,9 +141,53 @@ class BucketKeys:
         return f"{self.tag}:ledger-retry"
 
     @property
+    def waiting(self) -> str:
+        """zset: executed job id -> its place in its queue's dispatch order, while it has
+        batches not yet handed to RQ (lua/admit.lua, lua/dispatch_done.lua)."""
+        return f"{self.tag}:waiting"
+
+    @property
     def counters(self) -> str:
         """hash: business counters of the bucket (field -> count); a scrape sums buckets."""
         return f"{self.tag}:counters"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedKeys:
+    tag: str
+
+    @property
+    def order(self) -> str:
+        """zset: waiting job id -> its place (lua/sched_order.lua)."""
+        return f"{self.tag}:order"
+
+    @property
+    def items(self) -> str:
+        return f"{self.tag}:items"
+
+    @property
+    def info(self) -> str:
+        return f"{self.tag}:info"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.tag}:deadlines"
+
+    @property
+    def claims(self) -> str:
+        """zset: job id -> when its dispatch claim ends, written before dispatch_take and
+        removed after dispatch_done: what a dispatcher killed between the two left."""
+        return f"{self.tag}:claims"
+
+    @property
+    def lock(self) -> str:
+        """string: the dispatcher that fills this queue now (one at a time)."""
+        return f"{self.tag}:lock"
+
+    @property
+    def waits(self) -> str:
+        """hash: the dispatch wait histogram, `<priority>:<le>` -> count, `<priority>:sum`."""
+        return f"{self.tag}:waits"
 
 
 @dataclass(frozen=True, slots=True)

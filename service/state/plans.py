@@ -10,11 +10,14 @@ class Plan:
     name: str
     rule_slots: int
     concurrency: int
+    # POST /jobs `priority` values the plan may use (docs/scheduling.md)
+    priorities: frozenset[str] = frozenset({"normal", "low"})
 
 
 PLANS: dict[str, Plan] = {
     "free": Plan("free", rule_slots=2, concurrency=1),
-    "pro": Plan("pro", rule_slots=20, concurrency=10),
+    "pro": Plan("pro", rule_slots=20, concurrency=10,
+                priorities=frozenset({"high", "normal", "low"})),
 }
 
 DEFAULT_PLAN = "free"

@@ -79,6 +79,8 @@ class Core(UserCalls, FlushCalls):
         result_ttl_s: int | None = None,
         retry_of: str = "",
         uploaded: bool = False,
+        priority: str = "",
+        start_deadline_ms: int | None = None,
     ) -> tuple[Code, str]:
         """Returns (OK, job_id) or (ALREADY, the existing job id). `uploaded`: the job
         starts `uploaded` (a retry, on inputs already stored)."""
@@ -94,9 +96,13 @@ class Core(UserCalls, FlushCalls):
             ("rule_id", rule_id), ("model", model), ("webhook_url", webhook_url),
             ("webhook_events", ",".join(webhook_events)), ("params", params_json),
             ("bill_input_errors", bill_input_errors), ("retry_of", retry_of),
-            ("uploaded", uploaded)) if value}
+            ("uploaded", uploaded), ("priority", priority)) if value}
         if result_ttl_s is not None:
             opts["result_ttl_s"] = result_ttl_s
+        hold_until = now + hold_ttl_ms
+        if start_deadline_ms is not None:  # not started by then: canceled, reason deadline
+            opts["start_deadline"] = start_deadline_ms
+            hold_until = min(hold_until, start_deadline_ms)
         if idempotency_key:
             opts |= {"idempotent": True, "body_hash": body_hash,
                      "idempotency_ttl_ms": idempotency_ttl_ms}
@@ -107,7 +113,7 @@ class Core(UserCalls, FlushCalls):
                   "idempotency": user.idempotency(idempotency_key or "-"),
                   "ledger": user.bucket.ledger},
             args={"job_id": job_id, "owner": user_id, "total": total, "price": price,
-                  "now": now, "hold_until": now + hold_ttl_ms, "meta_json": meta_json,
+                  "now": now, "hold_until": hold_until, "meta_json": meta_json,
                   "opts": opts},
         )
         await self._use_bucket(self.keys.bucket_of_user(user_id))

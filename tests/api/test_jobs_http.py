@@ -9,8 +9,9 @@ from typing import Any
 from rq import Queue
 
 from service.contract import rq_job_id
+from service.runtime import open_runtime
 from service.state.keys import KeySpace
-from tests.api.conftest import Api
+from tests.api.conftest import SECRET, Api
 from tests.api.flow import (
     PNG_BYTES,
     callback,
@@ -21,6 +22,7 @@ from tests.api.flow import (
     report_item,
     upload_all,
 )
+from tests.api.scheduling import dispatcher, one_pass, register_worker
 
 
 async def test_create_job_holds_credits_and_hands_out_upload_urls(api: Api) -> None:
@@ -54,11 +56,19 @@ async def test_confirm_upload_lists_the_missing_indexes(api: Api) -> None:
     assert response.json()["missing"] == [0, 2]
 
 
-async def test_execute_enqueues_deterministic_rq_jobs(api: Api) -> None:
+async def test_an_executed_job_reaches_rq_through_the_dispatcher_by_deterministic_ids(
+        api: Api) -> None:
     user = api.user()
     job = await queued_job(api, user, 2)
     assert job["status"] == "queued"
     queue = Queue(api.settings.queue_name, connection=_rq_connection(api))
+    assert queue.get_job_ids() == []  # it waits in tollgate's dispatch order
+    rt = await open_runtime(api.settings, SECRET)
+    try:
+        register_worker(rt, "w1")
+        await one_pass(dispatcher(rt))
+    finally:
+        await rt.close()
     assert rq_job_id(job["id"], 0) in queue.get_job_ids()
     queue.connection.close()
 
@@ -295,15 +305,17 @@ async def test_actions_on_a_job_already_in_history_answer_its_state(api: Api) ->
     assert stranger.status_code == 404
 
 
-async def test_a_repeated_execute_enqueues_what_a_crash_lost(api: Api) -> None:
+async def test_a_repeated_execute_places_what_a_crash_left_out_of_the_order(
+        api: Api) -> None:
     import redis as sync_redis
-    from rq.job import Job
 
     user = api.user()
     job = await queued_job(api, user, 1)
-    connection = sync_redis.Redis.from_url(api.settings.queue_redis_url or "")
-    Job.fetch(rq_job_id(job["id"], 0), connection=connection).delete()
+    order = KeySpace(api.settings.key_prefix, api.settings.buckets).sched(
+        api.settings.queue_name).order
+    connection = sync_redis.Redis.from_url(api.settings.redis_url or "")
+    connection.zrem(order, job["id"])  # the API died after the bucket's script
     again = await api.client.post(f"/jobs/{job['id']}/execute", headers=api.auth(user))
     assert again.status_code == 202 and again.json()["status"] == "queued"
-    assert Job.exists(rq_job_id(job["id"], 0), connection=connection)
+    assert connection.zscore(order, job["id"]) is not None
     connection.close()

@@ -13,10 +13,12 @@ import redis
 from rq import Queue
 
 from service.contract import SERIALIZER
+from service.runtime import open_runtime
 from service.settings import Settings
-from tests.api.conftest import Api, ServerThread
+from tests.api.conftest import SECRET, Api, ServerThread
 from tests.api.flow import callback, create_job, items, me, report_item, upload_all
 from tests.api.history import flush_everything
+from tests.api.scheduling import dispatcher, one_pass, register_worker
 from tests.conftest import free_port
 
 MODELS = """
@@ -80,12 +82,12 @@ async def test_get_models_lists_every_model_with_its_price_and_limits(api: Api) 
     assert thumbnail == {
         "name": "thumbnail", "description": "256 px PNG thumbnails", "price_per_item": 1,
         "max_items": api.settings.max_items, "content_types": ["image/*"], "default": True,
-        "params_schema": None, "available": True}
+        "params_schema": None, "available": True, "workers": 0, "queued_items": 0}
     assert heavy == {
         "name": "heavy", "description": "a pricier model", "price_per_item": 3, "max_items": 4,
         "content_types": ["image/png"], "default": False,
         "params_schema": {"type": "object", "properties": {"strength": {"type": "integer"}}},
-        "available": True}
+        "available": True, "workers": 0, "queued_items": 0}
     assert (await api.client.get("/models")).status_code == 401
 
 
@@ -130,6 +132,13 @@ async def test_execute_enqueues_on_the_models_queue_in_its_batch_size(api: Api) 
         await api.admin_create_user(user, credits=100)
     heavy = await submit(api, rich[0], 4, "heavy")
     thumb = await submit(api, rich[1], 4, None)
+    rt = await open_runtime(api.settings, SECRET)
+    try:  # a live worker on each queue, and the dispatcher hands the work there
+        for queue in (f"{prefix}-heavy", f"{prefix}-thumb"):
+            register_worker(rt, queue, queue)
+        await one_pass(dispatcher(rt))
+    finally:
+        await rt.close()
     assert sorted(rq_ids(api, f"{prefix}-heavy")) == [f"tg-{heavy['id']}-0",
                                                        f"tg-{heavy['id']}-1"]
     assert sorted(rq_ids(api, f"{prefix}-thumb")) == [f"tg-{thumb['id']}-0",

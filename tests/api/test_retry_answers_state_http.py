@@ -11,10 +11,12 @@ import pytest
 import redis
 from rq.job import Job
 
-import service.jobs.dispatch
 import service.state.clients as clients
 from service.contract import rq_job_id
-from tests.api.conftest import Api
+from service.runtime import open_runtime
+from service.state.keys import KeySpace
+from service.state.sched import SchedState
+from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, queued_job, report_item, upload_all
 from tests.api.history import flush_everything
 
@@ -64,7 +66,6 @@ async def test_execute_again_of_a_running_job_enqueues_nothing(any_api: Api,
     api, user = any_api, any_api.user()
     job_id = (await queued_job(api, user, 1))["id"]
     await callback(api, job_id, user, idempotency_key="s", event="started")
-    Job.fetch(rq_job_id(job_id, 0), connection=rq_redis).delete()  # the worker has it
     status, view = await post(api, user, job_id, "execute")
     assert (status, view["status"]) == (202, "running")
     assert not Job.exists(rq_job_id(job_id, 0), connection=rq_redis)
@@ -73,27 +74,32 @@ async def test_execute_again_of_a_running_job_enqueues_nothing(any_api: Api,
 async def test_an_execute_whose_enqueue_failed_is_dispatched_by_its_retry(
     any_api: Api, rq_redis: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first call queued the job, then could not reach RQ (a 503): the retry enqueues it
-    now rather than leaving it to the flusher's TOLLGATE_REQUEUE_AFTER."""
+    """The first call queued the job, then could not reach the dispatch order (a 503): the
+    retry places it now rather than leaving it to the flusher's TOLLGATE_REQUEUE_AFTER."""
     api, user = any_api, any_api.user()
     job = await create_job(api, user, 1)
     await upload_all(job)
     assert (await post(api, user, job["id"], "confirm-upload"))[0] == 200
 
-    def rq_away(*_: Any, **__: Any) -> list[str]:
-        raise redis.exceptions.ConnectionError("RQ's Redis went away")
+    async def order_away(*_: Any, **__: Any) -> None:
+        raise redis.exceptions.ConnectionError("the order's node went away")
 
+    order = KeySpace(api.settings.key_prefix, api.settings.buckets).sched(
+        api.settings.queue_name).order
     with monkeypatch.context() as patched:
-        patched.setattr(service.jobs.dispatch, "enqueue_job", rq_away)
+        patched.setattr(SchedState, "place", order_away)
         status, problem = await post(api, user, job["id"], "execute")
     assert (status, problem["code"]) == (503, "unavailable")
-    assert not Job.exists(rq_job_id(job["id"], 0), connection=rq_redis)
-    read = await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))
-    assert read.json()["status"] == "queued"  # the transition happened
-
-    status, view = await post(api, user, job["id"], "execute")
-    assert (status, view["status"]) == (202, "queued")
-    assert Job.exists(rq_job_id(job["id"], 0), connection=rq_redis)
+    rt = await open_runtime(api.settings, SECRET)
+    try:
+        assert await rt.core.client.zscore(order, job["id"]) is None
+        read = await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))
+        assert read.json()["status"] == "queued"  # the transition happened
+        status, view = await post(api, user, job["id"], "execute")
+        assert (status, view["status"]) == (202, "queued")
+        assert await rt.core.client.zscore(order, job["id"]) is not None
+    finally:
+        await rt.close()
 
 
 async def test_execute_before_confirm_stays_a_conflict(any_api: Api) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis import exceptions
 
-from service.state.outbox import Outbox
 from service.state.reads import StateReads
+from service.state.sched import SchedState
 from tests.api.conftest import Api
 from tests.api.flow import queued_job
 
@@ -58,7 +58,7 @@ async def test_a_queued_jobs_view_stands_when_its_queue_position_cannot_be_read(
     async def node_away(*_: Any) -> int | None:
         raise exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:7002.")
 
-    monkeypatch.setattr(Outbox, "queue_position", node_away)
+    monkeypatch.setattr(SchedState, "position", node_away)
     read = await api.client.get(f"/jobs/{job_id}", headers=api.auth(user))
     assert read.status_code == 200, read.text
     assert (read.json()["status"], read.json()["queue_position"]) == ("queued", None)

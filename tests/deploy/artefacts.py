@@ -41,8 +41,10 @@ METRIC_NAMES: dict[str, frozenset[str]] = {
     "tollgate_holds_expired_total": frozenset(),
     "tollgate_webhook_deliveries_total": frozenset({"outcome"}),
     "tollgate_flush_failures_total": frozenset(),
+    "tollgate_workers": frozenset({"model"}),
+    "tollgate_dispatch_wait_seconds": frozenset({"model", "priority"}),
 }
-HISTOGRAMS = frozenset({"tollgate_request_duration_seconds"})
+HISTOGRAMS = frozenset({"tollgate_request_duration_seconds", "tollgate_dispatch_wait_seconds"})
 
 # Services that run once and exit; every other service has a healthcheck.
 ONE_SHOT = frozenset({"minio-bucket", "migrate"})

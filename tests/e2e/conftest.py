@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -16,9 +18,13 @@ import pytest
 
 from service.settings import Settings
 from tests.api.conftest import api, real_settings, settings_overrides  # noqa: F401
+from tests.api.scheduling import drain
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+# One drain at a time: a second would find the queues locked and hand nothing.
+DRAINING = threading.Lock()
 
 def worker_env(settings: Settings, processor: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
@@ -82,6 +88,8 @@ class Workers:
 
     def run_burst(self, processor: str, timeout: float = 120, model: str | None = None,
                   **extra: str) -> str:
+        with DRAINING:  # a burst worker stops on an empty queue: hand it the work first
+            asyncio.run(drain(self.settings))
         proc = self.start(processor, burst=True, model=model, **extra)
         proc.wait(timeout=timeout)
         assert proc.returncode == 0, self.output(proc)

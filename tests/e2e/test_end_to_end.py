@@ -14,6 +14,7 @@ from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import me, queued_job
 from tests.api.history import flush_everything
+from tests.api.scheduling import dispatching, drain
 from tests.e2e.conftest import Workers
 
 SLOW = "tests.e2e.slow_processor:one_per_second"
@@ -109,7 +110,8 @@ async def test_a_killed_worker_ends_in_a_settled_refunded_job(api: Api, workers:
     user = api.user()
     job = await queued_job(api, user, 6)
     proc = workers.start(SLOW, burst=False, TOLLGATE_TEST_ITEM_SECONDS="1")
-    await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 2)
+    async with dispatching(api.settings):
+        await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 2)
     workers.kill(proc)
     before = await job_view(api, user, job["id"])
     assert before["status"] == "running"
@@ -128,7 +130,8 @@ async def test_cancel_while_running_stops_charging(api: Api, workers: Workers) -
     user = api.user()
     job = await queued_job(api, user, 6)
     proc = workers.start(SLOW, burst=False, TOLLGATE_TEST_ITEM_SECONDS="0.5")
-    await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 1)
+    async with dispatching(api.settings):
+        await wait_for(api, user, job["id"], lambda v: v["done_items"] >= 1)
     canceled = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
     assert canceled.status_code == 200
     charged = canceled.json()["charged"]
@@ -152,7 +155,8 @@ async def test_a_queued_job_lost_by_the_queue_is_enqueued_again_and_finishes(
 
     user = api.user()
     job = await queued_job(api, user, 2)
-    # A crash between the queued transition and the enqueue: RQ never heard of the job.
+    assert await drain(api.settings) == 1  # its batch is handed to RQ
+    # RQ's Redis loses it (a restart without persistence): RQ never heard of the job.
     connection = sync_redis.Redis.from_url(api.settings.queue_redis_url or "")
     Job.fetch(rq_job_id(job["id"], 0), connection=connection).delete()
     connection.delete(f"rq:queue:{api.settings.queue_name}")

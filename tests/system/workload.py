@@ -148,9 +148,11 @@ class Workload:
         job's own check, every job final, reports it) rather than unexpected answers."""
         deadline = time.monotonic() + CALL_DEADLINE_S
         response: httpx.Response | None = None
+        given = dict(kwargs.pop("headers", None) or {})  # a feature's own credential stays
         while time.monotonic() < deadline:
-            headers = dict(kwargs.pop("headers", None) or {})
-            if user is not None and "Authorization" not in headers:
+            headers = dict(given)
+            if user is not None and "Authorization" not in given:
+                # Made again on every try: `tollgate dev` restarted with a new secret.
                 token = await asyncio.to_thread(self.stack.token, user, admin=admin)
                 headers["Authorization"] = f"Bearer {token}"
             kwargs["headers"] = headers

@@ -1,0 +1,311 @@
+"""The dispatcher: moves work from tollgate's dispatch order into each RQ queue, a few
+batches ahead of the workers (docs/scheduling.md). It runs as a task of the flusher process.
+
+Each pass, for each RQ queue: cancel the jobs whose start deadline passed, then fill the
+queue up to `TOLLGATE_DISPATCH_BATCHES_PER_WORKER` batches per live worker from the head of
+the queue's order: priority first, then the owners' weighted fair share, then each owner's
+own order (the places lua/admit.lua gives). A hand is two steps around the RQ enqueue:
+`dispatch_take` claims batches, `dispatch_done` confirms them; a dispatcher killed between
+the two leaves a claim that expires, and the next take answers the same batches, which RQ's
+deterministic ids keep there once. One dispatcher fills a queue at a time (a lock of a few
+seconds); another waits its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import anyio
+from rq.job import Job
+
+from service.contract import SERIALIZER, rq_job_id
+from service.errors import InvalidTransition, NotFound
+from service.jobs.dispatch import enqueue_batches, model_gone, sched_fields
+from service.runtime import Runtime, open_runtime
+from service.settings import Settings
+from service.state.base import now_ms
+from service.state.due import DueIndex
+from service.state.fsm import JobState
+from service.state.queue import live_workers, queue_depths
+from service.state.records import JobRecord
+from service.state.sched import SchedReads
+
+log = logging.getLogger("tollgate.dispatcher")
+
+# A claim this old is taken to be a dead dispatcher's: its batches are handed again.
+CLAIM_MS = 10_000
+LOCK_MS = 5_000
+# The order's head read at once: a job under another's live claim is stepped over.
+HEAD = 8
+# How often a queue with work waiting for room is looked at again (one LLEN per queue).
+BACKLOG_POLL_S = 0.005
+DEADLINES_PER_PASS = 500
+# How often the order is rebuilt from the buckets' waiting sets (and at start).
+REBUILD_S = 60.0
+WORKERS_TTL_S = 1.0
+# Tests stop the dispatcher between its steps: "taken" (claimed, not in RQ), "enqueued".
+Hook = Callable[[str], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(self, rt: Runtime, *, claim_ms: int = CLAIM_MS, lock_ms: int = LOCK_MS,
+                 interval: float = 0.05, hook: Hook | None = None,
+                 fixed_room: int | None = None) -> None:
+        self.rt = rt
+        self.sched = SchedReads(rt.core)
+        self.claim_ms = claim_ms
+        self.lock_ms = lock_ms
+        self.interval = interval
+        self.hook = hook
+        self.fixed_room = fixed_room  # tests' burst workers: room whatever is live
+        self.token = f"{os.getpid()}-{id(self)}"
+        self.workers: dict[str, int] = {}
+        self._workers_read = -WORKERS_TTL_S
+        self._jobs: OrderedDict[str, JobRecord] = OrderedDict()  # items, read once a job
+        self._rebuilt = -REBUILD_S
+        self.backlog = False  # the last pass left work waiting for room in RQ
+
+    @property
+    def queues(self) -> list[str]:
+        return self.rt.models.queues()
+
+    def beside(self, stop: asyncio.Event, *, once: bool) -> Beside:
+        """The dispatcher as a task beside the flusher loop, ended with it (`close`)."""
+        return Beside(self, stop, once)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Passes until `stop`; an error is logged and the pass tried again (Redis away)."""
+        while not stop.is_set():
+            busy = False
+            try:
+                if time.monotonic() - self._rebuilt >= REBUILD_S:
+                    await self.rebuild()
+                busy = await self.pass_once() > 0
+            except Exception:
+                log.exception("dispatcher pass failed; retrying")
+                busy = False
+            if not busy:  # work waits for room: watch RQ drain closely, else rest
+                pause = BACKLOG_POLL_S if self.backlog else self.interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
+
+    async def pass_once(self) -> int:
+        """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
+        await self.read_workers()
+        self.backlog = False
+        done = 0
+        for queue in self.queues:
+            if not await self._lock(queue):
+                continue
+            done += await self.expire_deadlines(queue)
+            done += await self.fill(queue)
+        return done
+
+    async def read_workers(self, force: bool = False) -> dict[str, int]:
+        if force or time.monotonic() - self._workers_read >= WORKERS_TTL_S:
+            queues = self.queues
+            self.workers = await anyio.to_thread.run_sync(
+                lambda: live_workers(self.rt.queue_connection, queues))
+            self._workers_read = time.monotonic()
+        return self.workers
+
+    async def _lock(self, queue: str) -> bool:
+        return await self.sched.lock(queue, self.token, self.lock_ms)
+
+    async def room(self, queue: str) -> int:
+        """Batches the queue may still take: per live worker, less what waits in RQ."""
+        if self.fixed_room is not None:
+            return self.fixed_room
+        workers = self.workers.get(queue, 0)
+        if workers == 0:
+            return 0
+        connection = self.rt.queue_connection
+        depth = (await anyio.to_thread.run_sync(lambda: queue_depths(connection, [queue])))[queue]
+        return workers * self.rt.settings.dispatch_batches_per_worker - depth
+
+    async def recover(self, queue: str) -> int:
+        """Hands again what a dispatcher killed between take and done left claimed (each
+        batch once: the enqueue leaves one that reached RQ alone)."""
+        handed = 0
+        for job_id in await self.sched.due_claims(queue, now_ms(), HEAD):
+            handed += max(0, await self.hand(queue, job_id, 0, None))
+        return handed
+
+    async def fill(self, queue: str) -> int:
+        handed = await self.recover(queue)
+        room = await self.room(queue)
+        while room > 0:
+            head = await self.sched.head(queue, HEAD)
+            if not head:
+                break
+            moved = 0
+            for position, (job_id, _) in enumerate(head):
+                before = head[position + 1][1] if position + 1 < len(head) else None
+                moved = await self.hand(queue, job_id, room, before)
+                if moved >= 0:  # handed, or gone (-1: under another's live claim)
+                    break
+            if moved < 0:  # every job in sight is claimed
+                break
+            room -= moved
+            handed += moved
+        if room <= 0 and self.workers.get(queue, 0):
+            self.backlog = self.backlog or bool(await self.sched.head(queue, 1))
+        return handed
+
+    async def _job(self, job_id: str) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = await self.rt.core.job_snapshot(job_id)
+            if job is None:
+                return None
+            self._jobs[job_id] = job
+            if len(self._jobs) > 256:
+                self._jobs.popitem(last=False)
+        return job
+
+    async def hand(self, queue: str, job_id: str, room: int, before: float | None) -> int:
+        """Hands the job's next batches (at most `room`, while their place is at most
+        `before`) to RQ; returns how many, 0 when the job had none left, -1 when another
+        dispatcher's claim holds it."""
+        sched, rt = self.sched, self.rt
+        await sched.note_claim(queue, job_id, now_ms() + self.claim_ms)
+        taken = await sched.take(job_id, claim_ms=self.claim_ms, most=room, before=before)
+        if taken.code == "claimed":
+            return -1
+        if taken.code == "none":
+            await sched.end_claim(queue, job_id)
+            return 0
+        job = None if taken.code == "gone" else await self._job(job_id)
+        if job is None or job.items is None or model_gone(rt, job):
+            # Ended, or its model is gone (the flusher's requeue fails it): never handed.
+            await sched.place(queue, job_id, "")
+            await sched.end_claim(queue, job_id)
+            self._jobs.pop(job_id, None)
+            return 0
+        if self.hook is not None:
+            await self.hook("taken")
+        batches = range(taken.first, taken.last)
+        # A high-priority batch goes before those waiting in RQ: it starts on the next
+        # worker free, not behind the batches per worker already there.
+        await enqueue_batches(rt, job, batches, new_only=True,
+                              at_front=taken.priority == "high")
+        if self.hook is not None:
+            await self.hook("enqueued")
+        handed = await sched.done(job_id, taken.first, taken.last,
+                                  lease_ms=rt.settings.lease_ttl * 1000)
+        await sched.end_claim(queue, job_id)
+        if handed.code == "gone":  # canceled between the take and the enqueue: undo it
+            await self._unhand(queue, job_id, batches)
+            return 0
+        if handed.code != "ok":
+            return 0
+        await sched.place(queue, job_id, handed.score, items=handed.items,
+                          deadline_ms=None, priority=handed.priority, vtag=handed.vtag)
+        if not handed.score:
+            self._jobs.pop(job_id, None)
+        if handed.first_dispatch and handed.queued_at_ms is not None:
+            await sched.observe_wait(queue, handed.priority,
+                                     (now_ms() - handed.queued_at_ms) / 1000)
+        return len(batches)
+
+    async def _unhand(self, queue: str, job_id: str, batches: range) -> None:
+        await self.sched.place(queue, job_id, "")
+        self._jobs.pop(job_id, None)
+        connection = self.rt.queue_connection
+
+        def delete() -> None:
+            for batch_no in batches:
+                with contextlib.suppress(Exception):
+                    Job.fetch(rq_job_id(job_id, batch_no), connection=connection,
+                              serializer=SERIALIZER).delete()
+
+        await anyio.to_thread.run_sync(delete)
+
+    async def expire_deadlines(self, queue: str) -> int:
+        """Cancels (reason `deadline`) the jobs of the queue not started by their start
+        deadline; a job that started meanwhile only leaves the deadline index."""
+        rt, sched = self.rt, self.sched
+        ended = 0
+        for job_id in await sched.due_deadlines(queue, now_ms(), DEADLINES_PER_PASS):
+            job = await rt.core.job(job_id)
+            if job is not None and job.state in (JobState.CREATED, JobState.UPLOADED,
+                                                 JobState.QUEUED):
+                with contextlib.suppress(InvalidTransition, NotFound):
+                    await rt.core.cancel(job_id, job.user_id, reason="deadline",
+                                         flush_delay_ms=rt.settings.flush_delay * 1000,
+                                         from_states=(JobState.CREATED, JobState.UPLOADED,
+                                                      JobState.QUEUED))
+                    ended += 1
+            if job is None or job.state != JobState.RUNNING:
+                await sched.place(queue, job_id, "")
+                self._jobs.pop(job_id, None)
+            else:
+                await sched.drop_deadline(queue, job_id)
+        return ended
+
+    async def rebuild(self) -> int:
+        """Puts every waiting job of the buckets in use back in its queue's order (a crash
+        after a bucket's script and before the order's write leaves one out)."""
+        self._rebuilt = time.monotonic()
+        core = self.rt.core
+        placed = 0
+        for bucket in await DueIndex(core).buckets_in_use():
+            for job_id, score in await self.sched.bucket_waiting(bucket):
+                fields = await sched_fields(self.rt, job_id)
+                job = await core.job(job_id)
+                if (fields is None or job is None or not fields.queue
+                        or job.state not in (JobState.QUEUED, JobState.RUNNING)):
+                    await self.sched.drop_waiting(bucket, job_id)
+                    continue
+                size = self.rt.models.get(job.model).batch_size if job.model in \
+                    self.rt.models or job.model is None else 1
+                await self.sched.place(
+                    fields.queue, job_id, repr(score),
+                    items=max(0, job.total_items - fields.next_batch * size),
+                    deadline_ms=fields.start_deadline_ms if job.state == JobState.QUEUED
+                    else None, priority=fields.priority)
+                placed += 1
+        return placed
+
+
+class Beside:
+    """The dispatcher's task inside the flusher process (service/flusher/loop.py)."""
+
+    def __init__(self, dispatcher: Dispatcher, stop: asyncio.Event, once: bool) -> None:
+        self.dispatcher, self.stop, self.once = dispatcher, stop, once
+        self.task = None if once else asyncio.create_task(dispatcher.run(stop),
+                                                          name="tollgate-dispatcher")
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+        elif self.once:  # `tollgate flusher --once`: one pass after the flush
+            await self.dispatcher.rebuild()
+            await self.dispatcher.pass_once()
+
+
+async def run_dispatcher(settings: Settings) -> None:
+    """`tollgate dispatcher`: the dispatcher alone, until SIGTERM or SIGINT (the flusher
+    runs one too; one fills each queue at a time)."""
+    import signal
+
+    if not settings.jwt_secret:
+        raise SystemExit("TOLLGATE_JWT_SECRET is not set (batches carry callback tokens)")
+    rt = await open_runtime(settings, settings.jwt_secret)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("dispatcher: running\n", end="", flush=True)
+    try:
+        await Dispatcher(rt).run(stop)
+    finally:
+        await rt.close()
+    print("dispatcher: stopped\n", end="", flush=True)

@@ -1,0 +1,250 @@
+"""Scheduling (docs/scheduling.md): executed jobs wait in tollgate's dispatch order, and the
+dispatcher hands their batches to RQ a few per live worker, by priority, fair share and
+each user's own order; on fakeredis, standalone Redis and a Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from service.jobs.dispatch import admit
+from service.runtime import Runtime
+from service.state.fsm import JobState
+from tests.api.conftest import Api
+from tests.api.flow import me, queued_job
+from tests.api.history import flush_everything
+from tests.api.scheduling import (
+    dispatcher,
+    executed_job,
+    fund,
+    one_pass,
+    register_worker,
+    rq_batches,
+    start_batch,
+    uploaded_job,
+)
+
+
+def user() -> str:
+    return f"u-{uuid.uuid4().hex[:12]}"
+
+
+async def test_an_executed_job_waits_in_tollgate_until_a_worker_is_live(
+        any_api: Api, rt: Runtime) -> None:
+    owner, other = any_api.user(), any_api.user()
+    job = await queued_job(any_api, owner, 2)
+    assert job["status"] == "queued" and job["queue_position"] == 0
+    behind = await queued_job(any_api, other, 2)
+    assert behind["queue_position"] == 1
+    d = dispatcher(rt)
+    assert await one_pass(d) == 0 and rq_batches(rt) == []  # no worker: nothing enters RQ
+    register_worker(rt, "w1")
+    assert await one_pass(d) == 2
+    assert rq_batches(rt) == [(job["id"], 0), (behind["id"], 0)]
+    assert await one_pass(d) == 0  # handed once
+    view = (await any_api.client.get(f"/jobs/{job['id']}", headers=any_api.auth(owner))).json()
+    assert view["status"] == "queued" and view["queue_position"] == 0  # in RQ, next up
+
+
+async def test_a_canceled_waiting_job_is_never_dispatched(any_api: Api, rt: Runtime) -> None:
+    owner = any_api.user()
+    job = await queued_job(any_api, owner, 2)
+    canceled = await any_api.client.post(f"/jobs/{job['id']}/cancel",
+                                         headers=any_api.auth(owner))
+    assert canceled.json()["status"] == "canceled" and canceled.json()["refunded"] == 2
+    register_worker(rt, "w1")
+    assert await one_pass(dispatcher(rt)) == 0
+    assert rq_batches(rt) == []
+    assert (await me(any_api, owner))["credits"]["available"] == 10
+
+
+async def test_a_job_canceled_in_the_order_behind_the_api_is_dropped_not_dispatched(
+        any_api: Api, rt: Runtime) -> None:
+    owner = user()
+    await fund(rt, owner, 100)
+    job = await executed_job(rt, owner, 8)
+    await rt.core.cancel(job.id, owner, reason="user", flush_delay_ms=0)  # the order keeps it
+    register_worker(rt, "w1")
+    steps: list[str] = []
+
+    async def seen(step: str) -> None:
+        steps.append(step)
+
+    assert await one_pass(dispatcher(rt, hook=seen)) == 0
+    assert rq_batches(rt) == [] and steps == []  # never claimed, never enqueued
+    assert await rt.core.runner.execute_command(
+        "ZCARD", rt.core.keys.sched(rt.settings.queue_name).order) == 0
+
+
+class Killed(Exception):
+    """The dispatcher dies here (the test's hook raises it between two steps)."""
+
+
+@pytest.mark.parametrize("step", ["taken", "enqueued"])
+async def test_a_dispatcher_killed_between_its_steps_hands_each_batch_once(
+        any_api: Api, rt: Runtime, step: str) -> None:
+    owner = user()
+    await fund(rt, owner, 100)
+    job = await executed_job(rt, owner, 24)  # 3 batches of 8
+    register_worker(rt, "w1")  # room for 2 batches
+
+    async def die(at: str) -> None:
+        if at == step:
+            raise Killed(at)
+
+    with pytest.raises(Killed):
+        await one_pass(dispatcher(rt, claim_ms=700, lock_ms=100, hook=die))
+    expected_then = [] if step == "taken" else [(job.id, 0), (job.id, 1)]
+    assert rq_batches(rt) == expected_then
+    await asyncio.sleep(0.2)  # its lock on the queue is gone, its claim is not
+    second = dispatcher(rt, claim_ms=700, lock_ms=100)
+    assert await one_pass(second) == 0  # the claim is live: nothing taken, nothing lost
+    assert rq_batches(rt) == expected_then
+    await asyncio.sleep(0.7)
+    assert await one_pass(second) == 2  # the dead one's batches, once each
+    assert rq_batches(rt) == [(job.id, 0), (job.id, 1)]
+    assert start_batch(rt) == (job.id, 0)
+    assert await one_pass(second) == 1
+    assert rq_batches(rt) == [(job.id, 1), (job.id, 2)]
+    assert await one_pass(second) == 0
+
+
+async def test_one_users_backlog_does_not_hold_back_another(any_api: Api, rt: Runtime) -> None:
+    heavy, light = user(), user()
+    await fund(rt, heavy, 1000)
+    await fund(rt, light, 100)
+    backlog = await executed_job(rt, heavy, 1000)
+    register_worker(rt, "w1")
+    register_worker(rt, "w2")
+    d = dispatcher(rt)
+    await one_pass(d)
+    started = [start_batch(rt), start_batch(rt)]  # the two workers take a batch each
+    assert started == [(backlog.id, 0), (backlog.id, 1)]
+    small = await executed_job(rt, light, 8)
+    order = []
+    for _ in range(6):
+        await one_pass(d)
+        order.append(start_batch(rt))
+    assert (small.id, 0) in order
+    heavy_after = [batch for batch in order if batch is not None and batch[0] == backlog.id]
+    assert order.index((small.id, 0)) < order.index(heavy_after[2])
+
+
+async def test_plan_weights_share_the_workers_four_to_one(any_api: Api, rt: Runtime) -> None:
+    pro, free = user(), user()
+    await fund(rt, pro, 1000, plan="pro")
+    await fund(rt, free, 1000)
+    pro_job = await executed_job(rt, pro, 800)
+    free_job = await executed_job(rt, free, 800)
+    register_worker(rt, "w1")
+    d = dispatcher(rt)
+    counts = {pro_job.id: 0, free_job.id: 0}
+    for _ in range(50):
+        await one_pass(d)
+        started = start_batch(rt)
+        assert started is not None
+        counts[started[0]] += 1
+    assert 3.2 <= counts[pro_job.id] / counts[free_job.id] <= 4.8, counts
+
+
+async def test_a_high_priority_job_starts_within_one_batch_per_worker(
+        any_api: Api, rt: Runtime) -> None:
+    bulk, urgent = user(), user()
+    await fund(rt, bulk, 1000)
+    await fund(rt, urgent, 100, plan="pro")
+    backlog = await executed_job(rt, bulk, 800)
+    for name in ("w1", "w2"):
+        register_worker(rt, name)
+    d = dispatcher(rt)
+    await one_pass(d)
+    assert len(rq_batches(rt)) == 4
+    high = await executed_job(rt, urgent, 8, priority="high")
+    await one_pass(d)  # the queue is full: the high job waits for room
+    start_batch(rt)
+    await one_pass(d)
+    starts = [start_batch(rt) for _ in range(3)]
+    assert starts[0] == (high.id, 0), (starts, backlog.id)
+
+
+async def test_free_plan_may_not_ask_for_high_priority(any_api: Api) -> None:
+    owner = any_api.user()
+    body = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}],
+            "priority": "high"}
+    refused = await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))
+    assert refused.status_code == 403 and refused.json()["code"] == "priority_not_allowed"
+    body["priority"] = "low"
+    assert (await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))
+            ).status_code == 201
+    for bad in (0, 259201, "soon"):
+        body["start_deadline_s"] = bad
+        answer = await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))
+        assert answer.status_code == 422, answer.text
+
+
+async def test_jobs_not_started_by_their_deadline_end_canceled_and_released(
+        any_api: Api, rt: Runtime) -> None:
+    owners = [user() for _ in range(5)]
+    jobs = []
+    for owner in owners:
+        await fund(rt, owner, 100, plan="pro")
+        for _ in range(10):
+            job = await uploaded_job(rt, owner, 2, start_deadline_ms=_in_ms(2))
+            jobs.append(job)
+    await asyncio.gather(*(admit(rt, job) for job in jobs))
+    d = dispatcher(rt)  # no worker: nothing starts
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 4
+    ended: list[object] = []
+    while loop.time() < deadline:
+        await one_pass(d)
+        ended = [await rt.core.job(job.id) for job in jobs]
+        if all(job is not None and job.state == JobState.CANCELED for job in ended):
+            break
+        await asyncio.sleep(0.05)
+    assert all(job is not None and job.state == JobState.CANCELED and job.reason == "deadline"
+               and job.refunded == 2 for job in ended)  # type: ignore[attr-defined]
+    for owner in owners:
+        user_hash = await rt.core.user_record(owner)
+        assert (user_hash["available"], user_hash["reserved"]) == ("100", "0")
+
+
+def _in_ms(seconds: float) -> int:
+    from tests.api.scheduling import deadline_in
+
+    return deadline_in(seconds)
+
+
+async def test_models_and_a_queued_job_say_whether_a_worker_serves_them(
+        any_api: Api, rt: Runtime) -> None:
+    owner = any_api.user()
+    job = await queued_job(any_api, owner, 2)
+    assert job["waiting_for_worker"] is True
+    (model,) = (await any_api.client.get("/models", headers=any_api.auth(owner))).json()["items"]
+    assert (model["workers"], model["queued_items"]) == (0, 2)
+    register_worker(rt, "w1")
+    await one_pass(dispatcher(rt))
+    await asyncio.sleep(2.1)  # the API reads the worker registry at most every 2 s
+    (model,) = (await any_api.client.get("/models", headers=any_api.auth(owner))).json()["items"]
+    assert (model["workers"], model["queued_items"]) == (1, 0)
+    view = (await any_api.client.get(f"/jobs/{job['id']}", headers=any_api.auth(owner))).json()
+    assert view["waiting_for_worker"] is False
+    metrics = (await any_api.client.get("/metrics")).text
+    name = model["name"]
+    assert f'tollgate_workers{{model="{name}"}} 1.0' in metrics
+    assert (f'tollgate_dispatch_wait_seconds_count{{model="{name}",priority="normal"}} 1.0'
+            in metrics), metrics[-3000:]
+
+
+async def test_a_job_still_waiting_for_its_uploads_ends_by_its_start_deadline(
+        any_api: Api, rt: Runtime) -> None:
+    owner = any_api.user()
+    body = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}],
+            "start_deadline_s": 1}
+    created = (await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))).json()
+    await asyncio.sleep(1.1)
+    await flush_everything(any_api)  # the flusher: its hold ended at the deadline
+    view = (await any_api.client.get(f"/jobs/{created['id']}",
+                                     headers=any_api.auth(owner))).json()
+    assert (view["status"], view["reason"], view["refunded"]) == ("canceled", "deadline", 1)
