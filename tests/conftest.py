@@ -7,11 +7,13 @@ Every test on the shared Redis gets a key prefix of its own and its keys are del
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -209,9 +211,48 @@ def postgres_admin_dsn() -> str:
     return POSTGRES_DSN
 
 
+class DatabaseDropper:
+    """Drops the tests' PostgreSQL databases in a thread of its own: a DROP DATABASE waits
+    for a checkpoint (about a second on this machine), which no test needs to wait for."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.names: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="drop-test-databases",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        while (name := self.names.get()) is not None:
+            try:
+                with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except Exception as exc:  # reported when the session ends
+                self.failures.append(f"{name}: {exc!r}")
+
+    def drop(self, name: str) -> None:
+        self.names.put(name)
+
+    def close(self) -> None:
+        self.names.put(None)
+        self.thread.join(timeout=300)
+        assert not self.thread.is_alive(), "the test databases were still being dropped"
+        assert not self.failures, f"test databases not dropped: {self.failures}"
+
+
+@pytest.fixture(scope="session")
+def database_dropper(postgres_admin_dsn: str) -> Iterator[DatabaseDropper]:
+    dropper = DatabaseDropper(postgres_admin_dsn)
+    yield dropper
+    dropper.close()
+
+
 @pytest.fixture
-def postgres_url(postgres_admin_dsn: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database per test, dropped after."""
+def postgres_url(postgres_admin_dsn: str, database_dropper: DatabaseDropper) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database per test, dropped after (in the background)."""
     import psycopg
 
     name = f"tollgate_{uuid.uuid4().hex[:12]}"
@@ -219,8 +260,7 @@ def postgres_url(postgres_admin_dsn: str) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = postgres_admin_dsn.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    with psycopg.connect(postgres_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    database_dropper.drop(name)
 
 
 @pytest.fixture(scope="session")
@@ -248,15 +288,33 @@ def s3_endpoint() -> Iterator[str]:
 SLOW_MARKERS = ("e2e", "cluster", "system")
 SLOW_FOLDERS = ("e2e", "bench", "system", "docs")
 # Files of long single tests (measured: each over 5 s on the 2-core machine).
-SLOW_FILES = ("test_fuzz_openapi.py", "test_compose_stack.py", "test_cli.py",
-              "test_worker_lifecycle.py", "test_webhook_concurrency.py",
-              "test_sse_multiprocess.py", "test_ledger_balance.py", "test_metrics_workers.py",
+SLOW_FILES = ("test_fuzz_openapi.py", "test_cli.py", "test_worker_lifecycle.py",
+              "test_webhook_concurrency.py", "test_sse_multiprocess.py",
+              "test_ledger_balance.py", "test_metrics_workers.py",
               "test_unvouched_bodies_http.py")
 SERVER_FIXTURES = ("api", "embedded_api", "real_settings")
+# pytest-xdist (`-n 2`, with `--dist loadgroup` from pyproject's addopts) sends each group
+# to one worker: a test file is a group, so its module fixtures start once; the system
+# set-ups are one group, so no two of them share the cores, and they go first, being the
+# longest (a group that started last would finish last).
+SYSTEM_GROUP = "system"
 
 
+def _xdist_group(item: pytest.Item, tests: Path, folder: str) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    if marker is not None:
+        return str(marker.args[0] if marker.args else marker.kwargs["name"])
+    if folder == "system":
+        return SYSTEM_GROUP
+    path = Path(str(item.path))
+    return str(path.relative_to(tests)) if path.is_relative_to(tests) else str(path)
+
+
+# tryfirst: xdist's own hook (on each worker) reads the xdist_group marks this adds.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = Path(__file__).resolve().parent
+    groups: dict[str, str] = {}
     for item in items:
         path = Path(str(item.path))
         folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
@@ -269,3 +327,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if (folder in SLOW_FOLDERS or path.name in SLOW_FILES or on_cluster or on_server
                 or any(item.get_closest_marker(name) for name in SLOW_MARKERS)):
             item.add_marker(pytest.mark.slow)
+        groups[item.nodeid] = _xdist_group(item, tests, folder)
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    # A stable sort: every worker must collect the same order (xdist checks it).
+    items.sort(key=lambda item: groups[item.nodeid] != SYSTEM_GROUP)

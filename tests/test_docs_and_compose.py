@@ -83,7 +83,14 @@ def test_every_setting_has_a_group_and_durations_take_units() -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python3 -m pytest" in readme and "python3 -m pytest" in ci
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    # The same processes everywhere (pytest-xdist, each test file on one of them); CI runs
+    # the README's command without the fast lane's marker.
+    assert 'python3 -m pytest -n 2 -m "not slow"' in readme
+    assert "python3 -m pytest -q -n 2\n" in ci
+    assert 'python -m pytest -n 2 -m "not slow"' in quickstart
+    assert "python -m pytest -n 2 " in quickstart
+    assert "--dist loadgroup" in pyproject and "pytest-xdist" in pyproject
     # The fast lane the README names is a marker pytest knows.
-    assert '-m "not slow"' in readme
-    assert "slow:" in (ROOT / "pyproject.toml").read_text()
+    assert "slow:" in pyproject

@@ -382,6 +382,7 @@ async def test_ready_names_the_part_that_failed_and_no_host(sql_down: Client) ->
     assert "postgres" not in response.text.lower()
 
 
+@pytest.mark.slow  # waits out a 2 s connect timeout twice: 4 s
 async def test_a_database_that_never_answers_is_a_503_in_seconds(
     redis_url: str, key_prefix: str, tmp_path: Path, real_redis: Any,
     monkeypatch: pytest.MonkeyPatch

@@ -59,11 +59,13 @@ async def test_the_61st_write_in_a_minute_from_a_free_user_is_429(serve: Serve) 
 async def test_two_api_processes_share_one_count(serve: Serve) -> None:
     first, second = serve(), serve()
     user = first.user()
-    for n in range(60):
-        response = await _write(first if n % 2 else second, user)
-        assert response.status_code == 404, response.text
-    for api in (first, second):
-        assert (await _write(api, user)).status_code == 429
+    started = time.monotonic()
+    passed = 0
+    while (await _write(first if passed % 2 else second, user)).status_code == 404:
+        passed += 1
+        # One quota of 60 for both, plus one a second freed meanwhile (a slow machine).
+        assert passed <= 60 + math.ceil(time.monotonic() - started)
+    assert passed >= 60  # and not 120: the two processes took from one count
 
 
 async def test_limits_follow_the_plan_and_the_limits_file(serve: Serve, tmp_path: Path

@@ -87,7 +87,9 @@ def delivered(receiver: Receiver, job_id: str) -> dict[str, dict[str, Any]]:
     return by_type
 
 
-@pytest.fixture(params=[False, True], ids=["live", "flushed"])
+# A flusher pass over every bucket (1,024 on the embedded set-up): 2-4 s, not the fast lane.
+@pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.slow)],
+                ids=["live", "flushed"])
 def flushed(request: pytest.FixtureRequest) -> bool:
     value: bool = request.param
     return value

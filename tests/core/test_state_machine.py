@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -278,6 +279,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert -sum(e["amount"] for e in mine if e["kind"] == "charge") == money["spent"]
 
 
+@pytest.mark.slow  # 3.4 s on 2 idle cores (1,500 steps)
 def test_core_scripts_match_the_model_on_real_redis(redis_url: str) -> None:
     class Machine(CoreMachine):
         pass

@@ -395,6 +395,7 @@ async def test_run_flusher_builds_its_own_clients_and_flushes(
     assert await redis_keys(real_redis, key_prefix) == user_hashes(core, "ann", "bob")
 
 
+@pytest.mark.slow  # a flusher process: over 3 s
 def test_flusher_process_exits_cleanly_on_sigterm(
     redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:

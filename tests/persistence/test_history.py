@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -92,6 +93,7 @@ async def test_second_upsert_of_a_job_changes_nothing(sessions: Sessions) -> Non
         assert (await session.get(JobLog, "job-0")).state == "done"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow  # 2,500 rows twice: over 3 s on PostgreSQL
 async def test_large_batches_split_into_statements_and_all_land(sessions: Sessions) -> None:
     rows = [job_row(f"job-{i:05}", created_ms=T0 + i) for i in range(2500)]
     async with sessions() as session, session.begin():

@@ -164,6 +164,7 @@ def test_a_batch_from_before_params_gets_an_empty_mapping() -> None:
     assert dict(Batch.from_payload(payload).params) == {}
 
 
+@pytest.mark.slow  # imports torch: over 3 s
 def test_torch_edge_maps_scale_the_edges_by_strength() -> None:
     pytest.importorskip("torch")
     from workers.processors.torch_batch import SIZE, EdgeMaps

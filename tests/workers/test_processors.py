@@ -110,6 +110,7 @@ def halves(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow  # imports torch: over 3 s
 def test_torch_edge_maps_find_the_edge_of_a_batch(caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("torch")
     from workers.processors.torch_batch import SIZE, EdgeMaps
@@ -140,6 +141,7 @@ def test_torch_edge_maps_find_the_edge_of_a_batch(caplog: pytest.LogCaptureFixtu
         planes[3].getpixel((x, 10)) for x in range(SIZE)) > 50  # resized: a softer edge
 
 
+@pytest.mark.slow  # imports torch: over 3 s
 def test_torch_edge_maps_run_setup_only_when_nobody_did() -> None:
     pytest.importorskip("torch")
     from workers.processors import ensure_setup
