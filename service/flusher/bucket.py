@@ -22,9 +22,10 @@ loss and without duplicates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -57,6 +58,9 @@ LEDGER_ENTRIES_PER_JOB = 3
 # Scripts in flight per bucket: redis-py's pool raises (does not wait) when it runs out of
 # connections, so the flusher must never start hundreds of calls at once.
 SCRIPTS_IN_FLIGHT = 8
+# Buckets read (or finished) at once in a pass: with SCRIPTS_IN_FLIGHT each, at most 128
+# calls in flight (the Gate of service.state.clients bounds them below the pool besides).
+BUCKETS_IN_FLIGHT = 16
 
 T = TypeVar("T")
 Requeue = Callable[[str], Awaitable[None]]
@@ -76,9 +80,9 @@ class FlushStats:
     saturated: bool = False
 
     def add(self, other: FlushStats) -> None:
-        for field in fields(self):
-            if field.name != "saturated":
-                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        for one in fields(self):
+            if one.name != "saturated":
+                setattr(self, one.name, getattr(self, one.name) + getattr(other, one.name))
         self.saturated = self.saturated or other.saturated
 
     def __bool__(self) -> bool:
@@ -165,70 +169,122 @@ async def _requeue(job_ids: list[str], requeue: Requeue | None) -> int:
     return count
 
 
-async def _held_by_jobs(core: Core, entries: list[Record], flushing: set[str]) -> set[str]:
-    """The jobs named by settling entries (release, charge) whose record writes those rows:
-    jobs of this batch, and jobs still in Redis, flushed later."""
-    named = {record.settles for record in entries if record.settles}
-    if not named:
-        return set()
-    return (named & flushing) | await core.jobs_present(sorted(named - flushing))
+def _named_jobs(entries: list[Record]) -> set[str]:
+    """The jobs whose release or charge these ledger entries are."""
+    return {record.settles for record in entries if record.settles}
 
 
-async def _early_records(core: Core, job_ids: list[str]) -> list[Record]:
-    """The records of finished jobs still in Redis whose release or charge just came up."""
-    if not job_ids:
-        return []
-    snapshots = await core.raw_job_snapshots(job_ids)
-    return [job_record(job, items, meta) for job, items, meta in snapshots
-            if job and job.get(JOB_STATE) in TERMINAL]
+async def _held_and_early(core: Core, entries: list[Record], flushing: set[str]
+                          ) -> tuple[set[str], list[Record]]:
+    """(held, early) for the settling entries (release, charge) read: `held` names the jobs
+    whose record writes those rows (jobs of this batch, and jobs still in Redis, flushed
+    later); `early` is the records of the finished ones still in Redis whose rows are not
+    in SQL yet (not marked JOB_IN_SQL), written now. One round trip."""
+    named = _named_jobs(entries)
+    others = sorted(job_id for job_id in named - flushing if core.keys.job(job_id) is not None)
+    snapshots = await core.raw_job_snapshots(others) if others else []
+    present = {job_id for job_id, (job, _, _) in zip(others, snapshots, strict=True) if job}
+    early = [record for job, items, meta in snapshots
+             if job and job.get(JOB_STATE) in TERMINAL
+             and not (record := job_record(job, items, meta)).in_sql]
+    return (named & flushing) | present, early
 
 
 def _money_count(record: Record) -> int:
     """How many ledger rows (release, charge) a written job's record wrote with it."""
+    if record.in_sql:  # written before, with its release or charge
+        return 0
     job = record.source["job"]
     return (int(job.get("cost") or 0) > 0) + (int(job.get("charged") or 0) > 0)
 
 
-async def _flush_history(
-    core: Core, sessions: Sessions, settings: Settings, bucket: int, job_ids: list[str],
-    ledger_limit: int, storage: Storage | None,
-) -> FlushStats:
-    """Finished jobs and ledger entries to SQL, then off Redis. What SQL refuses comes back
-    later or is set aside (service.flusher.dead_letters), and never holds up the rest."""
-    snapshots, raw_entries, retried, hooks = await asyncio.gather(
-        core.raw_job_snapshots(job_ids), core.ledger_head(bucket, ledger_limit),
-        core.ledger_retries_due(bucket, ledger_limit), core.webhook_logs(job_ids))
+@dataclass(slots=True)
+class Visit:
+    """One bucket's visit in a pass, between its reads and its SQL write: what it claimed
+    and read, and what is to be written (`records`). The pass writes the records of many
+    visits in one transaction (flush_buckets), then finishes each visit (finish_visit)."""
 
-    jobs, vanished = [], []
+    bucket: int
+    stats: FlushStats  # the timed work done (holds, leases, requeues); saturation so far
+    jobs: list[Record] = field(default_factory=list)  # finished jobs due for their flush
+    vanished: list[str] = field(default_factory=list)  # flushed already: index entries left
+    raw_entries: list[str] = field(default_factory=list)  # the ledger head as read
+    retried_read: list[Record] = field(default_factory=list)  # refused entries due again
+    entries: list[Record] = field(default_factory=list)  # ledger rows to write
+    retries: list[Record] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # jobs whose record writes their money rows
+    early: list[Record] = field(default_factory=list)  # see _held_and_early
+
+    @property
+    def records(self) -> list[Record]:
+        return [*self.jobs, *self.early, *self.entries, *self.retries]
+
+
+async def visit_bucket(
+    core: Core, settings: Settings, bucket: int, *, requeue: Requeue | None = None,
+    claim_ms: int = CLAIM_MS,
+) -> Visit:
+    """A bucket's timed work (expire holds and leases, requeue), then the reads of its
+    history: the finished jobs due and the ledger head, as records to write."""
+    limit = settings.flush_batch
+    due = await core.claim_due(bucket, limit=limit, claim_ms=claim_ms,
+                               requeue_after_ms=settings.requeue_after * 1000)
+    flush_ms = settings.flush_delay * 1000
+    stats = FlushStats()
+    stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
+    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms,
+                                                settings.lease_ttl * 1000)
+    stats.requeued = await _requeue(due.stale_queued, requeue)
+    stats.saturated = any(
+        len(ids) >= limit
+        for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
+
+    job_ids, ledger_limit = due.due_flushes, limit * LEDGER_ENTRIES_PER_JOB
+    read = await core.flush_read(bucket, job_ids, ledger_limit)
+    snapshots, raw_entries, retried, hooks = (read.snapshots, read.ledger_head,
+                                              read.retries_due, read.webhook_logs)
+    visit = Visit(bucket, stats, raw_entries=raw_entries)
     for job_id, (job, items, meta), log in zip(job_ids, snapshots, hooks, strict=True):
         if not job:
-            vanished.append(job_id)  # deleted by an earlier flush: only the index entry left
+            visit.vanished.append(job_id)  # deleted by an earlier flush: only its index entry
         elif job.get(JOB_STATE) in TERMINAL:  # its delivery log goes to SQL with its row
-            jobs.append(job_record(job, items, meta, log))
-    read = [ledger_record(raw) for raw in raw_entries]
-    retried_read = [ledger_record(raw) for raw in retried]
+            visit.jobs.append(job_record(job, items, meta, log))
+    entries = [ledger_record(raw) for raw in raw_entries]
+    visit.retried_read = [ledger_record(raw) for raw in retried]
     # A job's release and charge travel with its jobs_log row (its record builds them from
     # the job hash): an entry for a job Redis still holds is left to that job's record, so
     # SQL never has a job's money without its row. The entry is trimmed all the same; a job
     # already gone from Redis (flushed) has its row, and its entry is written as any other.
-    held = await _held_by_jobs(core, [*read, *retried_read],
-                               {record.record_id for record in jobs})
-    entries = [record for record in read if record.settles not in held]
-    retries = [record for record in retried_read if record.settles not in held]
     # ... and that record is written now, on the first pass after the job ended, not only at
     # its flush: a Redis loss in between would otherwise take a charge the client was told
-    # of. The Redis record stays until the flush (reads prefer it), which writes the same
-    # rows again as no-ops. Refused here, the rows wait for the flush and its dead letters.
-    early = await _early_records(core, sorted(held - {record.record_id for record in jobs}))
+    # of. The Redis record stays until the flush (reads prefer it); once the rows are in,
+    # its hash is marked (mark_in_sql.lua) and the flush writes only its delivery log.
+    # Refused here, the rows wait for the flush and its dead letters.
+    visit.held, visit.early = await _held_and_early(
+        core, [*entries, *visit.retried_read], {record.record_id for record in visit.jobs})
+    visit.entries = [record for record in entries if record.settles not in visit.held]
+    visit.retries = [record for record in visit.retried_read
+                     if record.settles not in visit.held]
+    visit.stats.saturated |= max(len(raw_entries), len(retried)) >= ledger_limit
+    return visit
 
-    refused = await write_records(sessions, [*jobs, *early, *entries, *retries])
+
+async def finish_visit(
+    core: Core, sessions: Sessions, settings: Settings, visit: Visit,
+    refused: list[tuple[Record, BaseException]], storage: Storage | None = None,
+) -> FlushStats:
+    """After the visit's records were written (`refused`: those SQL refused): count the
+    refusals (or set them aside), then take what reached SQL out of Redis. What SQL refuses
+    comes back later or is set aside (service.flusher.dead_letters), and never holds up the
+    rest."""
+    bucket = visit.bucket
     refused_ids = {id(record) for record, _ in refused}
-    early_written = [record for record in early if id(record) not in refused_ids]
-    early_ids = {id(record) for record in early}
+    early_written = [record for record in visit.early if id(record) not in refused_ids]
+    early_ids = {id(record) for record in visit.early}
     refused = [(record, error) for record, error in refused if id(record) not in early_ids]
     set_aside = await retry_or_set_aside(core, sessions, settings, bucket, refused)
     waiting = {id(record) for record, _ in refused}
-    written = [record for record in jobs if id(record) not in waiting]
+    written = [record for record in visit.jobs if id(record) not in waiting]
     ended = [*written, *(record for record in set_aside if record.kind == "job")]
 
     # Only now, with the rows committed (or set aside), may the inputs and Redis records go.
@@ -240,44 +296,76 @@ async def _flush_history(
     owners = {record.record_id: record.owner for record in ended}
     await asyncio.gather(
         _bounded(lambda job_id: core.flush_done(job_id, owners.get(job_id, "")),
-                 [*owners, *vanished]),
-        core.forget_job_attempts(bucket, [record.record_id for record in written]))
-    if raw_entries:  # every entry read is in SQL, waiting in the retry zset, or set aside
-        await core.ledger_ack(bucket, len(raw_entries), raw_entries[0])
-    await end_retries(core, bucket, [*(r for r in retries if id(r) not in waiting),
-                                     *(r for r in retried_read if r.settles in held)],
+                 [*owners, *visit.vanished]),
+        core.forget_job_attempts(bucket, [record.record_id for record in written]),
+        core.mark_in_sql([record.record_id for record in early_written]))
+    if visit.raw_entries:  # every entry read is in SQL, waiting in the retry zset, or set aside
+        await core.ledger_ack(bucket, len(visit.raw_entries), visit.raw_entries[0])
+    await end_retries(core, bucket, [*(r for r in visit.retries if id(r) not in waiting),
+                                     *(r for r in visit.retried_read if r.settles in visit.held)],
                       set_aside=False)
     await end_retries(core, bucket, set_aside, set_aside=True)
-    ledger_written = sum(1 for r in [*entries, *retries] if id(r) not in waiting) + sum(
-        _money_count(record) for record in [*written, *early_written])
+    ledger_written = sum(1 for r in [*visit.entries, *visit.retries] if id(r) not in waiting) + (
+        sum(_money_count(record) for record in [*written, *early_written]))
     return FlushStats(flushed_jobs=len(written), ledger_entries=ledger_written,
-                      set_aside=len(set_aside),
-                      saturated=max(len(raw_entries), len(retried)) >= ledger_limit)
+                      set_aside=len(set_aside))
 
 
-async def flush_bucket(
+async def _each(calls: Sequence[Callable[[], Awaitable[T]]], limit: int
+                ) -> list[T | BaseException]:
+    """Every call, at most `limit` at a time; each one's result or exception, in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(one(call) for call in calls), return_exceptions=True))
+
+
+async def flush_buckets(
     core: Core,
     sessions: Sessions,
     settings: Settings,
-    bucket: int,
+    buckets: Sequence[int],
     *,
     requeue: Requeue | None = None,
     claim_ms: int = CLAIM_MS,
     storage: Storage | None = None,
-) -> FlushStats:
-    limit = settings.flush_batch
-    due = await core.claim_due(bucket, limit=limit, claim_ms=claim_ms,
-                               requeue_after_ms=settings.requeue_after * 1000)
-    flush_ms = settings.flush_delay * 1000
-    stats = FlushStats()
-    stats.expired_holds = await _expire_holds(core, bucket, due.expired_holds, flush_ms)
-    stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms,
-                                                settings.lease_ttl * 1000)
-    stats.requeued = await _requeue(due.stale_queued, requeue)
-    flushed = await _flush_history(core, sessions, settings, bucket, due.due_flushes,
-                                   limit * LEDGER_ENTRIES_PER_JOB, storage)
-    stats.add(flushed)
-    stats.saturated = flushed.saturated or any(
-        len(ids) >= limit
-        for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))
-    return stats
+) -> list[FlushStats | BaseException]:
+    """One visit of each bucket, their rows in one SQL transaction: each bucket's stats, or
+    the error that stopped it (its work is redone later: every claim is a postponement).
+
+    The buckets are visited BUCKETS_IN_FLIGHT at a time; then the records of every visit
+    are written together (INSERT ... ON CONFLICT DO NOTHING, split only around records SQL
+    refuses); only after that commit does any visit take records out of Redis. A SQL error
+    that is no refusal fails every visit of the group, before any Redis record is deleted.
+    """
+    visits = await _each([
+        functools.partial(visit_bucket, core, settings, bucket, requeue=requeue,
+                          claim_ms=claim_ms) for bucket in buckets], BUCKETS_IN_FLIGHT)
+    read = [visit for visit in visits if isinstance(visit, Visit)]
+    try:
+        refused = await write_records(sessions, [r for visit in read for r in visit.records])
+    except Exception as failure:  # each bucket's outcome: the pass raises it
+        return [visit if isinstance(visit, BaseException) else failure for visit in visits]
+    owner = {id(record): visit.bucket for visit in read for record in visit.records}
+    by_bucket: dict[int, list[tuple[Record, BaseException]]] = {}
+    for record, error in refused:
+        by_bucket.setdefault(owner[id(record)], []).append((record, error))
+    finished = iter(await _each([
+        functools.partial(finish_visit, core, sessions, settings, visit,
+                          by_bucket.get(visit.bucket, []), storage) for visit in read],
+        BUCKETS_IN_FLIGHT))
+    outcomes: list[FlushStats | BaseException] = []
+    for visit in visits:
+        if isinstance(visit, BaseException):
+            outcomes.append(visit)
+            continue
+        done = next(finished)
+        if isinstance(done, BaseException):
+            outcomes.append(done)
+            continue
+        done.add(visit.stats)
+        outcomes.append(done)
+    return outcomes

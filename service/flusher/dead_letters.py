@@ -41,10 +41,33 @@ from service.history.failures import (
 from service.history.queries import insert_ledger, upsert_jobs
 from service.jobs.deliveries import delivery_row
 from service.settings import Settings
-from service.state.records import JOB_ID, JOB_OWNER, JobRecord, LedgerEntry, ms_to_datetime
+from service.state.records import (
+    JOB_ID,
+    JOB_IN_SQL,
+    JOB_OWNER,
+    JobRecord,
+    LedgerEntry,
+    ms_to_datetime,
+)
 from service.state.store import Core
 
 log = logging.getLogger("tollgate.flusher")
+
+
+class _AbortedPipeline(logging.Filter):
+    """psycopg runs the flusher's executemany in pipeline mode; when SQL refuses a row, it
+    logs a warning as it closes the aborted pipeline ("error ignored terminating ...:
+    pipeline aborted"). The refusal itself is raised and handled here (split, retried, set
+    aside with one line of ours): that warning adds nothing, at random (it depends on how
+    far the pipeline got), so it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("error ignored terminating")
+                    and message.endswith("pipeline aborted"))
+
+
+logging.getLogger("psycopg").addFilter(_AbortedPipeline())
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -87,12 +110,20 @@ class Record:
         """A ledger entry's row; a job's jobs_log row and its release and charge rows."""
         if self.kind == "ledger":
             return Rows([], [LedgerEntry.from_json(self.source["entry"]).history_row()])
+        deliveries = delivery_rows(self.source.get("webhooks") or {})
+        if self.in_sql:  # its rows went to SQL with its release or charge: only its log now
+            return Rows([], [], deliveries)
         job = JobRecord.from_redis(self.source["job"], self.source["items"],
                                    self.source["meta"])
         if job is None:
             raise ValueError("the job hash is empty")
-        return Rows([job.history_row()], money_rows(job),
-                    delivery_rows(self.source.get("webhooks") or {}))
+        return Rows([job.history_row()], money_rows(job), deliveries)
+
+    @property
+    def in_sql(self) -> bool:
+        """A job whose jobs_log, release and charge rows are in SQL already: the flusher
+        wrote them on the first pass after it ended and marked its hash (mark_in_sql.lua)."""
+        return self.kind == "job" and bool(self.source.get("job", {}).get(JOB_IN_SQL))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +186,9 @@ def ledger_record(entry: str) -> Record:
 
 
 async def _write(session: AsyncSession, rows: list[tuple[Record, Rows]]) -> None:
-    await upsert_jobs(session, [row for _, built in rows for row in built.jobs])
-    await insert_ledger(session, [row for _, built in rows for row in built.ledger])
+    await upsert_jobs(session, [row for _, built in rows for row in built.jobs], count=False)
+    await insert_ledger(session, [row for _, built in rows for row in built.ledger],
+                        count=False)
     await upsert_deliveries(session, [row for _, built in rows for row in built.deliveries])
 
 

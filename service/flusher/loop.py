@@ -26,11 +26,14 @@ import contextlib
 import logging
 import math
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from sqlalchemy import text
+
 from service.errors import NotFound
-from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_bucket
+from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_buckets
 from service.flusher.dispatcher import Dispatcher
 from service.flusher.retention import expire_kept_inputs, expire_results
 from service.flusher.webhooks import WebhookSender
@@ -51,6 +54,9 @@ log = logging.getLogger("tollgate.flusher")
 
 # Rounds of flush_batch a bucket may take in one pass while it comes back saturated.
 MAX_ROUNDS = 25
+# Buckets whose rows share one SQL transaction: at most GROUP_BUCKETS x TOLLGATE_FLUSH_BATCH
+# finished jobs (and three ledger rows each) a transaction.
+GROUP_BUCKETS = 64
 # The due index's safety net runs this often (and on a flusher's first pass).
 FULL_SWEEP_S = 60.0
 
@@ -109,53 +115,67 @@ async def flush_once(
     *,
     requeue: Requeue | None = None,
     claim_ms: int = CLAIM_MS,
-    concurrency: int = 4,
     storage: Storage | None = None,
     reindex: Reindex | Sequence[int] | None = None,
+    housekeeping: bool = True,
 ) -> FlushStats:
-    """One pass over the buckets the due index names, `concurrency` buckets at a time;
-    with `reindex`, the safety net runs first.
+    """One pass over the buckets the due index names; with `reindex`, the safety net runs
+    first. `housekeeping`: also expire results, kept inputs and delivery logs (SQL).
 
-    A bucket that comes back saturated is taken again at once, up to MAX_ROUNDS rounds, so
-    one heavy user's backlog drains within the pass. Each visited bucket's next due time is
-    read after its visit and settled into the index, after an error too.
+    The buckets go GROUP_BUCKETS at a time (flush_buckets): visited BUCKETS_IN_FLIGHT at a
+    time, the rows of the whole group written in one SQL transaction, then each visit
+    finished. A bucket that comes back saturated is taken again at once, up to MAX_ROUNDS
+    rounds (the saturated ones of a round together), so one heavy user's backlog drains
+    within the pass. Each bucket's next due time is read after its last visit and settled
+    into the index, after an error too.
 
     Safe to run in several processes at once. A bucket that fails does not stop the
     others (cancelling one mid-transaction could leave a SQLite write lock behind); the
     first error is raised after the pass, and the failed bucket's work is redone later.
     """
     stats = FlushStats()
-    gate = asyncio.Semaphore(concurrency)
     due = DueIndex(core)
     requeue_after_ms = settings.requeue_after * 1000
     if reindex:
         await reindex_buckets(core, settings, reindex)
     placeholder = new_placeholder()
-    buckets = await due.take(placeholder, limit=settings.buckets)
+    pending = await due.take(placeholder, limit=settings.buckets)
+    errors: list[BaseException] = []
 
-    async def one(bucket: int) -> None:
-        async with gate:
-            try:
-                for _ in range(MAX_ROUNDS):
-                    done = await flush_bucket(core, session_factory, settings, bucket,
-                                              requeue=requeue, claim_ms=claim_ms,
-                                              storage=storage)
-                    saturated, done.saturated = done.saturated, False
-                    stats.add(done)
-                    if not saturated:
-                        break
-                else:  # more waits: the next pass comes without a pause
-                    stats.saturated = True
-            finally:  # the work left (after an error too) decides the bucket's next visit
-                await due.settle(bucket, placeholder,
-                                 await due.next_due(bucket, requeue_after_ms))
+    async def settle(buckets: list[int]) -> None:
+        """The work left (after an error too) decides each bucket's next visit."""
+        async def one(bucket: int) -> None:
+            await due.settle(bucket, placeholder, await due.next_due(bucket, requeue_after_ms))
 
-    outcomes = await asyncio.gather(*(one(bucket) for bucket in buckets),
-                                    return_exceptions=True)
-    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        outcomes = await asyncio.gather(*(one(bucket) for bucket in buckets),
+                                        return_exceptions=True)
+        errors.extend(outcome for outcome in outcomes if isinstance(outcome, BaseException))
+
+    for _ in range(MAX_ROUNDS):
+        again: list[int] = []
+        for start in range(0, len(pending), GROUP_BUCKETS):
+            group = pending[start:start + GROUP_BUCKETS]
+            outcomes = await flush_buckets(core, session_factory, settings, group,
+                                           requeue=requeue, claim_ms=claim_ms, storage=storage)
+            done = []
+            for bucket, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    errors.append(outcome)
+                    done.append(bucket)
+                    continue
+                saturated, outcome.saturated = outcome.saturated, False
+                stats.add(outcome)
+                (again if saturated else done).append(bucket)
+            await settle(done)
+        pending = again
+        if not pending:
+            break
+    else:  # more waits: the next pass comes without a pause
+        stats.saturated = True
+        await settle(pending)
     if errors:
         raise errors[0]
-    if storage is not None:  # `storage` given: the inputs of flushed jobs went already
+    if storage is not None and housekeeping:  # the inputs of flushed jobs went already
         stats.results_expired = await expire_results(session_factory, storage,
                                                      settings.result_ttl)
         await expire_kept_inputs(session_factory, storage, settings.retry_window)
@@ -203,12 +223,29 @@ async def run_flusher(
     delivering = None if webhooks is None or once else asyncio.create_task(
         webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
     net = SafetyNet(core, settings)
+    housekept = -math.inf
     try:
         while not stop.is_set():
             try:
-                stats = await flush_once(core, sessions, settings, requeue=requeue,
-                                         storage=storage, reindex=await net.next_share())
+                share = await net.next_share()
+                if share is not None:
+                    began = time.perf_counter()
+                    await reindex_buckets(core, settings, share)
+                    if net.first:  # start-up: the net, and SQL's first connection opened
+                        async with engine.connect() as connection:
+                            await connection.execute(text("SELECT 1"))
+                        # The start-up's cost, apart from the work (bench.end_to_end).
+                        log.info("safety net: every bucket read in %.3fs",
+                                 time.perf_counter() - began)
                 net.done()
+                # Passes run back to back while work waits (a saturated pass); SQL's
+                # housekeeping comes at most once an interval all the same.
+                began = time.monotonic()
+                housekeeping = began - housekept >= settings.flusher_interval
+                stats = await flush_once(core, sessions, settings, requeue=requeue,
+                                         storage=storage, housekeeping=housekeeping)
+                if housekeeping:
+                    housekept = began
             except Exception:
                 if once:
                     raise

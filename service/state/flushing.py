@@ -4,6 +4,8 @@ and counting the records SQL refused. A base of `service.state.store.Core`."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 from service.state.base import CoreBase
 from service.state.codes import Code
@@ -19,6 +21,19 @@ def _ended(raw: str) -> bool:
         return False
     return isinstance(record, dict) and bool(record.get("delivered_at")
                                              or record.get("gave_up_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRead:
+    ledger_head: list[str]
+    retries_due: list[str]
+    snapshots: list[tuple[dict[str, str], dict[str, str], str | None]]  # hash, items, meta
+    webhook_logs: list[dict[str, str]]
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash from HGETALL's flat field/value list, as a script returns it."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class FlushCalls(CoreBase):
@@ -37,8 +52,9 @@ class FlushCalls(CoreBase):
                        list(reply["stale_queued"]), list(reply["due_flushes"]))
 
     def _ended_logs(self) -> dict[str, str]:
-        """Job id -> its webhook log's delivery ids, each ended, as `webhook_logs` last read
-        them for the flush (popped by `flush_done`; bounded, oldest dropped first)."""
+        """Job id -> its webhook log's delivery ids, each ended, as `webhook_logs` (or
+        `flush_read`) last read them for the flush (popped by `flush_done`; bounded, oldest
+        dropped first)."""
         memo: dict[str, str] | None = self.__dict__.get("_ended_logs_memo")
         if memo is None:
             memo = self.__dict__["_ended_logs_memo"] = {}
@@ -59,6 +75,37 @@ class FlushCalls(CoreBase):
                   "flushed_deliveries": self._ended_logs().pop(job_id, "")},
         )
         return code
+
+    async def flush_read(self, bucket: int, job_ids: list[str], ledger_limit: int
+                         ) -> FlushRead:
+        """What a visit of the bucket writes to SQL, in one script (flush_read.lua): the head
+        of its ledger, its refused entries due again, and each job's (hash, items, meta,
+        webhook log), as raw_job_snapshots and webhook_logs give them."""
+        b = self.keys.bucket(bucket)
+        keys = [key for job_id in job_ids
+                for job in (self.job_keys(job_id),)
+                for key in (job.base, job.items, job.meta, job.webhooks)]
+        reply = await self.run_named(
+            "flush_read", keys={"ledger": b.ledger, "ledger_retry": b.ledger_retry,
+                                "jobs": keys},
+            args={"ledger_limit": ledger_limit, "now": self._now()})
+        flat = reply["jobs"]
+        snapshots = [(_pairs(flat[i]), _pairs(flat[i + 1]), flat[i + 2] or None)
+                     for i in range(0, len(flat), 4)]
+        logs = [_pairs(flat[i + 3]) for i in range(0, len(flat), 4)]
+        self._note_ended(job_ids, logs)  # as webhook_logs does: flush_done reads it
+        return FlushRead(list(reply["ledger_head"]), list(reply["retries_due"]), snapshots,
+                         logs)
+
+    async def mark_in_sql(self, job_ids: list[str]) -> int:
+        """Notes on each finished job's hash (field JOB_IN_SQL) that its rows are in SQL;
+        `job_ids` all of one bucket. Returns how many were marked."""
+        if not job_ids:
+            return 0
+        marked = await self.run_script(
+            "mark_in_sql", keys={"jobs": [self.job_keys(job_id).base for job_id in job_ids]},
+            args={"at": self._now()})
+        return int(marked)
 
     async def ledger_ack(self, bucket: int, count: int, first_entry: str) -> Code:
         code, _ = await self.run_checked(
@@ -126,6 +173,11 @@ class FlushCalls(CoreBase):
         replies = await self._read(*(("HGETALL", self.job_keys(job_id).webhooks)
                                      for job_id in job_ids))
         logs = [dict(reply or {}) for reply in replies]
+        self._note_ended(job_ids, logs)
+        return logs
+
+    def _note_ended(self, job_ids: list[str], logs: list[dict[str, str]]) -> None:
+        """Remembers the logs read for a flush whose every delivery had ended (_ended_logs)."""
         memo = self._ended_logs()
         for job_id, log in zip(job_ids, logs, strict=True):
             memo.pop(job_id, None)
@@ -133,4 +185,3 @@ class FlushCalls(CoreBase):
                 memo[job_id] = ",".join(log)
         while len(memo) > ENDED_LOGS_KEPT:
             del memo[next(iter(memo))]
-        return logs

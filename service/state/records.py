@@ -18,6 +18,8 @@ from service.state.fsm import JobState
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Job hash fields read before a record is converted (the flusher keeps refused ones raw).
 JOB_ID, JOB_OWNER, JOB_STATE, JOB_TOTAL = "id", "owner", "state", "total"
+# Set by mark_in_sql.lua on a finished job whose rows the flusher wrote before its flush.
+JOB_IN_SQL = "in_sql"
 # What item_result.lua stores per item index: 'ok:<output key>' or 'failed:<error>'.
 ITEM_OK, ITEM_FAILED, ITEM_PENDING = "ok", "failed", "pending"
 

@@ -3,7 +3,7 @@
 A pass visits the buckets with due work and no other; a write during a visit is never lost;
 the safety net finds work whose index write was lost; a heavy user's backlog drains in one
 pass. SQL is a SQLite file (the flusher needs one); the visits are counted by wrapping
-`flush_bucket`.
+`visit_bucket`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import service.flusher.bucket as bucket_module
 import service.flusher.loop as loop
-from service.flusher.bucket import FlushStats
 from service.flusher.loop import flush_once
 from service.history.engine import make_engine, make_session_factory, run_migrations
 from service.settings import Settings
@@ -47,14 +46,14 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
 def visits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every bucket flush_once visits, in order (one entry a round)."""
     seen: list[int] = []
-    real = bucket_module.flush_bucket
+    real = bucket_module.visit_bucket
 
-    async def counted(core: Core, sessions: Sessions, settings: Settings, bucket: int,
-                      **kwargs: Any) -> FlushStats:
+    async def counted(core: Core, settings: Settings, bucket: int,
+                      **kwargs: Any) -> bucket_module.Visit:
         seen.append(bucket)
-        return await real(core, sessions, settings, bucket, **kwargs)
+        return await real(core, settings, bucket, **kwargs)
 
-    monkeypatch.setattr(loop, "flush_bucket", counted)
+    monkeypatch.setattr(bucket_module, "visit_bucket", counted)
     return seen
 
 

@@ -26,6 +26,7 @@ from service.history.balances import (
 from service.history.failures import set_aside
 from service.history.models import JobLog, LedgerEntry
 from service.history.queries import ensure_user_row, insert_ledger
+from service.state.records import JOB_IN_SQL
 from service.state.store import Core
 from tests.persistence.test_flusher import (
     LONG_MS,
@@ -142,12 +143,16 @@ async def test_a_flushed_job_has_its_row_release_and_charge_together(
     await known_user(core, sessions, "ann")
     done = await finished_later(core, "ann", (True, False))
     settings = settings_for(key_prefix, database_url)
-    await flush_once(core, sessions, settings)  # its row and money: written, job in Redis
+    early = await flush_once(core, sessions, settings)  # its row and money, job in Redis
+    assert early.flushed_jobs == 0
+    assert (await core.job_record(done)).get(JOB_IN_SQL)  # marked: its rows are in SQL
     bucket = core.keys.bucket(core.keys.bucket_of_user("ann"))
     assert await core.client.llen(bucket.ledger) == 0
     await core.client.zadd(bucket.flush, {done: 0})  # the hour has passed
     stats = await flush_once(core, sessions, settings, reindex="all")
-    assert (stats.flushed_jobs, stats.ledger_entries) == (1, 2)
+    # The flush takes it out of Redis and writes nothing twice (the mark says its row and
+    # money are in SQL).
+    assert (stats.flushed_jobs, stats.ledger_entries) == (1, 0)
     assert await ledger_of_job(sessions, done) == {"hold": -2, "release": 2, "charge": -1}
     async with sessions() as session:
         assert (await session.get(JobLog, done)).charged == 1  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import service.flusher.dead_letters as dead_letters
@@ -156,7 +156,7 @@ async def test_crash_before_the_sql_commit_writes_nothing_and_loses_nothing(
 ) -> None:
     await three_finished_jobs(core)
 
-    async def crash(*_: Any) -> int:
+    async def crash(*_: Any, **__: Any) -> int:
         raise Crash
 
     # upsert_jobs runs, then the ledger insert dies inside the same transaction (an error
@@ -227,6 +227,42 @@ async def test_crash_before_the_ledger_ack_duplicates_no_entry(
     assert stats.ledger_entries == EXPECTED_LEDGER
     assert await sql_counts(sessions) == (3, EXPECTED_LEDGER)
     assert await redis_keys(real_redis, key_prefix) == user_hashes(core, "ann", "bob")
+
+
+def users_in_buckets(core: Core, count: int) -> list[str]:
+    """`count` user names, each in a bucket of its own."""
+    found: dict[int, str] = {}
+    for i in range(10_000):
+        found.setdefault(core.keys.bucket_of_user(f"user-{i}"), f"user-{i}")
+        if len(found) == count:
+            return list(found.values())
+    raise AssertionError("not enough buckets")
+
+
+async def test_a_pass_writes_the_rows_of_every_due_bucket_in_one_transaction(
+    core: Core, sessions: Sessions, real_redis: Any, key_prefix: str, database_url: str,
+) -> None:
+    """Batching: 24 finished jobs over 8 buckets reach SQL in one transaction, not one a
+    bucket (the pass's cost is then its one commit, not 8); a second pass commits none."""
+    users = users_in_buckets(core, 8)
+    for user in users:
+        await new_user(core, user)
+        for _ in range(3):
+            await finished_job(core, user, (True, False))
+    commits: list[int] = []
+    engine = sessions.kw["bind"].sync_engine
+    count = lambda *_: commits.append(1)  # noqa: E731
+    event.listen(engine, "commit", count)
+    try:
+        stats = await flush_once(core, sessions, settings_for(key_prefix))
+        assert (stats.flushed_jobs, len(commits)) == (24, 1)
+        assert not await flush_once(core, sessions, settings_for(key_prefix))
+        assert len(commits) == 1
+    finally:
+        event.remove(engine, "commit", count)
+    # 8 signups, and a hold, a release and a charge a job
+    assert await sql_counts(sessions) == (24, 8 + 3 * 24)
+    assert await redis_keys(real_redis, key_prefix) == user_hashes(core, *users)
 
 
 async def test_two_flushers_at_once_write_every_row_once(
