@@ -13,7 +13,7 @@ after the visit; a write that lands during the visit lowers the score, and the s
 the lower one. The marks are a second call after the script, so a crash between the two
 loses one: the safety net (`reindex_buckets`) reads the next due time of every bucket in
 use (`tg:buckets`: Core adds a bucket after each script that provisions, funds or reserves
-there) about every FULL_SWEEP_S, a share a pass (SafetyNet), and of every bucket on the
+there) about every SAFETY_NET_CYCLE_S, a share a pass (SafetyNet), and of every bucket on the
 flusher's first pass, and lowers the index to it; the same net rebuilds `tg:buckets` from the
 keys that exist (a wipe empties it). A saturated bucket (a heavy user's
 backlog) is taken again at once, up to MAX_ROUNDS rounds a pass.
@@ -58,7 +58,7 @@ MAX_ROUNDS = 25
 # finished jobs (and three ledger rows each) a transaction.
 GROUP_BUCKETS = 64
 # The due index's safety net runs this often (and on a flusher's first pass).
-FULL_SWEEP_S = 60.0
+SAFETY_NET_CYCLE_S = 60.0
 
 Reindex = Literal["in_use", "all"]
 
@@ -85,7 +85,7 @@ async def reindex_buckets(core: Core, settings: Settings,
 
 class SafetyNet:
     """The rolling safety net of the flusher loop: every bucket on the first pass, then every
-    bucket again, a share a pass, so that each is re-read about every FULL_SWEEP_S and no
+    bucket again, a share a pass, so that each is re-read about every SAFETY_NET_CYCLE_S and no
     pass pays for all of them at once (16,384 buckets take seconds). A bucket with no keys
     costs one EXISTS a cycle."""
 
@@ -94,7 +94,7 @@ class SafetyNet:
         self.interval = settings.flusher_interval
         self.first = True
         self.pending: list[int] = []
-        self.share = max(1, math.ceil(self.buckets * self.interval / FULL_SWEEP_S))
+        self.share = max(1, math.ceil(self.buckets * self.interval / SAFETY_NET_CYCLE_S))
 
     async def next_share(self) -> Reindex | list[int] | None:
         if self.first:

@@ -284,7 +284,7 @@ async def test_the_rolling_safety_net_reads_every_bucket_once_a_cycle(
     core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One pass a second, a cycle of 3 s: a third of the buckets a pass.
-    monkeypatch.setattr(loop, "FULL_SWEEP_S", 3.0)
+    monkeypatch.setattr(loop, "SAFETY_NET_CYCLE_S", 3.0)
     net = loop.SafetyNet(core, settings_for(core, flusher_interval=1.0))
     assert await net.next_share() == "all"
     assert await net.next_share() == "all"  # until a pass with it went through
@@ -309,7 +309,7 @@ async def test_a_wiped_set_of_buckets_in_use_is_rebuilt_within_one_cycle(
     assert await due.buckets_in_use() == in_use
     await core.client.delete(core.keys.buckets_in_use)  # what a wipe and restore leave
     assert await due.buckets_in_use() == []
-    monkeypatch.setattr(loop, "FULL_SWEEP_S", 3.0)
+    monkeypatch.setattr(loop, "SAFETY_NET_CYCLE_S", 3.0)
     settings = settings_for(core, flusher_interval=1.0)
     net = loop.SafetyNet(core, settings)
     net.done()  # not the first pass: the rolling shares alone must find them
