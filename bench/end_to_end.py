@@ -31,7 +31,9 @@ a played worker (each batch taken off the queue and reported done over the callb
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,6 +61,10 @@ from bench.harness import (
 PROCESSOR = "workers.processors.noop:passthrough"
 TARGET = 0.8  # issue 11: at least 0.8 of the same workers making the transfers alone
 FLUSH_BATCH = 200
+# Main since issue 21: executed jobs wait in tollgate's order and a dispatcher feeds RQ. Before
+# it (the "before" of its cost targets) execute enqueued at once; the bench runs on both.
+SCHEDULED = importlib.util.find_spec("service.flusher.dispatcher") is not None
+POLL = 8  # job views read at once while a tollgate leg waits
 HTTP = httpx.Client(timeout=60)  # one per worker process, as the worker's own
 
 
@@ -95,9 +101,30 @@ async def baseline_leg(bench: Stack, payloads: list[dict[str, Any]], tag: str) -
                            job_id=f"base-{tag}-{i}", result_ttl=600)
     while finished.count < before + len(payloads):
         if failed.count:
-            raise RuntimeError("a baseline RQ job failed")
+            job = queue.fetch_job(failed.get_job_ids()[0])
+            raise RuntimeError("a baseline RQ job failed:\n"
+                               + ((job.latest_result().exc_string or "") if job
+                                  and job.latest_result() else "")[-1500:])
         await asyncio.sleep(0.005)
     return len(payloads) / (time.perf_counter() - start)
+
+
+def command_usec(bench: Stack) -> dict[str, tuple[int, int]]:
+    """INFO commandstats of the run's redis-server: command -> (calls, usec) so far."""
+    import redis
+
+    with redis.Redis.from_url(bench.redis_url) as client:
+        stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in stats.items()}
+
+
+def top_commands(spent: dict[str, list[int]], items: int, count: int = 8
+                 ) -> dict[str, list[float]]:
+    """The commands that took the most Redis time: command -> [calls, usec] per item."""
+    ranked = sorted(spent.items(), key=lambda kv: -kv[1][1])[:count]
+    return {name: [round(calls / items, 2), round(usec / items, 1)]
+            for name, (calls, usec) in ranked}
 
 
 async def tollgate_leg(http: httpx.AsyncClient, jobs: list[tuple[str, str]], items: int
@@ -109,8 +136,10 @@ async def tollgate_leg(http: httpx.AsyncClient, jobs: list[tuple[str, str]], ite
         assert answer.status_code == 202, answer.text
     waiting = list(jobs)
     while waiting:
+        # A few of the oldest at a time: polling every job at once takes the API's CPU from
+        # the workers' callbacks (and queued past the client's pool, timed out under load).
         views = await asyncio.gather(*(http.get(f"/jobs/{job_id}", headers={
-            "Authorization": f"Bearer {token}"}) for token, job_id in waiting))
+            "Authorization": f"Bearer {token}"}) for token, job_id in waiting[:POLL]))
         done = [view.json() for view in views if view.json()["status"] in
                 ("done", "failed", "canceled", "expired")]
         bad = [v["id"] for v in done if v["status"] != "done" or v["done_items"] != items]
@@ -123,7 +152,10 @@ async def tollgate_leg(http: httpx.AsyncClient, jobs: list[tuple[str, str]], ite
 
 
 async def drain(bench: Stack) -> None:
-    """Hands every waiting batch to RQ now, whatever workers are live."""
+    """Hands every waiting batch to RQ now, whatever workers are live (before issue 21,
+    execute had already)."""
+    if not SCHEDULED:
+        return
     from service.flusher.dispatcher import Dispatcher
     from service.runtime import open_runtime
     from service.settings import Settings
@@ -148,7 +180,8 @@ async def wait_for_workers(bench: Stack, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
-async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], dict[int, float]]:
+async def worker_rows(bench: Stack, api: Proc, args: Any
+                      ) -> tuple[list[Row], dict[int, float], dict[int, Any]]:
     per_round = args.jobs * args.repeats
     names = [f"e2e{i}" for i in range(math.ceil(per_round / JOBS_PER_USER))]
     tokens = await users(bench, api, names)
@@ -157,6 +190,7 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
     # transfers).
     donor_tokens = await users(bench, api, [f"e2d{i}" for i in range(len(names))])
     rows, baselines = [], {}
+    top: dict[int, dict[str, list[float]]] = {}
     gate = asyncio.Semaphore(32)
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
 
@@ -175,16 +209,31 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
             workers = [bench.worker(api, PROCESSOR, *(["--fork"] if args.fork else []))
                        for _ in range(count)]
             await wait_for_workers(bench, count)
-            dispatcher = bench.start("tollgate dispatcher", tollgate("dispatcher"))
+            dispatchers = [bench.start("tollgate dispatcher", tollgate("dispatcher"))
+                           ] if SCHEDULED else []
             jobs = list(zip(owners, ids, strict=True))
-            bases, legs = [], []
+            bases, legs, base_cpu, leg_cpu, leg_calls = [], [], [], [], []
+            spent: dict[str, list[int]] = {}  # the tollgate legs' Redis commands
             for leg in range(args.repeats + 1):
                 mine = jobs[min(leg, args.repeats - 1) * args.jobs:][:args.jobs]
+                items = len(mine) * args.items
+                calls, cpu = bench.redis_stats()
                 bases.append(await baseline_leg(bench, [by_job[j] for _, j in mine],
                                                 f"{count}-{leg}"))
+                calls_after, cpu_after = bench.redis_stats()
+                base_cpu.append((cpu_after - cpu) / items * 1e6)
                 if leg < args.repeats:
+                    commands = command_usec(bench)
                     legs.append(await tollgate_leg(http, mine, args.items))
-            for worker in [*workers, dispatcher]:
+                    for name, (n, usec) in command_usec(bench).items():
+                        was = commands.get(name, (0, 0))
+                        total = spent.setdefault(name, [0, 0])
+                        total[0] += n - was[0]
+                        total[1] += usec - was[1]
+                    calls, cpu = bench.redis_stats()
+                    leg_cpu.append((cpu - cpu_after) / items * 1e6)
+                    leg_calls.append((calls - calls_after) / items)
+            for worker in [*workers, *dispatchers]:
                 worker.stop()
             for donor, job_id in zip(donors, donated, strict=True):
                 await http.post(f"/jobs/{job_id}/cancel",
@@ -195,8 +244,13 @@ async def worker_rows(bench: Stack, api: Proc, args: Any) -> tuple[list[Row], di
                             round(median(ratios), 3), TARGET,
                             {"items_per_s": round(median(legs) * args.items, 1),
                              "rq_alone_jobs_per_s": round(baselines[count], 2),
+                             # The one redis-server (state and RQ) during the legs, per item.
+                             "redis_cpu_us_per_item": round(median(leg_cpu), 1),
+                             "rq_alone_redis_cpu_us_per_item": round(median(base_cpu), 1),
+                             "redis_calls_per_item": round(median(leg_calls), 1),
                              "leg_ratios": ", ".join(f"{r:.2f}" for r in ratios)}))
-    return rows, baselines
+            top[count] = top_commands(spent, args.repeats * args.jobs * args.items)
+    return rows, baselines, top
 
 
 async def sql_count(conn: Any, table: str) -> int:
@@ -223,7 +277,7 @@ async def flusher_result(bench: Stack, jobs: int, quick: bool) -> Result:
         # logs when done, just before its first pass takes the due buckets) to the last
         # jobs_log row: the whole pass (claims, Redis reads, the SQL write), not the
         # start-up, which is no row's cost. Polled every millisecond.
-        while "safety net: " not in flusher.output():
+        while ("safety net: " if SCHEDULED else "flusher: ") not in flusher.output():
             if time.monotonic() > deadline or not flusher.alive():
                 raise RuntimeError(f"the flusher did not start:\n{flusher.output()[-2000:]}")
             await asyncio.sleep(0.001)
@@ -298,9 +352,10 @@ async def main(args: Any) -> list[Result]:
         with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0") as bench:
             jobs = await finished_jobs(bench, bench.api(args.api_processes), args)
             return [await flusher_result(bench, jobs, args.quick)]
+    load = [round(v, 2) for v in os.getloadavg()]  # the machine's, as the run starts
     with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0") as bench:
         api = bench.api(args.api_processes)
-        rows, baselines = await worker_rows(bench, api, args)
+        rows, baselines, top = await worker_rows(bench, api, args)
         flusher = await flusher_result(
             bench, args.jobs * args.repeats * len(args.worker_counts), args.quick)
     first = args.worker_counts[0]
@@ -313,7 +368,10 @@ async def main(args: Any) -> list[Result]:
             {"by_workers": ", ".join(f"{k}: {v:.1f}" for k, v in baselines.items())}),
         rows, {"jobs": args.jobs, "items": args.items, "repeats": args.repeats,
                "workers": args.worker_counts, "api_processes": args.api_processes,
-               "processor": PROCESSOR}, args.quick)
+               "processor": PROCESSOR, "scheduled": SCHEDULED, "loadavg_before": load,
+               # Per worker count: the commands that took the most Redis time during the
+               # tollgate legs, [calls, usec] per item (INFO commandstats).
+               "redis_top_commands_per_item": top}, args.quick)
     return [workers, flusher]
 
 

@@ -339,6 +339,9 @@ class Stack:
         proc = self.start("tollgate api", tollgate(
             "api", "--port", str(port), "--server", server, "--workers", str(processes)),
             port, TOLLGATE_PUBLIC_URL=f"http://127.0.0.1:{port}", **env)
+        # The processes started after it (the flusher's dispatcher signs the batches' URLs
+        # and callback URLs) hand out this API's address, as compose.yaml's shared env does.
+        self.extra.setdefault("TOLLGATE_PUBLIC_URL", proc.url)
         return proc.wait_http("/health", processes=processes)
 
     def bare(self, processes: int = 1, server: str = "granian") -> Proc:
