@@ -27,6 +27,7 @@ SCENARIOS = {
     "api_keys": ["api_keys"],
     "slow_clients": ["slow_clients"],
     "usage_statement": ["usage_statement"],
+    "fairness": ["fairness"],
 }
 
 
