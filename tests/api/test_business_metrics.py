@@ -19,6 +19,7 @@ from service.state.outbox import Outbox
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import callback, create_job, queued_job, report_item, upload_all
 from tests.api.receiver import Receiver
+from tests.api.scheduling import drain
 from tests.deploy.artefacts import METRIC_NAMES
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -127,6 +128,9 @@ async def test_live_jobs_and_queue_depth_follow_a_job(api: Api) -> None:
         assert response.status_code in (200, 202), response.text
     samples = await scrape(api)
     assert live(samples) == (0, 1, 0)
+    assert value(samples, "tollgate_queue_depth", queue=queue) == 0  # it waits in the order
+    await drain(api.settings)
+    samples = await scrape(api)
     assert value(samples, "tollgate_queue_depth", queue=queue) == 1  # one batch, no worker
     await report_item(api, job["id"], user, 0)
     assert live(await scrape(api)) == (0, 0, 1)
@@ -150,6 +154,7 @@ async def test_an_expired_lease_is_counted(api: Api, rt: Runtime) -> None:
     user = api.user()
     await api.admin_create_user(user, credits=10)
     job = await queued_job(api, user, 2)
+    await drain(api.settings)  # its one batch is in RQ: none waits behind the lease
     await report_item(api, job["id"], user, 0)  # running, lease 2 s
     await asyncio.sleep(2.2)
     await flush_pass(rt)

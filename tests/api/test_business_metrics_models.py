@@ -10,6 +10,7 @@ import pytest
 
 from tests.api.conftest import Api
 from tests.api.flow import report_item
+from tests.api.scheduling import drain
 from tests.api.test_business_metrics import scrape, value
 from tests.api.test_models_http import models_file, submit
 
@@ -25,6 +26,7 @@ async def test_jobs_and_items_carry_their_model_and_each_queue_its_depth(api: Ap
     await api.admin_create_user(user, plan="pro", credits=100)
     heavy = await submit(api, user, 4, "heavy")  # batches of 3: two batches
     thumb = await submit(api, user, 1, None)  # the default model, batches of 2: one
+    await drain(api.settings)
     samples = await scrape(api)
     assert value(samples, "tollgate_queue_depth", queue=f"{prefix}-heavy") == 2
     assert value(samples, "tollgate_queue_depth", queue=f"{prefix}-thumb") == 1

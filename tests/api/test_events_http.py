@@ -15,6 +15,7 @@ from service.flusher.loop import run_flusher_with_requeue
 from service.settings import Settings
 from tests.api.conftest import Api, ServerThread
 from tests.api.flow import create_job, queued_job, report_item, upload_all
+from tests.api.scheduling import drain
 
 
 async def read_events(api: Api, user: str, job_id: str, into: list[tuple[float, dict[str, Any]]],
@@ -119,7 +120,8 @@ async def test_queued_jobs_show_their_place_and_every_job_its_links(api: Api) ->
     places = {job["id"]: job["queue_position"] for job in listed.json()["items"]}
     assert places == {first["id"]: 0, second["id"]: 1, created["id"]: None}
 
-    await report_item(api, first["id"], user, 0)  # done: the second moves up
+    await report_item(api, first["id"], user, 0)  # done
+    await drain(api.settings)  # every waiting batch is in RQ: each job's place is 0
     response = await api.client.get(f"/jobs/{second['id']}", headers=api.auth(user))
     assert response.json()["queue_position"] == 0
     response = await api.client.get(f"/jobs/{first['id']}", headers=api.auth(user))

@@ -15,6 +15,7 @@ from rq.job import Job
 from service.contract import SERIALIZER, rq_job_id
 from tests.api.conftest import Api
 from tests.api.flow import PNG_BYTES, create_job, upload_all
+from tests.api.scheduling import drain
 
 INTERNAL_URL = "http://api.internal:8000"
 
@@ -42,6 +43,7 @@ async def test_clients_get_public_urls_and_workers_internal_ones(api: Api) -> No
     for step in ("confirm-upload", "execute"):
         response = await api.client.post(f"/jobs/{job['id']}/{step}", headers=api.auth(user))
         assert response.status_code in (200, 202), response.text
+    await drain(api.settings)  # the dispatcher signs the worker's URLs as it hands the batch
     connection = redis.Redis.from_url(api.settings.queue_redis_url or "")
     try:
         payload = Job.fetch(rq_job_id(job["id"], 0), connection=connection,

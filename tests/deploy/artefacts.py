@@ -43,6 +43,7 @@ METRIC_NAMES: dict[str, frozenset[str]] = {
     "tollgate_flush_failures_total": frozenset(),
     "tollgate_workers": frozenset({"model"}),
     "tollgate_dispatch_wait_seconds": frozenset({"model", "priority"}),
+    "tollgate_key_cap_refusals_total": frozenset(),
 }
 HISTOGRAMS = frozenset({"tollgate_request_duration_seconds", "tollgate_dispatch_wait_seconds"})
 

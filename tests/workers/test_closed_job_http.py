@@ -18,14 +18,16 @@ from service.contract import SERIALIZER, rq_job_id
 from tests.api.conftest import Api, api, real_settings, settings_overrides  # noqa: F401
 from tests.api.flow import callback, me, queued_job
 from tests.api.history import flush_everything
+from tests.api.scheduling import drain
 from workers.callbacks import RetryingClient
 from workers.jobs import Batch, run_batch
 from workers.processors import Item, Output
 from workers.processors.noop import passthrough
 
 
-def the_batch(served: Api, job_id: str) -> Batch:
+async def the_batch(served: Api, job_id: str) -> Batch:
     """The batch payload the API enqueued, as a worker would take it off the queue."""
+    await drain(served.settings)  # the dispatcher hands the waiting batches to RQ
     settings = served.settings
     connection = redis.Redis.from_url(settings.queue_redis_url or settings.redis_url or "")
     try:
@@ -38,7 +40,7 @@ def the_batch(served: Api, job_id: str) -> Batch:
 async def test_a_batch_whose_job_was_canceled_and_flushed_stops_as_closed(api: Api) -> None:  # noqa: F811
     user = api.user()
     job = await queued_job(api, user, 2)
-    batch = the_batch(api, job["id"])
+    batch = await the_batch(api, job["id"])
     working, resume = threading.Event(), threading.Event()
 
     def held(items: list[Item]) -> list[Output]:

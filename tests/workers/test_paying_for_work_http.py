@@ -21,6 +21,7 @@ from service.flusher.loop import flush_once
 from service.runtime import open_runtime
 from tests.api.conftest import SECRET, Api, api, real_settings  # noqa: F401
 from tests.api.flow import PNG_BYTES, create_job, me, upload_all
+from tests.api.scheduling import drain
 from workers.callbacks import RetryingClient
 from workers.jobs import Batch, run_batch
 from workers.processors import Item, Output
@@ -53,8 +54,9 @@ def settings_overrides(tmp_path: Path, key_prefix: str) -> dict[str, Any]:
     return {"models": str(path), "signup_credits": 1000}
 
 
-def the_batch(served: Api, job_id: str) -> Batch:
+async def the_batch(served: Api, job_id: str) -> Batch:
     """The batch the API enqueued, as a worker takes it off the queue."""
+    await drain(served.settings)  # the dispatcher hands the waiting batches to RQ
     connection = redis.Redis.from_url(served.settings.redis_url or "")
     try:
         job = Job.fetch(rq_job_id(job_id, 0), connection=connection, serializer=SERIALIZER)
@@ -95,7 +97,7 @@ async def test_billable_failures_are_charged_only_for_a_model_that_bills_them(
 ) -> None:
     user = api.user()
     job = await queued(api, user, 3, model=model)
-    summary = await run_in_thread(the_batch(api, job["id"]), ok_billable_free)
+    summary = await run_in_thread(await the_batch(api, job["id"]), ok_billable_free)
     assert (summary["ok"], summary["failed"]) == (1, 2)
     view = (await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
     assert (view["status"], view["charged"], view["refunded"]) == (
@@ -124,7 +126,7 @@ async def test_a_whole_float_integer_param_is_stored_as_an_integer(api: Api) -> 
         seen.extend(item.params["size"] for item in items)
         return passthrough(items)
 
-    await run_in_thread(the_batch(api, job["id"]), reads_params)
+    await run_in_thread(await the_batch(api, job["id"]), reads_params)
     assert seen == [64] and isinstance(seen[0], int)
     view = (await api.client.get(f"/jobs/{job['id']}", headers=api.auth(user))).json()
     assert view["params"] == {"size": 64}
@@ -141,7 +143,7 @@ async def test_a_canceled_job_stops_its_running_batch_within_about_a_second(
     cancel from its next renewal, at most a second later, and stops at the next item."""
     user = api.user()
     job = await queued(api, user, 10)
-    batch = the_batch(api, job["id"])
+    batch = await the_batch(api, job["id"])
     assert batch.lease_ttl_s >= 30
     read: list[float] = []
     first = threading.Event()
@@ -178,7 +180,7 @@ async def test_a_canceled_jobs_unpaid_outputs_are_deleted_at_its_flush(
     user = api.user()
     job = await queued(api, user, 2)
     job_id = job["id"]
-    batch = the_batch(api, job_id)
+    batch = await the_batch(api, job_id)
     async with httpx.AsyncClient(timeout=30) as raw:
         for spec in batch.items:
             put = await raw.put(spec.output_url, content=PNG_BYTES,
