@@ -355,6 +355,7 @@ async def main(args: Any) -> list[Result]:
     load = [round(v, 2) for v in os.getloadavg()]  # the machine's, as the run starts
     with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0") as bench:
         api = bench.api(args.api_processes)
+        bench.dispatching = True  # worker_rows drains to RQ itself and times its own dispatchers
         rows, baselines, top = await worker_rows(bench, api, args)
         flusher = await flusher_result(
             bench, args.jobs * args.repeats * len(args.worker_counts), args.quick)

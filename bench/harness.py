@@ -301,6 +301,7 @@ class Stack:
         self.secret = "bench-" + uuid.uuid4().hex * 2
         self.queue = "bench"
         self.procs: list[Proc] = []
+        self.dispatching = False  # a `tollgate dispatcher` runs (started by take_batches)
         self.postgres, self.database = postgres, f"tgbench_{uuid.uuid4().hex[:12]}"
         port = free_port()
         self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -459,10 +460,20 @@ def take_batches(stack: Stack, count: int, timeout: float = 60.0) -> list[dict[s
 
     payloads: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
+    if not stack.dispatching:  # executed jobs wait in tollgate's order until it feeds RQ
+        stack.start("tollgate dispatcher", tollgate("dispatcher"))
+        stack.dispatching = True
     with redis.Redis.from_url(stack.redis_url) as connection:
         queue = Queue(stack.queue, connection=connection, serializer=JSONSerializer)
+        # The flusher's dispatcher hands batches to RQ only for live workers: this reader
+        # registers as one (RQ's heartbeat key and its queue's set), as a worker does.
+        worker_key = f"rq:worker:bench-reader-{os.getpid()}"
+        connection.hset(worker_key, "queues", stack.queue)
+        connection.sadd(f"rq:workers:{stack.queue}", worker_key)
         while len(payloads) < count:
-            job_id = queue.pop_job_id()
+            connection.expire(worker_key, 30)
+            raw = connection.lpop(queue.key)
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
             if job_id is None:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{len(payloads)} of {count} batches reached the queue")
@@ -472,6 +483,8 @@ def take_batches(stack: Stack, count: int, timeout: float = 60.0) -> list[dict[s
             assert job is not None, job_id
             payloads.append(job.args[0])
             job.delete()
+        connection.srem(f"rq:workers:{stack.queue}", worker_key)
+        connection.delete(worker_key)
     return payloads
 
 
