@@ -26,7 +26,18 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Proc, Result, Row, Stack, median, parser, run, stack, users
+from bench.harness import (
+    Proc,
+    Result,
+    Row,
+    Stack,
+    median,
+    parser,
+    run,
+    stack,
+    tollgate,
+    users,
+)
 
 PROCESSOR = "workers.processors.torch_batch:EdgeMaps"
 MODES = {"forked": ["--fork"], "in-process": []}
@@ -118,6 +129,9 @@ async def main(args: Any) -> list[Result]:
     pictures = images(args.items)
     with stack() as bench:
         api = bench.api()
+        # Executed jobs wait in tollgate's order; a dispatcher feeds RQ for the live worker.
+        bench.start("tollgate dispatcher", tollgate("dispatcher"))
+        bench.dispatching = True
         (token,) = await users(bench, api, ["wm"])
         for _ in range(args.rounds):
             for mode in MODES:
