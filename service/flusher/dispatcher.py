@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -49,6 +49,9 @@ DEADLINES_PER_PASS = 500
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
 WORKERS_TTL_S = 1.0
+# Places of the last batches handed per queue (what RQ may still hold), for `_ahead`.
+HANDED_KEPT = 256
+BAND_WIDTH = 1e12  # lua/admit.lua: a place is band(priority) * BAND_WIDTH + virtual tag
 # Tests stop the dispatcher between its steps: "taken" (claimed, not in RQ), "enqueued".
 Hook = Callable[[str], Awaitable[None]]
 
@@ -70,6 +73,7 @@ class Dispatcher:
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()  # items, read once a job
         self._rebuilt = -REBUILD_S
         self.backlog = False  # the last pass left work waiting for room in RQ
+        self._handed: dict[str, deque[float]] = {}  # queue -> places of batches handed
 
     @property
     def queues(self) -> list[str]:
@@ -138,24 +142,44 @@ class Dispatcher:
         return handed
 
     async def fill(self, queue: str) -> int:
+        """Fills the queue's room in RQ from the head of the order. The fill's first batch
+        goes to RQ's front when it is ahead of what RQ holds (`_ahead`), and then it may
+        take one batch more than the room: it starts on the next worker free, not behind
+        the k batches per worker RQ keeps (the depth counts it, so one at a time)."""
         handed = await self.recover(queue)
         room = await self.room(queue)
+        first = True
+        over = False  # the room is full: only a batch ahead of RQ's may still go in
+        peek: list[tuple[str, float]] | None = None  # the head, when nothing was handed since
+        if room == 0 and self._capacity(queue) > 0:
+            peek = await self.sched.head(queue, 1)
+            over = bool(peek) and self._ahead(queue, peek[0][1])
+            room = 1 if over else 0
         while room > 0:
             head = await self.sched.head(queue, HEAD)
             if not head:
                 break
             moved = 0
-            for position, (job_id, _) in enumerate(head):
+            for position, (job_id, place) in enumerate(head):
+                front = first and self._ahead(queue, place)
+                if over and not front:
+                    break
                 before = head[position + 1][1] if position + 1 < len(head) else None
-                moved = await self.hand(queue, job_id, room, before)
+                moved = await self.hand(queue, job_id, room, before, place=place,
+                                        ahead=front)
                 if moved >= 0:  # handed, or gone (-1: under another's live claim)
                     break
+            if moved <= 0 and over:
+                break
             if moved < 0:  # every job in sight is claimed
                 break
+            first = first and moved == 0
+            peek = None
             room -= moved
             handed += moved
-        if room <= 0 and self.workers.get(queue, 0):
-            self.backlog = self.backlog or bool(await self.sched.head(queue, 1))
+            over = False
+        if room <= 0 and self.workers.get(queue, 0) and not self.backlog:
+            self.backlog = bool(peek if peek is not None else await self.sched.head(queue, 1))
         return handed
 
     async def _job(self, job_id: str) -> JobRecord | None:
@@ -169,10 +193,40 @@ class Dispatcher:
                 self._jobs.popitem(last=False)
         return job
 
-    async def hand(self, queue: str, job_id: str, room: int, before: float | None) -> int:
+    def _capacity(self, queue: str) -> int:
+        if self.fixed_room is not None:
+            return self.fixed_room
+        return self.workers.get(queue, 0) * self.rt.settings.dispatch_batches_per_worker
+
+    def _ahead(self, queue: str, place: float | None) -> bool:
+        """Whether a batch at `place` goes before the batches RQ may still hold: RQ holds
+        at most the last `capacity` batches handed, and this one's place in tollgate's
+        order is not behind the last of those (a user who arrives while another's batches
+        fill RQ: at the back it would wait behind all of them, about k batch times with k
+        per worker). Never in front of a batch of a higher priority band."""
+        handed = self._handed.get(queue)
+        capacity = min(self._capacity(queue), HANDED_KEPT)
+        if place is None or not handed or capacity <= 0:
+            return False
+        recent = list(handed)[-capacity:]
+        band = place // BAND_WIDTH
+        if any(other // BAND_WIDTH < band for other in recent):
+            return False
+        return place <= max(recent)
+
+    def _note_handed(self, queue: str, place: float | None, batches: int) -> None:
+        if place is None:
+            return
+        handed = self._handed.setdefault(queue, deque(maxlen=HANDED_KEPT))
+        handed.extend([place] * batches)
+
+    async def hand(self, queue: str, job_id: str, room: int, before: float | None,
+                   place: float | None = None, ahead: bool = False) -> int:
         """Hands the job's next batches (at most `room`, while their place is at most
         `before`) to RQ; returns how many, 0 when the job had none left, -1 when another
-        dispatcher's claim holds it."""
+        dispatcher's claim holds it. `place`: the job's place in the order as read (None
+        for a dead dispatcher's claim handed again); `ahead`: its first batch goes to RQ's
+        front (a claim handed again goes to the back)."""
         sched, rt = self.sched, self.rt
         await sched.note_claim(queue, job_id, now_ms() + self.claim_ms)
         taken = await sched.take(job_id, claim_ms=self.claim_ms, most=room, before=before)
@@ -192,9 +246,11 @@ class Dispatcher:
             await self.hook("taken")
         batches = range(taken.first, taken.last)
         # A high-priority batch goes before those waiting in RQ: it starts on the next
-        # worker free, not behind the batches per worker already there.
-        await enqueue_batches(rt, job, batches, new_only=True,
-                              at_front=taken.priority == "high")
+        # worker free, not behind the batches per worker already there; so does a batch
+        # whose place is not behind those RQ holds (`_ahead`). The hand-off is the same
+        # either way: RQ's ids keep a batch there once, wherever it went in.
+        front = taken.code == "take" and (taken.priority == "high" or ahead)
+        await enqueue_batches(rt, job, batches, new_only=True, at_front=front)
         if self.hook is not None:
             await self.hook("enqueued")
         handed = await sched.done(job_id, taken.first, taken.last,
@@ -205,6 +261,7 @@ class Dispatcher:
             return 0
         if handed.code != "ok":
             return 0
+        self._note_handed(queue, place if taken.code == "take" else None, len(batches))
         await sched.place(queue, job_id, handed.score, items=handed.items,
                           deadline_ms=None, priority=handed.priority, vtag=handed.vtag)
         if not handed.score:
