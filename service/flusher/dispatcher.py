@@ -43,8 +43,11 @@ CLAIM_MS = 10_000
 LOCK_MS = 5_000
 # The order's head read at once: a job under another's live claim is stepped over.
 HEAD = 8
-# How often a queue with work waiting for room is looked at again (one LLEN per queue).
+# How often a queue with work waiting for room is looked at again: one LLEN per queue
+# (`wait_for_room`), and a whole pass (lock, deadlines, claims, a batch ahead of RQ's) at
+# least every BACKLOG_PASS_S.
 BACKLOG_POLL_S = 0.005
+BACKLOG_PASS_S = 0.025
 DEADLINES_PER_PASS = 500
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
@@ -73,6 +76,7 @@ class Dispatcher:
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()  # items, read once a job
         self._rebuilt = -REBUILD_S
         self.backlog = False  # the last pass left work waiting for room in RQ
+        self._held: dict[str, float] = {}  # queue -> monotonic time its lock surely lasts to
         self._handed: dict[str, deque[float]] = {}  # queue -> places of batches handed
 
     @property
@@ -94,10 +98,29 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher pass failed; retrying")
                 busy = False
-            if not busy:  # work waits for room: watch RQ drain closely, else rest
-                pause = BACKLOG_POLL_S if self.backlog else self.interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=pause)
+            if busy:
+                continue
+            if self.backlog:  # work waits for room: watch RQ drain closely, cheaply
+                with contextlib.suppress(Exception):
+                    await self.wait_for_room(stop)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def wait_for_room(self, stop: asyncio.Event) -> None:
+        """Until a queue with live workers has room in RQ, or BACKLOG_PASS_S passed: one
+        LLEN per queue every BACKLOG_POLL_S, where a whole pass costs several commands."""
+        until = time.monotonic() + BACKLOG_PASS_S
+        queues = [queue for queue in self.queues if self._capacity(queue) > 0]
+        connection = self.rt.queue_connection
+        while not stop.is_set() and time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=BACKLOG_POLL_S)
+            if self.fixed_room is not None or not queues:
+                return
+            depths = await anyio.to_thread.run_sync(lambda: queue_depths(connection, queues))
+            if any(depths[queue] < self._capacity(queue) for queue in queues):
+                return
 
     async def pass_once(self) -> int:
         """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
@@ -120,7 +143,16 @@ class Dispatcher:
         return self.workers
 
     async def _lock(self, queue: str) -> bool:
-        return await self.sched.lock(queue, self.token, self.lock_ms)
+        """The queue's lock: asked of Redis (taken or renewed) only once half its life is
+        gone; until then no other dispatcher can have it."""
+        now = time.monotonic()
+        if self._held.get(queue, 0.0) - now > self.lock_ms / 2000:
+            return True
+        if await self.sched.lock(queue, self.token, self.lock_ms):
+            self._held[queue] = now + self.lock_ms / 1000
+            return True
+        self._held.pop(queue, None)
+        return False
 
     async def room(self, queue: str) -> int:
         """Batches the queue may still take: per live worker, less what waits in RQ."""
