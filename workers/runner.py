@@ -59,11 +59,11 @@ class _PromptStop:
         )
 
 
-class TollgateWorker(_PromptStop, Worker):  # type: ignore[misc]
+class TollgateWorker(_PromptStop, Worker):
     """RQ's forking Worker (`tollgate worker --fork`), stopping promptly (_PromptStop)."""
 
 
-class TollgateSimpleWorker(_PromptStop, SimpleWorker):  # type: ignore[misc]
+class TollgateSimpleWorker(_PromptStop, SimpleWorker):
     """RQ's SimpleWorker (one process, setup() once), stopping promptly (_PromptStop)."""
 
 
