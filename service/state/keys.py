@@ -156,6 +156,12 @@ class BucketKeys:
         """hash: business counters of the bucket (field -> count); a scrape sums buckets."""
         return f"{self.tag}:counters"
 
+    @property
+    def checked(self) -> str:
+        """string: set by the flusher once SQL names no user of this bucket that Redis lacks
+        (service/flusher/lost_users.py); a Redis that loses the bucket loses it with it."""
+        return f"{self.tag}:checked"
+
 
 @dataclass(frozen=True, slots=True)
 class SchedKeys:
