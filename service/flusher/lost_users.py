@@ -7,12 +7,14 @@ in SQL for ever, so the flusher looks for them itself.
 
 It must not query SQL on every pass. Each bucket carries a `checked` mark (a key in the
 bucket's own hash slot, so it is lost exactly when the bucket's keys are: a restart without
-persistence, a Cluster primary that came back empty). The safety net's share of buckets
-(every bucket about once a SAFETY_NET_CYCLE_S) is read for missing marks; only when some are
-missing does one paged SQL query list the users whose ledger names a job jobs_log lacks.
-Those in the unmarked buckets that Redis lacks are restored, then the marks are set. A
-crash before the marks are set redoes the check next cycle; restoring is idempotent (a user
-Redis has is left alone, and the release rows carry their job's id).
+persistence, a Cluster primary that came back empty). Every pass reads 16 loss sentinels,
+one in each due-index shard's slot: when one is missing, some node lost data, and every
+bucket's mark is read at once; otherwise only the safety net's share of buckets is (every
+bucket about once a SAFETY_NET_CYCLE_S, which also catches a node that held no sentinel).
+Only when marks are missing does one paged SQL query list the users whose ledger names a job
+jobs_log lacks. Those in the unmarked buckets that Redis lacks are restored, then the marks
+and sentinels are set. A crash before that redoes the check on the next pass; restoring is
+idempotent (a user Redis has is left alone, and the release rows carry their job's id).
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ PAGE = 1000
 
 
 async def rebuild_lost_users(rt: Runtime, buckets: Sequence[int]) -> int:
-    """Restores the users of unmarked buckets among `buckets` that SQL names with work and
-    Redis lacks, then marks the buckets; returns how many users were restored."""
+    """Restores the users of unmarked buckets among `buckets` (every bucket when a loss
+    sentinel is missing) that SQL names with work and Redis lacks, then marks the buckets;
+    returns how many users were restored."""
     due = DueIndex(rt.core)
+    lost_sentinels = await due.missing_sentinels()
+    if lost_sentinels:
+        buckets = range(rt.core.keys.buckets)
     unmarked = set(await due.unchecked(buckets))
     if not unmarked:
+        await due.set_sentinels(lost_sentinels)
         return 0
     restored, after = 0, ""
     while True:
@@ -50,6 +57,7 @@ async def rebuild_lost_users(rt: Runtime, buckets: Sequence[int]) -> int:
             break
         after = page[-1]
     await due.mark_checked(sorted(unmarked))
+    await due.set_sentinels(lost_sentinels)
     if restored:
         log.warning("rebuilt %d users that Redis lost (their open holds released, their lost "
                     "jobs recorded as %s)", restored, "lost_with_redis")

@@ -127,6 +127,17 @@ class DueIndex:
                 found[int(member)] = float(score)
         return found
 
+    async def missing_sentinels(self) -> list[str]:
+        """The loss sentinels (one a due shard) Redis lacks: a fresh Redis, or a node lost."""
+        sentinels = self.keys.loss_sentinels
+        found = await asyncio.gather(*(self.core.runner.execute_command("EXISTS", key)
+                                       for key in sentinels))
+        return [key for key, count in zip(sentinels, found, strict=True) if int(count) == 0]
+
+    async def set_sentinels(self, keys: Sequence[str]) -> None:
+        await asyncio.gather(*(self.core.runner.execute_command("SET", key, "1")
+                               for key in keys))
+
     async def unchecked(self, buckets: Sequence[int]) -> list[int]:
         """The buckets of `buckets` whose `checked` mark is missing: never checked, or lost
         with the Redis (or the Cluster primary) that held the bucket."""

@@ -58,13 +58,14 @@ async def test_the_flusher_rebuilds_a_user_who_never_returns(
         await flush_once(rt.core, rt.sessions, settings)  # its hold reaches SQL
         assert await ledger_of_job(rt.sessions, live) == {"hold": -3}
         every = range(BUCKETS)
-        assert await rebuild_lost_users(rt, every) == 0  # nobody lost: the marks are set
-        assert queries == 1
+        # A fresh Redis has no loss sentinel: the first check reads every bucket's mark.
+        assert await rebuild_lost_users(rt, []) == 0 and queries == 1  # nobody lost
         assert await rebuild_lost_users(rt, every) == 0 and queries == 1  # marked: no SQL
 
         await wipe(rt.core, key_prefix)  # Redis restarted empty; ann never comes back
         assert not await rt.core.user_exists("ann")
-        assert await rebuild_lost_users(rt, every) == 1 and queries == 2
+        # The sentinels went with it: the next pass checks every bucket, whatever its share.
+        assert await rebuild_lost_users(rt, []) == 1 and queries == 2
         assert await rt.core.user_exists("ann")
         assert not await rt.core.user_exists("bob")  # no work in SQL: its request rebuilds it
         assert await ledger_of_job(rt.sessions, live) == {"hold": -3, "release": 3}
@@ -75,6 +76,19 @@ async def test_the_flusher_rebuilds_a_user_who_never_returns(
         assert (int(record["available"]), int(record["reserved"])) == (SIGNUP, 0)
         assert (await run_audit(rt.core, rt.sessions, ["ann"])).differences == []
         assert await rebuild_lost_users(rt, every) == 0 and queries == 2
+
+        # One bucket lost on its own (a Cluster node that held no sentinel): found when the
+        # safety net's share reaches it.
+        second = await new_job(rt.core, "ann", total=2)
+        await flush_once(rt.core, rt.sessions, settings)
+        bucket = rt.core.keys.bucket_of_user("ann")
+        async for key in rt.core.client.scan_iter(
+                match=f"{rt.core.keys.bucket(bucket).tag}:*", count=1000):
+            await rt.core.client.delete(key)
+        assert await rebuild_lost_users(rt, []) == 0 and queries == 2
+        assert await rebuild_lost_users(rt, [bucket]) == 1 and queries == 3
+        assert await ledger_of_job(rt.sessions, second) == {"hold": -2, "release": 2}
+        assert (await run_audit(rt.core, rt.sessions, ["ann"])).differences == []
     finally:
         await wipe(rt.core, key_prefix)
         await rt.close()
