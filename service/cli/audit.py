@@ -43,6 +43,7 @@ from service.history.balances import (
     user_plan,
 )
 from service.history.engine import make_engine, make_session_factory
+from service.history.models import CreditGrant
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.fsm import LIVE
@@ -129,8 +130,12 @@ async def audit_user(core: Core, sessions: Sessions, user_id: str, report: Audit
         ("reserved vs cost of live jobs", user.reserved, live_cost),
         ("plan", user.plan, plan or "(no users row)"),
     ]
+    # A grant whose ledger entry still waits in Redis gets its credit_grants row with it.
+    unflushed = {(e.kind, e.amount) for e in waiting}
     for grant in grants:
         kept = in_sql.get(grant.id)
+        if kept is None and ("grant", grant.amount) in unflushed:
+            kept = CreditGrant(id=grant.id, kind=grant.kind, amount=grant.amount)
         parts = (grant.remaining + grant.held + grant.charged + grant.expired
                  + grant.removed)
         checks += [
