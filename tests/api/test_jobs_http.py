@@ -33,6 +33,7 @@ async def test_create_job_holds_credits_and_hands_out_upload_urls(api: Api) -> N
     assert [u["index"] for u in job["uploads"]] == [0, 1, 2]
     assert all(u["method"] == "PUT" and u["expires_at"] for u in job["uploads"])
     credits = (await me(api, user))["credits"]
+    assert [g["remaining"] for g in credits.pop("grants")] == [7]  # drawn from the signup
     assert credits == {"available": 7, "reserved": 3, "spent": 0, "granted": 10}
 
 
