@@ -4,7 +4,7 @@ Provisioning an unknown user is service.jobs.provisioning's."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from service.errors import BadArgument, IdempotencyKeyReused, NotFound
 from service.history.balances import (
@@ -23,6 +23,9 @@ from service.state.plans import DEFAULT_PLAN, PLANS
 from service.state.replies import Balance
 from service.state.store import now_ms, op_digest
 from service.state.users import grant_id
+
+# The latest expires_at a grant may take (its ms stay exact in Lua's cjson, 14 digits).
+GRANT_EXPIRY_MAX = timedelta(days=36_525)
 
 
 async def me(rt: Runtime, user_id: str) -> dict[str, object]:
@@ -94,8 +97,10 @@ async def admin_grant(rt: Runtime, user_id: str, idempotency_key: str, amount: i
     is inserted in a transaction that commits only once Redis applied it (a refusal rolls
     it back). A key SQL has seen is a duplicate without asking Redis, which may have lost
     its own record of the op."""
-    if expires_at is not None and (amount <= 0 or expires_at <= utcnow()):
-        raise BadArgument("expires_at must be in the future, on a positive amount")
+    if expires_at is not None and (amount <= 0 or not utcnow() < expires_at <= (
+            utcnow() + GRANT_EXPIRY_MAX)):
+        raise BadArgument("expires_at must be in the future (at most 100 years), on a "
+                          "positive amount")
     await known_in_sql(rt, user_id)
     await restore_user(rt, user_id)
     digest = op_digest(idempotency_key)

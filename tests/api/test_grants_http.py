@@ -181,6 +181,8 @@ async def test_bad_grants_are_refused_with_a_problem(any_api: Api) -> None:
     await api.admin_create_user(user, credits=0)
     past = await grant(api, user, 5, expires_at=in_seconds(-5), status=422)
     assert past["code"] == "validation_error"
+    too_late = await grant(api, user, 5, expires_at=in_seconds(3.2e9), status=422)
+    assert too_late["code"] == "validation_error"
     on_removal = await grant(api, user, -1, expires_at=in_seconds(60), status=422)
     assert on_removal["code"] == "validation_error"
     response = await api.client.post(
