@@ -16,6 +16,7 @@
 --     signup_credits  the signup credits SQL's ledger got for it (counted as granted)
 --     signup_grant    a new user's signup grant id: its credits are a promotional grant
 --                     with no expiry (includes/grants.lua)
+--     expired         credits the rebuild expired in SQL (counted in credits:expire)
 --     grants          a restored user's grants as SQL rebuilt them, a JSON list of
 --                     {id, k, a, r, c, x, m, e, t} (includes/grants.lua; h is 0: no job
 --                     survived the loss)
@@ -31,7 +32,8 @@ local now = tonumber(ARGV[6])
 if not credits or credits < 0 or credits % 1 ~= 0 then return {'bad_argument', 'credits'} end
 local opts, bad_opt = read_opts(ARGV[7], {restored = 'boolean', spent = 'whole',
                                           granted = 'whole', signup_credits = 'whole',
-                                          signup_grant = 'string', grants = 'string'})
+                                          signup_grant = 'string', grants = 'string',
+                                          expired = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
 local spent, granted = opts.spent or 0, opts.granted or credits
 if spent < 0 or granted ~= credits + spent then return {'bad_argument', 'balance'} end
@@ -75,4 +77,5 @@ if credits > 0 and not restored then
     grant_id = opts.signup_grant, grant_kind = opts.signup_grant and 'promotional' or nil}))
 end
 if signup > 0 then stats_add(KEYS[3], 'credits:granted', signup) end
+if restored and (opts.expired or 0) > 0 then stats_add(KEYS[3], 'credits:expire', opts.expired) end
 return {'ok'}

@@ -74,7 +74,7 @@ async def restore_user(rt: Runtime, user_id: str, *, signup_credits: int = 0) ->
         plan = await user_plan(session, user_id) or DEFAULT_PLAN
         await refund_open_holds(session, user_id, LOST_JOB_REASON)
         await write_lost_jobs(session, user_id, LOST_JOB_REASON)
-        grants, _ = await place_grants(
+        grants, expired = await place_grants(
             session, user_id, (await ledger_totals(session, [user_id])).get(user_id))
         totals = (await ledger_totals(session, [user_id])).get(user_id)
     available = totals.total if totals else 0
@@ -83,7 +83,7 @@ async def restore_user(rt: Runtime, user_id: str, *, signup_credits: int = 0) ->
     await restore_keys(rt, user_id)
     await rt.core.restore_user(user_id, PLANS.get(plan, PLANS[DEFAULT_PLAN]),
                                available=available, spent=spent, granted=available + spent,
-                               signup_credits=signup_credits, grants=grants)
+                               signup_credits=signup_credits, grants=grants, expired=expired)
 
 
 def _ms(when: datetime | None) -> int | None:

@@ -75,16 +75,19 @@ class UserCalls(CoreBase):
 
     async def restore_user(
         self, user_id: str, plan: Plan, *, available: int, spent: int, granted: int,
-        signup_credits: int = 0, grants: Sequence[Grant] = (),
+        signup_credits: int = 0, grants: Sequence[Grant] = (), expired: int = 0,
     ) -> bool:
         """Create the user record with a balance SQL already holds (its ledger entries are
         there, so none is pushed), unless Redis has it; True when this call created it.
-        `grants`: its grants as SQL rebuilt them (service.jobs.provisioning)."""
+        `grants`: its grants as SQL rebuilt them (service.jobs.provisioning); `expired`:
+        what that rebuild expired (for tollgate_credits_total)."""
         opts: dict[str, int | bool | str] = {
             "restored": True, "spent": spent, "granted": granted,
             "signup_credits": signup_credits}
         if grants:
             opts["grants"] = json.dumps([grant.to_lua() for grant in grants])
+        if expired:
+            opts["expired"] = expired
         created = await self._provision(user_id, plan, available, opts)
         expiries = [g.expires_at_ms for g in grants if g.expires_at_ms and g.remaining > 0]
         if created and expiries:

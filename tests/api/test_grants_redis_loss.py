@@ -84,6 +84,9 @@ async def test_a_grant_that_expired_while_redis_was_gone_expires_at_the_rebuild(
         expired = [(r.id.rsplit(":", 1)[-1], r.amount) for r in await ledger_rows(rt, user)
                    if r.kind == "expire"]
         assert expired == [("rebuilt-0", -6)]
+        counted = await rt.core.client.hget(rt.core.keys.user(user).bucket.counters,
+                                            "credits:expire")
+        assert int(counted or 0) == 6  # tollgate_credits_total{kind="expire"}
         assert (await run_audit(rt.core, rt.sessions, [user])).differences == []
     finally:
         await rt.close()
