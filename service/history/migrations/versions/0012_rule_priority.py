@@ -1,7 +1,7 @@
 """rule_priority: rules.priority, the priority a job made from the rule takes (issue 21)
 
 Revision ID: 0012_rule_priority
-Revises: 0009_usage_indexes
+Revises: 0010_credit_grants
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_rule_priority"
-down_revision: str | None = "0009_usage_indexes"
+# After 0010 (credit grants), built beside it.
+down_revision: str | None = "0010_credit_grants"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
