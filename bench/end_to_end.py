@@ -180,6 +180,21 @@ async def wait_for_workers(bench: Stack, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
+def cpu_now(bench: Stack, parts: dict[str, list[Proc]]) -> dict[str, float]:
+    """CPU seconds so far of each part of the system (its processes and their children),
+    the private redis-server, and this bench process (the client)."""
+    times = os.times()
+    return {**{name: sum(proc.cpu() for proc in procs) for name, procs in parts.items()},
+            "redis": bench.redis_stats()[1], "bench client": times.user + times.system}
+
+
+def cpu_per_job(before: dict[str, float], after: dict[str, float], jobs: int
+                ) -> dict[str, float]:
+    spent = {name: (after[name] - before[name]) / jobs * 1000 for name in after}
+    return {**{name: round(ms, 2) for name, ms in spent.items()},
+            "total": round(sum(spent.values()), 2)}
+
+
 async def worker_rows(bench: Stack, api: Proc, args: Any
                       ) -> tuple[list[Row], dict[int, float], dict[int, Any]]:
     per_round = args.jobs * args.repeats
@@ -212,19 +227,28 @@ async def worker_rows(bench: Stack, api: Proc, args: Any
             dispatchers = [bench.start("tollgate dispatcher", tollgate("dispatcher"))
                            ] if SCHEDULED else []
             jobs = list(zip(owners, ids, strict=True))
+            parts = {"workers": workers, "api": [api], "dispatcher": dispatchers}
+            # CPU ms per job of each part, per leg (a CPU second is the same at any load).
+            base_parts: list[dict[str, float]] = []
+            leg_parts: list[dict[str, float]] = []
             bases, legs, base_cpu, leg_cpu, leg_calls = [], [], [], [], []
             spent: dict[str, list[int]] = {}  # the tollgate legs' Redis commands
             for leg in range(args.repeats + 1):
                 mine = jobs[min(leg, args.repeats - 1) * args.jobs:][:args.jobs]
                 items = len(mine) * args.items
                 calls, cpu = bench.redis_stats()
+                began = cpu_now(bench, parts)
                 bases.append(await baseline_leg(bench, [by_job[j] for _, j in mine],
                                                 f"{count}-{leg}"))
                 calls_after, cpu_after = bench.redis_stats()
+                ended = cpu_now(bench, parts)
+                base_parts.append(cpu_per_job(began, ended, len(mine)))
                 base_cpu.append((cpu_after - cpu) / items * 1e6)
                 if leg < args.repeats:
                     commands = command_usec(bench)
+                    began = cpu_now(bench, parts)
                     legs.append(await tollgate_leg(http, mine, args.items))
+                    leg_parts.append(cpu_per_job(began, cpu_now(bench, parts), len(mine)))
                     for name, (n, usec) in command_usec(bench).items():
                         was = commands.get(name, (0, 0))
                         total = spent.setdefault(name, [0, 0])
@@ -248,9 +272,25 @@ async def worker_rows(bench: Stack, api: Proc, args: Any
                              "redis_cpu_us_per_item": round(median(leg_cpu), 1),
                              "rq_alone_redis_cpu_us_per_item": round(median(base_cpu), 1),
                              "redis_calls_per_item": round(median(leg_calls), 1),
-                             "leg_ratios": ", ".join(f"{r:.2f}" for r in ratios)}))
+                             "leg_ratios": ", ".join(f"{r:.2f}" for r in ratios),
+                             "cpu_ms_per_job_rq_alone": _shown(_median_parts(base_parts)),
+                             "cpu_ms_per_job_tollgate": _shown(_median_parts(leg_parts)),
+                             # Were the cores the limit? CPU seconds a second, both legs.
+                             "cores_busy_rq_alone": round(
+                                 _median_parts(base_parts)["total"] * baselines[count] / 1000,
+                                 2),
+                             "cores_busy_tollgate": round(
+                                 _median_parts(leg_parts)["total"] * median(legs) / 1000, 2)}))
             top[count] = top_commands(spent, args.repeats * args.jobs * args.items)
     return rows, baselines, top
+
+
+def _shown(parts: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms}" for name, ms in parts.items())
+
+
+def _median_parts(legs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: round(median([leg[name] for leg in legs]), 2) for name in legs[0]}
 
 
 async def sql_count(conn: Any, table: str) -> int:
