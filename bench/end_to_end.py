@@ -64,7 +64,8 @@ FLUSH_BATCH = 200
 # Main since issue 21: executed jobs wait in tollgate's order and a dispatcher feeds RQ. Before
 # it (the "before" of its cost targets) execute enqueued at once; the bench runs on both.
 SCHEDULED = importlib.util.find_spec("service.flusher.dispatcher") is not None
-POLL = 8  # job views read at once while a tollgate leg waits
+# The legs' waits all come from this one address (see tollgate_leg).
+WAITS = {"TOLLGATE_CLIENT_MAX_IN_FLIGHT": "1024"}
 HTTP = httpx.Client(timeout=60)  # one per worker process, as the worker's own
 
 
@@ -129,25 +130,26 @@ def top_commands(spent: dict[str, list[int]], items: int, count: int = 8
 
 async def tollgate_leg(http: httpx.AsyncClient, jobs: list[tuple[str, str]], items: int
                        ) -> float:
+    """Executes the leg's jobs and waits for each with `Prefer: wait` (a user holds at most
+    10 waits: JOBS_PER_USER jobs each), as a client that wants the result would; timed until
+    the last answers done."""
     start = time.perf_counter()
     for token, job_id in jobs:
         answer = await http.post(f"/jobs/{job_id}/execute",
                                  headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 202, answer.text
-    waiting = list(jobs)
-    while waiting:
-        # A few of the oldest at a time: polling every job at once takes the API's CPU from
-        # the workers' callbacks (and queued past the client's pool, timed out under load).
-        views = await asyncio.gather(*(http.get(f"/jobs/{job_id}", headers={
-            "Authorization": f"Bearer {token}"}) for token, job_id in waiting[:POLL]))
-        done = [view.json() for view in views if view.json()["status"] in
-                ("done", "failed", "canceled", "expired")]
-        bad = [v["id"] for v in done if v["status"] != "done" or v["done_items"] != items]
-        if bad:
-            raise RuntimeError(f"jobs did not end done with {items} items: {bad[:3]}")
-        ids = {v["id"] for v in done}
-        waiting = [pair for pair in waiting if pair[1] not in ids]
-        await asyncio.sleep(0.01)
+
+    async def final(token: str, job_id: str) -> dict[str, Any]:
+        while True:
+            view: dict[str, Any] = (await http.get(f"/jobs/{job_id}", headers={
+                "Authorization": f"Bearer {token}", "Prefer": "wait=60"})).json()
+            if view["status"] in ("done", "failed", "canceled", "expired"):
+                return view
+
+    views = await asyncio.gather(*(final(token, job_id) for token, job_id in jobs))
+    bad = [v["id"] for v in views if v["status"] != "done" or v["done_items"] != items]
+    if bad:
+        raise RuntimeError(f"jobs did not end done with {items} items: {bad[:3]}")
     return len(jobs) / (time.perf_counter() - start)
 
 
@@ -207,7 +209,8 @@ async def worker_rows(bench: Stack, api: Proc, args: Any
     rows, baselines = [], {}
     top: dict[int, dict[str, list[float]]] = {}
     gate = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=api.url, timeout=60,
+                                 limits=httpx.Limits(max_connections=256)) as http:
 
         async def ready(owner: str, execute: bool) -> str:
             async with gate:
@@ -389,11 +392,11 @@ async def finished_jobs(bench: Stack, api: Proc, args: Any) -> int:
 
 async def main(args: Any) -> list[Result]:
     if args.flusher_only:
-        with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0") as bench:
+        with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0", **WAITS) as bench:
             jobs = await finished_jobs(bench, bench.api(args.api_processes), args)
             return [await flusher_result(bench, jobs, args.quick)]
     load = [round(v, 2) for v in os.getloadavg()]  # the machine's, as the run starts
-    with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0") as bench:
+    with stack(args.postgres_dsn, TOLLGATE_FLUSH_DELAY="0", **WAITS) as bench:
         api = bench.api(args.api_processes)
         bench.dispatching = True  # worker_rows drains to RQ itself and times its own dispatchers
         rows, baselines, top = await worker_rows(bench, api, args)
