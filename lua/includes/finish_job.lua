@@ -11,6 +11,7 @@
 -- @include outbox
 -- @include stats
 -- @include key_types
+-- @include alerts
 -- Callers check this before their first write: the position of the first key of `k` that
 -- holds another type than finish_job writes, or nil.
 local function finish_job_wrong_type(k)
@@ -39,6 +40,7 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
   redis.call('HINCRBY', k.user, 'reserved', 0 - cost)
   redis.call('HINCRBY', k.user, 'spent', charge)
   redis.call('HINCRBY', k.user, 'available', refund)
+  alerts_after({user = k.user}, owner, now, nil)  -- only rises: re-arms, records nothing
   redis.call('HSET', k.job, 'state', to_state, 'charged', charge, 'refunded', refund,
     'finished_at', now, 'updated_at', now, 'reason', reason)
   redis.call('SREM', k.active, job_id)

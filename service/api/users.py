@@ -9,6 +9,7 @@ from service.errors import IdempotencyKeyReused, NotFound
 from service.history.balances import grant_row, record_admin_op, user_plan
 from service.history.models import LedgerEntry
 from service.history.queries import insert_ledger, set_user_plan
+from service.jobs.alerts import min_price
 from service.jobs.provisioning import provision_user, restore_user
 from service.runtime import Runtime
 from service.state.codes import Code
@@ -81,4 +82,5 @@ async def admin_grant(rt: Runtime, user_id: str, idempotency_key: str, amount: i
                 raise NotFound(f"no user {user_id!r}")
             return Balance(Code.ALREADY, user.available, user.reserved, user.spent,
                            user.granted)
-        return await rt.core.grant(user_id, idempotency_key, amount, reason)
+        return await rt.core.grant(user_id, idempotency_key, amount, reason,
+                                   min_price=min_price(rt))

@@ -251,6 +251,12 @@ class UserKeys:
         return f"{self.base}:key-spend"
 
     @property
+    def alert_log(self) -> str:
+        """hash: account webhook delivery id ('acct.<ms>-<n>.<user id>') -> JSON record, the
+        newest 50 (lua/includes/alerts.lua); expires once idle like a job's log."""
+        return f"{self.base}:account-hooks"
+
+    @property
     def streams(self) -> str:
         """zset: open SSE stream id -> its lease's deadline ms (lua/stream_take.lua)."""
         return f"{self.base}:streams"

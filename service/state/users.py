@@ -61,18 +61,38 @@ class UserCalls(CoreBase):
             args={"rule_id": rule_id})
         return code
 
-    async def grant(self, user_id: str, op_id: str, amount: int, reason: str) -> Balance:
+    async def grant(self, user_id: str, op_id: str, amount: int, reason: str,
+                    min_price: int | None = None) -> Balance:
+        """`min_price`: the cheapest model's price (credits.exhausted; None: the stored one)."""
         user = self.keys.user(user_id)
         code, reply = await self.run_checked(
             "grant",
             keys={"user": user.base, "ops": user.ops, "ledger": user.bucket.ledger,
-                  "counters": user.bucket.counters},
+                  "counters": user.bucket.counters, "alert_log": user.alert_log,
+                  "webhooks": user.bucket.webhooks},
             args={"user_id": user_id, "op_id": op_digest(op_id), "amount": amount,
-                  "reason": reason, "now": self._now()},
+                  "reason": reason, "now": self._now(),
+                  "min_price": "" if min_price is None else min_price},
         )
         await self._use_bucket(self.keys.bucket_of_user(user_id))
         return Balance(code, int(reply["available"]), int(reply["reserved"]),
                        int(reply["spent"]), int(reply["granted"]))
+
+    async def alert_set(self, user_id: str, *, low_balance: int | None, hook_url: str,
+                        hook_events: tuple[str, ...], floor: int | None) -> Code:
+        """The account's alert and webhook settings (lua/alert_set.lua); NotFound for a
+        user Redis does not have."""
+        code, _ = await self.run_checked(
+            "alert_set", keys={"user": self.keys.user(user_id).base},
+            args={"low_balance": "" if low_balance is None else low_balance,
+                  "hook_url": hook_url, "hook_events": ",".join(hook_events),
+                  "floor": "" if floor is None else floor})
+        return code
+
+    async def alert_log(self, user_id: str) -> list[str]:
+        """The account's webhook delivery records (JSON), the newest 50, in no order."""
+        records: dict[str, str] = await self.runner.hgetall(self.keys.user(user_id).alert_log)
+        return list(records.values())
 
     async def set_plan(self, user_id: str, op_id: str, plan: Plan) -> Code:
         user = self.keys.user(user_id)
