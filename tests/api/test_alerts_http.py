@@ -295,3 +295,38 @@ async def test_concurrent_holds_record_one_crossing(
     assert sum(1 for a in answers if a.status_code == 201) == 8
     log = await deliveries(api, user)
     assert [entry["data"]["available"] for entry in log] == [14]
+
+
+async def test_the_clients_set_and_remove_alerts_and_the_webhook(
+    embedded_api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.client import AsyncTollgate, ProblemError, Tollgate
+
+    api, user = embedded_api, embedded_api.user()
+    await api.admin_create_user(user, plan="pro", credits=10)
+    async with AsyncTollgate(api.url, api.token(user)) as tg:
+        assert await tg.webhook() is None
+        refused = None
+        try:  # the embedded API refuses a loopback receiver by default
+            await tg.set_webhook(receiver.url, ["credits.low"])
+        except ProblemError as error:
+            refused = error.code
+        assert refused == "webhook_url_not_allowed"
+        assert await tg.set_webhook("https://8.8.4.4/hooks", ["credits.low"]) == {
+            "url": "https://8.8.4.4/hooks", "events": ["credits.low"]}
+        assert await tg.set_alerts(low_balance=5) == {"low_balance": 5}
+        await tg.create([("a.png", b"\x89PNG")] * 6)  # 10 -> 4: credits.low recorded
+        [delivery] = await tg.account_deliveries()
+        assert delivery["type"] == "credits.low" and delivery["data"]["available"] == 4
+
+    def blocking() -> None:
+        with Tollgate(api.url, api.token(user)) as sync_tg:
+            assert sync_tg.alerts() == {"low_balance": 5}
+            assert sync_tg.webhook() == {"url": "https://8.8.4.4/hooks",
+                                         "events": ["credits.low"]}
+            sync_tg.delete_webhook()
+            assert sync_tg.webhook() is None
+            assert sync_tg.set_alerts(low_balance=None) == {"low_balance": None}
+            assert len(sync_tg.account_deliveries()) == 1
+
+    await asyncio.to_thread(blocking)
