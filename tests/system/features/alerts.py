@@ -6,9 +6,10 @@ time (a lock per user), with a keyed grant now and then when they run low, so th
 crosses the threshold down and back up several times.
 
 At the books, for each of them:
-- every delivery the receiver got verifies with the user's secret (Standard Webhooks:
-  the client's verify_webhook, its timestamp against the moment it arrived), and says
-  that user, its threshold and a balance below it;
+- every delivery the receiver got verifies with one of the user's secrets seen during the
+  run (Standard Webhooks: the client's verify_webhook, its timestamp against the moment it
+  arrived; a state loss makes a new secret, which lives in Redis only), and says that user,
+  its threshold and a balance below it;
 - every delivery GET /me/webhook/deliveries lists was received, with the same webhook-id;
 - the crossings: the SQL credit ledger, in order of its rows' times (one step per Lua call:
   a job's release and charge share their time), gives the balance after each step; a
@@ -97,6 +98,16 @@ class AccountReceiver:
             return list(self.got.get(user, []))
 
 
+def verified(secrets: set[str], delivery: Delivery) -> dict[str, Any] | None:
+    """The delivery's payload if it verifies with one of the secrets, else None."""
+    for secret in secrets:
+        try:
+            return verify_webhook(secret, delivery.headers, delivery.body, now=delivery.at)
+        except WebhookVerificationError:
+            continue
+    return None
+
+
 def owed(amounts: list[tuple[Any, str | None, int]], threshold: int) -> int:
     """The falls below `threshold` (each after being at or above it) in the ledger's rows
     (time, job id, amount), in order; the rows of one job at one time are one step."""
@@ -123,6 +134,9 @@ class Alerts:
     share: float = 0.12
     users: list[str] = field(default_factory=list)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Every signing secret seen per user: the secret lives in Redis only, so a state loss
+    # makes a new one, and deliveries signed before it verify with the old one.
+    secrets: dict[str, set[str]] = field(default_factory=dict)
     receiver: AccountReceiver = field(default_factory=AccountReceiver)
 
     async def start(self, work: Workload) -> None:
@@ -130,7 +144,7 @@ class Alerts:
         self.receiver.stop()
         self.receiver = AccountReceiver()
         url = self.receiver.start()
-        self.users, self.locks = [], {}
+        self.users, self.locks, self.secrets = [], {}, {}
         for _ in range(USERS):
             user = f"sys-alert-{uuid.uuid4().hex[:8]}"
             made = await work.call("POST /admin/users", "POST", work.api("/admin/users"),
@@ -144,6 +158,16 @@ class Alerts:
             if made is not None and hook is not None and alert is not None:
                 self.users.append(user)
                 self.locks[user] = asyncio.Lock()
+                await self._note_secret(work, user)
+
+    async def _note_secret(self, work: Workload, user: str) -> str | None:
+        answer = await work.call("GET /me/webhook-secret", "GET",
+                                 work.api("/me/webhook-secret"), user=user, expect={200})
+        if answer is None:
+            return None
+        secret: str = answer.json()["secret"]
+        self.secrets.setdefault(user, set()).add(secret)
+        return secret
 
     async def act(self, work: Workload, user: str) -> None:
         """One step of a free alert user (the client's own user is left to the base mix): a
@@ -157,10 +181,14 @@ class Alerts:
             if me is None:
                 return
             available = int(me.json()["credits"]["available"])
-            if available < LOW_BALANCE - 8 and work.rng.random() < 0.6:
-                await work.grant(mine, work.rng.randint(5, 30))  # back above, or not yet
+            # Low: a grant now and then (back above the threshold, or not yet); often it
+            # runs on down to a few credits, where jobs are 402s or take the last (exhausted).
+            roll = work.rng.random()
+            if (available < 3 and roll < 0.5) or (available < LOW_BALANCE - 8 and roll < 0.2):
+                await work.grant(mine, work.rng.randint(5, 30))
             else:
                 await work.run_job(mine, "run", refusals=frozenset({402}))
+            await self._note_secret(work, mine)
 
     async def check(self, system: System, work: Workload, report: Report) -> None:
         url = system.stack.database_url
@@ -172,23 +200,20 @@ class Alerts:
             sent = {kind: 0 for kind in EVENTS}
             owed_total = {kind: 0 for kind in EVENTS}
             for user in self.users:
-                secret = await work.call("GET /me/webhook-secret", "GET",
-                                         work.api("/me/webhook-secret"), user=user,
-                                         expect={200})
+                secret = await self._note_secret(work, user)
                 listed = await work.call("GET /me/webhook/deliveries", "GET",
                                          work.api("/me/webhook/deliveries"), user=user,
                                          expect={200})
                 if secret is None or listed is None:
                     problems.append(f"{user}: the secret or the delivery log did not answer")
                     continue
-                key = secret.json()["secret"]
+                keys = self.secrets[user]
                 ids: dict[str, set[str]] = {kind: set() for kind in EVENTS}
                 for delivery in self.receiver.of(user):
-                    try:
-                        event = verify_webhook(key, delivery.headers, delivery.body,
-                                               now=delivery.at)
-                    except WebhookVerificationError as error:
-                        problems.append(f"{user}: a delivery does not verify ({error})")
+                    event = verified(keys, delivery)
+                    if event is None:
+                        problems.append(f"{user}: a delivery verifies with none of the "
+                                        f"{len(keys)} secrets seen")
                         continue
                     data = event["data"]
                     if event["type"] not in ids or data["user_id"] != user or \
