@@ -38,6 +38,35 @@ def _name(kind: str) -> str:
     return f"tollgate-{kind}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class _PromptStop:
+    """Listens on the worker's pub/sub channel in one-second waits instead of RQ's 60 s.
+
+    rq 2.12 starts the listener with `sleep_time=60`, and redis-py 8.2's
+    `PubSubWorkerThread.stop()` joins it without a timeout. A worker that stops before its
+    subscription was confirmed (a `--burst` worker that finds its queue already done, or a
+    SIGTERM right after start) then hung for 60 s in teardown. The listener sends no command
+    while it waits, so shorter waits cost Redis nothing.
+    """
+
+    def subscribe(self) -> None:
+        worker: Any = self
+        worker.log.info("Worker %s: subscribing to channel %s", worker.name,
+                        worker.pubsub_channel_name)
+        worker.pubsub = worker.connection.pubsub()
+        worker.pubsub.subscribe(**{worker.pubsub_channel_name: worker.handle_payload})
+        worker.pubsub_thread = worker.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=worker._pubsub_exception_handler
+        )
+
+
+class TollgateWorker(_PromptStop, Worker):
+    """RQ's forking Worker (`tollgate worker --fork`), stopping promptly (_PromptStop)."""
+
+
+class TollgateSimpleWorker(_PromptStop, SimpleWorker):
+    """RQ's SimpleWorker (one process, setup() once), stopping promptly (_PromptStop)."""
+
+
 def run_worker(
     settings: Settings, connection: redis.Redis, *, queue_name: str, burst: bool,
     processor: str | None = None, fork: bool = False,
@@ -48,24 +77,24 @@ def run_worker(
     """
     spec = processor or settings.processor
     queue = make_queue(connection, queue_name)
-    worker_class: type[Any] = Worker if fork else SimpleWorker
+    worker_class: type[Any] = TollgateWorker if fork else TollgateSimpleWorker
     if _embedded(settings):
         log.warning(
             "no TOLLGATE_REDIS_URL: this worker sees only its own in-process fakeredis; "
             "use `tollgate dev` for the embedded system, or point it at a real Redis"
         )
-        worker_class = SimpleWorker
+        worker_class = TollgateSimpleWorker
     serve_queue(queue_name, spec)
-    preload(spec, setup=worker_class is SimpleWorker)
-    log.info("worker on queue %r runs %s, %s", queue_name, spec,
-             "a forked work-horse per batch" if worker_class is Worker else "in this process")
+    preload(spec, setup=worker_class is TollgateSimpleWorker)
+    mode = "a forked work-horse per batch" if worker_class is TollgateWorker else "in this process"
+    log.info("worker on queue %r runs %s, %s", queue_name, spec, mode)
     worker = worker_class(
         [queue], connection=connection, serializer=SERIALIZER, name=_name("worker")
     )
     worker.work(burst=burst, logging_level="INFO")
 
 
-class ThreadedSimpleWorker(SimpleWorker):
+class ThreadedSimpleWorker(TollgateSimpleWorker):
     """A SimpleWorker that lives on a non-main thread and stops when asked.
 
     Python only lets the main thread set signal handlers and receive SIGALRM: skip RQ's

@@ -27,7 +27,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -35,6 +35,7 @@ from sqlalchemy import text
 from service.errors import NotFound
 from service.flusher.bucket import CLAIM_MS, FlushStats, Requeue, Sessions, flush_buckets
 from service.flusher.dispatcher import Dispatcher
+from service.flusher.lost_users import rebuild_lost_users
 from service.flusher.retention import expire_kept_inputs, expire_results
 from service.flusher.webhooks import WebhookSender
 from service.history.deliveries import expire_deliveries
@@ -206,9 +207,12 @@ async def run_flusher(
     stop: asyncio.Event | None = None,
     webhooks: WebhookSender | None = None,
     storage: Storage | None = None,
+    rebuild: Callable[[Sequence[int]], Awaitable[int]] | None = None,
 ) -> FlushStats:
     """The flusher loop with its own Redis client and SQL engine; returns the totals.
-    `webhooks` delivers in a loop of its own beside it (one pass after the flush if once)."""
+    `webhooks` delivers in a loop of its own beside it (one pass after the flush if once).
+    `rebuild` runs on each share of the safety net: users Redis lost who make no request
+    (service/flusher/lost_users.py)."""
     client = state_redis(settings)
     core = make_core(client, settings)  # its gathered scripts share pipelines
     engine = make_engine(settings.database_url)
@@ -231,6 +235,9 @@ async def run_flusher(
                 if share is not None:
                     began = time.perf_counter()
                     await reindex_buckets(core, settings, share)
+                    if rebuild is not None:
+                        await rebuild(share if isinstance(share, list)
+                                      else range(settings.buckets))
                     if net.first:  # start-up: the net, and SQL's first connection opened
                         async with engine.connect() as connection:
                             await connection.execute(text("SELECT 1"))
@@ -295,7 +302,8 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
     dispatching = Dispatcher(rt).beside(stop, once=once)  # service/flusher/dispatcher.py
     try:
         await run_flusher(settings, once=once, requeue=requeue, webhooks=webhooks,
-                          storage=rt.storage, stop=stop)
+                          storage=rt.storage, stop=stop,
+                          rebuild=lambda buckets: rebuild_lost_users(rt, buckets))
     finally:
         await dispatching.close()
         await webhooks.client.aclose()

@@ -128,6 +128,23 @@ async def jobs_without_row(
     return named
 
 
+async def users_with_jobs_without_row(
+    session: AsyncSession, *, after: str = "", limit: int = 1000
+) -> list[str]:
+    """Users whose ledger names a job jobs_log lacks (a live job, or one Redis lost), in id
+    order after `after`, at most `limit`: the users a Redis loss may have taken with work."""
+    query = (
+        select(LedgerEntry.user_id)
+        .outerjoin(JobLog, JobLog.id == LedgerEntry.job_id)
+        .where(LedgerEntry.job_id.is_not(None), JobLog.id.is_(None),
+               LedgerEntry.user_id > after)
+        .group_by(LedgerEntry.user_id)
+        .order_by(LedgerEntry.user_id)
+        .limit(limit)
+    )
+    return [str(user_id) for user_id in await session.scalars(query)]
+
+
 async def write_lost_jobs(session: AsyncSession, user_id: str, reason: str) -> int:
     """A jobs_log row for each job the user's ledger names that jobs_log lacks, once Redis
     lost the user (and so its jobs): `canceled`, `reason`, with what the ledger says it

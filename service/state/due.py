@@ -126,3 +126,33 @@ class DueIndex:
             for member, score in await self.core.client.zrange(key, 0, -1, withscores=True):
                 found[int(member)] = float(score)
         return found
+
+    async def missing_sentinels(self) -> list[str]:
+        """The loss sentinels (one a due shard) Redis lacks: a fresh Redis, or a node lost."""
+        sentinels = self.keys.loss_sentinels
+        found = await asyncio.gather(*(self.core.runner.execute_command("EXISTS", key)
+                                       for key in sentinels))
+        return [key for key, count in zip(sentinels, found, strict=True) if int(count) == 0]
+
+    async def set_sentinels(self, keys: Sequence[str]) -> None:
+        await asyncio.gather(*(self.core.runner.execute_command("SET", key, "1")
+                               for key in keys))
+
+    async def unchecked(self, buckets: Sequence[int]) -> list[int]:
+        """The buckets of `buckets` whose `checked` mark is missing: never checked, or lost
+        with the Redis (or the Cluster primary) that held the bucket."""
+        missing: list[int] = []
+        for start in range(0, len(buckets), REINDEX_GROUP):
+            group = buckets[start:start + REINDEX_GROUP]
+            found = await asyncio.gather(*(
+                self.core.runner.execute_command("EXISTS", self.keys.bucket(bucket).checked)
+                for bucket in group))
+            missing += [bucket for bucket, count in zip(group, found, strict=True)
+                        if int(count) == 0]
+        return missing
+
+    async def mark_checked(self, buckets: Sequence[int]) -> None:
+        for start in range(0, len(buckets), REINDEX_GROUP):
+            await asyncio.gather(*(
+                self.core.runner.execute_command("SET", self.keys.bucket(bucket).checked, "1")
+                for bucket in buckets[start:start + REINDEX_GROUP]))

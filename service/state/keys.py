@@ -82,6 +82,13 @@ class KeySpace:
     def due_indexes(self) -> list[str]:
         return [f"{self.prefix}:due:{{d{shard}}}" for shard in range(DUE_SHARDS)]
 
+    @property
+    def loss_sentinels(self) -> list[str]:
+        """strings, one in each due-index shard's slot: set by the flusher after it checked
+        the buckets for users a Redis loss took; a missing one means some node lost data
+        (service/flusher/lost_users.py)."""
+        return [f"{key}:checked" for key in self.due_indexes]
+
     def user(self, user_id: str) -> UserKeys:
         return UserKeys(self.bucket(self.bucket_of_user(user_id)), user_id)
 
@@ -155,6 +162,12 @@ class BucketKeys:
     def counters(self) -> str:
         """hash: business counters of the bucket (field -> count); a scrape sums buckets."""
         return f"{self.tag}:counters"
+
+    @property
+    def checked(self) -> str:
+        """string: set by the flusher once SQL names no user of this bucket that Redis lacks
+        (service/flusher/lost_users.py); a Redis that loses the bucket loses it with it."""
+        return f"{self.tag}:checked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from service.state.queue import enqueue_job
 from tests.workers.conftest import TOKEN, FakeApi, enqueue_text_items, unique_job_id
 from workers.processors import Item, Output
 from workers.processors.noop import passthrough
-from workers.runner import start_embedded_worker_thread
+from workers.runner import TollgateSimpleWorker, TollgateWorker, start_embedded_worker_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,8 +56,8 @@ def test_simple_worker_burst_runs_every_batch(
     job_id = unique_job_id(key_prefix)
     ids = enqueue_text_items(queue, fake_api, job_id, 5)
 
-    worker = SimpleWorker([queue], connection=sync_redis, serializer=SERIALIZER,
-                          name=f"{key_prefix}-simple")
+    worker = TollgateSimpleWorker([queue], connection=sync_redis, serializer=SERIALIZER,
+                                  name=f"{key_prefix}-simple")
     assert worker.work(burst=True)
 
     assert_job_reported(fake_api, job_id, 5, [True, False, True, False, True])
@@ -65,6 +66,23 @@ def test_simple_worker_burst_runs_every_batch(
         assert job.get_status() == JobStatus.FINISHED
         assert job.return_value()["rq_job_id"] == rq_id
     assert fake_api.outputs[f"{job_id}-4"] == ("text/plain", b"data 4")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("worker_class", [TollgateSimpleWorker, TollgateWorker])
+def test_a_worker_stops_within_seconds_right_after_it_subscribed(
+    sync_redis: Any, key_prefix: str, worker_class: type[SimpleWorker]
+) -> None:
+    """rq 2.12 listens on its pub/sub channel with 60 s waits and redis-py 8.2 joins that
+    listener without a timeout: a worker stopped before its subscription was confirmed hung
+    60 s in teardown (a burst worker with nothing to do, about one run in three)."""
+    worker = worker_class([make_queue(sync_redis, key_prefix)], connection=sync_redis,
+                          serializer=SERIALIZER, name=f"{key_prefix}-prompt")
+    for _ in range(3):
+        started = time.monotonic()
+        worker.subscribe()
+        worker.unsubscribe()
+        assert time.monotonic() - started < 5
 
 
 @pytest.mark.redis
