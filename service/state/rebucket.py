@@ -2,7 +2,8 @@
 
 A user's keys live in bucket `crc32(user_id) % TOLLGATE_BUCKETS`, so a new count puts most
 users in another bucket: their hash, active and rules sets, jobs zset, ops hash, webhook
-secret and idempotency keys move there. Job ids carry their bucket (`<ulid>-<bucket>`) and
+secret, idempotency keys and account webhook log move there (and the due entries of that
+log's deliveries, which name the user). Job ids carry their bucket (`<ulid>-<bucket>`) and
 keep it: every key named by a job id (the job hash, items, callbacks, meta, webhook log)
 stays where it is and stays addressable, and a finished job in SQL history is read by its
 id as before. Only growing is allowed, so every old job id stays below the new count.
@@ -103,6 +104,19 @@ async def _copy(client: Any, source: str, target: str) -> bool:
     return True
 
 
+async def _move_account_deliveries(client: Any, old: KeySpace, new: KeySpace) -> None:
+    """An account event's delivery id names its user ('acct.<ms>-<n>.<user id>',
+    lua/includes/alerts.lua), whose log moved with the user's keys: its entry in the old
+    bucket's due set goes to the new bucket's, where the attempt's outcome is recorded."""
+    for bucket in range(old.buckets):
+        source = old.bucket(bucket).webhooks
+        async for member, score in client.zscan_iter(source, match="acct.*"):
+            target = new.user(member.split(".", 2)[2]).bucket.webhooks
+            if target != source:
+                await client.zadd(target, {member: score})
+                await client.zrem(source, member)
+
+
 async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int, *,
                    dry_run: bool = False) -> RebucketReport:
     """Moves every user's keys from bucket `crc32 % old_buckets` to `crc32 % new_buckets`."""
@@ -140,6 +154,8 @@ async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int,
             await client.delete(user_key.key)
         report.moved_keys += 1
     report.moved_users = len(movers)
+    if not dry_run:
+        await _move_account_deliveries(client, old, new)
     if report.buckets_used and not dry_run:  # metrics and the flusher's safety net read it
         await client.sadd(new.buckets_in_use, *sorted(report.buckets_used))
     return report
