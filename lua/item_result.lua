@@ -15,6 +15,8 @@
 -- KEYS[13] callback_set job callback set tg:{b}:job:<jid>:cbset (the ring's keys, for O(1) membership)
 -- KEYS[14] counters     bucket counters tg:{b}:counters (includes/stats.lua)
 -- KEYS[15] key_spend    owner's API key spend  tg:{b}:user:<uid>:key-spend (includes/finish_job.lua)
+-- KEYS[16] grants       owner's grants  tg:{b}:user:<uid>:grants (includes/grants.lua)
+-- KEYS[17] grant_expiry bucket grant expiry  tg:{b}:grant-expiry (includes/grants.lua)
 --
 -- ARGV[1] job_id  ARGV[2] owner (from the callback token)  ARGV[3] callback_key
 -- ARGV[4] index of the item (0-based)  ARGV[5] outcome: '1' ok | '0' failed | '2' failed,
@@ -40,7 +42,8 @@ local ok, billable = outcome[1], outcome[2]
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
   {KEYS[4], 'hash'}, {KEYS[5], 'set'}, {KEYS[6], 'zset'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
   {KEYS[9], 'zset'}, {KEYS[10], 'list'}, {KEYS[11], 'hash'}, {KEYS[12], 'zset'},
-  {KEYS[13], 'set'}, {KEYS[14], 'hash'}, {KEYS[15], 'hash'}})
+  {KEYS[13], 'set'}, {KEYS[14], 'hash'}, {KEYS[15], 'hash'},
+  {KEYS[16], 'hash'}, {KEYS[17], 'zset'}})
 if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost',
@@ -78,7 +81,8 @@ stats_items(KEYS[14], KEYS[1], ok and 1 or 0, ok and 0 or 1)
 
 local k = {job = KEYS[1], user = KEYS[4], active = KEYS[5], holds = KEYS[6], leases = KEYS[7],
   queued = KEYS[8], flush = KEYS[9], ledger = KEYS[10], hooks = KEYS[11], webhooks = KEYS[12],
-  stats = KEYS[14], key_spend = KEYS[15]}
+  stats = KEYS[14], key_spend = KEYS[15],
+  grants = KEYS[16], grant_expiry = KEYS[17]}
 local now_state = job_progress(k, job_id, owner, state, done, failed, total, now,
   lease_deadline, flush_due, tonumber(job[6]), tonumber(job[7]))
 return {'ok', now_state, done, failed, total}

@@ -15,6 +15,8 @@
 -- KEYS[13] webhooks     bucket webhooks (the outbox, includes/outbox.lua)
 -- KEYS[14] counters     bucket counters tg:{b}:counters (includes/stats.lua)
 -- KEYS[15] key_spend    owner's API key spend  tg:{b}:user:<uid>:key-spend (includes/finish_job.lua)
+-- KEYS[16] grants       owner's grants  tg:{b}:user:<uid>:grants (includes/grants.lua)
+-- KEYS[17] grant_expiry bucket grant expiry  tg:{b}:grant-expiry (includes/grants.lua)
 --
 -- ARGV[1] job_id  ARGV[2] owner (from the callback token)  ARGV[3] now ms
 -- ARGV[4] lease_until: the new lease deadline ms  ARGV[5] flush_due ms
@@ -47,7 +49,8 @@ end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
   {KEYS[4], 'set'}, {KEYS[5], 'hash'}, {KEYS[6], 'set'}, {KEYS[7], 'zset'}, {KEYS[8], 'zset'},
   {KEYS[9], 'zset'}, {KEYS[10], 'zset'}, {KEYS[11], 'list'}, {KEYS[12], 'hash'},
-  {KEYS[13], 'zset'}, {KEYS[14], 'hash'}, {KEYS[15], 'hash'}})
+  {KEYS[13], 'zset'}, {KEYS[14], 'hash'}, {KEYS[15], 'hash'},
+  {KEYS[16], 'hash'}, {KEYS[17], 'zset'}})
 if bad then return {'wrong_type', bad} end
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'owner', 'done', 'failed', 'total', 'price', 'cost',
@@ -97,7 +100,8 @@ stats_items(KEYS[14], KEYS[1], done - tonumber(job[3]), failed - tonumber(job[4]
 
 local k = {job = KEYS[1], user = KEYS[5], active = KEYS[6], holds = KEYS[7], leases = KEYS[8],
   queued = KEYS[9], flush = KEYS[10], ledger = KEYS[11], hooks = KEYS[12], webhooks = KEYS[13],
-  stats = KEYS[14], key_spend = KEYS[15]}
+  stats = KEYS[14], key_spend = KEYS[15],
+  grants = KEYS[16], grant_expiry = KEYS[17]}
 local now_state = job_progress(k, job_id, owner, state, done, failed, total, now,
   lease_deadline, flush_due, tonumber(job[6]), tonumber(job[7]))
 return {'ok', now_state, done, failed, total, counted, duplicates}

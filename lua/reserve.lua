@@ -10,11 +10,14 @@
 -- KEYS[7] idempotency  idempotency record   tg:{b}:user:<uid>:idem:<key>  (ignored unless
 --                      opts.idempotent)
 -- KEYS[8] ledger       bucket ledger        tg:{b}:ledger            (gets the 'hold:<jid>' entry, -cost)
--- KEYS[9] key_spend    optional: key spend  tg:{b}:user:<uid>:key-spend  (hash: '<key id>:p' the
+-- KEYS[9] grants       user grants          tg:{b}:user:<uid>:grants  (includes/grants.lua: the
+--                      hold draws from them, recorded in the job's 'grants' field)
+-- KEYS[10] grant_expiry bucket grant expiry tg:{b}:grant-expiry (includes/grants.lua)
+-- KEYS[11] key_spend   optional: key spend  tg:{b}:user:<uid>:key-spend  (hash: '<key id>:p' the
 --                      key's current period, '<key id>:s' credits held and charged through
 --                      it in that period); given with opts.key_id (or with the next keys)
--- KEYS[10] alert_log   optional: account log tg:{b}:user:<uid>:account-hooks (includes/alerts.lua)
--- KEYS[11] webhooks    optional: bucket webhooks  tg:{b}:webhooks  (zset delivery id -> next attempt ms)
+-- KEYS[12] alert_log   optional: account log tg:{b}:user:<uid>:account-hooks (includes/alerts.lua)
+-- KEYS[13] webhooks    optional: bucket webhooks  tg:{b}:webhooks  (zset delivery id -> next attempt ms)
 --
 -- ARGV[1] job_id      ARGV[2] owner (user id)   ARGV[3] total items   ARGV[4] price per item
 -- ARGV[5] now ms      ARGV[6] hold_until: the hold deadline ms   ARGV[7] meta_json
@@ -46,7 +49,8 @@
 --   {'already', job_id}                  this job id, or this Idempotency-Key with the same body, exists
 --   {'idempotency_key_reused', job_id}   the key was used with another body
 --   {'not_found'}                        the user is not provisioned
---   {'insufficient_credits', available, cost}
+--   {'insufficient_credits', available, cost}  (available: less what grants past their
+--                                        expiry still hold, which no hold may draw)
 --   {'concurrency_limit', active, limit}
 --   {'key_spend_cap_exceeded', spent, cap}  the key's period spend plus this cost would pass
 --                                        its cap: nothing written
@@ -69,17 +73,18 @@ local opts, bad_opt = read_opts(ARGV[8], {
   key_cap = 'whole', priority = 'string', start_deadline = 'whole', min_price = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
 local key_id = opts.key_id
-if key_id and (not opts.key_period or not KEYS[9]) then return {'bad_argument', 'key_period'} end
+if key_id and (not opts.key_period or not KEYS[11]) then return {'bad_argument', 'key_period'} end
 local use_idem, body_hash = opts.idempotent == true, opts.body_hash or ''
 local idem_ttl = opts.idempotency_ttl_ms
 if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
 -- @include key_types
+-- @include grants
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'zset'},
   {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'},
-  key_id and {KEYS[9], 'hash'} or nil})
+  {KEYS[9], 'hash'}, {KEYS[10], 'zset'}, key_id and {KEYS[11], 'hash'} or nil})
 -- @include alerts
-local alert_keys = {user = KEYS[1], log = KEYS[10], webhooks = KEYS[11]}
-bad = bad or alerts_wrong_type(alert_keys, key_id and 8 or 7)
+local alert_keys = {user = KEYS[1], log = KEYS[12], webhooks = KEYS[13]}
+bad = bad or alerts_wrong_type(alert_keys, key_id and 10 or 9)
 if bad then return {'wrong_type', bad} end
 
 if use_idem then
@@ -95,6 +100,8 @@ local user = redis.call('HMGET', KEYS[1], 'available', 'max_active')
 if not user[1] then return {'not_found'} end
 local available, max_active = tonumber(user[1]), tonumber(user[2])
 local cost = total * price
+local grants = grants_read(KEYS[9])
+available = available - grants_overdue(grants, now)
 if available < cost then return {'insufficient_credits', available, cost} end
 local active = redis.call('SCARD', KEYS[2])
 if active >= max_active then return {'concurrency_limit', active, max_active} end
@@ -102,7 +109,7 @@ if active >= max_active then return {'concurrency_limit', active, max_active} en
 -- a newer one (another process's clock past midnight) is the one counted in.
 local key_period, key_spent = opts.key_period, 0
 if key_id then
-  local stored = redis.call('HMGET', KEYS[9], key_id .. ':p', key_id .. ':s')
+  local stored = redis.call('HMGET', KEYS[11], key_id .. ':p', key_id .. ':s')
   local stored_period = tonumber(stored[1])
   if stored_period and stored_period >= key_period then
     key_period, key_spent = stored_period, tonumber(stored[2]) or 0
@@ -123,9 +130,13 @@ redis.call('HSET', KEYS[4], 'id', job_id, 'owner', owner, 'state', 'created',
   'charged', 0, 'refunded', 0, 'created_at', now, 'updated_at', now,
   'rule_id', opts.rule_id or '', 'model', opts.model or '', 'webhook_url', opts.webhook_url or '',
   'webhook_events', opts.webhook_events or '', 'params', opts.params or '')
+if cost > 0 then
+  local drawn = grants_draw(grants, KEYS[9], KEYS[10], owner, cost, now)
+  if drawn ~= '' then redis.call('HSET', KEYS[4], 'grants', drawn) end
+end
 if opts.bill_input_errors then redis.call('HSET', KEYS[4], 'bill_input_errors', '1') end
 if key_id then
-  redis.call('HSET', KEYS[9], key_id .. ':p', key_period, key_id .. ':s', key_spent + cost)
+  redis.call('HSET', KEYS[11], key_id .. ':p', key_period, key_id .. ':s', key_spent + cost)
   redis.call('HSET', KEYS[4], 'key_id', key_id, 'key_period', key_period)
 end
 redis.call('SET', KEYS[5], ARGV[7])

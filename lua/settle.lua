@@ -9,6 +9,8 @@
 -- KEYS[10] webhooks    bucket webhooks (the outbox, includes/outbox.lua)
 -- KEYS[11] counters    bucket counters tg:{b}:counters (includes/stats.lua)
 -- KEYS[12] key_spend   owner's API key spend  tg:{b}:user:<uid>:key-spend (includes/finish_job.lua)
+-- KEYS[13] grants      owner's grants  tg:{b}:user:<uid>:grants (includes/grants.lua)
+-- KEYS[14] grant_expiry  bucket grant expiry  tg:{b}:grant-expiry (includes/grants.lua)
 --
 -- ARGV[1] job_id  ARGV[2] owner  ARGV[3] to_state ('done' | 'failed')
 -- ARGV[4] from_states allowed, comma separated: 'queued' and/or 'running' only
@@ -31,7 +33,8 @@ end
 
 local k = {job = KEYS[1], user = KEYS[2], active = KEYS[3], holds = KEYS[4], leases = KEYS[5],
   queued = KEYS[6], flush = KEYS[7], ledger = KEYS[8], hooks = KEYS[9], webhooks = KEYS[10],
-  stats = KEYS[11], key_spend = KEYS[12]}
+  stats = KEYS[11], key_spend = KEYS[12], grants = KEYS[13],
+  grant_expiry = KEYS[14]}
 local bad = finish_job_wrong_type(k)
 if bad then return {'wrong_type', bad} end
 

@@ -69,6 +69,10 @@ class KeySlotsExhausted(TollgateError):
     status, code, title = 409, "key_slots_exhausted", "Every API key slot of the plan is taken"
 
 
+class TooManyGrants(TollgateError):
+    status, code, title = 409, "too_many_grants", "The user holds the most open grants allowed"
+
+
 class KeySpendCapExceeded(TollgateError):
     status, code = 402, "key_spend_cap_exceeded"
     title = "The API key's spend cap for this period would be passed"

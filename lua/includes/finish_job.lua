@@ -7,10 +7,13 @@
 -- (stats: the bucket's counters, includes/stats.lua)
 -- (key_spend: the owner's API key spend hash, reserve.lua: the refund goes back to the
 -- period counter of the key that made the job, if that period is still the key's)
+-- (grants, grant_expiry: the owner's grants and the bucket's expiry index,
+-- includes/grants.lua: what the job drew goes back to its grants, less the charge)
 -- (hooks, webhooks: the outbox keys of includes/outbox.lua; the 'completed' event)
 -- @include outbox
 -- @include stats
 -- @include key_types
+-- @include grants
 -- @include alerts
 -- Callers check this before their first write: the position of the first key of `k` that
 -- holds another type than finish_job writes, or nil.
@@ -23,6 +26,10 @@ local function finish_job_wrong_type(k)
   end
   if k.stats then expected[#expected + 1] = {k.stats, 'hash'} end
   if k.key_spend then expected[#expected + 1] = {k.key_spend, 'hash'} end
+  if k.grants then
+    expected[#expected + 1] = {k.grants, 'hash'}
+    expected[#expected + 1] = {k.grant_expiry, 'zset'}
+  end
   return wrong_type(expected)
 end
 local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, done, price, cost)
@@ -36,11 +43,18 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
       redis.call('HINCRBY', k.key_spend, made_by[1] .. ':s', 0 - refund)
     end
   end
+  -- Credits going back to a grant that expired while the job held them expire at once.
+  local lost = grants_release(k, job_id, owner, charge, now)
   -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
   redis.call('HINCRBY', k.user, 'reserved', 0 - cost)
   redis.call('HINCRBY', k.user, 'spent', charge)
-  redis.call('HINCRBY', k.user, 'available', refund)
-  alerts_after({user = k.user}, owner, now, nil)  -- only rises: re-arms, records nothing
+  redis.call('HINCRBY', k.user, 'available', refund - lost)
+  -- refund - lost >= 0: available only rises here, so this re-arms and records nothing.
+  alerts_after({user = k.user}, owner, now, nil)
+  if lost > 0 then
+    redis.call('HINCRBY', k.user, 'granted', 0 - lost)
+    stats_add(k.stats, 'credits:expire', lost)
+  end
   redis.call('HSET', k.job, 'state', to_state, 'charged', charge, 'refunded', refund,
     'finished_at', now, 'updated_at', now, 'reason', reason)
   redis.call('SREM', k.active, job_id)

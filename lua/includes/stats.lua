@@ -4,7 +4,7 @@
 --   jobs:<model>:<status>     jobs that reached a terminal status
 --   items:<model>:<outcome>   ok | failed (as reported) | skipped (never reported: the job
 --                             ended first)
---   credits:<kind>            charged | refunded | granted
+--   credits:<kind>            charged | refunded | granted | revoked | expire (grants)
 --   holds_expired, leases_expired, flush_failures (flush_retry_end.lua)
 -- A caller that passes no counters key (nil) counts nothing.
 local DEFAULT_MODEL = 'thumbnail'

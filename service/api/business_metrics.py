@@ -40,7 +40,7 @@ BY_MODEL: dict[str, tuple[str, str, str]] = {
     "items": ("tollgate_items_total",
               "Items by outcome: ok, failed, skipped (the job ended before a report)", "outcome"),
 }
-CREDIT_KINDS = ("charged", "refunded", "granted")  # always exported; `revoked` once it occurs
+CREDIT_KINDS = ("charged", "refunded", "granted", "expire")  # always; `revoked` once it occurs
 WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 
 

@@ -77,9 +77,16 @@ class PlanChange(msgspec.Struct, forbid_unknown_fields=True):
     plan: PlanName
 
 
+GrantKind = Literal["paid", "promotional"]
+
+
 class CreditGrant(msgspec.Struct, forbid_unknown_fields=True):
     amount: Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
     reason: Reason
+    # A positive amount only: its kind, and when what is left of it expires (RFC 3339 with
+    # an offset, in the future; none: never).
+    kind: GrantKind = "paid"
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
 
 Scope = Literal["jobs:read", "jobs:write", "rules:read", "rules:write", "keys:write"]
@@ -121,6 +128,18 @@ class Credits(msgspec.Struct, forbid_unknown_fields=True):
     granted: int
 
 
+class GrantView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    kind: GrantKind
+    amount: int
+    remaining: int
+    expires_at: str | None
+
+
+class MeCredits(Credits, forbid_unknown_fields=True):
+    grants: list[GrantView]  # the open grants, in the order a hold draws them
+
+
 class Concurrency(msgspec.Struct, forbid_unknown_fields=True):
     active: int
     limit: int
@@ -134,7 +153,7 @@ class RuleSlots(msgspec.Struct, forbid_unknown_fields=True):
 class MeView(msgspec.Struct, forbid_unknown_fields=True):
     user_id: str
     plan: str
-    credits: Credits
+    credits: MeCredits
     concurrency: Concurrency
     rule_slots: RuleSlots
 

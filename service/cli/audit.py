@@ -7,7 +7,10 @@ Redis and the ledger entries not yet flushed (in one MULTI), then the SQL side, 
 - available = SUM(amount) of the user's ledger (SQL, plus entries still waiting in Redis);
 - spent = -SUM(charges) = SUM(charged) of its jobs in history and its finished jobs not
   flushed yet;
-- granted = SUM(grants), signup included;
+- granted = SUM(grants) + SUM(expires), signup included (an expiry takes from granted);
+- every grant Redis holds: amount = remaining + held + charged + expired + removed, its
+  credit_grants row has the same amount and kind, and its remaining credits are part of
+  available (their sum is at most available: the rest is the base);
 - reserved = the cost of its live jobs;
 - the plan in Redis is the plan in `users`;
 - every job the ledger names (hold, release, charge) has its jobs_log row, or is still in
@@ -35,10 +38,12 @@ from service.history.balances import (
     jobs_without_row,
     ledger_ids_present,
     ledger_totals,
+    user_grants,
     user_ids,
     user_plan,
 )
 from service.history.engine import make_engine, make_session_factory
+from service.history.models import CreditGrant
 from service.settings import Settings
 from service.state.clients import state_redis
 from service.state.fsm import LIVE
@@ -82,6 +87,8 @@ async def audit_user(core: Core, sessions: Sessions, user_id: str, report: Audit
         _, history_charges = (await history_charged(session, [user_id])).get(user_id, (0, 0))
         in_history = await jobs_in_history(session, list(in_redis))
         without_row = (await jobs_without_row(session, [user_id])).get(user_id, [])
+        in_sql = {grant.id: grant for grant, _ in await user_grants(session, user_id)}
+    grants = await core.user_grants(user_id)
     report.users += 1
     if snap.user is None:
         if plan is None and not totals.entries:
@@ -103,7 +110,8 @@ async def audit_user(core: Core, sessions: Sessions, user_id: str, report: Audit
     waiting = {entry.id: entry for entry in pending if entry.id not in flushed}.values()
     balance = totals.total + sum(entry.amount for entry in waiting)
     charges = totals.charges + sum(e.amount for e in waiting if e.kind == "charge")
-    grants = totals.grants + sum(e.amount for e in waiting if e.kind == "grant")
+    granted = totals.grants + totals.expired + sum(
+        e.amount for e in waiting if e.kind in ("grant", "expire"))
     unflushed_charged = sum(job.charged for job in snap.jobs
                             if job.state not in LIVE and job.id not in in_history)
     live_cost = sum(job.cost for job in snap.jobs if job.state in LIVE)
@@ -116,10 +124,26 @@ async def audit_user(core: Core, sessions: Sessions, user_id: str, report: Audit
         ("spent vs -SUM(charges)", user.spent, -charges),
         ("spent vs charged jobs (history + unflushed)", user.spent,
          history_charges + unflushed_charged),
-        ("granted vs SUM(grants)", user.granted, grants),
+        ("granted vs SUM(grants) + SUM(expires)", user.granted, granted),
+        ("SUM(grant remaining) at most available", min(
+            sum(g.remaining for g in grants), user.available), sum(g.remaining for g in grants)),
         ("reserved vs cost of live jobs", user.reserved, live_cost),
         ("plan", user.plan, plan or "(no users row)"),
     ]
+    # A grant whose ledger entry still waits in Redis gets its credit_grants row with it.
+    unflushed = {(e.kind, e.amount) for e in waiting}
+    for grant in grants:
+        kept = in_sql.get(grant.id)
+        if kept is None and ("grant", grant.amount) in unflushed:
+            kept = CreditGrant(id=grant.id, kind=grant.kind, amount=grant.amount)
+        parts = (grant.remaining + grant.held + grant.charged + grant.expired
+                 + grant.removed)
+        checks += [
+            (f"grant {grant.id}: remaining + held + charged + expired + removed", parts,
+             grant.amount),
+            (f"grant {grant.id}: amount and kind", f"{grant.amount} {grant.kind}",
+             "(no credit_grants row)" if kept is None else f"{kept.amount} {kept.kind}"),
+        ]
     report.differences += [Difference(user_id, what, redis, sql)
                            for what, redis, sql in checks if redis != sql]
 

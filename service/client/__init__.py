@@ -22,11 +22,12 @@ from service.client.problems import (
     ValidationFailed,
 )
 from service.client.sync import Tollgate
-from service.client.views import Item, Job, JobEvent, JobPage, Upload
+from service.client.views import Grant, Item, Job, JobEvent, JobPage, Upload
 from service.client.webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 
 __all__ = [
-    "AsyncTollgate", "ConcurrencyLimit", "InsufficientCredits", "InvalidTransition", "Item",
+    "AsyncTollgate", "ConcurrencyLimit", "Grant", "InsufficientCredits", "InvalidTransition",
+    "Item",
     "Job", "JobEvent", "JobPage", "NotFound", "ProblemError", "Tollgate", "Unauthorized",
     "Unavailable", "Upload", "UploadsMissing", "ValidationFailed", "WebhookVerificationError",
     "sign_webhook", "verify_webhook",

@@ -20,7 +20,7 @@ from service.client.files import FileSpec, backoff, read_files
 from service.client.io_async import each, sleep
 from service.client.problems import ProblemError, name_job, raise_for_problem
 from service.client.sse import EventParser
-from service.client.views import Job, JobEvent, JobPage, Upload, as_job
+from service.client.views import Grant, Job, JobEvent, JobPage, Upload, as_job, grants_of
 from service.client.wire import (
     job_body,
     key_header,
@@ -61,6 +61,11 @@ class AsyncTollgate:
     async def me(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._call("GET", "/me")
         return body
+
+    async def grants(self) -> list[Grant]:
+        """The user's open credit grants (GET /me `credits.grants`), in the order a hold
+        draws them: the earliest expiry first, promotional before paid on a tie."""
+        return grants_of(await self._call("GET", "/me"))
 
     async def create_key(
         self, name: str, *, scopes: Sequence[str] | None = None,

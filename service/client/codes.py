@@ -25,6 +25,7 @@ INSUFFICIENT_CREDITS = Code("insufficient_credits", 402, "Not enough credits")
 CONCURRENCY_LIMIT = Code("concurrency_limit", 429, "Too many jobs running at once")
 RULE_SLOTS_EXHAUSTED = Code("rule_slots_exhausted", 409, "Every rule slot of the plan is taken")
 KEY_SLOTS_EXHAUSTED = Code("key_slots_exhausted", 409, "Every API key slot of the plan is taken")
+TOO_MANY_GRANTS = Code("too_many_grants", 409, "The user holds the most open grants allowed")
 KEY_SPEND_CAP_EXCEEDED = Code(
     "key_spend_cap_exceeded", 402, "The API key's spend cap for this period would be passed")
 INSUFFICIENT_SCOPE = Code("insufficient_scope", 403, "The API key's scopes do not allow this")
@@ -67,6 +68,7 @@ CODES: dict[str, Code] = {code.code: code for code in (
     CONCURRENCY_LIMIT,
     RULE_SLOTS_EXHAUSTED,
     KEY_SLOTS_EXHAUSTED,
+    TOO_MANY_GRANTS,
     KEY_SPEND_CAP_EXCEEDED,
     INSUFFICIENT_SCOPE,
     IDEMPOTENCY_KEY_REUSED,

@@ -18,7 +18,7 @@ from service.client.files import FileSpec, backoff, read_files
 from service.client.io_sync import each, sleep
 from service.client.problems import ProblemError, name_job, raise_for_problem
 from service.client.sse import EventParser
-from service.client.views import Job, JobEvent, JobPage, Upload, as_job
+from service.client.views import Grant, Job, JobEvent, JobPage, Upload, as_job, grants_of
 from service.client.wire import (
     job_body,
     key_header,
@@ -59,6 +59,11 @@ class Tollgate:
     def me(self) -> dict[str, Any]:
         body: dict[str, Any] = self._call("GET", "/me")
         return body
+
+    def grants(self) -> list[Grant]:
+        """The user's open credit grants (GET /me `credits.grants`), in the order a hold
+        draws them: the earliest expiry first, promotional before paid on a tie."""
+        return grants_of(self._call("GET", "/me"))
 
     def create_key(
         self, name: str, *, scopes: Sequence[str] | None = None,

@@ -26,6 +26,16 @@ class Upload(msgspec.Struct):
     expires_at: str | None = None
 
 
+class Grant(msgspec.Struct):
+    """An open credit grant (GET /me `credits.grants`), in the order a hold draws them."""
+
+    id: str
+    kind: str  # paid | promotional
+    amount: int
+    remaining: int
+    expires_at: str | None = None  # RFC 3339; None: it never expires
+
+
 class Links(msgspec.Struct):
     self: str
     events: str
@@ -79,3 +89,8 @@ class JobEvent(msgspec.Struct):
 
 def as_job(data: object) -> Job:
     return msgspec.convert(data, Job)
+
+
+def grants_of(me: dict[str, Any]) -> list[Grant]:
+    """The open grants of a GET /me answer."""
+    return msgspec.convert(me.get("credits", {}).get("grants", []), list[Grant])

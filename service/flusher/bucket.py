@@ -2,8 +2,9 @@
 it visits.
 
 Cancel jobs whose upload hold expired (refunding them), fail running jobs whose lease ran
-out (a killed worker), hand queued jobs nobody started back to the queue, and move finished
-jobs and credit-ledger entries into SQL.
+out (a killed worker), hand queued jobs nobody started back to the queue, expire what is
+left in credit grants past their expires_at, and move finished jobs and credit-ledger
+entries into SQL.
 
 A finished job's jobs_log row, its `release` and its `charge` are written in one
 transaction, built from the job hash (service.flusher.dead_letters.Record.rows): the copies
@@ -76,6 +77,7 @@ class FlushStats:
     ledger_entries: int = 0
     set_aside: int = 0  # records SQL kept refusing, moved to flush_failures
     results_expired: int = 0  # jobs whose files were deleted after TOLLGATE_RESULT_TTL
+    expired_credits: int = 0  # credits left in grants past their expires_at
     # Some batch came back full: there is more waiting, so the next pass should not sleep.
     saturated: bool = False
 
@@ -92,7 +94,8 @@ class FlushStats:
         return (f"{self.flushed_jobs} jobs and {self.ledger_entries} ledger entries flushed, "
                 f"{self.expired_holds} holds expired, {self.expired_leases} leases expired, "
                 f"{self.requeued} queued jobs re-enqueued, {self.set_aside} records set aside, "
-                f"{self.results_expired} jobs' results expired")
+                f"{self.results_expired} jobs' results expired, "
+                f"{self.expired_credits} credits of grants expired")
 
 
 async def _bounded(call: Callable[[str], Awaitable[T]], job_ids: list[str]) -> list[T]:
@@ -235,6 +238,8 @@ async def visit_bucket(
     stats.expired_leases = await _expire_leases(core, bucket, due.expired_leases, flush_ms,
                                                 settings.lease_ttl * 1000)
     stats.requeued = await _requeue(due.stale_queued, requeue)
+    # Grants past their expires_at: their expire entries are read below, in this visit.
+    stats.expired_credits = await core.expire_grants(bucket, limit=limit)
     stats.saturated = any(
         len(ids) >= limit
         for ids in (due.expired_holds, due.expired_leases, due.stale_queued, due.due_flushes))

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.contract import clean_error
+from service.history.balances import insert_grants
 from service.history.deliveries import upsert_deliveries
 from service.history.failures import (
     delete_failure,
@@ -109,7 +110,9 @@ class Record:
     def rows(self) -> Rows:
         """A ledger entry's row; a job's jobs_log row and its release and charge rows."""
         if self.kind == "ledger":
-            return Rows([], [LedgerEntry.from_json(self.source["entry"]).history_row()])
+            entry = json.loads(self.source["entry"])
+            row = LedgerEntry.from_dict(entry).history_row()
+            return Rows([], [row], grants=grant_rows(entry, row))
         deliveries = delivery_rows(self.source.get("webhooks") or {})
         if self.in_sql:  # its rows went to SQL with its release or charge: only its log now
             return Rows([], [], deliveries)
@@ -131,6 +134,19 @@ class Rows:
     jobs: list[dict[str, Any]]
     ledger: list[dict[str, Any]]
     deliveries: list[dict[str, Any]] = field(default_factory=list)  # webhook_deliveries
+    grants: list[dict[str, Any]] = field(default_factory=list)  # credit_grants
+
+
+def grant_rows(entry: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The credit_grants row of a `grant` entry that made a grant (lua/grant.lua,
+    lua/ensure_user.lua name it); none for a removal or an entry from before grants."""
+    if entry.get("kind") != "grant" or not entry.get("grant_id"):
+        return []
+    expires = entry.get("expires_at")
+    return [{"id": str(entry["grant_id"]), "user_id": row["user_id"],
+             "kind": str(entry.get("grant_kind") or "paid"), "amount": int(row["amount"]),
+             "expires_at": None if expires is None else ms_to_datetime(int(expires)),
+             "ledger_id": row["id"], "created_at": row["at"]}]
 
 
 def delivery_rows(records: dict[str, str]) -> list[dict[str, Any]]:
@@ -190,6 +206,7 @@ async def _write(session: AsyncSession, rows: list[tuple[Record, Rows]]) -> None
     await insert_ledger(session, [row for _, built in rows for row in built.ledger],
                         count=False)
     await upsert_deliveries(session, [row for _, built in rows for row in built.deliveries])
+    await insert_grants(session, [row for _, built in rows for row in built.grants])
 
 
 async def _write_or_split(

@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from service.history.failures import record_hash
-from service.history.models import AdminOp, FlushFailure, JobLog, LedgerEntry, User, utcnow
+from service.history.models import (
+    AdminOp,
+    CreditGrant,
+    FlushFailure,
+    JobLog,
+    LedgerEntry,
+    User,
+    utcnow,
+)
 from service.history.queries import _insert, insert_ledger, upsert_jobs
 
 # Ids per IN (...) list: far below both SQLite's and PostgreSQL's bound-parameter limits.
@@ -34,6 +42,7 @@ class LedgerTotals:
     charges: int = 0  # SUM(amount) of charges, <= 0: minus what was spent
     grants: int = 0  # SUM(amount) of grants, signup included: what was granted
     entries: int = 0
+    expired: int = 0  # SUM(amount) of expire rows, <= 0: minus what expired of grants
 
 
 def signup_row(user_id: str, credits: int, at: datetime | None = None) -> dict[str, Any]:
@@ -45,6 +54,46 @@ def grant_row(user_id: str, op: str, amount: int, reason: str) -> dict[str, Any]
     """The same row as grant.lua's entry for this op (`op`: the digest of its key)."""
     return {"id": f"grant:{user_id}:{op}", "user_id": user_id, "kind": "grant",
             "amount": amount, "job_id": None, "reason": reason, "at": utcnow()}
+
+
+def credit_grant_row(grant_id: str, user_id: str, kind: str, amount: int,
+                     expires_at: datetime | None, ledger_id: str) -> dict[str, Any]:
+    return {"id": grant_id, "user_id": user_id, "kind": kind, "amount": amount,
+            "expires_at": expires_at, "ledger_id": ledger_id, "created_at": utcnow()}
+
+
+async def insert_grant(session: AsyncSession, row: dict[str, Any]) -> None:
+    """The grant's credit_grants row (an id SQL holds already: nothing)."""
+    await insert_grants(session, [row])
+
+
+async def insert_grants(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """credit_grants rows (ids SQL holds already: left as they are)."""
+    if rows:
+        statement = _insert(session, cast(Table, CreditGrant.__table__)
+                            ).on_conflict_do_nothing(index_elements=["id"])
+        await session.execute(statement, rows)
+
+
+async def user_grants(session: AsyncSession, user_id: str
+                      ) -> list[tuple[CreditGrant, int]]:
+    """The user's grants, each with what its `expire:<id>...` ledger rows took (>= 0)."""
+    grants = list(await session.scalars(
+        select(CreditGrant).where(CreditGrant.user_id == user_id).order_by(
+            CreditGrant.created_at, CreditGrant.id)))
+    expired: dict[str, int] = {}
+    rows = await session.execute(select(LedgerEntry.id, LedgerEntry.amount).where(
+        LedgerEntry.user_id == user_id, LedgerEntry.kind == "expire"))
+    for ledger_id, amount in rows:
+        grant_id = str(ledger_id).split(":")[1]
+        expired[grant_id] = expired.get(grant_id, 0) - int(amount)
+    return [(grant, expired.get(grant.id, 0)) for grant in grants]
+
+
+def expire_row(user_id: str, grant_id: str, amount: int, suffix: str) -> dict[str, Any]:
+    """An expiry SQL writes itself (a rebuild: a grant past its expiry)."""
+    return {"id": f"expire:{grant_id}:{suffix}", "user_id": user_id, "kind": "expire",
+            "amount": -amount, "job_id": None, "reason": "grant expired", "at": utcnow()}
 
 
 def release_row(user_id: str, job_id: str, cost: int, reason: str) -> dict[str, Any]:
@@ -70,12 +119,16 @@ async def ledger_totals(
         func.coalesce(func.sum(case((LedgerEntry.kind == "grant", LedgerEntry.amount),
                                     else_=0)), 0),
         func.count(),
+        func.coalesce(func.sum(case((LedgerEntry.kind == "expire", LedgerEntry.amount),
+                                    else_=0)), 0),
     ).group_by(LedgerEntry.user_id)
     totals: dict[str, LedgerTotals] = {}
     for chunk in ([None] if user_ids is None else _chunks(list(user_ids))):
         chunked = query if chunk is None else query.where(LedgerEntry.user_id.in_(chunk))
-        for user_id, total, charges, grants, entries in (await session.execute(chunked)).all():
-            totals[user_id] = LedgerTotals(int(total), int(charges), int(grants), int(entries))
+        for user_id, total, charges, grants, entries, expired in (
+                await session.execute(chunked)).all():
+            totals[user_id] = LedgerTotals(int(total), int(charges), int(grants), int(entries),
+                                           int(expired))
     return totals
 
 

@@ -205,6 +205,24 @@ class LedgerEntry(Base):
     at: Mapped[datetime]
 
 
+class CreditGrant(Base):
+    """A credit grant (POST /admin/users/{id}/credits, or a user's signup credits), written
+    with its `grant` ledger row (the row `ledger_id` names). What is left in it is Redis's
+    (lua/includes/grants.lua); a rebuild after a Redis loss places the balance SQL holds
+    back into the grants (service.jobs.provisioning). Its `expire:<id>...` ledger rows say
+    what expired."""
+
+    __tablename__ = "credit_grants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # paid | promotional
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    ledger_id: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class FlushFailure(Base):
     """A record SQL kept refusing (too long, a NUL, a constraint), set aside by the flusher
     so that it stops holding up the rest of its bucket; `tollgate inspect failures --retry`

@@ -16,6 +16,7 @@ from service.errors import (
     NotFound,
     RuleSlotsExhausted,
     TollgateError,
+    TooManyGrants,
 )
 
 
@@ -30,6 +31,7 @@ class Code(StrEnum):
     RULE_SLOTS_EXHAUSTED = "rule_slots_exhausted"
     KEY_SLOTS_EXHAUSTED = "key_slots_exhausted"
     KEY_SPEND_CAP_EXCEEDED = "key_spend_cap_exceeded"
+    TOO_MANY_GRANTS = "too_many_grants"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     BAD_ARGUMENT = "bad_argument"
     WRONG_TYPE = "wrong_type"
@@ -47,6 +49,7 @@ ERRORS: dict[Code, type[TollgateError]] = {
     Code.RULE_SLOTS_EXHAUSTED: RuleSlotsExhausted,
     Code.KEY_SLOTS_EXHAUSTED: KeySlotsExhausted,
     Code.KEY_SPEND_CAP_EXCEEDED: KeySpendCapExceeded,
+    Code.TOO_MANY_GRANTS: TooManyGrants,
     Code.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     Code.BAD_ARGUMENT: BadArgument,
     # A key that holds another type than the script writes: stored state no request can

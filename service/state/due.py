@@ -8,7 +8,7 @@ one hash slot only, and every shard has a slot of its own):
   ever goes down, so a mark never postpones an earlier one);
 - the flusher takes the due buckets (`due_take.lua`, score -> a placeholder far in the
   future), visits them, reads the bucket's next due time (`bucket_next_due.lua`, from its
-  holds, leases, queued, flush, ledger and ledger-retry keys) and settles it
+  holds, leases, queued, flush, ledger, ledger-retry and grant-expiry keys) and settles it
   (`due_settle.lua`): still at its placeholder -> the time read (or out of the index);
   lowered meanwhile by a write -> the lower of both;
 - the safety net (`reindex`) reads the next due time of a list of buckets and lowers their
@@ -63,7 +63,8 @@ class DueIndex:
         due = int(await self.core.run_script(
             "bucket_next_due",
             keys={"holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
-                  "ledger": b.ledger, "ledger_retry": b.ledger_retry},
+                  "ledger": b.ledger, "ledger_retry": b.ledger_retry,
+                  "grant_expiry": b.grant_expiry},
             args={"requeue_after_ms": requeue_after_ms, "now": now_ms()}))
         return None if due < 0 else due
 
@@ -111,7 +112,7 @@ class DueIndex:
         webhook sender must still do."""
         b = self.keys.bucket(bucket)
         return [b.counters, b.webhooks, b.holds, b.leases, b.queued, b.flush, b.ledger,
-                b.ledger_retry]
+                b.ledger_retry, b.grant_expiry]
 
     async def buckets_in_use(self) -> list[int]:
         """The buckets that ever held a user (Core marks them): the only ones with work."""

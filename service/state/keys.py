@@ -148,6 +148,12 @@ class BucketKeys:
         return f"{self.tag}:flush-attempts"
 
     @property
+    def grant_expiry(self) -> str:
+        """zset: '<user id>:<grant id>' -> expires_at ms, the grants the flusher expires
+        (lua/grants_expire.lua)."""
+        return f"{self.tag}:grant-expiry"
+
+    @property
     def ledger_retry(self) -> str:
         """zset: ledger entries (as read from the list) that SQL refused -> next attempt ms."""
         return f"{self.tag}:ledger-retry"
@@ -255,6 +261,11 @@ class UserKeys:
     def apikey(self, key_id: str) -> str:
         """hash: one API key's record (user_id, hash of the secret, scopes, cap, expiry)."""
         return f"{self.base}:apikey:{key_id}"
+
+    @property
+    def grants(self) -> str:
+        """hash: grant id -> JSON, the user's credit grants (lua/includes/grants.lua)."""
+        return f"{self.base}:grants"
 
     @property
     def key_spend(self) -> str:

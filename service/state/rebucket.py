@@ -2,8 +2,9 @@
 
 A user's keys live in bucket `crc32(user_id) % TOLLGATE_BUCKETS`, so a new count puts most
 users in another bucket: their hash, active and rules sets, jobs zset, ops hash, webhook
-secret, idempotency keys and account webhook log move there (and the due entries of that
-log's deliveries, which name the user). Job ids carry their bucket (`<ulid>-<bucket>`) and
+secret, idempotency keys, grants and account webhook log move there (and the members of
+the bucket's grant expiry index and the due entries of the log's deliveries, which name
+them). Job ids carry their bucket (`<ulid>-<bucket>`) and
 keep it: every key named by a job id (the job hash, items, callbacks, meta, webhook log)
 stays where it is and stays addressable, and a finished job in SQL history is read by its
 id as before. Only growing is allowed, so every old job id stays below the new count.
@@ -21,6 +22,7 @@ then the old one is deleted: a run that died half way is finished by running it 
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +119,22 @@ async def _move_account_deliveries(client: Any, old: KeySpace, new: KeySpace) ->
                 await client.zrem(source, member)
 
 
+async def _move_grant_expiries(client: Any, old: KeySpace, new: KeySpace,
+                               movers: list[str]) -> None:
+    """A moved user's grants that expire: their members of the bucket's grant expiry index
+    move with them (the grants hash moved as a user key)."""
+    for user_id in movers:
+        target = new.user(user_id)
+        source = old.user(user_id)
+        for grant_id, raw in (await client.hgetall(target.grants)).items():
+            grant_id = grant_id.decode() if isinstance(grant_id, bytes) else str(grant_id)
+            expires = int(json.loads(raw)["e"])
+            member = f"{user_id}:{grant_id}"
+            if expires > 0:
+                await client.zadd(target.bucket.grant_expiry, {member: expires})
+            await client.zrem(source.bucket.grant_expiry, member)
+
+
 async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int, *,
                    dry_run: bool = False) -> RebucketReport:
     """Moves every user's keys from bucket `crc32 % old_buckets` to `crc32 % new_buckets`."""
@@ -155,6 +173,7 @@ async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int,
         report.moved_keys += 1
     report.moved_users = len(movers)
     if not dry_run:
+        await _move_grant_expiries(client, old, new, sorted(movers))
         await _move_account_deliveries(client, old, new)
     if report.buckets_used and not dry_run:  # metrics and the flusher's safety net read it
         await client.sadd(new.buckets_in_use, *sorted(report.buckets_used))

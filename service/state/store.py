@@ -39,7 +39,8 @@ def _report_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
             "callback_set": job.callback_set, "user": user.base, "active": user.active,
             "holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
             "ledger": b.ledger, "webhook_log": job.webhooks, "webhooks": b.webhooks,
-            "counters": b.counters, "key_spend": user.key_spend}
+            "counters": b.counters, "key_spend": user.key_spend, "grants": user.grants,
+            "grant_expiry": b.grant_expiry}
 
 
 def _finish_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
@@ -48,7 +49,7 @@ def _finish_keys(job: JobKeys, user: UserKeys) -> dict[str, str]:
     return {"job": job.base, "user": user.base, "active": user.active, "holds": b.holds,
             "leases": b.leases, "queued": b.queued, "flush": b.flush, "ledger": b.ledger,
             "webhook_log": job.webhooks, "webhooks": b.webhooks, "counters": b.counters,
-            "key_spend": user.key_spend}
+            "key_spend": user.key_spend, "grants": user.grants, "grant_expiry": b.grant_expiry}
 
 
 class Core(UserCalls, ApiKeyCalls, FlushCalls):
@@ -116,7 +117,8 @@ class Core(UserCalls, ApiKeyCalls, FlushCalls):
         keys = {"user": user.base, "active": user.active, "jobs": user.jobs, "job": job.base,
                 "meta": job.meta, "holds": user.bucket.holds,
                 "idempotency": user.idempotency(idempotency_key or "-"),
-                "ledger": user.bucket.ledger, "key_spend": user.key_spend,
+                "ledger": user.bucket.ledger, "grants": user.grants,
+                "grant_expiry": user.bucket.grant_expiry, "key_spend": user.key_spend,
                 "alert_log": user.alert_log, "webhooks": user.bucket.webhooks}
         if key is not None:  # the job is made through an API key: counted against its cap
             opts |= key.reserve_opts(now)

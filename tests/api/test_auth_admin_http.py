@@ -29,6 +29,9 @@ async def test_expired_token_is_refused(api: Api) -> None:
 async def test_a_new_user_is_provisioned_on_the_free_plan(api: Api) -> None:
     user = api.user()
     body = await me(api, user)
+    [signup] = body["credits"].pop("grants")  # signup credits: a promotional grant
+    assert (signup["kind"], signup["amount"], signup["remaining"], signup["expires_at"]) == (
+        "promotional", 10, 10, None)
     assert body == {
         "user_id": user, "plan": "free",
         "credits": {"available": 10, "reserved": 0, "spent": 0, "granted": 10},

@@ -19,6 +19,7 @@ async def test_a_job_lives_its_whole_life_with_state_on_redis_cluster(cluster_ap
     assert (view["status"], view["charged"], view["refunded"]) == ("done", 1, 1)
     listed = (await api.client.get("/jobs", headers=api.auth(user))).json()
     assert [j["id"] for j in listed["items"]] == [job["id"]]
-    assert (await me(api, user))["credits"] == {"available": 9, "reserved": 0, "spent": 1,
-                                                "granted": 10}
+    credits = (await me(api, user))["credits"]
+    assert [g["remaining"] for g in credits.pop("grants")] == [9]  # back to the signup grant
+    assert credits == {"available": 9, "reserved": 0, "spent": 1, "granted": 10}
     assert (await api.client.get("/ready")).status_code == 200

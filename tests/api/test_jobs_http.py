@@ -33,6 +33,7 @@ async def test_create_job_holds_credits_and_hands_out_upload_urls(api: Api) -> N
     assert [u["index"] for u in job["uploads"]] == [0, 1, 2]
     assert all(u["method"] == "PUT" and u["expires_at"] for u in job["uploads"])
     credits = (await me(api, user))["credits"]
+    assert [g["remaining"] for g in credits.pop("grants")] == [7]  # drawn from the signup
     assert credits == {"available": 7, "reserved": 3, "spent": 0, "granted": 10}
 
 
@@ -94,8 +95,9 @@ async def test_callbacks_finish_and_settle_the_job(api: Api) -> None:
     assert (view["charged"], view["refunded"], view["progress"]) == (2, 1, 1.0)
     assert [i["status"] for i in view["items"]] == ["ok", "failed", "ok"]
     assert "result_url" in view["items"][0] and view["items"][1]["error"] == "processor raised"
-    assert (await me(api, user))["credits"] == {"available": 8, "reserved": 0, "spent": 2,
-                                                "granted": 10}
+    credits = (await me(api, user))["credits"]
+    assert [g["remaining"] for g in credits.pop("grants")] == [8]  # back to the signup grant
+    assert credits == {"available": 8, "reserved": 0, "spent": 2, "granted": 10}
 
 
 async def test_repeated_and_rekeyed_callbacks_count_once(api: Api) -> None:

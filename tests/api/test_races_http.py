@@ -18,6 +18,7 @@ async def test_many_clients_after_the_last_credits(api: Api) -> None:
     counts = Counter(r.status_code for r in responses)
     assert counts == {201: 7, 402: 33}
     credits = (await me(api, user))["credits"]
+    assert [g["remaining"] for g in credits.pop("grants")] == [0]  # all held from signup
     assert credits == {"available": 0, "reserved": 7, "spent": 0, "granted": 7}
 
 

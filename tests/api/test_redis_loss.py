@@ -119,8 +119,11 @@ async def test_a_user_redis_lost_is_rebuilt_from_sql_without_new_signup_credits(
 
     view = await me(api, user)  # the first request after the loss rebuilds the user
     assert view["plan"] == "pro"
+    grants = view["credits"].pop("grants")
     assert view["credits"] == {"available": SIGNUP + 50 - spent, "reserved": 0,
                                "spent": spent, "granted": SIGNUP + 50}
+    # The balance is back in the grants (the signup grant and the admin's grant of 50).
+    assert sum(grant["remaining"] for grant in grants) == SIGNUP + 50 - spent
     ledger = await ledger_of(api, user)
     assert ledger[f"release:{live['id']}"] == ("release", live_cost, "lost_with_redis")
     assert f"hold:{unflushed['id']}" not in ledger
@@ -191,8 +194,10 @@ async def test_a_loss_before_the_flush_delay_keeps_what_the_client_saw_and_the_b
     lost_live = await api.client.get(f"/jobs/{live['id']}", headers=api.auth(user))
     assert (lost_live.status_code, lost_live.json()["reason"]) == (200, LOST)
     credits = (await me(api, user))["credits"]
+    [signup] = credits.pop("grants")
     assert credits == {"available": SIGNUP - seen["cost"], "reserved": 0,
                        "spent": seen["cost"], "granted": SIGNUP}
+    assert (signup["kind"], signup["remaining"]) == ("promotional", SIGNUP - seen["cost"])
     ledger = await ledger_of(api, user)
     assert ledger[f"release:{live['id']}"] == ("release", live["cost"], LOST)
     listed = await api.client.get("/jobs", headers=api.auth(user))

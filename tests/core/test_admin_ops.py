@@ -8,6 +8,7 @@ from service.errors import BadArgument, ConcurrencyLimit, InsufficientCredits, N
 from service.state.codes import Code
 from service.state.plans import PLANS, Plan
 from service.state.store import Core, op_digest
+from service.state.users import grant_id
 from tests.core.job_setup import new_job, new_user
 from tests.core.redis_state import assert_balanced, balance, ledger, money, snapshot
 
@@ -23,7 +24,8 @@ async def test_ensure_user_provisions_once_with_plan_limits_and_a_signup_grant(
     }
     assert await ledger(core, "ann") == [{
         "id": "signup:ann", "user_id": "ann", "kind": "grant", "amount": 50,
-        "reason": "signup", "at": frozen_clock[0],
+        "reason": "signup", "at": frozen_clock[0], "grant_id": grant_id("ann", "signup"),
+        "grant_kind": "promotional",
     }]
     before = await snapshot(core.client, core.keys.prefix)
     assert await core.ensure_user("ann", PLANS["free"], 999) is False
@@ -51,7 +53,8 @@ async def test_grant_adds_credits_and_a_ledger_entry(core: Core, frozen_clock: l
     assert await core.client.hgetall(core.keys.user(user).ops) == {f"grant:{op}": "25"}
     assert (await ledger(core, user))[-1] == {
         "id": f"grant:ann:{op}", "user_id": user, "kind": "grant", "amount": 25,
-        "reason": "promo", "at": frozen_clock[0],
+        "reason": "promo", "at": frozen_clock[0], "grant_id": grant_id(user, op),
+        "grant_kind": "paid",
     }
 
 

@@ -139,7 +139,8 @@ async def test_a_malformed_outcome_flag_is_refused_before_any_write(
                   "leases": bucket.leases, "queued": bucket.queued, "flush": bucket.flush,
                   "ledger": bucket.ledger, "webhook_log": keys.webhooks,
                   "webhooks": bucket.webhooks, "counters": bucket.counters,
-                  "key_spend": keys.user(user).key_spend},
+                  "key_spend": keys.user(user).key_spend, "grants": keys.user(user).grants,
+                  "grant_expiry": bucket.grant_expiry},
             args={"job_id": job_id, "owner": user, "now": 1, "lease_until": 2, "flush_due": 3,
                   "count": 1, "entries": ["cb-0", 0, "3", "x"]})
     assert await core.job_record(job_id) == before

@@ -104,8 +104,9 @@ async def test_users_made_under_64_buckets_are_read_under_1024_after_the_move(
     report = await rebucket(core.client, prefix, OLD, NEW)
     assert (report.users, report.moved_users, report.moved_keys) == (
         len(USERS), len(movers), dry.moved_keys)
-    # hash, rules, ops, webhook secret, idempotency key (active and jobs are empty: gone)
-    assert report.moved_keys == 5 * len(movers)
+    # hash, rules, ops, webhook secret, idempotency key, grants (active and jobs are empty:
+    # gone)
+    assert report.moved_keys == 6 * len(movers)
     await check_moved(core.client, prefix)
     again = await rebucket(core.client, prefix, OLD, NEW)  # a second run finds it done
     assert again.moved_keys == 0

@@ -103,7 +103,9 @@ async def redis_keys(client: Any, key_prefix: str) -> set[str]:
 
 
 def user_hashes(core: Core, *users: str) -> set[str]:
-    return {core.keys.user(user).base for user in users}
+    """What stays of a user once its jobs are flushed: its hash and its grants (signup)."""
+    return {key for user in users
+            for key in (core.keys.user(user).base, core.keys.user(user).grants)}
 
 
 async def three_finished_jobs(core: Core) -> list[str]:

@@ -110,6 +110,9 @@ class Workload:
         self.stack, self.receivers = stack, receivers
         self.rng = random.Random(seed)
         self.jobs: dict[str, JobRecord] = {}
+        # Jobs a feature made outside the workload's records, which it checks itself (the
+        # dormant users' jobs: the workload must never call about them).
+        self.feature_jobs: set[str] = set()
         self.users: list[str] = []
         self.answers = Answers()
         self.lag: list[tuple[float, float]] = []
@@ -128,6 +131,7 @@ class Workload:
         self.trace_windows: list[tuple[float, float, Callable[[JobRecord], bool]]] = []
         self.trace_windows_wall: list[tuple[float, float]] = []
         self.phase = "main"
+        self.stop = asyncio.Event()  # set when the phase's clients stop
         self.features = load_features()
         self.waits: list[WaitAnswer] = []
         self.redeliveries: list[Redelivery] = []
@@ -465,7 +469,7 @@ class Workload:
         self.phase = phase
         if len(self.users) < clients:
             await self.add_users(clients - len(self.users))
-        stop = asyncio.Event()
+        stop = self.stop = asyncio.Event()
 
         async def faults_then_stop() -> None:
             try:

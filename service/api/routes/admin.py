@@ -29,6 +29,7 @@ from service.errors import (
     IdempotencyKeyReused,
     InsufficientCredits,
     NotFound,
+    TooManyGrants,
     UserExists,
 )
 from service.runtime import Runtime
@@ -72,7 +73,7 @@ class AdminController(Controller):
 
     @post("/{user_id:str}/credits", status_code=200,
           responses=refusals(Forbidden, NotFound, InsufficientCredits, IdempotencyKeyReused,
-                             json_body=True))
+                             TooManyGrants, json_body=True))
     async def grant_credits(self, request: UserRequest, rt: NamedDependency[Runtime],
                             user_id: UserIdPath, data: JSONBody[CreditGrant],
                             idempotency_key: RequiredIdempotencyKey) -> CreditBalance:
@@ -80,7 +81,8 @@ class AdminController(Controller):
         # only. The raw JSON is parsed once more, on this admin route only.
         if type((await request.json()).get("amount")) is not int:
             raise BadArgument("amount must be a JSON integer")
-        balance = await admin_grant(rt, user_id, idempotency_key, data.amount, data.reason)
+        balance = await admin_grant(rt, user_id, idempotency_key, data.amount, data.reason,
+                                    kind=data.kind, expires_at=data.expires_at)
         return CreditBalance(user_id=user_id, duplicate=balance.code is Code.ALREADY,
                              credits=Credits(available=balance.available,
                                              reserved=balance.reserved, spent=balance.spent,
