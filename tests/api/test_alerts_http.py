@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from service.runtime import open_runtime
 from service.state.outbox import Outbox
 from tests.api.conftest import SECRET, Api
 from tests.api.flow import create_job, items
+from tests.api.history import flush_everything
 from tests.api.receiver import Receiver
 
 TIMEOUT_S = 1.0
@@ -330,3 +332,29 @@ async def test_the_clients_set_and_remove_alerts_and_the_webhook(
             assert len(sync_tg.account_deliveries()) == 1
 
     await asyncio.to_thread(blocking)
+
+
+async def test_a_grant_expiring_fires_credits_low_in_the_expiry_call(
+    alerts_api: Api, receiver: Receiver, sender: WebhookSender
+) -> None:
+    """The flusher's expiry (lua/grants_expire.lua) lowers available: it checks the alert in
+    the same call, as a hold does."""
+    api, user = alerts_api, alerts_api.user()
+    await api.admin_create_user(user, plan="pro", credits=0)
+    await put(api, user, "/me/webhook", {"url": receiver.url, "events": ["credits.low"]})
+    await put(api, user, "/me/alerts", {"low_balance": 5})
+    expires = datetime.now(UTC) + timedelta(seconds=2)
+    for amount, extra, key in ((10, {"kind": "promotional",
+                                     "expires_at": expires.isoformat()}, "g-exp"),
+                               (3, {}, "g-paid")):
+        response = await api.client.post(
+            f"/admin/users/{user}/credits",
+            json={"amount": amount, "reason": "top-up", **extra},
+            headers={**api.auth("root", admin=True), "Idempotency-Key": key})
+        assert response.status_code == 200, response.text
+    assert await deliveries(api, user) == []  # 13: above
+    await asyncio.sleep(max((expires - datetime.now(UTC)).total_seconds(), 0) + 0.2)
+    await flush_everything(api)  # the flusher's pass expires the grant: 13 -> 3
+    payloads = await delivered(sender, receiver, 1)
+    assert [(p["type"], p["data"]) for p in payloads] == [
+        ("credits.low", {"user_id": user, "available": 3, "low_balance": 5})]
