@@ -9,6 +9,7 @@
 -- KEYS[6] grant_expiry  bucket grant expiry  tg:{b}:grant-expiry (includes/grants.lua)
 -- KEYS[7] alert_log optional: account log tg:{b}:user:<uid>:account-hooks (includes/alerts.lua)
 -- KEYS[8] webhooks  optional: bucket webhooks tg:{b}:webhooks (zset delivery id -> next attempt ms)
+-- KEYS[9] grant_warn optional: bucket grant warning tg:{b}:grant-warn (lua/grants_warn.lua)
 --
 -- ARGV[1] user_id  ARGV[2] op_id: the operation id  ARGV[3] amount (integer, may be negative)
 -- ARGV[4] reason   ARGV[5] now ms
@@ -46,6 +47,7 @@ local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'list'},
 -- @include alerts
 local alert_keys = {user = KEYS[1], log = KEYS[7], webhooks = KEYS[8]}
 bad = bad or alerts_wrong_type(alert_keys, 6)
+  or (KEYS[9] and wrong_type({{KEYS[9], 'zset'}}) and 9) or nil
 if bad then return {'wrong_type', bad} end
 local user = redis.call('HMGET', KEYS[1], 'available', 'reserved', 'spent', 'granted')
 if not user[1] then return {'not_found'} end
@@ -63,6 +65,9 @@ if amount > 0 then
   grant_write(KEYS[5], KEYS[6], ARGV[1], {id = opts.grant_id, k = opts.kind, a = amount,
     r = amount, h = 0, c = 0, x = 0, m = 0, e = expires, t = now})
   if expires > 0 then redis.call('ZADD', KEYS[6], expires, ARGV[1] .. ':' .. opts.grant_id) end
+  if expires > 0 and KEYS[9] then  -- credits.expiring, 24 h before (at once when sooner)
+    redis.call('ZADD', KEYS[9], expires - 86400000, ARGV[1] .. ':' .. opts.grant_id)
+  end
 elseif amount < 0 then
   grants_remove(KEYS[5], KEYS[6], ARGV[1], 0 - amount)
 end

@@ -29,7 +29,7 @@ local function alerts_wrong_type(a, offset)
   return nil
 end
 
-local function alert_record(a, user_id, kind, available, low, now)
+local function alert_record(a, user_id, kind, available, low, now, grant_id)
   if not a.log then return end
   local hook = redis.call('HMGET', a.user, 'hook_url', 'hook_events')
   if not hook[1] or hook[1] == '' or
@@ -40,6 +40,7 @@ local function alert_record(a, user_id, kind, available, low, now)
   local id = 'acct.' .. now .. '-' .. seq .. '.' .. user_id
   local data = {user_id = user_id, available = available}
   if low then data.low_balance = low else data.low_balance = cjson.null end
+  if grant_id then data.grant = grant_id end
   redis.call('HSET', a.log, id, cjson.encode({id = id, owner = user_id, type = kind,
     url = hook[1], data = data, created_at = now, attempts = 0, next_attempt_at = now}))
   redis.call('PERSIST', a.log)  -- an idle log expires (lua/webhook_result.lua); not now
@@ -87,4 +88,10 @@ local function alerts_after(a, user_id, now, floor)
       redis.call('HDEL', a.user, 'alert_exh_sent')
     end
   end
+end
+
+-- credits.expiring (lua/grants_warn.lua): an event of a grant, not of a balance move.
+local function alert_event(a, user_id, kind, now, grant_id)
+  local u = redis.call('HMGET', a.user, 'available', 'alert_low')
+  alert_record(a, user_id, kind, tonumber(u[1]) or 0, tonumber(u[2]), now, grant_id)
 end

@@ -154,6 +154,12 @@ class BucketKeys:
         return f"{self.tag}:grant-expiry"
 
     @property
+    def grant_warn(self) -> str:
+        """zset: '<user id>:<grant id>' -> expires_at - 24 h ms, the credits.expiring events
+        the flusher records (lua/grants_warn.lua)."""
+        return f"{self.tag}:grant-warn"
+
+    @property
     def ledger_retry(self) -> str:
         """zset: ledger entries (as read from the list) that SQL refused -> next attempt ms."""
         return f"{self.tag}:ledger-retry"

@@ -66,6 +66,10 @@ class Grant:
                 "e": self.expires_at_ms or 0, "t": self.created_ms}
 
 
+# credits.expiring comes this long before a grant's expires_at (lua/grant.lua writes it).
+EXPIRING_WARN_MS = 86_400_000
+
+
 class UserCalls(CoreBase):
     async def ensure_user(self, user_id: str, plan: Plan, credits: int) -> bool:
         """Provision a user once, its signup entry in the Redis ledger; True when this call
@@ -142,14 +146,15 @@ class UserCalls(CoreBase):
             keys={"user": user.base, "ops": user.ops, "ledger": user.bucket.ledger,
                   "counters": user.bucket.counters, "grants": user.grants,
                   "grant_expiry": user.bucket.grant_expiry, "alert_log": user.alert_log,
-                  "webhooks": user.bucket.webhooks},
+                  "webhooks": user.bucket.webhooks, "grant_warn": user.bucket.grant_warn},
             args={"user_id": user_id, "op_id": digest, "amount": amount,
                   "reason": reason, "now": self._now(), "opts": opts},
         )
         bucket = self.keys.bucket_of_user(user_id)
         await self._use_bucket(bucket)
         if expires_at_ms is not None and code is Code.OK:
-            await self._mark_due(bucket, expires_at_ms)  # the flusher expires it then
+            # The flusher warns (credits.expiring) 24 h before, then expires it.
+            await self._mark_due(bucket, max(expires_at_ms - EXPIRING_WARN_MS, self._now()))
         return Balance(code, int(reply["available"]), int(reply["reserved"]),
                        int(reply["spent"]), int(reply["granted"]))
 
@@ -203,4 +208,24 @@ class UserCalls(CoreBase):
                       "webhooks": b.webhooks},
                 args={"user_id": owner, "now": self._now()})
             expired += int(reply["expired"])
+        await self.warn_grants(bucket, limit=limit)
         return expired
+
+    async def warn_grants(self, bucket: int, *, limit: int = EXPIRE_BATCH) -> int:
+        """credits.expiring for the bucket's grants 24 h before their expires_at (one script
+        a user, lua/grants_warn.lua); returns how many were recorded."""
+        b = self.keys.bucket(bucket)
+        members = await self.runner.execute_command(
+            "ZRANGEBYSCORE", b.grant_warn, "-inf", self._now(), "LIMIT", 0, limit)
+        owners = sorted({(m.decode() if isinstance(m, bytes) else str(m)).rpartition(":")[0]
+                         for m in members})
+        warned = 0
+        for owner in owners:
+            user = self.keys.user(owner)
+            _, reply = await self.run_checked(
+                "grants_warn",
+                keys={"user": user.base, "grants": user.grants, "grant_warn": b.grant_warn,
+                      "alert_log": user.alert_log, "webhooks": b.webhooks},
+                args={"user_id": owner, "now": self._now()})
+            warned += int(reply["warned"])
+        return warned

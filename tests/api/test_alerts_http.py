@@ -358,3 +358,32 @@ async def test_a_grant_expiring_fires_credits_low_in_the_expiry_call(
     payloads = await delivered(sender, receiver, 1)
     assert [(p["type"], p["data"]) for p in payloads] == [
         ("credits.low", {"user_id": user, "available": 3, "low_balance": 5})]
+
+
+async def test_credits_expiring_comes_24_hours_before_a_grant_expires(
+    alerts_api: Api, receiver: Receiver, sender: WebhookSender
+) -> None:
+    """A grant expiring in 24 h and 2 s: credits.expiring 2 s from now, once, naming the
+    grant; a grant without credits left by then sends nothing."""
+    api, user = alerts_api, alerts_api.user()
+    await api.admin_create_user(user, plan="pro", credits=0)
+    await put(api, user, "/me/webhook", {"url": receiver.url, "events": ["credits.expiring"]})
+    expires = datetime.now(UTC) + timedelta(days=1, seconds=2)
+    response = await api.client.post(
+        f"/admin/users/{user}/credits",
+        json={"amount": 10, "reason": "promo", "kind": "promotional",
+              "expires_at": expires.isoformat()},
+        headers={**api.auth("root", admin=True), "Idempotency-Key": "g-exp"})
+    assert response.status_code == 200, response.text
+    flushed = await flush_everything(api)
+    assert await deliveries(api, user) == []  # not yet
+    del flushed
+    await asyncio.sleep(2.3)
+    await flush_everything(api)
+    await flush_everything(api)  # once only
+    payloads = await delivered(sender, receiver, 1)
+    [grant_view] = (await api.client.get("/me", headers=api.auth(user))).json()[
+        "credits"]["grants"]
+    assert [(p["type"], p["data"]) for p in payloads] == [
+        ("credits.expiring", {"user_id": user, "available": 10, "low_balance": None,
+                              "grant": grant_view["id"]})]

@@ -132,7 +132,7 @@ async def _webhook_result(core: Core) -> Call:
 CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
     "ensure_user": (_ensure_user, [0, 1, 2]),
     # KEYS[7..8]: the account log and due set (includes/alerts.lua)
-    "grant": (_grant, [0, 1, 2, 3, 4, 5, 6, 7]),
+    "grant": (_grant, [0, 1, 2, 3, 4, 5, 6, 7, 8]),
     "alert_set": (_alert_set, [0]),
     "set_plan": (_set_plan, [0, 1]),
     "transition": (_transition, list(range(6))),
