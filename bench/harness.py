@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# `--cluster`: the state Redis of every stack is a 3-node Redis Cluster of its own (RQ stays
+# on the standalone redis-server, as RQ needs).
+CLUSTER = {"on": False}
 
 
 # --- command line and results -------------------------------------------------------------------
@@ -61,6 +64,9 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
                           "quick.json with --quick)")
     cli.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN,
                      help="server for the scenarios that use PostgreSQL")
+    cli.add_argument("--cluster", action="store_true",
+                     help="tollgate's state on a 3-node Redis Cluster (RQ on a standalone "
+                          "redis-server, as always)")
     return cli
 
 
@@ -309,6 +315,17 @@ class Stack:
             shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)], {})
         self.extra = env
+        self.cluster_url: str | None = None
+        self.cluster_procs: list[Proc] = []
+        self.cluster_ports: list[int] = []
+        if CLUSTER["on"]:
+            try:
+                self.start_cluster()
+            except BaseException:
+                for proc in [self.redis_proc, *self.cluster_procs]:
+                    proc.stop()
+                shutil.rmtree(self.folder, ignore_errors=True)
+                raise
         if postgres:
             import psycopg
 
@@ -320,10 +337,46 @@ class Stack:
         subprocess.run(tollgate("migrate"), env=self.env(), cwd=ROOT, check=True,
                        capture_output=True, timeout=120)
 
+    def start_cluster(self) -> None:
+        """A 3-node Redis Cluster (no replicas) on free ports, as tests/conftest.py starts
+        one; the stack's state goes there."""
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if not server or not cli:
+            raise RuntimeError("--cluster needs redis-server and redis-cli on PATH")
+        self.cluster_ports = [next(p for p in iter(free_port, 0) if p + 10000 <= 65535)
+                              for _ in range(3)]
+        for port in self.cluster_ports:
+            node = self.folder / f"node-{port}"
+            node.mkdir()
+            self.cluster_procs.append(Proc("redis-server", [
+                server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
+                "--dir", str(node)], {}))
+        for port in self.cluster_ports:
+            deadline = time.monotonic() + 20
+            while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True,
+                                 text=True).stdout.strip() != "PONG":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node {port} never answered")
+                time.sleep(0.05)
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in self.cluster_ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 20
+        while "cluster_state:ok" not in subprocess.run(
+                [cli, "-p", str(self.cluster_ports[0]), "cluster", "info"],
+                capture_output=True, text=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench Redis Cluster never reached cluster_state:ok")
+            time.sleep(0.1)
+        self.cluster_url = f"redis+cluster://127.0.0.1:{self.cluster_ports[0]}"
+
     def env(self, **more: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
         env.update({
-            "TOLLGATE_REDIS_URL": self.redis_url, "TOLLGATE_QUEUE_REDIS_URL": self.redis_url,
+            "TOLLGATE_REDIS_URL": self.cluster_url or self.redis_url,
+            "TOLLGATE_QUEUE_REDIS_URL": self.redis_url,
             "TOLLGATE_DATABASE_URL": self.database_url,
             "TOLLGATE_STORAGE_DIR": str(self.folder / "files"),
             "TOLLGATE_QUEUE_NAME": self.queue, "TOLLGATE_JWT_SECRET": self.secret,
@@ -390,7 +443,7 @@ class Stack:
                 float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
 
     def close(self) -> None:
-        for proc in [*self.procs, self.redis_proc]:
+        for proc in [*self.procs, self.redis_proc, *self.cluster_procs]:
             proc.stop()
         if self.postgres:
             import psycopg
@@ -416,27 +469,30 @@ CREDITS = 10**9  # fits credit_ledger.amount (a 32-bit INTEGER column)
 JOBS_PER_USER = 10  # the pro plan's concurrency
 
 
-async def users(stack: Stack, api: Proc, names: Sequence[str]) -> list[str]:
-    """Pro users with plenty of credits, made through POST /admin/users; their tokens."""
+async def users(stack: Stack, api: Proc, names: Sequence[str], plans: Sequence[str] = ()
+                ) -> list[str]:
+    """Users with plenty of credits (pro, unless `plans` names each one's), made through
+    POST /admin/users; their tokens."""
     admin, *tokens = await stack.tokens(["bench-admin"], admin=True) + await stack.tokens(names)
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
-        for name in names:
+        for name, plan in zip(names, plans or ["pro"] * len(names), strict=True):
             made = await http.post("/admin/users", headers={"Authorization": f"Bearer {admin}"},
-                                   json={"id": name, "plan": "pro", "credits": CREDITS})
+                                   json={"id": name, "plan": plan, "credits": CREDITS})
             assert made.status_code == 201, made.text
     return tokens
 
 
-def job_body(items: int, **more: Any) -> dict[str, Any]:
-    return {"items": [{"name": f"img-{i}.png", "content_type": "image/png", "size": len(PNG)}
-                      for i in range(items)], **more}
+def job_body(items: int, prefix: str = "img", **more: Any) -> dict[str, Any]:
+    return {"items": [{"name": f"{prefix}-{i}.png", "content_type": "image/png",
+                       "size": len(PNG)} for i in range(items)], **more}
 
 
 async def ready_job(http: httpx.AsyncClient, token: str, items: int, execute: bool = True,
-                    **more: Any) -> str:
-    """A job created, its inputs uploaded, confirmed and (by default) executed, over HTTP."""
+                    prefix: str = "img", **more: Any) -> str:
+    """A job created, its inputs uploaded, confirmed and (by default) executed, over HTTP;
+    its items are named `<prefix>-<index>.png`."""
     auth = {"Authorization": f"Bearer {token}"}
-    created = await http.post("/jobs", json=job_body(items, **more), headers=auth)
+    created = await http.post("/jobs", json=job_body(items, prefix, **more), headers=auth)
     assert created.status_code == 201, created.text
     job = created.json()
     for upload in job["uploads"]:
@@ -503,6 +559,7 @@ async def report(http: httpx.AsyncClient, payload: dict[str, Any], body: dict[st
 
 
 def run(main: Coroutine[Any, Any, list[Result]], args: argparse.Namespace) -> None:
+    CLUSTER["on"] = bool(getattr(args, "cluster", False))
     started = time.monotonic()
     results = asyncio.run(main)
     save(results, args.out, args.quick)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bench.harness import RESULTS, markdown
 
-ORDER = ["end_to_end", "end_to_end_before_scheduling", "flusher", "fairness", "http_api", "sse",
-         "webhook_latency", "rate_limit", "flusher_idle", "worker_modes"]
+ORDER = ["end_to_end", "end_to_end_before_scheduling", "flusher", "fairness", "weights",
+         "http_api", "sse", "webhook_latency", "rate_limit", "flusher_idle", "worker_modes"]
 
 
 def tables(path: Path) -> str:

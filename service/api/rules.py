@@ -7,7 +7,8 @@ row that `repair_rules` finishes on the user's next rule request (both Redis ste
 idempotent by rule id).
 
 A rule is a processing preset (docs/models.md, "Params and rule presets"): a model, its params
-(checked against the model's params_schema) and a webhook, which a job made with `rule_id`
+(checked against the model's params_schema), a webhook and a priority (checked against the
+user's plan, docs/scheduling.md), which a job made with `rule_id`
 copies at creation (service.jobs.presets); fields the job gives itself win.
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy import delete, select, update
 from service.api.schemas import RuleCreate, RulePatch
 from service.errors import NotFound, RuleSlotsExhausted
 from service.history.models import Rule
+from service.jobs.create import check_priority
 from service.jobs.presets import get_rule, webhook_in
 from service.jobs.provisioning import as_known_user
 from service.jobs.schemas import WebhookIn
@@ -36,7 +38,8 @@ PENDING_GRACE = timedelta(seconds=30)
 
 def rule_view(rule: Rule) -> dict[str, Any]:
     return {"id": rule.id, "name": rule.name, "model": rule.model, "params": rule.params,
-            "webhook": rule.webhook, "created_at": iso_z(rule.created_at)}
+            "webhook": rule.webhook, "priority": rule.priority or "normal",
+            "created_at": iso_z(rule.created_at)}
 
 
 def _webhook_stored(webhook: WebhookIn | None) -> dict[str, Any] | None:
@@ -82,8 +85,11 @@ async def list_rules(rt: Runtime, user_id: str) -> list[dict[str, Any]]:
 
 async def create_rule(rt: Runtime, user_id: str, body: RuleCreate) -> dict[str, Any]:
     await _check_preset(rt, body.model, body.params, body.webhook)
+    if body.priority is not None:  # 403 priority_not_allowed, as on POST /jobs
+        await check_priority(rt, user_id, body.priority)
     rule = Rule(id=new_sortable_id(), user_id=user_id, name=body.name, params=body.params,
-                model=body.model, webhook=_webhook_stored(body.webhook), state="pending")
+                model=body.model, webhook=_webhook_stored(body.webhook),
+                priority=body.priority, state="pending")
     async with rt.sessions() as session, session.begin():
         session.add(rule)
     try:
@@ -120,6 +126,10 @@ async def update_rule(rt: Runtime, user_id: str, rule_id: str, patch: RulePatch
         values["params"] = params
     if not isinstance(patch.webhook, msgspec.UnsetType):
         values["webhook"] = _webhook_stored(webhook)
+    if not isinstance(patch.priority, msgspec.UnsetType):
+        if patch.priority is not None:
+            await check_priority(rt, user_id, patch.priority)
+        values["priority"] = patch.priority
     if values:
         async with rt.sessions() as session, session.begin():
             changed = (await session.execute(update(Rule).where(

@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from service.jobs.schemas import NO_CONTROL_PATTERN, ModelName, Name, WebhookIn, check_params
+from service.jobs.schemas import (
+    NO_CONTROL_PATTERN,
+    ModelName,
+    Name,
+    Priority,
+    WebhookIn,
+    check_params,
+)
 
 # Bounds at the edge (docs/reference.md renders them). A user id never holds `:`, `{` or
 # `}`, so it can never spell another user's Redis keys; stored text holds no control
@@ -31,6 +38,8 @@ class RuleCreate(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     model: ModelName | None = None
     webhook: WebhookIn | None = None
+    # The priority its jobs take unless they name their own (docs/scheduling.md).
+    priority: Priority | None = None
 
     def __post_init__(self) -> None:
         check_params(self.params)
@@ -44,6 +53,7 @@ class RulePatch(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] | UnsetType = UNSET
     model: ModelName | UnsetType | None = UNSET
     webhook: WebhookIn | UnsetType | None = UNSET
+    priority: Priority | UnsetType | None = UNSET  # null: normal
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, UnsetType):
@@ -176,6 +186,7 @@ class RuleView(msgspec.Struct, forbid_unknown_fields=True):
     created_at: str
     model: str | UnsetType | None = UNSET
     webhook: WebhookView | UnsetType | None = UNSET
+    priority: Priority | UnsetType = UNSET
 
 
 class RuleList(msgspec.Struct, forbid_unknown_fields=True):

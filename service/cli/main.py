@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import sys
 from typing import Any
@@ -125,10 +126,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_unset_worker_url(settings: Settings, command: str) -> None:
+    """The flusher's and the dispatcher's batches carry URLs signed with this process's
+    TOLLGATE_INTERNAL_URL, else TOLLGATE_PUBLIC_URL: a process started by hand with neither
+    set hands out the default, which fails wherever the API listens elsewhere."""
+    if not {"public_url", "internal_url"} & settings.model_fields_set:
+        logging.getLogger("tollgate.cli").warning(
+            "tollgate %s: neither TOLLGATE_INTERNAL_URL nor TOLLGATE_PUBLIC_URL is set; the "
+            "batches it hands to workers call back %s (set either to the API's address; "
+            "docs/scheduling.md)", command, settings.worker_url)
+
+
 def cmd_flusher(args: argparse.Namespace) -> int:
     from service.flusher.loop import run_flusher_with_requeue
 
     redis_or_exit(get_settings())
+    warn_unset_worker_url(get_settings(), "flusher")
     asyncio.run(run_flusher_with_requeue(get_settings(), once=args.once))
     return 0
 
@@ -137,6 +150,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from service.flusher.dispatcher import run_dispatcher
 
     redis_or_exit(get_settings())
+    warn_unset_worker_url(get_settings(), "dispatcher")
     asyncio.run(run_dispatcher(get_settings()))
     return 0
 

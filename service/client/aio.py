@@ -154,15 +154,19 @@ class AsyncTollgate:
         self, files: Sequence[FileSpec], *, rule_id: str | None = None,
         model: str | None = None, params: dict[str, Any] | None = None,
         webhook: dict[str, Any] | None = None, idempotency_key: str | None = None,
+        priority: str | None = None, start_deadline_s: int | None = None,
     ) -> Job:
         """Creates a job of these files (their exact sizes are the upload limits) and uploads
         each to the URL the API hands out. The job is then `created`: confirm() next.
         A failed upload cancels the job before it is raised, with the job's id as
-        `error.job_id`: the job's hold and concurrency slot are free again."""
+        `error.job_id`: the job's hold and concurrency slot are free again.
+        `priority` ("high", "normal", "low") and `start_deadline_s`: docs/scheduling.md;
+        unset, the rule's priority (else normal) and no deadline."""
         items, contents = read_files(files)
         job = as_job(await self._call(
             "POST", "/jobs", headers=key_header(idempotency_key),
-            json=job_body(items, rule_id, model, params, webhook)))
+            json=job_body(items, rule_id, model, params, webhook, priority,
+                          start_deadline_s)))
         try:
             await self.upload(job.uploads, contents)
         except Exception as error:

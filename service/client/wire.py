@@ -8,10 +8,14 @@ from typing import Any
 
 
 def job_body(items: list[dict[str, Any]], rule_id: str | None, model: str | None,
-             params: dict[str, Any] | None, webhook: dict[str, Any] | None) -> dict[str, Any]:
+             params: dict[str, Any] | None, webhook: dict[str, Any] | None,
+             priority: str | None = None, start_deadline_s: int | None = None
+             ) -> dict[str, Any]:
+    """POST /jobs's body; a field left None is not sent (the rule's, else the default)."""
     body: dict[str, Any] = {"items": items}
     for name, value in (("rule_id", rule_id), ("model", model), ("params", params),
-                        ("webhook", webhook)):
+                        ("webhook", webhook), ("priority", priority),
+                        ("start_deadline_s", start_deadline_s)):
         if value is not None:
             body[name] = value
     return body

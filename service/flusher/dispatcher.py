@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -43,12 +43,18 @@ CLAIM_MS = 10_000
 LOCK_MS = 5_000
 # The order's head read at once: a job under another's live claim is stepped over.
 HEAD = 8
-# How often a queue with work waiting for room is looked at again (one LLEN per queue).
+# How often a queue with work waiting for room is looked at again: one LLEN per queue
+# (`wait_for_room`), and a whole pass (lock, deadlines, claims, a batch ahead of RQ's) at
+# least every BACKLOG_PASS_S.
 BACKLOG_POLL_S = 0.005
+BACKLOG_PASS_S = 0.025
 DEADLINES_PER_PASS = 500
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
 WORKERS_TTL_S = 1.0
+# Places of the last batches handed per queue (what RQ may still hold), for `_ahead`.
+HANDED_KEPT = 256
+BAND_WIDTH = 1e12  # lua/admit.lua: a place is band(priority) * BAND_WIDTH + virtual tag
 # Tests stop the dispatcher between its steps: "taken" (claimed, not in RQ), "enqueued".
 Hook = Callable[[str], Awaitable[None]]
 
@@ -70,6 +76,8 @@ class Dispatcher:
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()  # items, read once a job
         self._rebuilt = -REBUILD_S
         self.backlog = False  # the last pass left work waiting for room in RQ
+        self._held: dict[str, float] = {}  # queue -> monotonic time its lock surely lasts to
+        self._handed: dict[str, deque[float]] = {}  # queue -> places of batches handed
 
     @property
     def queues(self) -> list[str]:
@@ -90,10 +98,29 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher pass failed; retrying")
                 busy = False
-            if not busy:  # work waits for room: watch RQ drain closely, else rest
-                pause = BACKLOG_POLL_S if self.backlog else self.interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=pause)
+            if busy:
+                continue
+            if self.backlog:  # work waits for room: watch RQ drain closely, cheaply
+                with contextlib.suppress(Exception):
+                    await self.wait_for_room(stop)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def wait_for_room(self, stop: asyncio.Event) -> None:
+        """Until a queue with live workers has room in RQ, or BACKLOG_PASS_S passed: one
+        LLEN per queue every BACKLOG_POLL_S, where a whole pass costs several commands."""
+        until = time.monotonic() + BACKLOG_PASS_S
+        queues = [queue for queue in self.queues if self._capacity(queue) > 0]
+        connection = self.rt.queue_connection
+        while not stop.is_set() and time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=BACKLOG_POLL_S)
+            if self.fixed_room is not None or not queues:
+                return
+            depths = await anyio.to_thread.run_sync(lambda: queue_depths(connection, queues))
+            if any(depths[queue] < self._capacity(queue) for queue in queues):
+                return
 
     async def pass_once(self) -> int:
         """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
@@ -116,7 +143,16 @@ class Dispatcher:
         return self.workers
 
     async def _lock(self, queue: str) -> bool:
-        return await self.sched.lock(queue, self.token, self.lock_ms)
+        """The queue's lock: asked of Redis (taken or renewed) only once half its life is
+        gone; until then no other dispatcher can have it."""
+        now = time.monotonic()
+        if self._held.get(queue, 0.0) - now > self.lock_ms / 2000:
+            return True
+        if await self.sched.lock(queue, self.token, self.lock_ms):
+            self._held[queue] = now + self.lock_ms / 1000
+            return True
+        self._held.pop(queue, None)
+        return False
 
     async def room(self, queue: str) -> int:
         """Batches the queue may still take: per live worker, less what waits in RQ."""
@@ -138,24 +174,44 @@ class Dispatcher:
         return handed
 
     async def fill(self, queue: str) -> int:
+        """Fills the queue's room in RQ from the head of the order. The fill's first batch
+        goes to RQ's front when it is ahead of what RQ holds (`_ahead`), and then it may
+        take one batch more than the room: it starts on the next worker free, not behind
+        the k batches per worker RQ keeps (the depth counts it, so one at a time)."""
         handed = await self.recover(queue)
         room = await self.room(queue)
+        first = True
+        over = False  # the room is full: only a batch ahead of RQ's may still go in
+        peek: list[tuple[str, float]] | None = None  # the head, when nothing was handed since
+        if room == 0 and self._capacity(queue) > 0:
+            peek = await self.sched.head(queue, 1)
+            over = bool(peek) and self._ahead(queue, peek[0][1])
+            room = 1 if over else 0
         while room > 0:
             head = await self.sched.head(queue, HEAD)
             if not head:
                 break
             moved = 0
-            for position, (job_id, _) in enumerate(head):
+            for position, (job_id, place) in enumerate(head):
+                front = first and self._ahead(queue, place)
+                if over and not front:
+                    break
                 before = head[position + 1][1] if position + 1 < len(head) else None
-                moved = await self.hand(queue, job_id, room, before)
+                moved = await self.hand(queue, job_id, room, before, place=place,
+                                        ahead=front)
                 if moved >= 0:  # handed, or gone (-1: under another's live claim)
                     break
+            if moved <= 0 and over:
+                break
             if moved < 0:  # every job in sight is claimed
                 break
+            first = first and moved == 0
+            peek = None
             room -= moved
             handed += moved
-        if room <= 0 and self.workers.get(queue, 0):
-            self.backlog = self.backlog or bool(await self.sched.head(queue, 1))
+            over = False
+        if room <= 0 and self.workers.get(queue, 0) and not self.backlog:
+            self.backlog = bool(peek if peek is not None else await self.sched.head(queue, 1))
         return handed
 
     async def _job(self, job_id: str) -> JobRecord | None:
@@ -169,10 +225,40 @@ class Dispatcher:
                 self._jobs.popitem(last=False)
         return job
 
-    async def hand(self, queue: str, job_id: str, room: int, before: float | None) -> int:
+    def _capacity(self, queue: str) -> int:
+        if self.fixed_room is not None:
+            return self.fixed_room
+        return self.workers.get(queue, 0) * self.rt.settings.dispatch_batches_per_worker
+
+    def _ahead(self, queue: str, place: float | None) -> bool:
+        """Whether a batch at `place` goes before the batches RQ may still hold: RQ holds
+        at most the last `capacity` batches handed, and this one's place in tollgate's
+        order is not behind the last of those (a user who arrives while another's batches
+        fill RQ: at the back it would wait behind all of them, about k batch times with k
+        per worker). Never in front of a batch of a higher priority band."""
+        handed = self._handed.get(queue)
+        capacity = min(self._capacity(queue), HANDED_KEPT)
+        if place is None or not handed or capacity <= 0:
+            return False
+        recent = list(handed)[-capacity:]
+        band = place // BAND_WIDTH
+        if any(other // BAND_WIDTH < band for other in recent):
+            return False
+        return place <= max(recent)
+
+    def _note_handed(self, queue: str, place: float | None, batches: int) -> None:
+        if place is None:
+            return
+        handed = self._handed.setdefault(queue, deque(maxlen=HANDED_KEPT))
+        handed.extend([place] * batches)
+
+    async def hand(self, queue: str, job_id: str, room: int, before: float | None,
+                   place: float | None = None, ahead: bool = False) -> int:
         """Hands the job's next batches (at most `room`, while their place is at most
         `before`) to RQ; returns how many, 0 when the job had none left, -1 when another
-        dispatcher's claim holds it."""
+        dispatcher's claim holds it. `place`: the job's place in the order as read (None
+        for a dead dispatcher's claim handed again); `ahead`: its first batch goes to RQ's
+        front (a claim handed again goes to the back)."""
         sched, rt = self.sched, self.rt
         await sched.note_claim(queue, job_id, now_ms() + self.claim_ms)
         taken = await sched.take(job_id, claim_ms=self.claim_ms, most=room, before=before)
@@ -192,9 +278,11 @@ class Dispatcher:
             await self.hook("taken")
         batches = range(taken.first, taken.last)
         # A high-priority batch goes before those waiting in RQ: it starts on the next
-        # worker free, not behind the batches per worker already there.
-        await enqueue_batches(rt, job, batches, new_only=True,
-                              at_front=taken.priority == "high")
+        # worker free, not behind the batches per worker already there; so does a batch
+        # whose place is not behind those RQ holds (`_ahead`). The hand-off is the same
+        # either way: RQ's ids keep a batch there once, wherever it went in.
+        front = taken.code == "take" and (taken.priority == "high" or ahead)
+        await enqueue_batches(rt, job, batches, new_only=True, at_front=front)
         if self.hook is not None:
             await self.hook("enqueued")
         handed = await sched.done(job_id, taken.first, taken.last,
@@ -205,6 +293,7 @@ class Dispatcher:
             return 0
         if handed.code != "ok":
             return 0
+        self._note_handed(queue, place if taken.code == "take" else None, len(batches))
         await sched.place(queue, job_id, handed.score, items=handed.items,
                           deadline_ms=None, priority=handed.priority, vtag=handed.vtag)
         if not handed.score:

@@ -65,6 +65,8 @@ class Rule(Base):
     # the webhook {url, events} (NULL: none) a job made from it takes, unless it names its own.
     model: Mapped[str | None] = mapped_column(String(64), default=None)
     webhook: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, default=None)
+    # The priority a job made from it takes unless it names its own (NULL: normal).
+    priority: Mapped[str | None] = mapped_column(String(8), default=None)
     # 'pending' until its Redis slot is taken, 'deleting' until the slot is released: a
     # crash between the SQL step and the Redis step leaves a row a repair pass can finish.
     state: Mapped[str] = mapped_column(String(16), default="pending")

@@ -40,7 +40,7 @@ async def job_preset(rt: Runtime, user_id: str, body: JobCreate) -> Preset:
         model=body.model if body.model is not None else rule.model,
         params=body.params if body.params is not None else dict(rule.params),
         webhook=body.webhook if body.webhook is not None else webhook_in(rule.webhook),
-        priority=body.priority or "normal")
+        priority=body.priority or rule.priority or "normal")
 
 
 async def get_rule(rt: Runtime, user_id: str, rule_id: str) -> Rule:

@@ -120,26 +120,3 @@ class Outbox:
                     pipe.hmget(core.job_keys(job_id).base, "seq", JOB_STATE)
                 pairs = await pipe.execute()
         return [None if state is None else seq or "0" for seq, state in pairs]
-
-    async def queue_position(self, job_id: str) -> int | None:
-        """How many jobs were queued before this one, over every bucket in use (None: not
-        queued). By the score of the bucket's queued zset: O(buckets in use x log n), two
-        round trips. Only the buckets in use (the set a reserve marks) can hold a queued job:
-        a ZCOUNT for each of the 1,024 configured buckets was most of the API's CPU per
-        POST /jobs/{id}/execute (bench/job_cost.py, py-spy)."""
-        core = self.core
-        keys = core.job_keys(job_id)
-        score, in_use = await asyncio.gather(
-            core.runner.execute_command("ZSCORE", keys.bucket.queued, job_id),
-            core.runner.execute_command("SMEMBERS", self.keys.buckets_in_use))
-        if score is None:
-            return None
-        # The job's own bucket is marked after its reserve; counted even if a crash between
-        # the two left it out of the set.
-        own = self.keys.bucket_of_job(job_id)
-        buckets = sorted({int(b) for b in in_use} | ({own} if own is not None else set()))
-        async with core.client.pipeline(transaction=False) as pipe:
-            for bucket in buckets:
-                pipe.zcount(self.keys.bucket(bucket).queued, "-inf", f"({int(score)}")
-            counts = await pipe.execute()
-        return sum(int(count) for count in counts)

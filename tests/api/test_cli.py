@@ -303,3 +303,20 @@ async def test_a_model_that_cannot_run_is_reported_and_refused(tmp_path: Path) -
             await client.post(f"/jobs/{waiting.json()['id']}/cancel")
             other = await client.post("/jobs", json={"items": [png]})
             assert other.status_code == 201, other.text
+
+
+def test_a_flusher_without_the_apis_address_warns_at_start(tmp_path: Path, redis_url: str
+                                                           ) -> None:
+    """Its batches' callback URLs are signed with its own TOLLGATE_INTERNAL_URL, else
+    TOLLGATE_PUBLIC_URL (docs/scheduling.md): started with neither, it says so."""
+    env = {"TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_JWT_SECRET": SECRET,
+           "TOLLGATE_KEY_PREFIX": f"tgcli{os.getpid()}",
+           "TOLLGATE_DATABASE_URL": f"sqlite:///{tmp_path}/tollgate.db"}
+    assert tollgate("migrate", **env).returncode == 0
+    bare = tollgate("flusher", "--once", **env)
+    assert bare.returncode == 0, bare.stderr
+    warned = [line for line in bare.stderr.splitlines() if "TOLLGATE_PUBLIC_URL" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0] and "127.0.0.1:8000" in warned[0], \
+        bare.stderr
+    given = tollgate("flusher", "--once", TOLLGATE_PUBLIC_URL="http://api.internal:8000", **env)
+    assert given.returncode == 0 and "TOLLGATE_PUBLIC_URL" not in given.stderr, given.stderr

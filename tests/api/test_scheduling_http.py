@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from service.jobs.dispatch import admit
 from service.runtime import Runtime
 from service.state.fsm import JobState
 from tests.api.conftest import Api
-from tests.api.flow import me, queued_job
+from tests.api.flow import create_job, me, queued_job, upload_all
 from tests.api.history import flush_everything
 from tests.api.scheduling import (
     dispatcher,
@@ -132,6 +133,50 @@ async def test_one_users_backlog_does_not_hold_back_another(any_api: Api, rt: Ru
     assert order.index((small.id, 0)) < order.index(heavy_after[2])
 
 
+async def test_a_user_new_to_the_queue_goes_before_the_batches_rq_holds(
+        any_api: Api, rt: Runtime) -> None:
+    """k batches per worker wait in RQ for the backlog; the light user's batch, next in
+    tollgate's order, goes to RQ's front: it starts on the next worker free, not behind
+    the 2k batches already there. A high batch in RQ stays before it."""
+    heavy, light, urgent = user(), user(), user()
+    await fund(rt, heavy, 1000)
+    await fund(rt, light, 100)
+    await fund(rt, urgent, 100, plan="pro")
+    backlog = await executed_job(rt, heavy, 1000)
+    register_worker(rt, "w1")
+    register_worker(rt, "w2")
+    d = dispatcher(rt)
+    await one_pass(d)
+    assert rq_batches(rt) == [(backlog.id, n) for n in range(4)]
+    small = await executed_job(rt, light, 8)
+    other = user()
+    await fund(rt, other, 100, plan="pro")
+    await one_pass(d)  # RQ is full: the batch ahead of RQ's still goes in, at its front
+    assert rq_batches(rt) == [(small.id, 0)] + [(backlog.id, n) for n in range(4)]
+    later = await executed_job(rt, other, 8)
+    await one_pass(d)  # ... one at a time: RQ holds one more than its room now
+    assert len(rq_batches(rt)) == 5 and (later.id, 0) not in rq_batches(rt)
+    assert start_batch(rt) == (small.id, 0)
+    await one_pass(d)
+    assert start_batch(rt) == (later.id, 0)
+    await one_pass(d)  # full, and the backlog's next is not ahead of RQ's: it waits
+    assert rq_batches(rt) == [(backlog.id, n) for n in range(4)]
+    assert start_batch(rt) == (backlog.id, 0)
+    await one_pass(d)  # ... for room, and goes to the back, as before
+    assert rq_batches(rt) == [(backlog.id, n) for n in range(1, 5)]
+    high = await executed_job(rt, urgent, 8, priority="high")
+    assert start_batch(rt) == (backlog.id, 1)
+    await one_pass(d)  # room for one: the high batch, to the front
+    assert rq_batches(rt) == [(high.id, 0), (backlog.id, 2), (backlog.id, 3), (backlog.id, 4)]
+    await one_pass(d)  # full: the backlog's next is not ahead of RQ's, it waits
+    third = user()
+    await fund(rt, third, 100, plan="pro")
+    newcomer = await executed_job(rt, third, 8)
+    register_worker(rt, "w3")  # room for two more: the newcomer never before the high batch
+    await one_pass(d)
+    assert rq_batches(rt)[0] == (high.id, 0) and (newcomer.id, 0) in rq_batches(rt)
+
+
 async def test_plan_weights_share_the_workers_four_to_one(any_api: Api, rt: Runtime) -> None:
     pro, free = user(), user()
     await fund(rt, pro, 1000, plan="pro")
@@ -161,9 +206,8 @@ async def test_a_high_priority_job_starts_within_one_batch_per_worker(
     await one_pass(d)
     assert len(rq_batches(rt)) == 4
     high = await executed_job(rt, urgent, 8, priority="high")
-    await one_pass(d)  # the queue is full: the high job waits for room
-    start_batch(rt)
-    await one_pass(d)
+    await one_pass(d)  # the queue is full: the high batch still goes in, at its front
+    assert len(rq_batches(rt)) == 5
     starts = [start_batch(rt) for _ in range(3)]
     assert starts[0] == (high.id, 0), (starts, backlog.id)
 
@@ -181,6 +225,69 @@ async def test_free_plan_may_not_ask_for_high_priority(any_api: Api) -> None:
         body["start_deadline_s"] = bad
         answer = await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))
         assert answer.status_code == 422, answer.text
+
+
+async def executed_over_http(api: Api, owner: str, **extra: Any) -> dict[str, Any]:
+    job = await create_job(api, owner, 8, **extra)
+    await upload_all(job)
+    for step in ("confirm-upload", "execute"):
+        answer = await api.client.post(f"/jobs/{job['id']}/{step}", headers=api.auth(owner))
+        assert answer.status_code in (200, 202), answer.text
+    return job
+
+
+async def job_priority(rt: Runtime, job_id: str) -> str:
+    """The priority the job was made with (its hash; the view does not show it)."""
+    raw = await rt.core.runner.execute_command("HGET", rt.core.job_keys(job_id).base,
+                                               "priority")
+    return "normal" if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def test_rules_carry_a_priority_within_the_plan(any_api: Api, rt: Runtime) -> None:
+    """A rule's priority is checked against the plan (403 priority_not_allowed, as on POST
+    /jobs), stored, and taken by the jobs made from it unless they name their own."""
+    free, pro, bulk = any_api.user(), user(), user()
+    await fund(rt, pro, 100, plan="pro")
+    await fund(rt, bulk, 1000)
+
+    async def rule(owner: str, **body: Any) -> Any:
+        return await any_api.client.post("/rules", json={"name": "r", **body},
+                                         headers=any_api.auth(owner))
+
+    refused = await rule(free, priority="high")
+    assert refused.status_code == 403 and refused.json()["code"] == "priority_not_allowed"
+    assert (await rule(free, priority="urgent")).status_code == 422
+    low = (await rule(free, priority="low")).json()
+    assert low["priority"] == "low"
+    url = f"/rules/{low['id']}"
+    patched = await any_api.client.patch(url, json={"priority": "high"},
+                                         headers=any_api.auth(free))
+    assert patched.status_code == 403 and patched.json()["code"] == "priority_not_allowed"
+    assert (await any_api.client.get(url, headers=any_api.auth(free))).json()["priority"] == "low"
+    job = await create_job(any_api, free, 2, rule_id=low["id"])
+    assert await job_priority(rt, job["id"]) == "low"
+    assert (await any_api.client.post(f"/jobs/{job['id']}/cancel",
+                                      headers=any_api.auth(free))).status_code == 200
+    own = await create_job(any_api, free, 2, rule_id=low["id"], priority="normal")
+    assert await job_priority(rt, own["id"]) == "normal"
+    cleared = await any_api.client.patch(url, json={"priority": None},
+                                         headers=any_api.auth(free))
+    assert cleared.json()["priority"] == "normal"
+    plain = (await rule(free)).json()
+    assert plain["priority"] == "normal"
+
+    urgent = await rule(pro, priority="high")
+    assert urgent.status_code == 201 and urgent.json()["priority"] == "high"
+    backlog = await executed_job(rt, bulk, 800)
+    for name in ("w1", "w2"):
+        register_worker(rt, name)
+    d = dispatcher(rt)
+    await one_pass(d)
+    assert len(rq_batches(rt)) == 4
+    high = await executed_over_http(any_api, pro, rule_id=urgent.json()["id"])
+    start_batch(rt)
+    await one_pass(d)
+    assert start_batch(rt) == (high["id"], 0), backlog.id  # the rule's high: the next start
 
 
 async def test_jobs_not_started_by_their_deadline_end_canceled_and_released(

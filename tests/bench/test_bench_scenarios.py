@@ -28,6 +28,7 @@ SCENARIOS = {
     "slow_clients": ["slow_clients"],
     "usage_statement": ["usage_statement"],
     "fairness": ["fairness"],
+    "weights": ["weights"],
 }
 
 

@@ -86,7 +86,8 @@ FILES: list[FileSpec] = [("a.txt", b"alpha", "text/plain"), ("b.png", b"\x89PNG"
 
 def blocking(tg: Tollgate) -> list[Any]:
     out: list[Any] = [tg.me(), tg.run(FILES, wait=2, idempotency_key="k1", model="m")]
-    out += [tg.create(FILES, rule_id="r"), tg.confirm("J3"), tg.execute("J3")]
+    out += [tg.create(FILES, rule_id="r", priority="low", start_deadline_s=60),
+            tg.confirm("J3"), tg.execute("J3")]
     out += [tg.wait("J3", initial_delay=0.01, factor=2), list(tg.events("J1"))]
     out += [tg.page(limit=2), [j.id for j in tg.list(limit=2, status="done")]]
     out += [tg.deliveries("J1"), tg.redeliver("J1", "D1"), tg.retry("J1", idempotency_key="k2")]
@@ -101,7 +102,8 @@ def blocking(tg: Tollgate) -> list[Any]:
 async def awaited(tg: AsyncTollgate) -> list[Any]:
     out: list[Any] = [await tg.me(), await tg.run(FILES, wait=2, idempotency_key="k1",
                                                   model="m")]
-    out += [await tg.create(FILES, rule_id="r"), await tg.confirm("J3"), await tg.execute("J3")]
+    out += [await tg.create(FILES, rule_id="r", priority="low", start_deadline_s=60),
+            await tg.confirm("J3"), await tg.execute("J3")]
     out += [await tg.wait("J3", initial_delay=0.01, factor=2),
             [event async for event in tg.events("J1")]]
     out += [await tg.page(limit=2), [j.id async for j in tg.list(limit=2, status="done")]]
@@ -145,6 +147,9 @@ def test_both_clients_send_the_same_requests_and_return_the_same_answers() -> No
     assert json.loads(first[6]) == {"items": [
         {"name": "a.txt", "content_type": "text/plain", "size": 5},
         {"name": "b.png", "content_type": "image/png", "size": 4}], "model": "m"}
+    created = [json.loads(entry[6]) for entry in sync_api.api if entry[:2] == ("POST", "/jobs")]
+    assert {k: created[1][k] for k in ("rule_id", "priority", "start_deadline_s")} == {
+        "rule_id": "r", "priority": "low", "start_deadline_s": 60}
     assert [entry[2] for entry in sync_api.api if entry[1] == "/jobs" and entry[0] == "GET"] \
         == ["limit=2", "limit=2&status=done", "limit=2&status=done&cursor=c2"]
     # uploads: to each URL (a relative one joined to the API's), never with the token

@@ -8,7 +8,13 @@ from service.api import rules
 from service.api.openapi import refusals
 from service.api.routes.deps import UserRequest
 from service.api.schemas import RuleCreate, RuleList, RulePatch, RuleView, body
-from service.errors import NotFound, RuleSlotsExhausted, UnknownModel, WebhookUrlNotAllowed
+from service.errors import (
+    NotFound,
+    PriorityNotAllowed,
+    RuleSlotsExhausted,
+    UnknownModel,
+    WebhookUrlNotAllowed,
+)
 from service.jobs import presets
 from service.runtime import Runtime
 
@@ -23,7 +29,8 @@ class RulesController(Controller):
         return body(RuleList, {"items": await rules.list_rules(rt, request.user.user_id)})
 
     @post("/", status_code=201, responses=refusals(RuleSlotsExhausted, UnknownModel,
-                                                   WebhookUrlNotAllowed, json_body=True))
+                                                   WebhookUrlNotAllowed, PriorityNotAllowed,
+                                                   json_body=True))
     async def create_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
                           data: JSONBody[RuleCreate]) -> RuleView:
         return body(RuleView, await rules.create_rule(rt, request.user.user_id, data))
@@ -35,7 +42,7 @@ class RulesController(Controller):
                     rules.rule_view(await presets.get_rule(rt, request.user.user_id, rule_id)))
 
     @patch("/{rule_id:str}", status_code=200, responses=refusals(
-        NotFound, UnknownModel, WebhookUrlNotAllowed, json_body=True))
+        NotFound, UnknownModel, WebhookUrlNotAllowed, PriorityNotAllowed, json_body=True))
     async def update_rule(self, request: UserRequest, rt: NamedDependency[Runtime],
                           rule_id: FromPath[str], data: JSONBody[RulePatch]) -> RuleView:
         return body(RuleView, await rules.update_rule(rt, request.user.user_id, rule_id, data))

@@ -1,7 +1,8 @@
 """Scheduling in the system suite (docs/scheduling.md): mixed priorities, start deadlines and
 a backlog user, through the real dispatcher in the flusher process.
 
-- Jobs with `priority` high, normal or low (the suite's users are pro: all allowed).
+- Jobs with `priority` high, normal or low (the suite's users are pro: all allowed), given
+  on the job or taken from a rule the user made with that priority.
 - Jobs with a short `start_deadline_s`: each must end `canceled` with reason `deadline`,
   never started, or have started by its deadline (plus the 2 s the contract gives the
   dispatcher to notice it).
@@ -38,11 +39,30 @@ class Scheduling:
         if work.users and user == work.users[0]:  # the backlog user
             await asyncio.gather(*(work.run_job(user, "run", extra={"priority": "low"})
                                    for _ in range(BACKLOG_JOBS)))
-        elif roll < 0.5:
+        elif roll < 0.35:
             priority = work.rng.choice(("high", "normal", "low"))
             await work.run_job(user, "run", extra={"priority": priority})
+        elif roll < 0.5:
+            await self.rule_job(work, user, work.rng.choice(("high", "low")))
         else:
             await self.deadline_job(work, user, work.rng.choice(DEADLINES_S))
+
+    async def rule_job(self, work: Workload, user: str, priority: str) -> None:
+        """A job that takes its priority from a rule made with it, deleted after the job
+        was created (the job keeps its copy)."""
+        made = await work.call("POST /rules (priority)", "POST", work.api("/rules"),
+                               user=user, expect={201},
+                               json={"name": f"priority {priority}", "priority": priority})
+        if made is None:
+            return
+        rule = made.json()
+        if rule.get("priority") != priority:
+            work.answers.unexpected.append(f"rule made with priority {priority}: {rule}")
+        try:
+            await work.run_job(user, "run", extra={"rule_id": rule["id"]})
+        finally:
+            await work.call("DELETE /rules (priority)", "DELETE", work.api(f"/rules/{rule['id']}"),
+                            user=user, expect={204})
 
     async def deadline_job(self, work: Workload, user: str, seconds: int) -> None:
         """run_job's steps, where a 409 may be the deadline's: the job may be canceled
