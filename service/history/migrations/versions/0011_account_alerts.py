@@ -1,7 +1,7 @@
 """account_alerts: the account webhook and the low-balance alert of each user
 
 Revision ID: 0011_account_alerts
-Revises: 0010_credit_grants
+Revises: 0012_rule_priority
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_account_alerts"
-down_revision: str | None = "0010_credit_grants"
+down_revision: str | None = "0012_rule_priority"  # main's head when merged (0012 landed first)
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
