@@ -4,6 +4,7 @@
 -- KEYS[1] holds   bucket holds   KEYS[2] leases  bucket leases   KEYS[3] queued  bucket queued
 -- KEYS[4] flush   bucket flush   KEYS[5] ledger  bucket ledger   KEYS[6] ledger_retry
 -- KEYS[7] grant_expiry  bucket grant expiry (includes/grants.lua: the next grant to expire)
+-- KEYS[8] grant_warn    bucket grant warning (lua/grants_warn.lua: the next credits.expiring)
 --
 -- ARGV[1] requeue_after_ms (a queued job is due that long after its score)  ARGV[2] now ms
 --
@@ -26,4 +27,5 @@ first(KEYS[3], requeue_after)
 first(KEYS[4], 0)
 first(KEYS[6], 0)
 first(KEYS[7], 0)
+first(KEYS[8], 0)
 return best

@@ -9,6 +9,8 @@
 -- KEYS[3] grant_expiry  bucket grant expiry  tg:{b}:grant-expiry
 -- KEYS[4] ledger        bucket ledger        tg:{b}:ledger
 -- KEYS[5] counters      bucket counters      tg:{b}:counters (includes/stats.lua: credits:expire)
+-- KEYS[6] alert_log     optional: account log tg:{b}:user:<uid>:account-hooks (includes/alerts.lua)
+-- KEYS[7] webhooks      optional: bucket webhooks tg:{b}:webhooks (zset delivery id -> next attempt ms)
 --
 -- ARGV[1] user_id  ARGV[2] now ms
 --
@@ -21,6 +23,9 @@ local owner, now = ARGV[1], tonumber(ARGV[2])
 if not now then return {'bad_argument', 'now'} end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'hash'}, {KEYS[3], 'zset'},
   {KEYS[4], 'list'}, {KEYS[5], 'hash'}})
+-- @include alerts
+local alert_keys = {user = KEYS[1], log = KEYS[6], webhooks = KEYS[7]}
+bad = bad or alerts_wrong_type(alert_keys, 5)
 if bad then return {'wrong_type', bad} end
 local expired = 0
 for _, g in ipairs(grants_read(KEYS[2])) do
@@ -43,6 +48,7 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
 end
 if expired > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'available', 0 - expired)
+  alerts_after(alert_keys, owner, now, nil)  -- the floor stored by the last hold or grant
   redis.call('HINCRBY', KEYS[1], 'granted', 0 - expired)
   stats_add(KEYS[5], 'credits:expire', expired)
 end

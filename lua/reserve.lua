@@ -15,7 +15,9 @@
 -- KEYS[10] grant_expiry bucket grant expiry tg:{b}:grant-expiry (includes/grants.lua)
 -- KEYS[11] key_spend   optional: key spend  tg:{b}:user:<uid>:key-spend  (hash: '<key id>:p' the
 --                      key's current period, '<key id>:s' credits held and charged through
---                      it in that period); given with opts.key_id
+--                      it in that period); given with opts.key_id (or with the next keys)
+-- KEYS[12] alert_log   optional: account log tg:{b}:user:<uid>:account-hooks (includes/alerts.lua)
+-- KEYS[13] webhooks    optional: bucket webhooks  tg:{b}:webhooks  (zset delivery id -> next attempt ms)
 --
 -- ARGV[1] job_id      ARGV[2] owner (user id)   ARGV[3] total items   ARGV[4] price per item
 -- ARGV[5] now ms      ARGV[6] hold_until: the hold deadline ms   ARGV[7] meta_json
@@ -40,6 +42,7 @@
 --     priority            high | normal | low (lua/admit.lua; checked against the plan by
 --                         the API); start_deadline  ms by which it must start (the hold
 --                         deadline ARGV[6] is then no later)
+--     min_price           the cheapest model's price (includes/alerts.lua: credits.exhausted)
 --
 -- Returns {code, job_id}:
 --   {'ok', job_id}                       reserved now
@@ -67,7 +70,7 @@ local opts, bad_opt = read_opts(ARGV[8], {
   rule_id = 'string', model = 'string', webhook_url = 'string', webhook_events = 'string',
   params = 'string', bill_input_errors = 'boolean', result_ttl_s = 'whole',
   retry_of = 'string', uploaded = 'boolean', key_id = 'string', key_period = 'whole',
-  key_cap = 'whole', priority = 'string', start_deadline = 'whole'})
+  key_cap = 'whole', priority = 'string', start_deadline = 'whole', min_price = 'whole'})
 if not opts then return {'bad_argument', bad_opt} end
 local key_id = opts.key_id
 if key_id and (not opts.key_period or not KEYS[11]) then return {'bad_argument', 'key_period'} end
@@ -79,6 +82,9 @@ if use_idem and not idem_ttl then return {'bad_argument', 'idempotency_ttl'} end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'set'}, {KEYS[3], 'zset'},
   {KEYS[4], 'hash'}, {KEYS[6], 'zset'}, {KEYS[7], 'hash'}, {KEYS[8], 'list'},
   {KEYS[9], 'hash'}, {KEYS[10], 'zset'}, key_id and {KEYS[11], 'hash'} or nil})
+-- @include alerts
+local alert_keys = {user = KEYS[1], log = KEYS[12], webhooks = KEYS[13]}
+bad = bad or alerts_wrong_type(alert_keys, key_id and 10 or 9)
 if bad then return {'wrong_type', bad} end
 
 if use_idem then
@@ -115,6 +121,7 @@ end
 
 -- 0 - cost, not -cost: a free job's -0 reaches Redis as '-0', which HINCRBY refuses.
 redis.call('HINCRBY', KEYS[1], 'available', 0 - cost)
+alerts_after(alert_keys, owner, now, opts.min_price)
 redis.call('HINCRBY', KEYS[1], 'reserved', cost)
 redis.call('SADD', KEYS[2], job_id)
 redis.call('ZADD', KEYS[3], now, job_id)

@@ -14,6 +14,7 @@
 -- @include stats
 -- @include key_types
 -- @include grants
+-- @include alerts
 -- Callers check this before their first write: the position of the first key of `k` that
 -- holds another type than finish_job writes, or nil.
 local function finish_job_wrong_type(k)
@@ -48,6 +49,8 @@ local function finish_job(k, job_id, owner, to_state, reason, now, flush_due, do
   redis.call('HINCRBY', k.user, 'reserved', 0 - cost)
   redis.call('HINCRBY', k.user, 'spent', charge)
   redis.call('HINCRBY', k.user, 'available', refund - lost)
+  -- refund - lost >= 0: available only rises here, so this re-arms and records nothing.
+  alerts_after({user = k.user}, owner, now, nil)
   if lost > 0 then
     redis.call('HINCRBY', k.user, 'granted', 0 - lost)
     stats_add(k.stats, 'credits:expire', lost)

@@ -26,6 +26,7 @@ from service.api.ratelimit import (
 from service.api.requests import TollgateRequest
 from service.api.responses import JsonResponse
 from service.api.routes.admin import AdminController
+from service.api.routes.alerts import AccountWebhookController, AlertsController
 from service.api.routes.callbacks import job_callback
 from service.api.routes.deps import DEPENDENCIES
 from service.api.routes.health import health, ready
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handlers: list[Any] = [get_me, list_models, RulesController, JobsController, job_callback,
                            AdminController, health, ready, MetricsController, docs_assets(),
                            *WEBHOOK_HANDLERS, *USAGE_HANDLERS, KeysController,
-                           AdminKeysController]
+                           AdminKeysController, AccountWebhookController, AlertsController]
     # Local-folder storage serves its own signed upload/download URLs; the runtime shares
     # it. S3 storage is built by the lifespan, where its client can be closed.
     local_storage = make_storage(settings, storage_secret(secret)) \

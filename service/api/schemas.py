@@ -333,3 +333,53 @@ class KeyList(msgspec.Struct, forbid_unknown_fields=True):
 
 class WebhookSecret(msgspec.Struct, forbid_unknown_fields=True):
     secret: str  # whsec_<base64>: the HMAC key is the base64-decoded part
+
+
+# ---- Balance alerts and the account webhook (docs/billing.md) ----------------------------
+
+AccountEvent = Literal["credits.low", "credits.exhausted", "credits.expiring"]
+MAX_LOW_BALANCE = 1_000_000_000_000
+
+
+class AccountWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
+    """PUT /me/webhook: where the account's events go; the address is checked like a job's."""
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048,
+                                     pattern=r"^https?://[^\x00-\x20\x7f]+$(?!\n)")]
+    events: Annotated[list[AccountEvent], msgspec.Meta(min_length=1, max_length=3)]
+
+
+class AccountWebhook(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    events: list[AccountEvent]
+
+
+class AlertsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """PUT /me/alerts: `low_balance` null turns the alert off. Required: `{}` is refused."""
+    low_balance: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOW_BALANCE)] | None
+
+
+class Alerts(msgspec.Struct, forbid_unknown_fields=True):
+    low_balance: int | None
+
+
+class AccountEventData(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    available: int
+    low_balance: int | None
+    grant: str | UnsetType = UNSET
+
+
+class AccountDelivery(msgspec.Struct, forbid_unknown_fields=True):
+    id: str  # the webhook-id header
+    type: AccountEvent
+    attempts: int
+    last_status: int | None
+    delivered_at: str | None
+    next_attempt_at: str | None
+    gave_up_at: str | None
+    data: AccountEventData
+    redelivery_of: str | None = None
+
+
+class AccountDeliveryLog(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[AccountDelivery]

@@ -16,6 +16,7 @@ from service.history.balances import (
 )
 from service.history.models import CreditGrant, LedgerEntry, utcnow
 from service.history.queries import insert_ledger, set_user_plan
+from service.jobs.alerts import min_price
 from service.jobs.provisioning import provision_user, restore_user
 from service.runtime import Runtime
 from service.state.codes import Code
@@ -125,4 +126,4 @@ async def admin_grant(rt: Runtime, user_id: str, idempotency_key: str, amount: i
             await insert_grant(session, new_grant)
         expires_ms = None if expires_at is None else int(expires_at.timestamp() * 1000)
         return await rt.core.grant(user_id, idempotency_key, amount, reason, kind=kind,
-                                   expires_at_ms=expires_ms)
+                                   expires_at_ms=expires_ms, min_price=min_price(rt))

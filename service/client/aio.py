@@ -92,6 +92,45 @@ class AsyncTollgate:
         """Revokes the key: every API process refuses it within 1 s."""
         await self._call("DELETE", f"/me/keys/{key_id}")
 
+    async def set_webhook(self, url: str, events: Sequence[str]) -> dict[str, Any]:
+        """The account webhook (PUT /me/webhook): where `credits.low`, `credits.exhausted`
+        and `credits.expiring` go, signed like job webhooks (verify_webhook)."""
+        hook: dict[str, Any] = await self._call(
+            "PUT", "/me/webhook", json={"url": url, "events": list(events)})
+        return hook
+
+    async def webhook(self) -> dict[str, Any] | None:
+        """The account webhook `{url, events}`, or None when none is set."""
+        try:
+            hook: dict[str, Any] = await self._call("GET", "/me/webhook")
+        except ProblemError as error:
+            if error.status == 404:
+                return None
+            raise
+        return hook
+
+    async def delete_webhook(self) -> None:
+        """Removes the account webhook (events recorded before it still go out)."""
+        await self._call("DELETE", "/me/webhook")
+
+    async def account_deliveries(self) -> list[dict[str, Any]]:
+        """The account webhook's deliveries (the newest 50), newest first."""
+        data = await self._call("GET", "/me/webhook/deliveries")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def set_alerts(self, *, low_balance: int | None) -> dict[str, Any]:
+        """The low-balance alert (PUT /me/alerts): `credits.low` once each time available
+        falls below `low_balance`; None turns it off."""
+        alerts: dict[str, Any] = await self._call(
+            "PUT", "/me/alerts", json={"low_balance": low_balance})
+        return alerts
+
+    async def alerts(self) -> dict[str, Any]:
+        """The alert settings, `{low_balance}`."""
+        alerts: dict[str, Any] = await self._call("GET", "/me/alerts")
+        return alerts
+
     async def usage(self, first_day: date | str, last_day: date | str, *,
                     group_by: str = "day") -> dict[str, Any]:
         """The caller's usage statement (GET /me/usage): `{items, totals}`, one item per UTC

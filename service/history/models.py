@@ -258,3 +258,17 @@ class AdminOp(Base):
     kind: Mapped[str] = mapped_column(String(16))
     value: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AccountAlerts(Base):
+    """The account's webhook (PUT /me/webhook) and low-balance alert (PUT /me/alerts). Redis
+    holds the same in the user hash (lua/alert_set.lua) and gets it back from here after a
+    loss; whether an alert has fired is recomputed from the balance then."""
+
+    __tablename__ = "account_alerts"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_events: Mapped[str] = mapped_column(String(100), default="")  # comma separated
+    low_balance: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

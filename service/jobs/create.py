@@ -13,6 +13,7 @@ import msgspec
 
 from service.contract import input_key
 from service.errors import BadArgument, IdempotencyKeyReused, PriorityNotAllowed, TollgateError
+from service.jobs.alerts import min_price
 from service.jobs.presets import Preset, job_preset
 from service.jobs.provisioning import as_known_user
 from service.jobs.schemas import ItemIn, JobCreate
@@ -149,7 +150,7 @@ async def create_job(
         params_json=_json(preset.params), bill_input_errors=model.bill_input_errors,
         result_ttl_s=body.result_ttl_s, key=key, priority=preset.priority,
         start_deadline_ms=None if body.start_deadline_s is None
-        else created_ms + body.start_deadline_s * 1000,
+        else created_ms + body.start_deadline_s * 1000, min_price=min_price(rt),
     )
     code, job_id = await as_known_user(rt, user_id, reserve)
     if code is Code.OK:  # the script wrote exactly this: no need to read it back

@@ -123,6 +123,11 @@ class WebhookPoster:
     async def _body(self, record: dict[str, Any]) -> bytes | None:
         if record.get("body"):
             return str(record["body"]).encode()
+        if "data" in record:  # an account event (lua/includes/alerts.lua): its own data
+            payload = {"type": record["type"],
+                       "timestamp": iso_z(ms_to_datetime(int(record["created_at"]))),
+                       "data": record["data"]}
+            return json.dumps(payload, separators=(",", ":")).encode()
         view = await self._redis(lambda: self.view(record["owner"], record["job_id"]))
         if view is None:
             return None

@@ -35,6 +35,7 @@ from service.history.balances import (
 )
 from service.history.models import CreditGrant
 from service.history.queries import ensure_user_row, insert_ledger
+from service.jobs.alerts import restore_alerts
 from service.jobs.apikeys import restore_keys
 from service.runtime import Runtime
 from service.state.plans import DEFAULT_PLAN, PLANS
@@ -84,6 +85,7 @@ async def restore_user(rt: Runtime, user_id: str, *, signup_credits: int = 0) ->
     await rt.core.restore_user(user_id, PLANS.get(plan, PLANS[DEFAULT_PLAN]),
                                available=available, spent=spent, granted=available + spent,
                                signup_credits=signup_credits, grants=grants, expired=expired)
+    await restore_alerts(rt, user_id)  # settings from SQL, fired state from the balance
 
 
 def _ms(when: datetime | None) -> int | None:

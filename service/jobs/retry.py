@@ -27,6 +27,7 @@ from service.errors import (
 from service.history.models import JobLog, utcnow
 from service.history.queries import history_job
 from service.history.retention import failed_indexes
+from service.jobs.alerts import min_price
 from service.jobs.provisioning import as_known_user
 from service.jobs.views import get_job
 from service.runtime import Runtime
@@ -134,7 +135,7 @@ async def retry_job(rt: Runtime, user_id: str, job_id: str, idempotency_key: str
             idempotency_ttl_ms=settings.idempotency_ttl * 1000,
             params_json=json.dumps(original.params or {}, separators=(",", ":")),
             bill_input_errors=model.bill_input_errors, result_ttl_s=original.result_ttl_s,
-            retry_of=job_id, uploaded=True, key=key)
+            retry_of=job_id, uploaded=True, key=key, min_price=min_price(rt))
 
     code, new_id = await as_known_user(rt, user_id, reserve)
     view = await get_job(rt, user_id, new_id, with_items=False)

@@ -64,7 +64,7 @@ class DueIndex:
             "bucket_next_due",
             keys={"holds": b.holds, "leases": b.leases, "queued": b.queued, "flush": b.flush,
                   "ledger": b.ledger, "ledger_retry": b.ledger_retry,
-                  "grant_expiry": b.grant_expiry},
+                  "grant_expiry": b.grant_expiry, "grant_warn": b.grant_warn},
             args={"requeue_after_ms": requeue_after_ms, "now": now_ms()}))
         return None if due < 0 else due
 

@@ -154,6 +154,12 @@ class BucketKeys:
         return f"{self.tag}:grant-expiry"
 
     @property
+    def grant_warn(self) -> str:
+        """zset: '<user id>:<grant id>' -> expires_at - 24 h ms, the credits.expiring events
+        the flusher records (lua/grants_warn.lua)."""
+        return f"{self.tag}:grant-warn"
+
+    @property
     def ledger_retry(self) -> str:
         """zset: ledger entries (as read from the list) that SQL refused -> next attempt ms."""
         return f"{self.tag}:ledger-retry"
@@ -273,6 +279,12 @@ class UserKeys:
         through it in that period (lua/reserve.lua counts, includes/finish_job.lua gives
         back)."""
         return f"{self.base}:key-spend"
+
+    @property
+    def alert_log(self) -> str:
+        """hash: account webhook delivery id ('acct.<ms>-<n>.<user id>') -> JSON record, the
+        newest 50 (lua/includes/alerts.lua); expires once idle like a job's log."""
+        return f"{self.base}:account-hooks"
 
     @property
     def streams(self) -> str:

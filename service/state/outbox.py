@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 
 from service.state.codes import ERRORS, SUCCESS, Code
-from service.state.keys import JobKeys
+from service.state.keys import BucketKeys
 from service.state.records import JOB_STATE
 from service.state.store import Core, now_ms
+
+# The head of an account event's delivery id (lua/includes/alerts.lua).
+ACCOUNT_PREFIX = "acct."
 
 
 class Outbox:
@@ -19,9 +22,15 @@ class Outbox:
         self.core = core
         self.keys = core.keys
 
-    def delivery_keys(self, delivery_id: str) -> JobKeys:
-        """A delivery id is '<job id>.<kind>[.<n>]': it names its job, so its log."""
-        return self.core.job_keys(delivery_id.partition(".")[0])
+    def delivery_keys(self, delivery_id: str) -> tuple[str, BucketKeys]:
+        """(its log, its bucket). A job's delivery id is '<job id>.<kind>[.<n>]': it names
+        its job, so the job's log; an account event's is 'acct.<ms>-<n>.<user id>'
+        (lua/includes/alerts.lua): it names its user, so the user's account log."""
+        if delivery_id.startswith(ACCOUNT_PREFIX):
+            user = self.keys.user(delivery_id.split(".", 2)[2])
+            return user.alert_log, user.bucket
+        job = self.core.job_keys(delivery_id.partition(".")[0])
+        return job.webhooks, job.bucket
 
     async def claim(self, bucket: int, *, limit: int, claim_ms: int) -> list[str]:
         reply = await self.core.run_script(
@@ -31,14 +40,14 @@ class Outbox:
 
     async def record(self, delivery_id: str) -> str | None:
         raw: str | None = await self.core.runner.execute_command(
-            "HGET", self.delivery_keys(delivery_id).webhooks, delivery_id)
+            "HGET", self.delivery_keys(delivery_id)[0], delivery_id)
         return raw
 
     async def add_record(self, delivery_id: str, record: str) -> None:
         """Writes a delivery record (JSON) into its job's log: a redelivery's, before its
         one attempt."""
         await self.core.runner.execute_command(
-            "HSET", self.delivery_keys(delivery_id).webhooks, delivery_id, record)
+            "HSET", self.delivery_keys(delivery_id)[0], delivery_id, record)
 
     async def put_back(self, bucket: int, due: list[tuple[int, str]]) -> None:
         """Claimed deliveries back to the bucket's due set, each due at its time (ms), given
@@ -52,11 +61,10 @@ class Outbox:
         self, delivery_id: str, outcome: str, *, attempts_seen: int, status: int | None,
         next_attempt_ms: int = 0, body: str = "", log_ttl_ms: int,
     ) -> Code:
-        job = self.delivery_keys(delivery_id)
-        b = job.bucket
+        log, b = self.delivery_keys(delivery_id)
         reply = await self.core.run_script(
             "webhook_result",
-            keys={"webhook_log": job.webhooks, "webhooks": b.webhooks,
+            keys={"webhook_log": log, "webhooks": b.webhooks,
                   "webhook_outcomes": b.webhook_outcomes},
             args={"delivery_id": delivery_id, "outcome": outcome,
                   "attempts_seen": attempts_seen, "status": "" if status is None else status,

@@ -2,8 +2,9 @@
 
 A user's keys live in bucket `crc32(user_id) % TOLLGATE_BUCKETS`, so a new count puts most
 users in another bucket: their hash, active and rules sets, jobs zset, ops hash, webhook
-secret, idempotency keys and grants move there (and the members of the bucket's grant
-expiry index that name them). Job ids carry their bucket (`<ulid>-<bucket>`) and
+secret, idempotency keys, grants and account webhook log move there (and the members of
+the bucket's grant expiry index and the due entries of the log's deliveries, which name
+them). Job ids carry their bucket (`<ulid>-<bucket>`) and
 keep it: every key named by a job id (the job hash, items, callbacks, meta, webhook log)
 stays where it is and stays addressable, and a finished job in SQL history is read by its
 id as before. Only growing is allowed, so every old job id stays below the new count.
@@ -105,6 +106,19 @@ async def _copy(client: Any, source: str, target: str) -> bool:
     return True
 
 
+async def _move_account_deliveries(client: Any, old: KeySpace, new: KeySpace) -> None:
+    """An account event's delivery id names its user ('acct.<ms>-<n>.<user id>',
+    lua/includes/alerts.lua), whose log moved with the user's keys: its entry in the old
+    bucket's due set goes to the new bucket's, where the attempt's outcome is recorded."""
+    for bucket in range(old.buckets):
+        source = old.bucket(bucket).webhooks
+        async for member, score in client.zscan_iter(source, match="acct.*"):
+            target = new.user(member.split(".", 2)[2]).bucket.webhooks
+            if target != source:
+                await client.zadd(target, {member: score})
+                await client.zrem(source, member)
+
+
 async def _move_grant_expiries(client: Any, old: KeySpace, new: KeySpace,
                                movers: list[str]) -> None:
     """A moved user's grants that expire: their members of the bucket's grant expiry index
@@ -160,6 +174,7 @@ async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int,
     report.moved_users = len(movers)
     if not dry_run:
         await _move_grant_expiries(client, old, new, sorted(movers))
+        await _move_account_deliveries(client, old, new)
     if report.buckets_used and not dry_run:  # metrics and the flusher's safety net read it
         await client.sadd(new.buckets_in_use, *sorted(report.buckets_used))
     return report

@@ -85,9 +85,11 @@ class Core(UserCalls, ApiKeyCalls, FlushCalls):
         key: KeySpend | None = None,
         priority: str = "",
         start_deadline_ms: int | None = None,
+        min_price: int | None = None,
     ) -> tuple[Code, str]:
         """Returns (OK, job_id) or (ALREADY, the existing job id). `uploaded`: the job
-        starts `uploaded` (a retry, on inputs already stored)."""
+        starts `uploaded` (a retry, on inputs already stored). `min_price`: the cheapest
+        model's price (credits.exhausted, lua/includes/alerts.lua)."""
         user = self.keys.user(user_id)
         if self.keys.bucket_of_job(job_id) != self.keys.bucket_of_user(user_id):
             # Every later call finds the job by the bucket in its id: a job stored under
@@ -103,6 +105,8 @@ class Core(UserCalls, ApiKeyCalls, FlushCalls):
             ("uploaded", uploaded), ("priority", priority)) if value}
         if result_ttl_s is not None:
             opts["result_ttl_s"] = result_ttl_s
+        if min_price is not None:
+            opts["min_price"] = min_price
         hold_until = now + hold_ttl_ms
         if start_deadline_ms is not None:  # not started by then: canceled, reason deadline
             opts["start_deadline"] = start_deadline_ms
@@ -114,10 +118,10 @@ class Core(UserCalls, ApiKeyCalls, FlushCalls):
                 "meta": job.meta, "holds": user.bucket.holds,
                 "idempotency": user.idempotency(idempotency_key or "-"),
                 "ledger": user.bucket.ledger, "grants": user.grants,
-                "grant_expiry": user.bucket.grant_expiry}
+                "grant_expiry": user.bucket.grant_expiry, "key_spend": user.key_spend,
+                "alert_log": user.alert_log, "webhooks": user.bucket.webhooks}
         if key is not None:  # the job is made through an API key: counted against its cap
             opts |= key.reserve_opts(now)
-            keys["key_spend"] = user.key_spend
         code, reply = await self.run_checked(
             "reserve",
             keys=keys,

@@ -66,6 +66,10 @@ class Grant:
                 "e": self.expires_at_ms or 0, "t": self.created_ms}
 
 
+# credits.expiring comes this long before a grant's expires_at (lua/grant.lua writes it).
+EXPIRING_WARN_MS = 86_400_000
+
+
 class UserCalls(CoreBase):
     async def ensure_user(self, user_id: str, plan: Plan, credits: int) -> bool:
         """Provision a user once, its signup entry in the Redis ledger; True when this call
@@ -124,29 +128,51 @@ class UserCalls(CoreBase):
 
     async def grant(self, user_id: str, op_id: str, amount: int, reason: str, *,
                     kind: str = "paid", expires_at_ms: int | None = None,
-                    max_grants: int = MAX_OPEN_GRANTS) -> Balance:
+                    max_grants: int = MAX_OPEN_GRANTS, min_price: int | None = None
+                    ) -> Balance:
         """Adds a grant (a positive amount: of `kind`, expiring at `expires_at_ms` or never)
-        or removes credits (a negative one: from the grants in burn-down order)."""
+        or removes credits (a negative one: from the grants in burn-down order).
+        `min_price`: the cheapest model's price (credits.exhausted; None: the stored one)."""
         user = self.keys.user(user_id)
         digest = op_digest(op_id)
         opts: dict[str, str | int] = {"grant_id": grant_id(user_id, digest), "kind": kind,
                                       "max_grants": max_grants}
         if expires_at_ms is not None:
             opts["expires_at"] = expires_at_ms
+        if min_price is not None:
+            opts["min_price"] = min_price
         code, reply = await self.run_checked(
             "grant",
             keys={"user": user.base, "ops": user.ops, "ledger": user.bucket.ledger,
                   "counters": user.bucket.counters, "grants": user.grants,
-                  "grant_expiry": user.bucket.grant_expiry},
+                  "grant_expiry": user.bucket.grant_expiry, "alert_log": user.alert_log,
+                  "webhooks": user.bucket.webhooks, "grant_warn": user.bucket.grant_warn},
             args={"user_id": user_id, "op_id": digest, "amount": amount,
                   "reason": reason, "now": self._now(), "opts": opts},
         )
         bucket = self.keys.bucket_of_user(user_id)
         await self._use_bucket(bucket)
         if expires_at_ms is not None and code is Code.OK:
-            await self._mark_due(bucket, expires_at_ms)  # the flusher expires it then
+            # The flusher warns (credits.expiring) 24 h before, then expires it.
+            await self._mark_due(bucket, max(expires_at_ms - EXPIRING_WARN_MS, self._now()))
         return Balance(code, int(reply["available"]), int(reply["reserved"]),
                        int(reply["spent"]), int(reply["granted"]))
+
+    async def alert_set(self, user_id: str, *, low_balance: int | None, hook_url: str,
+                        hook_events: tuple[str, ...], floor: int | None) -> Code:
+        """The account's alert and webhook settings (lua/alert_set.lua); NotFound for a
+        user Redis does not have."""
+        code, _ = await self.run_checked(
+            "alert_set", keys={"user": self.keys.user(user_id).base},
+            args={"low_balance": "" if low_balance is None else low_balance,
+                  "hook_url": hook_url, "hook_events": ",".join(hook_events),
+                  "floor": "" if floor is None else floor})
+        return code
+
+    async def alert_log(self, user_id: str) -> list[str]:
+        """The account's webhook delivery records (JSON), the newest 50, in no order."""
+        records: dict[str, str] = await self.runner.hgetall(self.keys.user(user_id).alert_log)
+        return list(records.values())
 
     async def set_plan(self, user_id: str, op_id: str, plan: Plan) -> Code:
         user = self.keys.user(user_id)
@@ -178,7 +204,28 @@ class UserCalls(CoreBase):
             _, reply = await self.run_checked(
                 "grants_expire",
                 keys={"user": user.base, "grants": user.grants, "grant_expiry": b.grant_expiry,
-                      "ledger": b.ledger, "counters": b.counters},
+                      "ledger": b.ledger, "counters": b.counters, "alert_log": user.alert_log,
+                      "webhooks": b.webhooks},
                 args={"user_id": owner, "now": self._now()})
             expired += int(reply["expired"])
+        await self.warn_grants(bucket, limit=limit)
         return expired
+
+    async def warn_grants(self, bucket: int, *, limit: int = EXPIRE_BATCH) -> int:
+        """credits.expiring for the bucket's grants 24 h before their expires_at (one script
+        a user, lua/grants_warn.lua); returns how many were recorded."""
+        b = self.keys.bucket(bucket)
+        members = await self.runner.execute_command(
+            "ZRANGEBYSCORE", b.grant_warn, "-inf", self._now(), "LIMIT", 0, limit)
+        owners = sorted({(m.decode() if isinstance(m, bytes) else str(m)).rpartition(":")[0]
+                         for m in members})
+        warned = 0
+        for owner in owners:
+            user = self.keys.user(owner)
+            _, reply = await self.run_checked(
+                "grants_warn",
+                keys={"user": user.base, "grants": user.grants, "grant_warn": b.grant_warn,
+                      "alert_log": user.alert_log, "webhooks": b.webhooks},
+                args={"user_id": owner, "now": self._now()})
+            warned += int(reply["warned"])
+        return warned

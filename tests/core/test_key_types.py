@@ -39,6 +39,12 @@ async def _grant(core: Core) -> Call:
     return lambda c: c.grant(USER, "op-1", 5, "gift")
 
 
+async def _alert_set(core: Core) -> Call:
+    await new_user(core, USER)
+    return lambda c: c.alert_set(USER, low_balance=5, hook_url="https://h.example/",
+                                 hook_events=("credits.low",), floor=1)
+
+
 async def _set_plan(core: Core) -> Call:
     await new_user(core, USER, plan="free")
     return lambda c: c.set_plan(USER, "op-1", PLANS["pro"])
@@ -125,14 +131,18 @@ async def _webhook_result(core: Core) -> Call:
 # order the script checks them)
 CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
     "ensure_user": (_ensure_user, [0, 1, 2]),
-    "grant": (_grant, [0, 1, 2, 3]),
+    # KEYS[7..8]: the account log and due set (includes/alerts.lua)
+    "grant": (_grant, [0, 1, 2, 3, 4, 5, 6, 7, 8]),
+    "alert_set": (_alert_set, [0]),
     "set_plan": (_set_plan, [0, 1]),
     "transition": (_transition, list(range(6))),
     "item_result": (_item_result, list(range(14))),
     "items_result": (_items_result, list(range(14))),
     "settle": (_settle, list(range(11))),
     "cancel": (_cancel, list(range(11))),
-    "reserve": (_reserve, [0, 1, 2, 3, 5, 6, 7]),  # KEYS[5], the job meta, is SET whole
+    # KEYS[5], the job meta, is SET whole; KEYS[11] (key spend) is written only with a key;
+    # KEYS[12..13]: the account log and due set (includes/alerts.lua)
+    "reserve": (_reserve, [0, 1, 2, 3, 5, 6, 7, 8, 9, 11, 12]),
     # KEYS[2..4] and [7] (items, callbacks, meta, callback set) are only DELeted: any type
     "flush_done": (_flush_done, [0, 4, 5, 7]),
     "flush_retry_later": (_flush_retry_later, [0, 1, 2]),

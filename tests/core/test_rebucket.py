@@ -112,6 +112,25 @@ async def test_users_made_under_64_buckets_are_read_under_1024_after_the_move(
     assert again.moved_keys == 0
 
 
+async def test_an_account_event_waiting_for_delivery_moves_with_its_user(core: Core) -> None:
+    prefix = core.keys.prefix
+    old = Core(core.client, KeySpace(prefix, OLD))
+    user = next(u for u in USERS if zlib.crc32(u.encode()) % OLD != zlib.crc32(u.encode()) % NEW)
+    await old.ensure_user(user, PLANS["pro"], 10)
+    await old.alert_set(user, low_balance=5, hook_url="https://h.example/",
+                        hook_events=("credits.low",), floor=1)
+    await old.grant(user, "take", -6, "test")  # 10 -> 4: credits.low recorded
+    [delivery] = await Outbox(old).claim(old.keys.bucket_of_user(user), limit=10, claim_ms=0)
+    assert delivery.startswith("acct.") and delivery.endswith(f".{user}")
+    await rebucket(core.client, prefix, OLD, NEW)
+    new = Outbox(Core(core.client, KeySpace(prefix, NEW)))
+    assert await new.claim(old.keys.bucket_of_user(user), limit=10, claim_ms=0) == []
+    assert await new.claim(new.keys.bucket_of_user(user), limit=10, claim_ms=0) == [delivery]
+    assert await new.record(delivery) is not None  # its log moved too
+    await new.result(delivery, "delivered", attempts_seen=0, status=200, log_ttl_ms=60_000)
+    assert await new.claim(new.keys.bucket_of_user(user), limit=10, claim_ms=0) == []
+
+
 async def test_a_key_in_neither_bucket_stops_the_move(core: Core) -> None:
     """TOLLGATE_BUCKETS not the count the data was made with: nothing is guessed."""
     old = Core(core.client, KeySpace(core.keys.prefix, 16))
