@@ -1,6 +1,6 @@
 """account_alerts: the account webhook and the low-balance alert of each user
 
-Revision ID: 0011_account_alerts
+Revision ID: 0013_account_alerts
 Revises: 0012_rule_priority
 Create Date: 2026-12-06
 """
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011_account_alerts"
-down_revision: str | None = "0012_rule_priority"  # main's head when merged (0012 landed first)
+revision: str = "0013_account_alerts"
+down_revision: str | None = "0012_rule_priority"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
