@@ -7,6 +7,9 @@
 -- KEYS[3] counters  bucket counters tg:{b}:counters (includes/stats.lua: credits:granted)
 -- KEYS[4] grants    user grants     tg:{b}:user:<uid>:grants (includes/grants.lua)
 -- KEYS[5] grant_expiry  bucket grant expiry  tg:{b}:grant-expiry (includes/grants.lua)
+-- KEYS[6] grant_warn    bucket grant warning tg:{b}:grant-warn (lua/grants_warn.lua): a
+--                       restored grant whose credits.expiring is not due yet gets its entry
+--                       back (one already due may have been sent before the loss: not again)
 --
 -- ARGV[1] user_id  ARGV[2] plan  ARGV[3] available credits  ARGV[4] max_active jobs
 -- ARGV[5] max_rules (rule slots)  ARGV[6] now ms
@@ -55,7 +58,7 @@ if opts.grants then
   end
 end
 local bad = wrong_type({{KEYS[1], 'hash'}, {KEYS[2], 'list'}, {KEYS[3], 'hash'},
-  {KEYS[4], 'hash'}, {KEYS[5], 'zset'}})
+  {KEYS[4], 'hash'}, {KEYS[5], 'zset'}, {KEYS[6], 'zset'}})
 if bad then return {'wrong_type', bad} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'already'} end
 -- What Redis had of its grants went with the user record: SQL's rebuild replaces it.
@@ -63,6 +66,9 @@ redis.call('DEL', KEYS[4])
 for _, g in ipairs(restored_grants) do
   grant_write(KEYS[4], KEYS[5], ARGV[1], g)
   if g.e > 0 and g.r > 0 then redis.call('ZADD', KEYS[5], g.e, ARGV[1] .. ':' .. g.id) end
+  if g.e > 0 and g.r > 0 and g.e - 86400000 > now then  -- as lua/grant.lua sets it
+    redis.call('ZADD', KEYS[6], g.e - 86400000, ARGV[1] .. ':' .. g.id)
+  end
 end
 if credits > 0 and not restored and opts.signup_grant then
   grant_write(KEYS[4], KEYS[5], ARGV[1], {id = opts.signup_grant, k = 'promotional',

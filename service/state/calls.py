@@ -84,7 +84,8 @@ REPORT_KEYS = ("user", "active", "holds", "leases", "queued", "flush", "ledger",
 
 SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
     ScriptSpec("ping", keys=("key",)),
-    ScriptSpec("ensure_user", keys=("user", "ledger", "counters", "grants", "grant_expiry"),
+    ScriptSpec("ensure_user", keys=("user", "ledger", "counters", "grants", "grant_expiry",
+                                    "grant_warn"),
                args=("user_id", "plan", "available", "max_active", "max_rules", "now",
                      "opts"),
                reply=("code",), packed="opts"),

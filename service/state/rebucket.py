@@ -121,8 +121,8 @@ async def _move_account_deliveries(client: Any, old: KeySpace, new: KeySpace) ->
 
 async def _move_grant_expiries(client: Any, old: KeySpace, new: KeySpace,
                                movers: list[str]) -> None:
-    """A moved user's grants that expire: their members of the bucket's grant expiry index
-    move with them (the grants hash moved as a user key)."""
+    """A moved user's grants that expire: their members of the bucket's grant expiry and
+    grant warning indexes move with them (the grants hash moved as a user key)."""
     for user_id in movers:
         target = new.user(user_id)
         source = old.user(user_id)
@@ -133,6 +133,11 @@ async def _move_grant_expiries(client: Any, old: KeySpace, new: KeySpace,
             if expires > 0:
                 await client.zadd(target.bucket.grant_expiry, {member: expires})
             await client.zrem(source.bucket.grant_expiry, member)
+            # Its credits.expiring, if not sent yet (lua/grants_warn.lua removes the member).
+            warn_at = await client.zscore(source.bucket.grant_warn, member)
+            if warn_at is not None:
+                await client.zadd(target.bucket.grant_warn, {member: warn_at})
+                await client.zrem(source.bucket.grant_warn, member)
 
 
 async def rebucket(client: Any, prefix: str, old_buckets: int, new_buckets: int, *,

@@ -387,3 +387,34 @@ async def test_credits_expiring_comes_24_hours_before_a_grant_expires(
     assert [(p["type"], p["data"]) for p in payloads] == [
         ("credits.expiring", {"user_id": user, "available": 10, "low_balance": None,
                               "grant": grant_view["id"]})]
+
+
+async def test_credits_expiring_survives_a_redis_loss_before_it_is_due(
+    alerts_api: Api, receiver: Receiver, sender: WebhookSender
+) -> None:
+    """The user's record, grants and the bucket's warning index lost: the rebuild from SQL
+    puts a warning not yet due back, so it is still sent, once."""
+    api, user = alerts_api, alerts_api.user()
+    await api.admin_create_user(user, plan="pro", credits=0)
+    await put(api, user, "/me/webhook", {"url": receiver.url, "events": ["credits.expiring"]})
+    expires = datetime.now(UTC) + timedelta(days=1, seconds=3)
+    response = await api.client.post(
+        f"/admin/users/{user}/credits",
+        json={"amount": 10, "reason": "promo", "kind": "promotional",
+              "expires_at": expires.isoformat()},
+        headers={**api.auth("root", admin=True), "Idempotency-Key": "g-exp-lost"})
+    assert response.status_code == 200, response.text
+    await flush_everything(api)  # the grant's ledger row reaches SQL
+    core = sender.outbox.core
+    keys = core.keys.user(user)
+    await core.runner.execute_command("DEL", keys.base, keys.grants, keys.bucket.grant_warn,
+                                      keys.bucket.grant_expiry)
+    me = await api.client.get("/me", headers=api.auth(user))  # rebuilt from SQL
+    assert me.json()["credits"]["available"] == 10
+    assert await deliveries(api, user) == []  # not yet
+    await asyncio.sleep(3.3)
+    await flush_everything(api)
+    await flush_everything(api)  # once only
+    payloads = await delivered(sender, receiver, 1)
+    assert [(p["type"], p["data"]["grant"]) for p in payloads] == [
+        ("credits.expiring", me.json()["credits"]["grants"][0]["id"])]

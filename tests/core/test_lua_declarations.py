@@ -229,7 +229,8 @@ def test_bind_orders_by_the_declaration_and_refuses_other_names() -> None:
 
 def test_bind_packs_the_optional_arguments_and_spreads_the_rest() -> None:
     _, argv = bind("ensure_user", keys={"user": "U", "ledger": "L", "counters": "C",
-                                        "grants": "G", "grant_expiry": "E"},
+                                        "grants": "G", "grant_expiry": "E",
+                                        "grant_warn": "W"},
                    args={"user_id": "ann", "plan": "free", "available": 5, "max_active": 1,
                          "max_rules": 1, "now": 7, "opts": {"restored": True, "spent": 2}})
     assert json.loads(str(argv[-1])) == {"restored": True, "spent": 2}
@@ -294,7 +295,7 @@ async def test_ensure_user_refuses_bad_options_before_any_write(
     before = await snapshot(core.client, key_prefix)
     reply = await core.scripts["ensure_user"](
         core.runner, [user.base, user.bucket.ledger, user.bucket.counters, user.grants,
-                      user.bucket.grant_expiry],
+                      user.bucket.grant_expiry, user.bucket.grant_warn],
         ["opts3", "free", 3, 1, 1, 1000, opts])
     assert reply == ["bad_argument", field]
     assert await snapshot(core.client, key_prefix) == before

@@ -7,6 +7,7 @@ fakeredis, real Redis and a Cluster (the `core` fixture's backends).
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from typing import Any
 
@@ -165,3 +166,22 @@ async def test_tollgate_rebucket_on_real_redis(
     finally:
         get_settings.cache_clear()
     await check_moved(real_redis, key_prefix)
+
+
+async def test_a_grants_expiry_and_its_warning_move_with_its_user(core: Core) -> None:
+    """The bucket indexes of a moved user's expiring grant (its expiry, its credits.expiring
+    warning not sent yet) move with it, so both still happen after the move."""
+    prefix = core.keys.prefix
+    old = Core(core.client, KeySpace(prefix, OLD))
+    user = next(u for u in USERS if zlib.crc32(u.encode()) % OLD != zlib.crc32(u.encode()) % NEW)
+    await old.ensure_user(user, PLANS["pro"], 0)
+    expires = int(time.time() * 1000) + 2 * 86_400_000
+    await old.grant(user, "expiring", 10, "test", expires_at_ms=expires)
+    source = old.keys.user(user).bucket
+    [member] = await core.client.zrange(source.grant_warn, 0, -1)
+    await rebucket(core.client, prefix, OLD, NEW)
+    target = Core(core.client, KeySpace(prefix, NEW)).keys.user(user).bucket
+    assert await core.client.zscore(target.grant_warn, member) == expires - 86_400_000
+    assert await core.client.zscore(target.grant_expiry, member) == expires
+    assert await core.client.zcard(source.grant_warn) == 0
+    assert await core.client.zcard(source.grant_expiry) == 0
