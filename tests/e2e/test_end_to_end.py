@@ -91,6 +91,7 @@ async def test_a_job_runs_to_done_settles_flushes_and_leaves_no_redis_keys(
     history = await job_view(api, user, job["id"])
     assert [item["status"] for item in history["items"]] == ["ok"] * 5
     credits = (await me(api, user))["credits"]
+    assert credits.pop("grants")[0]["remaining"] == 5  # the signup grant, half drawn
     assert credits == {"available": 5, "reserved": 0, "spent": 5, "granted": 10}
 
 

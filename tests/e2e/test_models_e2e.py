@@ -78,6 +78,7 @@ async def test_two_models_run_on_their_own_workers_at_their_own_prices(
         spent[user] += view["charged"]
     for user in users:
         credits = (await me(api, user))["credits"]
+        assert credits.pop("grants")[0]["remaining"] == 200 - spent[user]
         assert credits == {"available": 200 - spent[user], "reserved": 0,
                            "spent": spent[user], "granted": 200}
 
