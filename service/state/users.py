@@ -195,12 +195,8 @@ class UserCalls(CoreBase):
         """The bucket's grants past their expires_at lose what is left in them (one script
         a user, lua/grants_expire.lua); returns the credits that expired."""
         b = self.keys.bucket(bucket)
-        members = await self.runner.execute_command(
-            "ZRANGEBYSCORE", b.grant_expiry, "-inf", self._now(), "LIMIT", 0, limit)
-        owners = sorted({(m.decode() if isinstance(m, bytes) else str(m)).rpartition(":")[0]
-                         for m in members})
         expired = 0
-        for owner in owners:
+        for owner in await self._due_owners(b.grant_expiry, limit):
             user = self.keys.user(owner)
             _, reply = await self.run_checked(
                 "grants_expire",
@@ -212,16 +208,20 @@ class UserCalls(CoreBase):
         await self.warn_grants(bucket, limit=limit)
         return expired
 
+    async def _due_owners(self, index: str, limit: int) -> list[str]:
+        """The users with a member of a bucket's grant index ('<uid>:<grant id>' -> ms) due
+        now, at most `limit` members read."""
+        members = await self.runner.execute_command(
+            "ZRANGEBYSCORE", index, "-inf", self._now(), "LIMIT", 0, limit)
+        return sorted({(m.decode() if isinstance(m, bytes) else str(m)).rpartition(":")[0]
+                       for m in members})
+
     async def warn_grants(self, bucket: int, *, limit: int = EXPIRE_BATCH) -> int:
         """credits.expiring for the bucket's grants 24 h before their expires_at (one script
         a user, lua/grants_warn.lua); returns how many were recorded."""
         b = self.keys.bucket(bucket)
-        members = await self.runner.execute_command(
-            "ZRANGEBYSCORE", b.grant_warn, "-inf", self._now(), "LIMIT", 0, limit)
-        owners = sorted({(m.decode() if isinstance(m, bytes) else str(m)).rpartition(":")[0]
-                         for m in members})
         warned = 0
-        for owner in owners:
+        for owner in await self._due_owners(b.grant_warn, limit):
             user = self.keys.user(owner)
             _, reply = await self.run_checked(
                 "grants_warn",
