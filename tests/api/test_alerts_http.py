@@ -167,6 +167,7 @@ async def test_exhausted_fires_below_the_cheapest_price_and_rearms(
         {"user_id": user, "available": 0, "low_balance": None}]
 
 
+@pytest.mark.slow  # over 3 s: the full suite runs it, not the fast lane
 async def test_no_event_without_a_subscribed_webhook(
     alerts_api: Api, receiver: Receiver, sender: WebhookSender
 ) -> None:
@@ -195,6 +196,7 @@ async def test_no_event_without_a_subscribed_webhook(
     assert len(await delivered(sender, receiver, 2)) == 1
 
 
+@pytest.mark.slow  # over 3 s: the full suite runs it, not the fast lane
 async def test_a_failing_receiver_is_retried_with_the_same_id(
     alerts_api: Api, receiver: Receiver, sender: WebhookSender
 ) -> None:
@@ -389,6 +391,7 @@ async def test_credits_expiring_comes_24_hours_before_a_grant_expires(
                               "grant": grant_view["id"]})]
 
 
+@pytest.mark.slow  # over 3 s: the full suite runs it, not the fast lane
 async def test_credits_expiring_survives_a_redis_loss_before_it_is_due(
     alerts_api: Api, receiver: Receiver, sender: WebhookSender
 ) -> None:

@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from service.cli.audit import run_audit
@@ -69,6 +70,7 @@ async def wait_until(when: datetime) -> None:
     await asyncio.sleep(max((when - datetime.now(UTC)).total_seconds(), 0) + 0.2)
 
 
+@pytest.mark.slow  # over 3 s: the full suite runs it, not the fast lane
 async def test_a_hold_burns_the_earliest_expiry_first_and_the_rest_expires(
         any_api: Api, rt: Runtime) -> None:
     api, user = any_api, any_api.user()
@@ -105,6 +107,7 @@ async def test_a_hold_burns_the_earliest_expiry_first_and_the_rest_expires(
     assert int(counters) >= 10
 
 
+@pytest.mark.slow  # over 3 s: the full suite runs it, not the fast lane
 async def test_a_hold_that_outlives_its_grant(any_api: Api, rt: Runtime) -> None:
     api, user = any_api, any_api.user()
     await api.admin_create_user(user, plan="pro", credits=0)
