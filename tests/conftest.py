@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,17 +250,89 @@ def database_dropper(postgres_admin_dsn: str) -> Iterator[DatabaseDropper]:
     dropper.close()
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_dsn: str, database_dropper: DatabaseDropper) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database per test, dropped after (in the background)."""
+def _new_database(admin_dsn: str, template: str | None = None) -> str:
     import psycopg
 
     name = f"tollgate_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = postgres_admin_dsn.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'
+                     + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+def _database_url(admin_dsn: str, name: str) -> str:
+    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_dsn: str, database_dropper: DatabaseDropper) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database per test, dropped after (in the background)."""
+    name = _new_database(postgres_admin_dsn)
+    yield _database_url(postgres_admin_dsn, name)
     database_dropper.drop(name)
+
+
+# The migrations take 0.1-0.3 s a database (alembic reads its scripts, SQLite rebuilds
+# tables in batch mode); a copy of a database this process migrated once takes a few ms
+# (a SQLite file) or one CREATE DATABASE ... TEMPLATE. tests/persistence/test_migrations.py
+# runs the migrations themselves on empty databases.
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_dsn: str, database_dropper: DatabaseDropper
+                      ) -> Iterator[str]:
+    """A PostgreSQL database of this process, migrated to the head; nothing connects to it
+    after (CREATE DATABASE ... TEMPLATE refuses a template in use)."""
+    from service.history.engine import run_migrations
+
+    name = _new_database(postgres_admin_dsn)
+    run_migrations(_database_url(postgres_admin_dsn, name))
+    yield name
+    database_dropper.drop(name)
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_admin_dsn: str, database_dropper: DatabaseDropper,
+                          postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database per test at the head migration, dropped after."""
+    name = _new_database(postgres_admin_dsn, template=postgres_template)
+    yield _database_url(postgres_admin_dsn, name)
+    database_dropper.drop(name)
+
+
+def sqlite_file(url: str) -> Path:
+    from service.history.engine import is_sqlite
+
+    assert is_sqlite(url), url
+    return Path(url.split(":///", 1)[1].split("?", 1)[0])
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file of this process, migrated to the head (in the rollback-journal mode of
+    the migrations: the file is the whole database)."""
+    from service.history.engine import run_migrations
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "migrated.db"
+    run_migrations(f"sqlite:///{path}")
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+MigratedSqlite = Callable[[str], str]
+
+
+@pytest.fixture
+def migrated_sqlite(sqlite_template: Path) -> MigratedSqlite:
+    """`migrated_sqlite(url)` puts a copy of the migrated file where the SQLite URL points
+    (there must be no database there yet) and returns the URL."""
+
+    def copy(url: str) -> str:
+        path = sqlite_file(url)
+        assert not path.exists(), f"{path} exists already"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sqlite_template, path)
+        return url
+
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,10 @@ queue); `embedded_api` runs on the embedded defaults (fakeredis, SQLite, a local
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import socket
 import threading
 import time
 import uuid
@@ -21,19 +25,58 @@ import uvicorn
 
 from service.api.app import create_app
 from service.api.auth import issue_token
-from service.history.engine import run_migrations
 from service.runtime import Runtime, open_runtime
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import MigratedSqlite, free_port
 
 SECRET = "test-secret-" + "x" * 32
+
+
+class QuickServer(uvicorn.Server):
+    """uvicorn's Server, quick to stop: `stop()` wakes its main loop (uvicorn's looks every
+    0.1 s), and its shutdown waits for the open connections without uvicorn's fixed 0.1 s
+    pause first (the tests close their clients before the server). Otherwise uvicorn's
+    shutdown: no new connections, the open ones told to close and waited for, the tasks
+    waited for, then the app's lifespan shutdown."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+
+    def stop(self) -> None:
+        """From another thread."""
+        self.should_exit = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        # uvicorn's own wait (it has no event for it), at a finer step.
+        while self.server_state.connections or self.server_state.tasks:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        for server in self.servers:
+            await server.wait_closed()
+        await self.lifespan.shutdown()
 
 
 class ServerThread:
     def __init__(self, settings: Settings, port: int) -> None:
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                 log_level="warning", lifespan="on", ws="none")
-        self.server = uvicorn.Server(config)
+        self.server = QuickServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -42,11 +85,11 @@ class ServerThread:
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the test API server did not start")
-            time.sleep(0.02)
+            time.sleep(0.005)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
+        self.server.stop()
         self.thread.join(timeout=20)
 
 
@@ -98,26 +141,30 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def real_settings(redis_url: str, postgres_url: str, s3_endpoint: str, key_prefix: str,
-                  settings_overrides: dict[str, Any]) -> Iterator[Settings]:
+def real_settings(redis_url: str, migrated_postgres_url: str, s3_endpoint: str,
+                  key_prefix: str, settings_overrides: dict[str, Any]) -> Iterator[Settings]:
     port = free_port()
     base: dict[str, Any] = dict(
-        redis_url=redis_url, queue_redis_url=redis_url, database_url=postgres_url,
+        redis_url=redis_url, queue_redis_url=redis_url, database_url=migrated_postgres_url,
         public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET, key_prefix=key_prefix,
         buckets=16, s3_endpoint=s3_endpoint, s3_bucket=key_prefix, s3_access_key="test",
         s3_secret_key="test", queue_name=key_prefix, flush_delay=0,
     )
     settings = Settings(**{**base, **settings_overrides})
-    run_migrations(postgres_url)
-    import boto3
-
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
-                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(
-        Bucket=key_prefix)
+    s3_admin(s3_endpoint).create_bucket(Bucket=key_prefix)
     yield settings
     connection = redis.Redis.from_url(redis_url)
     drop_rq_queue(connection, key_prefix)
     connection.close()
+
+
+@functools.cache
+def s3_admin(endpoint: str) -> Any:
+    """One boto3 client per S3 server for the process (a new client costs ~50 ms)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                        aws_secret_access_key="test", region_name="us-east-1")
 
 
 def drop_rq_queue(connection: redis.Redis, queue_name: str) -> None:
@@ -146,7 +193,7 @@ async def api(real_settings: Settings, real_redis: Any) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def embedded_api(tmp_path: Path) -> AsyncIterator[Api]:
+async def embedded_api(tmp_path: Path, migrated_sqlite: MigratedSqlite) -> AsyncIterator[Api]:
     import fakeredis
 
     import service.state.clients as clients
@@ -154,27 +201,26 @@ async def embedded_api(tmp_path: Path) -> AsyncIterator[Api]:
     clients._EMBEDDED = fakeredis.FakeServer()  # a fresh embedded server per test
     port = free_port()
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/tollgate.db", public_url=f"http://127.0.0.1:{port}",
-        jwt_secret=SECRET, storage_dir=str(tmp_path / "files"), flush_delay=0,
+        database_url=migrated_sqlite(f"sqlite:///{tmp_path}/tollgate.db"),
+        public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET,
+        storage_dir=str(tmp_path / "files"), flush_delay=0,
     )
-    run_migrations(settings.database_url)
     for url, served in _serve(settings):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield Api(url, served, client)
 
 
 @pytest.fixture
-async def cluster_api(cluster_url: str, redis_url: str, key_prefix: str, tmp_path: Path
-                      ) -> AsyncIterator[Api]:
+async def cluster_api(cluster_url: str, redis_url: str, key_prefix: str, tmp_path: Path,
+                      migrated_sqlite: MigratedSqlite) -> AsyncIterator[Api]:
     """The API with its state on a 3-node Redis Cluster (RQ stays on a standalone Redis)."""
     port = free_port()
     settings = Settings(
         redis_url=cluster_url, queue_redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path}/t.db", public_url=f"http://127.0.0.1:{port}",
-        jwt_secret=SECRET, key_prefix=key_prefix, storage_dir=str(tmp_path / "files"),
-        queue_name=key_prefix, flush_delay=0,
+        database_url=migrated_sqlite(f"sqlite:///{tmp_path}/t.db"),
+        public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET, key_prefix=key_prefix,
+        storage_dir=str(tmp_path / "files"), queue_name=key_prefix, flush_delay=0,
     )
-    run_migrations(settings.database_url)
     with ServerThread(settings, port):
         async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
             yield Api(settings.public_url, settings, client)

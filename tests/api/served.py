@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.api.conftest import SECRET, Api, ServerThread
-from tests.conftest import free_port
+from tests.conftest import MigratedSqlite, free_port
 
 Serve = Callable[..., Api]
 
@@ -41,10 +40,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, key_prefix: str
 
 
 @pytest.fixture
-async def serve(backend: dict[str, Any], tmp_path: Path) -> AsyncIterator[Serve]:
+async def serve(backend: dict[str, Any], tmp_path: Path, migrated_sqlite: MigratedSqlite
+                ) -> AsyncIterator[Serve]:
     """Starts API processes (threads) on one state store and one database, limits on."""
-    database = f"sqlite:///{tmp_path}/tollgate.db"
-    run_migrations(database)
+    database = migrated_sqlite(f"sqlite:///{tmp_path}/tollgate.db")
     with ExitStack() as servers:
         clients: list[httpx.AsyncClient] = []
 

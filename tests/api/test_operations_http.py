@@ -8,7 +8,7 @@ import httpx
 
 from service.settings import Settings
 from tests.api.conftest import SECRET, Api, ServerThread
-from tests.conftest import free_port
+from tests.conftest import MigratedSqlite, free_port
 
 
 async def test_health_and_ready(api: Api) -> None:
@@ -27,11 +27,9 @@ def _server_with_dead_redis(tmp_url: str) -> Iterator[str]:
         yield settings.public_url
 
 
-async def test_ready_is_503_when_redis_is_down(tmp_path: object) -> None:
-    from service.history.engine import run_migrations
-
-    url = f"sqlite:///{tmp_path}/t.db"
-    run_migrations(url)
+async def test_ready_is_503_when_redis_is_down(tmp_path: object,
+                                              migrated_sqlite: MigratedSqlite) -> None:
+    url = migrated_sqlite(f"sqlite:///{tmp_path}/t.db")
     for base in _server_with_dead_redis(url):
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             response = await client.get("/ready")

@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 
 from service.cli.audit import audit, run_audit
-from service.history.engine import run_migrations
 from service.history.models import LedgerEntry
 from service.runtime import open_runtime
 from service.settings import Settings
@@ -35,7 +34,6 @@ LOST = "lost_with_redis"
 @asynccontextmanager
 async def serve(own_redis: OwnRedis, database_url: str,  # noqa: F811
                 tmp_path: Path, flush_delay: int) -> AsyncIterator[Api]:
-    run_migrations(database_url)
     port = free_port()
     settings = Settings(redis_url=own_redis.url, queue_redis_url=own_redis.url,
                         database_url=database_url, public_url=f"http://127.0.0.1:{port}",

@@ -10,19 +10,17 @@ from pathlib import Path
 import httpx
 
 from service.api.auth import issue_token
-from service.history.engine import run_migrations
 from service.settings import Settings
 from tests.api.conftest import SECRET, ServerThread
-from tests.conftest import OwnRedis, free_port
+from tests.conftest import MigratedSqlite, OwnRedis, free_port
 
 JOB = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}]}
 
 
 async def test_a_redis_crash_answers_503_then_the_api_recovers_without_a_restart(
-    own_redis: OwnRedis, tmp_path: Path
+    own_redis: OwnRedis, tmp_path: Path, migrated_sqlite: MigratedSqlite
 ) -> None:
-    database = f"sqlite:///{tmp_path}/t.db"
-    run_migrations(database)
+    database = migrated_sqlite(f"sqlite:///{tmp_path}/t.db")
     port = free_port()
     url = f"redis://127.0.0.1:{own_redis.port}/0"
     settings = Settings(redis_url=url, queue_redis_url=url, database_url=database,

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 import service.flusher.bucket as bucket_module
 import service.flusher.loop as loop
 from service.flusher.loop import flush_once
-from service.history.engine import make_engine, make_session_factory, run_migrations
+from service.history.engine import make_engine, make_session_factory
 from service.settings import Settings
 from service.state.due import PLACEHOLDER_FLOOR, DueIndex, new_placeholder
 from service.state.keys import DUE_SHARDS, KeySpace
 from service.state.replies import ItemReport
 from service.state.store import Core, now_ms
+from tests.conftest import MigratedSqlite
 from tests.core.conftest import BUCKETS
 from tests.core.job_setup import new_job, new_user
 
@@ -34,9 +35,9 @@ REQUEUE_S = 300
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    url = f"sqlite:///{tmp_path / 'history.db'}"
-    run_migrations(url)
+async def sessions(tmp_path: Path, migrated_sqlite: MigratedSqlite
+                   ) -> AsyncIterator[Sessions]:
+    url = migrated_sqlite(f"sqlite:///{tmp_path / 'history.db'}")
     engine = make_engine(url)
     yield make_session_factory(engine)
     await engine.dispose()

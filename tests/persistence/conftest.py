@@ -1,6 +1,7 @@
 """SQL databases for the persistence tests: a SQLite file and a fresh PostgreSQL database.
 
-`database_url` runs a test on both; every database is migrated with the real migrations.
+`database_url` runs a test on both, migrated with the real migrations (a copy of a database
+the process migrated once: tests/conftest.py); `empty_database_url` is not migrated.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.history.engine import make_engine, make_session_factory, run_migrations
+from service.history.engine import make_engine, make_session_factory
 from service.state.keys import KeySpace
 from service.state.store import Core
+from tests.conftest import MigratedSqlite
 
 BUCKETS = 16
 
@@ -26,17 +28,25 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'history.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        migrated_sqlite: MigratedSqlite = request.getfixturevalue("migrated_sqlite")
+        return migrated_sqlite(f"sqlite:///{tmp_path / 'history.db'}")
+    url: str = request.getfixturevalue("migrated_postgres_url")
+    return url
+
+
 @asynccontextmanager
-async def migrated_sessions(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the database of `url`, migrated with the real migrations first."""
-    run_migrations(url)
+async def sessions_on(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the (migrated) database of `url`."""
     engine = make_engine(url)
     try:
         yield make_session_factory(engine)
@@ -46,20 +56,22 @@ async def migrated_sessions(url: str) -> AsyncIterator[async_sessionmaker[AsyncS
 
 @pytest.fixture
 async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(database_url) as factory:
+    async with sessions_on(database_url) as factory:
         yield factory
 
 
 @pytest.fixture
-async def sqlite_sessions(sqlite_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with migrated_sessions(sqlite_url) as factory:
+async def sqlite_sessions(sqlite_url: str, migrated_sqlite: MigratedSqlite
+                          ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with sessions_on(migrated_sqlite(sqlite_url)) as factory:
         yield factory
 
 
 @pytest.fixture
-async def pg_sessions(postgres_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def pg_sessions(migrated_postgres_url: str
+                      ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """PostgreSQL only: SQLite stores NUL and ignores varchar lengths."""
-    async with migrated_sessions(postgres_url) as factory:
+    async with sessions_on(migrated_postgres_url) as factory:
         yield factory
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from service.flusher.loop import flush_once
-from service.history.engine import make_engine, make_session_factory, run_migrations
+from service.history.engine import make_engine, make_session_factory
 from service.history.models import JobLog, LedgerEntry
 from service.settings import Settings
 from service.state.keys import KeySpace
@@ -18,8 +18,7 @@ TRILLION = 10**12
 
 
 async def test_trillion_credit_grants_and_jobs_flush_to_postgres(
-        real_redis: Any, key_prefix: str, postgres_url: str) -> None:
-    run_migrations(postgres_url)
+        real_redis: Any, key_prefix: str, migrated_postgres_url: str) -> None:
     settings = Settings(key_prefix=key_prefix, buckets=16, flush_delay=0, jwt_secret="x" * 32)
     core = Core(real_redis, KeySpace(key_prefix, 16))
     await core.ensure_user("whale", PLANS["pro"], TRILLION)
@@ -27,7 +26,7 @@ async def test_trillion_credit_grants_and_jobs_flush_to_postgres(
     await core.reserve(job_id=job_id, user_id="whale", total=2, price=TRILLION // 4,
                        hold_ttl_ms=60_000, meta_json="[]")
     await core.cancel(job_id, "whale", reason="user", flush_delay_ms=0)
-    engine = make_engine(postgres_url)
+    engine = make_engine(migrated_postgres_url)
     try:
         sessions = make_session_factory(engine)
         await flush_once(core, sessions, settings, claim_ms=1)

@@ -106,11 +106,11 @@ async def assert_poison_set_aside(core: Core, bucket: int, poisoned: str) -> Non
 
 
 async def test_a_poisoned_bucket_drains_and_the_poison_is_set_aside_on_postgresql(
-    core: Core, pg_sessions: Sessions, key_prefix: str, postgres_url: str,
+    core: Core, pg_sessions: Sessions, key_prefix: str, migrated_postgres_url: str,
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    sessions, database_url = pg_sessions, postgres_url
+    sessions, database_url = pg_sessions, migrated_postgres_url
     id_length = cast(Table, LedgerEntry.__table__).c.id.type.length  # type: ignore[attr-defined]
     long_entry = {"id": "grant:" + "u" * id_length, "user_id": "ann", "kind": "grant",
                   "amount": 5, "reason": "poison", "at": 1_800_000_000_000}

@@ -15,7 +15,6 @@ from sqlalchemy import select
 from service.cli.audit import run_audit
 from service.flusher.loop import flush_once
 from service.flusher.lost_users import rebuild_lost_users
-from service.history.engine import run_migrations
 from service.history.models import JobLog
 from service.jobs.provisioning import provision_user
 from service.runtime import open_runtime
@@ -36,7 +35,6 @@ async def test_the_flusher_rebuilds_a_user_who_never_returns(
     state_url: str, redis_url: str, key_prefix: str, database_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run_migrations(database_url)
     settings = settings_for(key_prefix, database_url, redis_url=state_url,
                             queue_redis_url=redis_url, storage_dir=str(tmp_path / "files"),
                             signup_credits=SIGNUP)

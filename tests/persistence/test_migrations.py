@@ -42,7 +42,8 @@ def test_unsupported_databases_are_refused(url: str) -> None:
         async_url(url)
 
 
-def test_migrations_match_the_models_and_rerun_harmlessly(database_url: str) -> None:
+def test_migrations_match_the_models_and_rerun_harmlessly(empty_database_url: str) -> None:
+    database_url = empty_database_url
     run_migrations(database_url)
     run_migrations(database_url)  # a second `tollgate migrate` is a no-op
     engine = create_engine(sync_url(database_url))
