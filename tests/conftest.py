@@ -6,6 +6,7 @@ Every test on the shared Redis gets a key prefix of its own and its keys are del
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import shutil
@@ -85,6 +86,40 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _built_once_per_process() -> Iterator[None]:
+    """What every test would otherwise build again, for the same result, built once a process:
+    the Lua scripts of a Core (read and expanded from lua/, ~10 ms each) and httpx's SSL
+    context (the CA bundle loaded, ~30 ms a client; the tests' clients speak plain HTTP).
+    Each Core still gets a dict of its own (tests replace scripts in theirs)."""
+    import httpx._transports.default as httpx_transports
+    from httpx import create_ssl_context
+
+    import service.state.base as state_base
+    from service.state.scripts import load_scripts
+
+    scripts = functools.cache(load_scripts)
+
+    def scripts_of(folder: Path | None = None) -> dict[str, Any]:
+        return dict(scripts(folder))
+
+    @functools.cache
+    def shared_context(verify: bool, trust_env: bool, cafile: str | None, capath: str | None
+                       ) -> Any:  # the variables httpx reads, in the key
+        return create_ssl_context(verify=verify, trust_env=trust_env)
+
+    def ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if not isinstance(verify, bool) or cert is not None:
+            return create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        return shared_context(verify, trust_env, os.environ.get("SSL_CERT_FILE"),
+                              os.environ.get("SSL_CERT_DIR"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_base, "load_scripts", scripts_of)
+        patch.setattr(httpx_transports, "create_ssl_context", ssl_context)
+        yield
 
 
 @pytest.fixture

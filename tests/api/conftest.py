@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import functools
 import socket
+import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,40 @@ def _serve(settings: Settings) -> Iterator[tuple[str, Settings]]:
     port = int(settings.public_url.rsplit(":", 1)[1])
     with ServerThread(settings, port):
         yield settings.public_url, settings
+
+
+class Clock:
+    """tollgate's clock (`now_ms`: the state's calls, the flusher, the dispatcher), moved
+    ahead of the real one by the test; what reads datetime.now() (JWTs, API keys, the
+    checks of a grant's expires_at, SQL timestamps) keeps the real time."""
+
+    def __init__(self, real: Callable[[], int]) -> None:
+        self.real = real
+        self.ahead_ms = 0
+
+    def now_ms(self) -> int:
+        return self.real() + self.ahead_ms
+
+    def move_past(self, when: datetime, *, by_s: float = 0.2) -> None:
+        """Moves the clock to `by_s` past `when` (as a wait until then would: later, not
+        earlier, than the clock is)."""
+        target = int(when.timestamp() * 1000) + int(by_s * 1000)
+        self.ahead_ms = max(self.ahead_ms, target - self.real())
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A Clock in place of `service.state.base.now_ms` in every module of the process that
+    holds it (the served app's threads included), for the test."""
+    import service.state.base as base
+
+    real = base.now_ms
+    moved = Clock(real)
+    for name, module in list(sys.modules.items()):
+        if (name.split(".")[0] in ("service", "workers")
+                and getattr(module, "now_ms", None) is real):
+            monkeypatch.setattr(module, "now_ms", moved.now_ms)
+    return moved
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from service.flusher.webhooks import WebhookSender
 from service.jobs.deliveries import sender_client
 from service.runtime import open_runtime
 from service.state.outbox import Outbox
-from tests.api.conftest import SECRET, Api
+from tests.api.conftest import SECRET, Api, Clock
 from tests.api.flow import create_job, items
 from tests.api.history import flush_everything
 from tests.api.receiver import Receiver
@@ -337,7 +337,7 @@ async def test_the_clients_set_and_remove_alerts_and_the_webhook(
 
 
 async def test_a_grant_expiring_fires_credits_low_in_the_expiry_call(
-    alerts_api: Api, receiver: Receiver, sender: WebhookSender
+    alerts_api: Api, receiver: Receiver, sender: WebhookSender, clock: Clock
 ) -> None:
     """The flusher's expiry (lua/grants_expire.lua) lowers available: it checks the alert in
     the same call, as a hold does."""
@@ -355,7 +355,7 @@ async def test_a_grant_expiring_fires_credits_low_in_the_expiry_call(
             headers={**api.auth("root", admin=True), "Idempotency-Key": key})
         assert response.status_code == 200, response.text
     assert await deliveries(api, user) == []  # 13: above
-    await asyncio.sleep(max((expires - datetime.now(UTC)).total_seconds(), 0) + 0.2)
+    clock.move_past(expires)
     await flush_everything(api)  # the flusher's pass expires the grant: 13 -> 3
     payloads = await delivered(sender, receiver, 1)
     assert [(p["type"], p["data"]) for p in payloads] == [
@@ -363,10 +363,10 @@ async def test_a_grant_expiring_fires_credits_low_in_the_expiry_call(
 
 
 async def test_credits_expiring_comes_24_hours_before_a_grant_expires(
-    alerts_api: Api, receiver: Receiver, sender: WebhookSender
+    alerts_api: Api, receiver: Receiver, sender: WebhookSender, clock: Clock
 ) -> None:
-    """A grant expiring in 24 h and 2 s: credits.expiring 2 s from now, once, naming the
-    grant; a grant without credits left by then sends nothing."""
+    """A grant expiring in 24 h and 2 s: credits.expiring 2 s from now (by tollgate's clock,
+    moved on), once, naming the grant; a grant without credits left by then sends nothing."""
     api, user = alerts_api, alerts_api.user()
     await api.admin_create_user(user, plan="pro", credits=0)
     await put(api, user, "/me/webhook", {"url": receiver.url, "events": ["credits.expiring"]})
@@ -380,7 +380,7 @@ async def test_credits_expiring_comes_24_hours_before_a_grant_expires(
     flushed = await flush_everything(api)
     assert await deliveries(api, user) == []  # not yet
     del flushed
-    await asyncio.sleep(2.3)
+    clock.move_past(expires - timedelta(days=1), by_s=0.3)
     await flush_everything(api)
     await flush_everything(api)  # once only
     payloads = await delivered(sender, receiver, 1)

@@ -1,22 +1,21 @@
 """A Redis that lost a user loses its grants too: the rebuild from SQL (credit_grants and
 the ledger) places the balance SQL holds back into the grants, the ones a hold draws last
-first, and never gives a grant twice. FLUSHALL runs on a redis-server of the test's own."""
+first, and never gives a grant twice. FLUSHALL runs on a redis-server of the test's own.
+A grant's expiry comes by tollgate's clock, moved past it (`clock`), not by a wait."""
 
 from __future__ import annotations
 
-import asyncio
-
 from service.cli.audit import run_audit
 from service.runtime import open_runtime
-from tests.api.conftest import SECRET, Api
+from tests.api.conftest import SECRET, Api, Clock
 from tests.api.flow import create_job, me
 from tests.api.history import flush_everything
-from tests.api.test_grants_http import grant, grants_of, in_seconds, ledger_rows, wait_until
+from tests.api.test_grants_http import grant, grants_of, in_seconds, ledger_rows
 from tests.api.test_redis_loss import flushall, own_api  # noqa: F401
 from tests.persistence.conftest import database_url  # noqa: F401
 
 
-async def test_grants_come_back_from_sql_once(own_api: Api) -> None:  # noqa: F811
+async def test_grants_come_back_from_sql_once(own_api: Api, clock: Clock) -> None:  # noqa: F811
     api, user = own_api, "gia"
     await api.admin_create_user(user, credits=3)  # signup: a promotional grant, no expiry
     soon = in_seconds(2)
@@ -28,7 +27,7 @@ async def test_grants_come_back_from_sql_once(own_api: Api) -> None:  # noqa: F8
     canceled = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth(user))
     assert canceled.status_code == 200
     live = await create_job(api, user, 7)  # 5 + 2: lost with Redis, released by the rebuild
-    await wait_until(soon)
+    clock.move_past(soon)
     await flush_everything(api)  # `soon` expired: all 5 of it held by the live job
     before = await grants_of(api, user)
     assert [(g["amount"], g["remaining"]) for g in before] == [(10, 8), (3, 3), (10, 10)]
@@ -65,7 +64,7 @@ async def test_grants_come_back_from_sql_once(own_api: Api) -> None:  # noqa: F8
 
 
 async def test_a_grant_that_expired_while_redis_was_gone_expires_at_the_rebuild(
-        own_api: Api) -> None:  # noqa: F811
+        own_api: Api, clock: Clock) -> None:  # noqa: F811
     api, user = own_api, "gus"
     await api.admin_create_user(user, credits=0)
     soon = in_seconds(2)
@@ -73,8 +72,7 @@ async def test_a_grant_that_expired_while_redis_was_gone_expires_at_the_rebuild(
     await grant(api, user, 4, kind="paid")
     await flush_everything(api)
     await flushall(api)  # before the flusher expired anything
-    await asyncio.sleep(0)
-    await wait_until(soon)
+    clock.move_past(soon)
     credits = (await me(api, user))["credits"]
     assert credits["available"] == 4 and credits["granted"] == 4
     [paid] = await grants_of(api, user)
