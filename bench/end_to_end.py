@@ -166,7 +166,9 @@ async def drain(bench: Stack) -> None:
                            for k, v in bench.env().items() if k.startswith("TOLLGATE_")})
     rt = await open_runtime(settings, settings.jwt_secret or "")
     try:
-        await Dispatcher(rt, fixed_room=1_000_000).pass_once()
+        once = Dispatcher(rt, fixed_room=1_000_000)
+        await once.pass_once()
+        await once.release()  # the legs' dispatchers fill the queue at once
     finally:
         await rt.close()
 

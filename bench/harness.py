@@ -532,7 +532,11 @@ def take_batches(stack: Stack, count: int, timeout: float = 60.0) -> list[dict[s
             job_id = raw.decode() if isinstance(raw, bytes) else raw
             if job_id is None:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(payloads)} of {count} batches reached the queue")
+                    logs = "".join(f"\n--- {proc.name}:\n{proc.output()[-2000:]}"
+                                   for proc in stack.procs
+                                   if "dispatcher" in proc.name and proc.alive())
+                    raise RuntimeError(f"{len(payloads)} of {count} batches reached the "
+                                       f"queue{logs}")
                 time.sleep(0.05)
                 continue
             job = queue.fetch_job(job_id)

@@ -8,20 +8,48 @@
 -- KEYS[3] info       hash   tg:sched:{q:<queue>}:info       'v:<priority>' virtual time,
 --                                                           'items' the sum of `items`
 -- KEYS[4] deadlines  zset   tg:sched:{q:<queue>}:deadlines  job id -> start deadline ms
+-- KEYS[5] claims     zset   tg:sched:{q:<queue>}:claims     job id -> claim end ms (optional)
+-- KEYS[6] waits      hash   tg:sched:{q:<queue>}:waits      the dispatch wait histogram
+--                                                           (optional)
 --
 -- ARGV[1] job_id  ARGV[2] score: its place, '' to take the job out
 -- ARGV[3] items: its items still waiting  ARGV[4] deadline ms, or ''
 -- ARGV[5] priority  ARGV[6] vtag: a dispatched batch's virtual tag, raises the queue's
 --   virtual time at that priority ('' for none)
+-- ARGV[7] opts, one JSON object (includes/opts.lua), all optional, for a dispatcher that
+--   has just handed batches (service/flusher/dispatcher.py), so that the hand ends in one
+--   round trip: claim (boolean) the job's claim ends (KEYS[5]); wait (seconds) and bounds
+--   (the histogram's upper bounds, comma-separated, as the fields name them): the job's
+--   first dispatch wait, counted in KEYS[6] at `priority` (cumulative per bound, count, sum)
 --
 -- Returns {code} with code 'ok' | 'bad_argument' | 'wrong_type'
 -- @include key_types
+-- @include opts
 local job_id, score, items = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local deadline, vtag = tonumber(ARGV[4]), tonumber(ARGV[6])
 if (score ~= '' and not tonumber(score)) or not items then return {'bad_argument'} end
-local bad = wrong_type({{KEYS[1], 'zset'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'},
-  {KEYS[4], 'zset'}})
+local opts = read_opts(ARGV[7], {claim = 'boolean', wait = 'number', bounds = 'string'})
+if not opts or (opts.claim and not KEYS[5]) or (opts.wait and (not KEYS[6] or not opts.bounds))
+then
+  return {'bad_argument'}
+end
+local expected = {{KEYS[1], 'zset'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'}, {KEYS[4], 'zset'}}
+if KEYS[5] then expected[5] = {KEYS[5], 'zset'} end
+if KEYS[6] then expected[6] = {KEYS[6], 'hash'} end
+local bad = wrong_type(expected)
 if bad then return {'wrong_type', bad} end
+
+if opts.claim then redis.call('ZREM', KEYS[5], job_id) end
+if opts.wait then
+  local priority = ARGV[5]
+  for bound in string.gmatch(opts.bounds, '[^,]+') do
+    if opts.wait <= (tonumber(bound) or 0) then
+      redis.call('HINCRBY', KEYS[6], priority .. ':' .. bound, 1)
+    end
+  end
+  redis.call('HINCRBY', KEYS[6], priority .. ':count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], priority .. ':sum', string.format('%.6f', opts.wait))
+end
 
 local before = tonumber(redis.call('HGET', KEYS[2], job_id)) or 0
 if score == '' then

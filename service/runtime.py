@@ -20,6 +20,7 @@ from service.state.clients import (
     QueueConnection,
     is_standalone,
     queue_redis,
+    queue_redis_async,
     state_redis,
     warn_if_evicting,
 )
@@ -59,7 +60,14 @@ class Runtime:
     def live_workers(self) -> LiveWorkers:
         return LiveWorkers(self.queue_connection)
 
+    @cached_property
+    def queue_reads(self) -> Any:
+        """An asyncio client on RQ's Redis for the dispatcher's polling (opened on first use)."""
+        return queue_redis_async(self.settings)
+
     async def close(self) -> None:
+        if "queue_reads" in self.__dict__:
+            await self.queue_reads.aclose()
         await self.core.close()
         await self.engine.dispose()
         self.storage.close()

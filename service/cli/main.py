@@ -147,7 +147,7 @@ def cmd_flusher(args: argparse.Namespace) -> int:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> int:
-    from service.flusher.dispatcher import run_dispatcher
+    from service.flusher.loop import run_dispatcher
 
     redis_or_exit(get_settings())
     warn_unset_worker_url(get_settings(), "dispatcher")

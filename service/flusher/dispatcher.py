@@ -27,12 +27,11 @@ from rq.job import Job
 from service.contract import SERIALIZER, rq_job_id
 from service.errors import InvalidTransition, NotFound
 from service.jobs.dispatch import enqueue_batches, model_gone, sched_fields
-from service.runtime import Runtime, open_runtime
-from service.settings import Settings
+from service.runtime import Runtime
 from service.state.base import now_ms
 from service.state.due import DueIndex
 from service.state.fsm import JobState
-from service.state.queue import live_workers, queue_depths
+from service.state.queue import live_workers, queue_depths_async
 from service.state.records import JobRecord
 from service.state.sched import SchedReads
 
@@ -88,7 +87,22 @@ class Dispatcher:
         return Beside(self, stop, once)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Passes until `stop`; an error is logged and the pass tried again (Redis away)."""
+        """Passes until `stop`; an error is logged and the pass tried again (Redis away).
+        Then the queues' locks are given back: another dispatcher fills them at once."""
+        try:
+            await self._passes(stop)
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Gives back the locks of the queues this dispatcher fills (best effort: a lock
+        not given back expires after `lock_ms`)."""
+        held, self._held = list(self._held), {}
+        for queue in held:
+            with contextlib.suppress(Exception):
+                await self.sched.unlock(queue, self.token)
+
+    async def _passes(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             busy = False
             try:
@@ -112,13 +126,11 @@ class Dispatcher:
         LLEN per queue every BACKLOG_POLL_S, where a whole pass costs several commands."""
         until = time.monotonic() + BACKLOG_PASS_S
         queues = [queue for queue in self.queues if self._capacity(queue) > 0]
-        connection = self.rt.queue_connection
         while not stop.is_set() and time.monotonic() < until:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=BACKLOG_POLL_S)
+            await asyncio.sleep(BACKLOG_POLL_S)  # a stop is seen within one poll
             if self.fixed_room is not None or not queues:
                 return
-            depths = await anyio.to_thread.run_sync(lambda: queue_depths(connection, queues))
+            depths = await queue_depths_async(self.rt.queue_reads, queues)
             if any(depths[queue] < self._capacity(queue) for queue in queues):
                 return
 
@@ -161,8 +173,7 @@ class Dispatcher:
         workers = self.workers.get(queue, 0)
         if workers == 0:
             return 0
-        connection = self.rt.queue_connection
-        depth = (await anyio.to_thread.run_sync(lambda: queue_depths(connection, [queue])))[queue]
+        depth = (await queue_depths_async(self.rt.queue_reads, [queue]))[queue]
         return workers * self.rt.settings.dispatch_batches_per_worker - depth
 
     async def recover(self, queue: str) -> int:
@@ -287,20 +298,20 @@ class Dispatcher:
             await self.hook("enqueued")
         handed = await sched.done(job_id, taken.first, taken.last,
                                   lease_ms=rt.settings.lease_ttl * 1000)
-        await sched.end_claim(queue, job_id)
-        if handed.code == "gone":  # canceled between the take and the enqueue: undo it
-            await self._unhand(queue, job_id, batches)
-            return 0
         if handed.code != "ok":
+            await sched.end_claim(queue, job_id)
+            if handed.code == "gone":  # canceled between the take and the enqueue: undo it
+                await self._unhand(queue, job_id, batches)
             return 0
         self._note_handed(queue, place if taken.code == "take" else None, len(batches))
+        waited = (None if not handed.first_dispatch or handed.queued_at_ms is None
+                  else (now_ms() - handed.queued_at_ms) / 1000)
+        # Its new place, the claim's end and the wait's count: one round trip.
         await sched.place(queue, job_id, handed.score, items=handed.items,
-                          deadline_ms=None, priority=handed.priority, vtag=handed.vtag)
+                          priority=handed.priority, vtag=handed.vtag, end_claim=True,
+                          wait_s=waited)
         if not handed.score:
             self._jobs.pop(job_id, None)
-        if handed.first_dispatch and handed.queued_at_ms is not None:
-            await sched.observe_wait(queue, handed.priority,
-                                     (now_ms() - handed.queued_at_ms) / 1000)
         return len(batches)
 
     async def _unhand(self, queue: str, job_id: str, batches: range) -> None:
@@ -378,23 +389,4 @@ class Beside:
         elif self.once:  # `tollgate flusher --once`: one pass after the flush
             await self.dispatcher.rebuild()
             await self.dispatcher.pass_once()
-
-
-async def run_dispatcher(settings: Settings) -> None:
-    """`tollgate dispatcher`: the dispatcher alone, until SIGTERM or SIGINT (the flusher
-    runs one too; one fills each queue at a time)."""
-    import signal
-
-    if not settings.jwt_secret:
-        raise SystemExit("TOLLGATE_JWT_SECRET is not set (batches carry callback tokens)")
-    rt = await open_runtime(settings, settings.jwt_secret)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("dispatcher: running\n", end="", flush=True)
-    try:
-        await Dispatcher(rt).run(stop)
-    finally:
-        await rt.close()
-    print("dispatcher: stopped\n", end="", flush=True)
+            await self.dispatcher.release()

@@ -308,3 +308,21 @@ async def run_flusher_with_requeue(settings: Settings, *, once: bool,
         await dispatching.close()
         await webhooks.client.aclose()
         await rt.close()
+
+
+async def run_dispatcher(settings: Settings) -> None:
+    """`tollgate dispatcher`: the dispatcher alone, until SIGTERM or SIGINT (the flusher
+    runs one too; one fills each queue at a time)."""
+    if not settings.jwt_secret:
+        raise SystemExit("TOLLGATE_JWT_SECRET is not set (batches carry callback tokens)")
+    rt = await open_runtime(settings, settings.jwt_secret)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("dispatcher: running\n", end="", flush=True)
+    try:
+        await Dispatcher(rt).run(stop)
+    finally:
+        await rt.close()
+    print("dispatcher: stopped\n", end="", flush=True)

@@ -16,7 +16,7 @@ from typing import Any
 Arg = str | int | float
 # A named argument: one ARGV, the packed table (`ScriptSpec.packed`: a dict sent as one
 # cjson-encoded ARGV) or the list that fills `ScriptSpec.more_args`.
-ArgValue = Arg | Mapping[str, str | int | bool] | Sequence[Arg]
+ArgValue = Arg | Mapping[str, str | int | float | bool] | Sequence[Arg]
 KeyValue = str | Sequence[str]
 
 
@@ -151,6 +151,7 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                args=("job_id", "flushed_deliveries"), reply=("code",)),
     ScriptSpec("ledger_ack", keys=("ledger",), args=("count", "first_entry"),
                reply=("code",)),
+    ScriptSpec("sched_lock", keys=("lock",), args=("token", "ms")),
     ScriptSpec("mark_in_sql", keys=(), more_keys="jobs", args=("at",)),
     ScriptSpec("flush_read", keys=("ledger", "ledger_retry"), more_keys="jobs",
                args=("ledger_limit", "now"), reply=("ledger_head", "retries_due", "jobs")),
@@ -193,9 +194,9 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                args=("job_id", "first", "last", "now", "lease_until"),
                reply=("code", "score", "items", "first_dispatch", "queued_at", "vtag",
                       "priority")),
-    ScriptSpec("sched_order", keys=("order", "items", "info", "deadlines"),
-               args=("job_id", "score", "items", "deadline", "priority", "vtag"),
-               reply=("code",)),
+    ScriptSpec("sched_order", keys=("order", "items", "info", "deadlines", "claims", "waits"),
+               args=("job_id", "score", "items", "deadline", "priority", "vtag", "opts"),
+               reply=("code",), packed="opts", optional_keys=("claims", "waits")),
     ScriptSpec("rate_limit", keys=("user", "rate", "key_rate"), optional_keys=("key_rate",),
                args=("window_ms", "key_limit"), more_args="plan_limits",
                reply=("allowed", "limit", "remaining", "wait_ms")),

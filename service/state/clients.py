@@ -211,6 +211,20 @@ def queue_redis(settings: Settings) -> QueueConnection:
     return redis.Redis.from_url(url)
 
 
+def queue_redis_async(settings: Settings) -> Any:
+    """An asyncio client on RQ's Redis, one connection: the dispatcher's frequent reads of
+    the queues' depths, without a thread hop each (RQ itself stays synchronous)."""
+    url = settings.queue_redis_url or settings.redis_url
+    if url is None:
+        return fakeredis.FakeAsyncRedis(server=embedded_server())
+    if url.startswith(CLUSTER_SCHEME):
+        raise ValueError(
+            "RQ cannot use Redis Cluster: set TOLLGATE_QUEUE_REDIS_URL to a standalone Redis"
+        )
+    # One connection, waited for (a pool that fails when full would fail a second caller).
+    return AsyncRedis.from_pool(BlockingConnectionPool.from_url(url, max_connections=1))
+
+
 async def warn_if_evicting(client: Any) -> None:
     """Eviction would silently drop holds and dedup records: say so loudly at start-up."""
     try:

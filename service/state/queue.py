@@ -107,6 +107,14 @@ def enqueue_job(
     return ids
 
 
+async def queue_depths_async(client: Any, names: list[str]) -> dict[str, int]:
+    """queue_depths over an asyncio client: one round trip, no thread."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+    return {name: int(depth) for name, depth in zip(names, await pipe.execute(), strict=True)}
+
+
 def queue_depths(connection: Any, names: list[str]) -> dict[str, int]:
     """Jobs waiting in each RQ queue (LLEN of its list), in one round trip. Synchronous."""
     pipe = connection.pipeline(transaction=False)

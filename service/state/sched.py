@@ -21,6 +21,8 @@ from service.state.store import Core
 PRIORITIES = ("high", "normal", "low")
 # Seconds from execute to the job's first batch in RQ (tollgate_dispatch_wait_seconds).
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+# The histogram's fields, `<priority>:<bound>` (lua/sched_order.lua counts them).
+WAIT_BOUNDS = ",".join(str(bound) for bound in WAIT_BUCKETS)
 # Scripts in flight in a rebuild (a pool that is full raises, it does not wait).
 IN_FLIGHT = 8
 
@@ -118,16 +120,25 @@ class SchedState:
 
     async def place(self, queue: str, job_id: str, score: str, *, items: int = 0,
                     deadline_ms: int | None = None, priority: str = "normal",
-                    vtag: str = "") -> None:
-        """Puts the job in the queue's order at `score`, or takes it out ('')."""
+                    vtag: str = "", end_claim: bool = False,
+                    wait_s: float | None = None) -> None:
+        """Puts the job in the queue's order at `score`, or takes it out (''). A dispatcher
+        that handed its batches ends its claim and counts its first dispatch wait
+        (`wait_s`) in the same round trip."""
         sched = self.keys.sched(queue)
+        keys = {"order": sched.order, "items": sched.items, "info": sched.info,
+                "deadlines": sched.deadlines}
+        opts: dict[str, str | int | float | bool] = {}
+        if end_claim or wait_s is not None:
+            keys |= {"claims": sched.claims, "waits": sched.waits}
+            opts = {"claim": True} if end_claim else {}
+        if wait_s is not None:
+            opts |= {"wait": round(wait_s, 6), "bounds": WAIT_BOUNDS}
         await self.core.run_checked(
-            "sched_order",
-            keys={"order": sched.order, "items": sched.items, "info": sched.info,
-                  "deadlines": sched.deadlines},
+            "sched_order", keys=keys,
             args={"job_id": job_id, "score": score, "items": items,
                   "deadline": "" if deadline_ms is None else deadline_ms,
-                  "priority": priority, "vtag": vtag})
+                  "priority": priority, "vtag": vtag, "opts": opts})
 
     async def head(self, queue: str, count: int) -> list[tuple[str, float]]:
         """The first `count` jobs of the order, with their places."""
@@ -181,14 +192,16 @@ class SchedReads(SchedState):
         await self.core.runner.execute_command("ZREM", self.keys.bucket(bucket).waiting, job_id)
 
     async def lock(self, queue: str, token: str, ms: int) -> bool:
-        """The queue is this dispatcher's for `ms` (taken, or still its own: renewed)."""
-        runner, key = self.core.runner, self.keys.sched(queue).lock
-        if await runner.execute_command("SET", key, token, "NX", "PX", ms):
-            return True
-        if await runner.execute_command("GET", key) == token:
-            await runner.execute_command("PEXPIRE", key, ms)
-            return True
-        return False
+        """The queue is this dispatcher's for `ms` (taken, or still its own: renewed); one
+        round trip (lua/sched_lock.lua)."""
+        return bool(await self.core.run_script(
+            "sched_lock", keys={"lock": self.keys.sched(queue).lock},
+            args={"token": token, "ms": ms}))
+
+    async def unlock(self, queue: str, token: str) -> None:
+        """Gives the queue's lock back if it is still this dispatcher's."""
+        await self.core.run_script("sched_lock", keys={"lock": self.keys.sched(queue).lock},
+                                   args={"token": token, "ms": 0})
 
     async def note_claim(self, queue: str, job_id: str, until_ms: int) -> None:
         await self.core.runner.execute_command("ZADD", self.keys.sched(queue).claims,
@@ -204,15 +217,6 @@ class SchedReads(SchedState):
 
     async def drop_deadline(self, queue: str, job_id: str) -> None:
         await self.core.runner.execute_command("ZREM", self.keys.sched(queue).deadlines, job_id)
-
-    async def observe_wait(self, queue: str, priority: str, seconds: float) -> None:
-        """One dispatch wait into the queue's histogram (cumulative counts per bound)."""
-        key, runner = self.keys.sched(queue).waits, self.core.runner
-        for bound in WAIT_BUCKETS:
-            if seconds <= bound:
-                await runner.execute_command("HINCRBY", key, f"{priority}:{bound}", 1)
-        await runner.execute_command("HINCRBY", key, f"{priority}:count", 1)
-        await runner.execute_command("HINCRBYFLOAT", key, f"{priority}:sum", round(seconds, 6))
 
     async def waits(self, queue: str) -> dict[str, str]:
         raw = await self.core.runner.execute_command("HGETALL", self.keys.sched(queue).waits)

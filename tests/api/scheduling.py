@@ -104,7 +104,10 @@ async def drain(settings: Settings) -> int:
     worker, which would find RQ empty and stop before any dispatcher saw it."""
     rt = await open_runtime(settings, settings.jwt_secret or "")
     try:
-        return await Dispatcher(rt, fixed_room=1_000_000).pass_once()
+        once = Dispatcher(rt, fixed_room=1_000_000)
+        handed = await once.pass_once()
+        await once.release()
+        return handed
     finally:
         await rt.close()
 

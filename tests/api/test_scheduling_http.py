@@ -112,6 +112,30 @@ async def test_a_dispatcher_killed_between_its_steps_hands_each_batch_once(
     assert await one_pass(second) == 0
 
 
+async def test_a_stopped_dispatcher_gives_its_queue_over_at_once(any_api: Api,
+                                                                  rt: Runtime) -> None:
+    owner = user()
+    await fund(rt, owner, 100)
+    register_worker(rt, "w1")  # room for 2 batches
+    first = dispatcher(rt, lock_ms=60_000)  # a lock that would outlive the test
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.run(stop))
+    job = await executed_job(rt, owner, 8)
+    for _ in range(200):
+        if rq_batches(rt):
+            break
+        await asyncio.sleep(0.01)
+    assert rq_batches(rt) == [(job.id, 0)]
+    stop.set()
+    await running
+    other = user()
+    await fund(rt, other, 100)
+    later = await executed_job(rt, other, 8)
+    second = dispatcher(rt, lock_ms=60_000)
+    assert await one_pass(second) == 1  # given back: the queue is the second's now, not in 60 s
+    assert rq_batches(rt) == [(job.id, 0), (later.id, 0)]
+
+
 async def test_one_users_backlog_does_not_hold_back_another(any_api: Api, rt: Runtime) -> None:
     heavy, light = user(), user()
     await fund(rt, heavy, 1000)
