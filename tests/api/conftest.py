@@ -139,11 +139,11 @@ class Clock:
     def now_ms(self) -> int:
         return self.real() + self.ahead_ms
 
-    def move_past(self, when: datetime, *, by_s: float = 0.2) -> None:
-        """Moves the clock to `by_s` past `when` (as a wait until then would: later, not
-        earlier, than the clock is)."""
-        target = int(when.timestamp() * 1000) + int(by_s * 1000)
-        self.ahead_ms = max(self.ahead_ms, target - self.real())
+    def move_past(self, when: datetime | int, *, by_s: float = 0.2) -> None:
+        """Moves the clock to `by_s` past `when` (a time, or epoch milliseconds), as a wait
+        until then would: later, never earlier, than it is."""
+        at_ms = when if isinstance(when, int) else int(when.timestamp() * 1000)
+        self.ahead_ms = max(self.ahead_ms, at_ms + int(by_s * 1000) - self.real())
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from service.jobs.dispatch import admit
 from service.runtime import Runtime
 from service.state.fsm import JobState
-from tests.api.conftest import Api
+from tests.api.conftest import Api, Clock
 from tests.api.flow import create_job, me, queued_job, upload_all
 from tests.api.history import flush_everything
 from tests.api.scheduling import (
@@ -315,15 +316,17 @@ async def test_rules_carry_a_priority_within_the_plan(any_api: Api, rt: Runtime)
 
 
 async def test_jobs_not_started_by_their_deadline_end_canceled_and_released(
-        any_api: Api, rt: Runtime) -> None:
+        any_api: Api, rt: Runtime, clock: Clock) -> None:
     owners = [user() for _ in range(5)]
     jobs = []
+    deadline_ms = _in_ms(2)
     for owner in owners:
         await fund(rt, owner, 100, plan="pro")
         for _ in range(10):
-            job = await uploaded_job(rt, owner, 2, start_deadline_ms=_in_ms(2))
+            job = await uploaded_job(rt, owner, 2, start_deadline_ms=deadline_ms)
             jobs.append(job)
     await asyncio.gather(*(admit(rt, job) for job in jobs))
+    clock.move_past(deadline_ms)  # tollgate's clock: no wait
     d = dispatcher(rt)  # no worker: nothing starts
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 4
@@ -369,12 +372,12 @@ async def test_models_and_a_queued_job_say_whether_a_worker_serves_them(
 
 
 async def test_a_job_still_waiting_for_its_uploads_ends_by_its_start_deadline(
-        any_api: Api, rt: Runtime) -> None:
+        any_api: Api, rt: Runtime, clock: Clock) -> None:
     owner = any_api.user()
     body = {"items": [{"name": "a.png", "content_type": "image/png", "size": 10}],
             "start_deadline_s": 1}
     created = (await any_api.client.post("/jobs", json=body, headers=any_api.auth(owner))).json()
-    await asyncio.sleep(1.1)
+    clock.move_past(datetime.now(UTC) + timedelta(seconds=1), by_s=0.1)  # past the deadline
     await flush_everything(any_api)  # the flusher: its hold ended at the deadline
     view = (await any_api.client.get(f"/jobs/{created['id']}",
                                      headers=any_api.auth(owner))).json()
