@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import redis
 import uvicorn
+from litestar import Litestar
 
 from service.api.app import create_app
 from service.api.auth import issue_token
@@ -101,6 +102,14 @@ class Api:
     settings: Settings
     client: httpx.AsyncClient
     tokens: dict[str, str] = field(default_factory=dict)
+    server: ServerThread | None = None
+
+    def runtime(self) -> Runtime:
+        """The served app's own Runtime (its lifespan opened it), in this process."""
+        assert self.server is not None, "not served by a ServerThread of this process"
+        app = cast(Litestar, self.server.server.config.app)
+        runtime: Runtime = app.state.runtime
+        return runtime
 
     def token(self, user_id: str, *, admin: bool = False) -> str:
         return issue_token(SECRET, user_id, admin=admin, ttl_s=3600)
@@ -121,10 +130,10 @@ class Api:
         return body
 
 
-def _serve(settings: Settings) -> Iterator[tuple[str, Settings]]:
+def _serve(settings: Settings) -> Iterator[ServerThread]:
     port = int(settings.public_url.rsplit(":", 1)[1])
-    with ServerThread(settings, port):
-        yield settings.public_url, settings
+    with ServerThread(settings, port) as served:
+        yield served
 
 
 class Clock:
@@ -223,9 +232,10 @@ def drop_rq_queue(connection: redis.Redis, queue_name: str) -> None:
 
 @pytest.fixture
 async def api(real_settings: Settings, real_redis: Any) -> AsyncIterator[Api]:
-    for url, settings in _serve(real_settings):
+    url = real_settings.public_url
+    for served in _serve(real_settings):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            yield Api(url, settings, client)
+            yield Api(url, real_settings, client, server=served)
 
 
 @pytest.fixture
@@ -241,9 +251,10 @@ async def embedded_api(tmp_path: Path, migrated_sqlite: MigratedSqlite) -> Async
         public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET,
         storage_dir=str(tmp_path / "files"), flush_delay=0,
     )
-    for url, served in _serve(settings):
+    url = settings.public_url
+    for served in _serve(settings):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            yield Api(url, served, client)
+            yield Api(url, settings, client, server=served)
 
 
 @pytest.fixture
@@ -257,9 +268,9 @@ async def cluster_api(cluster_url: str, redis_url: str, key_prefix: str, tmp_pat
         public_url=f"http://127.0.0.1:{port}", jwt_secret=SECRET, key_prefix=key_prefix,
         storage_dir=str(tmp_path / "files"), queue_name=key_prefix, flush_delay=0,
     )
-    with ServerThread(settings, port):
+    with ServerThread(settings, port) as served:
         async with httpx.AsyncClient(base_url=settings.public_url, timeout=30) as client:
-            yield Api(settings.public_url, settings, client)
+            yield Api(settings.public_url, settings, client, server=served)
     connection = redis.Redis.from_url(redis_url)
     drop_rq_queue(connection, key_prefix)
     connection.close()
