@@ -26,10 +26,9 @@ from rq.job import Job
 
 from service.contract import SERIALIZER, rq_job_id
 from service.errors import InvalidTransition, NotFound
-from service.jobs.dispatch import enqueue_batches, model_gone, sched_fields
+from service.jobs.dispatch import enqueue_batches, model_gone, rebuild_order
 from service.runtime import Runtime
 from service.state.base import now_ms
-from service.state.due import DueIndex
 from service.state.fsm import JobState
 from service.state.queue import live_workers, queue_depths_async
 from service.state.records import JobRecord
@@ -48,6 +47,9 @@ HEAD = 8
 BACKLOG_POLL_S = 0.005
 BACKLOG_PASS_S = 0.025
 DEADLINES_PER_PASS = 500
+# How often a queue's start deadlines and dead dispatchers' claims are read (a pass comes
+# every BACKLOG_PASS_S while RQ is full; a deadline is met within 2 s, a claim lives 10 s).
+CHECK_S = 0.1
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
 WORKERS_TTL_S = 1.0
@@ -77,6 +79,7 @@ class Dispatcher:
         self.backlog = False  # the last pass left work waiting for room in RQ
         self._held: dict[str, float] = {}  # queue -> monotonic time its lock surely lasts to
         self._handed: dict[str, deque[float]] = {}  # queue -> places of batches handed
+        self._checked: dict[str, float] = {}  # queue -> when its deadlines and claims were read
 
     @property
     def queues(self) -> list[str]:
@@ -142,9 +145,18 @@ class Dispatcher:
         for queue in self.queues:
             if not await self._lock(queue):
                 continue
-            done += await self.expire_deadlines(queue)
-            done += await self.fill(queue)
+            checks = self._checks_due(queue)
+            if checks:
+                done += await self.expire_deadlines(queue)
+            done += await self.fill(queue, recover=checks)
         return done
+
+    def _checks_due(self, queue: str) -> bool:
+        now = time.monotonic()
+        if now - self._checked.get(queue, -CHECK_S) < CHECK_S:
+            return False
+        self._checked[queue] = now
+        return True
 
     async def read_workers(self, force: bool = False) -> dict[str, int]:
         if force or time.monotonic() - self._workers_read >= WORKERS_TTL_S:
@@ -184,12 +196,12 @@ class Dispatcher:
             handed += max(0, await self.hand(queue, job_id, 0, None))
         return handed
 
-    async def fill(self, queue: str) -> int:
+    async def fill(self, queue: str, *, recover: bool = True) -> int:
         """Fills the queue's room in RQ from the head of the order. The fill's first batch
         goes to RQ's front when it is ahead of what RQ holds (`_ahead`), and then it may
         take one batch more than the room: it starts on the next worker free, not behind
         the k batches per worker RQ keeps (the depth counts it, so one at a time)."""
-        handed = await self.recover(queue)
+        handed = await self.recover(queue) if recover else 0
         room = await self.room(queue)
         first = True
         over = False  # the room is full: only a batch ahead of RQ's may still go in
@@ -350,28 +362,9 @@ class Dispatcher:
         return ended
 
     async def rebuild(self) -> int:
-        """Puts every waiting job of the buckets in use back in its queue's order (a crash
-        after a bucket's script and before the order's write leaves one out)."""
+        """Puts every waiting job back in its queue's order (`rebuild_order`)."""
         self._rebuilt = time.monotonic()
-        core = self.rt.core
-        placed = 0
-        for bucket in await DueIndex(core).buckets_in_use():
-            for job_id, score in await self.sched.bucket_waiting(bucket):
-                fields = await sched_fields(self.rt, job_id)
-                job = await core.job(job_id)
-                if (fields is None or job is None or not fields.queue
-                        or job.state not in (JobState.QUEUED, JobState.RUNNING)):
-                    await self.sched.drop_waiting(bucket, job_id)
-                    continue
-                size = self.rt.models.get(job.model).batch_size if job.model in \
-                    self.rt.models or job.model is None else 1
-                await self.sched.place(
-                    fields.queue, job_id, repr(score),
-                    items=max(0, job.total_items - fields.next_batch * size),
-                    deadline_ms=fields.start_deadline_ms if job.state == JobState.QUEUED
-                    else None, priority=fields.priority)
-                placed += 1
-        return placed
+        return await rebuild_order(self.rt, self.sched)
 
 
 class Beside:
