@@ -30,7 +30,7 @@ from service.jobs.dispatch import enqueue_batches, model_gone, rebuild_order
 from service.runtime import Runtime
 from service.state.base import now_ms
 from service.state.fsm import JobState
-from service.state.queue import live_workers, queue_depths_async
+from service.state.queue import live_workers, queue_depths_async, wait_for_signal
 from service.state.records import JobRecord
 from service.state.sched import SchedReads
 
@@ -41,11 +41,11 @@ CLAIM_MS = 10_000
 LOCK_MS = 5_000
 # The order's head read at once: a job under another's live claim is stepped over.
 HEAD = 8
-# How often a queue with work waiting for room is looked at again: one LLEN per queue
-# (`wait_for_room`), and a whole pass (lock, deadlines, claims, a batch ahead of RQ's) at
-# least every BACKLOG_PASS_S.
+# While work waits for room in RQ, a pass comes when a worker signals it took a batch, and
+# at least every BACKLOG_PASS_S (`wait_for_room`); BACKLOG_POLL_S: the pause of a dispatcher
+# with a fixed room (tests' burst workers).
 BACKLOG_POLL_S = 0.005
-BACKLOG_PASS_S = 0.025
+BACKLOG_PASS_S = 0.05
 DEADLINES_PER_PASS = 500
 # How often a queue's start deadlines and dead dispatchers' claims are read (a pass comes
 # every BACKLOG_PASS_S while RQ is full; a deadline is met within 2 s, a claim lives 10 s).
@@ -125,17 +125,14 @@ class Dispatcher:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
 
     async def wait_for_room(self, stop: asyncio.Event) -> None:
-        """Until a queue with live workers has room in RQ, or BACKLOG_PASS_S passed: one
-        LLEN per queue every BACKLOG_POLL_S, where a whole pass costs several commands."""
-        until = time.monotonic() + BACKLOG_PASS_S
+        """Until a worker of a queue with live workers took a batch (`tollgate worker`
+        signals it: contract.signal_room), or BACKLOG_PASS_S passed (a plain RQ worker
+        signals nothing): one blocking pop on RQ's Redis, no polling."""
         queues = [queue for queue in self.queues if self._capacity(queue) > 0]
-        while not stop.is_set() and time.monotonic() < until:
-            await asyncio.sleep(BACKLOG_POLL_S)  # a stop is seen within one poll
-            if self.fixed_room is not None or not queues:
-                return
-            depths = await queue_depths_async(self.rt.queue_reads, queues)
-            if any(depths[queue] < self._capacity(queue) for queue in queues):
-                return
+        if self.fixed_room is not None or not queues:
+            await asyncio.sleep(BACKLOG_POLL_S)
+            return
+        await wait_for_signal(self.rt.queue_reads, queues, BACKLOG_PASS_S)
 
     async def pass_once(self) -> int:
         """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
