@@ -23,7 +23,7 @@ import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from service.contract import SERIALIZER, make_queue, signal_room
+from service.contract import JOB_FUNCTION, SERIALIZER, make_queue, signal_room
 from service.settings import Settings
 from workers.jobs import preload, serve_queue
 
@@ -65,7 +65,8 @@ class _SignalsRoom:
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         worker: Any = self
-        signal_room(worker.connection, queue.name)
+        if job.func_name == JOB_FUNCTION:  # a batch the dispatcher handed (not any RQ job)
+            signal_room(worker.connection, queue.name)
         return super().execute_job(job, queue)  # type: ignore[misc]
 
 
