@@ -19,8 +19,10 @@
 -- ARGV[7] opts, one JSON object (includes/opts.lua), all optional, for a dispatcher that
 --   has just handed batches (service/flusher/dispatcher.py), so that the hand ends in one
 --   round trip: claim (boolean) the job's claim ends (KEYS[5]); wait (seconds) and bounds
---   (the histogram's upper bounds, comma-separated, as the fields name them): the job's
---   first dispatch wait, counted in KEYS[6] at `priority` (cumulative per bound, count, sum)
+--   (the histogram's upper bounds, ascending, comma-separated, as the fields name them): the
+--   job's first dispatch wait, counted in KEYS[6] at `priority`: in the field of the first
+--   bound it is under (`<priority>:in:<bound>`, or `:in:+Inf`; the reader sums them up to
+--   each bound), and in `<priority>:count` and `<priority>:sum`
 --
 -- Returns {code} with code 'ok' | 'bad_argument' | 'wrong_type'
 -- @include key_types
@@ -42,11 +44,11 @@ if bad then return {'wrong_type', bad} end
 if opts.claim then redis.call('ZREM', KEYS[5], job_id) end
 if opts.wait then
   local priority = ARGV[5]
+  local slot = '+Inf'
   for bound in string.gmatch(opts.bounds, '[^,]+') do
-    if opts.wait <= (tonumber(bound) or 0) then
-      redis.call('HINCRBY', KEYS[6], priority .. ':' .. bound, 1)
-    end
+    if opts.wait <= (tonumber(bound) or 0) then slot = bound; break end
   end
+  redis.call('HINCRBY', KEYS[6], priority .. ':in:' .. slot, 1)
   redis.call('HINCRBY', KEYS[6], priority .. ':count', 1)
   redis.call('HINCRBYFLOAT', KEYS[6], priority .. ':sum', string.format('%.6f', opts.wait))
 end

@@ -182,6 +182,25 @@ def make_queue(connection: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=connection, serializer=SERIALIZER)
 
 
+# A worker took a batch from the queue: the dispatcher (service/flusher/dispatcher.py) waits
+# on this list, on RQ's Redis, to fill the queue again, instead of polling its length. It
+# holds at most one element; a worker that sends nothing (plain `rq worker`) only makes the
+# refill wait for the dispatcher's next timed pass.
+ROOM_KEY = "rq:tollgate:room:%s"
+
+
+def signal_room(connection: redis.Redis, queue_name: str) -> None:
+    """Tells the dispatcher the queue has room again: one round trip, best effort."""
+    key = ROOM_KEY % queue_name
+    try:
+        pipe = connection.pipeline(transaction=False)
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, 0)
+        pipe.execute()
+    except redis.RedisError:  # the refill then waits for the dispatcher's timed pass
+        pass
+
+
 def batch_payload(
     *,
     job_id: str,

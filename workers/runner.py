@@ -23,7 +23,7 @@ import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from service.contract import SERIALIZER, make_queue
+from service.contract import JOB_FUNCTION, SERIALIZER, make_queue, signal_room
 from service.settings import Settings
 from workers.jobs import preload, serve_queue
 
@@ -59,11 +59,22 @@ class _PromptStop:
         )
 
 
-class TollgateWorker(_PromptStop, Worker):
+class _SignalsRoom:
+    """Tells the dispatcher when it takes a batch (contract.signal_room), so that the queue
+    is filled again at once, with no polling of its length."""
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        worker: Any = self
+        if job.func_name == JOB_FUNCTION:  # a batch the dispatcher handed (not any RQ job)
+            signal_room(worker.connection, queue.name)
+        return super().execute_job(job, queue)  # type: ignore[misc]
+
+
+class TollgateWorker(_PromptStop, _SignalsRoom, Worker):
     """RQ's forking Worker (`tollgate worker --fork`), stopping promptly (_PromptStop)."""
 
 
-class TollgateSimpleWorker(_PromptStop, SimpleWorker):
+class TollgateSimpleWorker(_PromptStop, _SignalsRoom, SimpleWorker):
     """RQ's SimpleWorker (one process, setup() once), stopping promptly (_PromptStop)."""
 
 

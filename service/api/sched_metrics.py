@@ -2,7 +2,7 @@
 
 `tollgate_dispatch_wait_seconds` is the time from execute to a job's first batch in RQ; the
 dispatcher runs in the flusher process, which is not scraped, so it keeps the histogram in
-Redis (`SchedKeys.waits`, cumulative counts per bound) and every API process reports the
+Redis (`SchedKeys.waits`: a count per bound's slot, summed here) and every API process reports the
 same one. A scrape reads it, and the RQ worker registry, at most every SNAPSHOT_TTL_S.
 """
 
@@ -40,8 +40,13 @@ class _Scheduling(Collector):
         for model, fields in sorted(self.waits.items()):
             for priority in PRIORITIES:
                 count = int(fields.get(f"{priority}:count", 0))
-                buckets = [(str(bound), float(fields.get(f"{priority}:{bound}", 0)))
-                           for bound in WAIT_BUCKETS] + [("+Inf", float(count))]
+                buckets, under = [], 0.0
+                for bound in WAIT_BUCKETS:
+                    under += float(fields.get(f"{priority}:in:{bound}", 0))
+                    # `<priority>:<bound>`: the cumulative counts kept before 2026-12-06
+                    buckets.append((str(bound),
+                                    under + float(fields.get(f"{priority}:{bound}", 0))))
+                buckets.append(("+Inf", float(count)))
                 wait.add_metric((model, priority), buckets,
                                 float(fields.get(f"{priority}:sum", 0.0)))
         yield wait

@@ -26,12 +26,11 @@ from rq.job import Job
 
 from service.contract import SERIALIZER, rq_job_id
 from service.errors import InvalidTransition, NotFound
-from service.jobs.dispatch import enqueue_batches, model_gone, sched_fields
+from service.jobs.dispatch import enqueue_batches, model_gone, rebuild_order
 from service.runtime import Runtime
 from service.state.base import now_ms
-from service.state.due import DueIndex
 from service.state.fsm import JobState
-from service.state.queue import live_workers, queue_depths_async
+from service.state.queue import live_workers, queue_depths_async, wait_for_signal
 from service.state.records import JobRecord
 from service.state.sched import SchedReads
 
@@ -42,12 +41,15 @@ CLAIM_MS = 10_000
 LOCK_MS = 5_000
 # The order's head read at once: a job under another's live claim is stepped over.
 HEAD = 8
-# How often a queue with work waiting for room is looked at again: one LLEN per queue
-# (`wait_for_room`), and a whole pass (lock, deadlines, claims, a batch ahead of RQ's) at
-# least every BACKLOG_PASS_S.
+# While work waits for room in RQ, a pass comes when a worker signals it took a batch, and
+# at least every BACKLOG_PASS_S (`wait_for_room`); BACKLOG_POLL_S: the pause of a dispatcher
+# with a fixed room (tests' burst workers).
 BACKLOG_POLL_S = 0.005
-BACKLOG_PASS_S = 0.025
+BACKLOG_PASS_S = 0.05
 DEADLINES_PER_PASS = 500
+# How often a queue's start deadlines and dead dispatchers' claims are read (a pass comes
+# every BACKLOG_PASS_S while RQ is full; a deadline is met within 2 s, a claim lives 10 s).
+CHECK_S = 0.1
 # How often the order is rebuilt from the buckets' waiting sets (and at start).
 REBUILD_S = 60.0
 WORKERS_TTL_S = 1.0
@@ -77,6 +79,7 @@ class Dispatcher:
         self.backlog = False  # the last pass left work waiting for room in RQ
         self._held: dict[str, float] = {}  # queue -> monotonic time its lock surely lasts to
         self._handed: dict[str, deque[float]] = {}  # queue -> places of batches handed
+        self._checked: dict[str, float] = {}  # queue -> when its deadlines and claims were read
 
     @property
     def queues(self) -> list[str]:
@@ -122,17 +125,14 @@ class Dispatcher:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
 
     async def wait_for_room(self, stop: asyncio.Event) -> None:
-        """Until a queue with live workers has room in RQ, or BACKLOG_PASS_S passed: one
-        LLEN per queue every BACKLOG_POLL_S, where a whole pass costs several commands."""
-        until = time.monotonic() + BACKLOG_PASS_S
+        """Until a worker of a queue with live workers took a batch (`tollgate worker`
+        signals it: contract.signal_room), or BACKLOG_PASS_S passed (a plain RQ worker
+        signals nothing): one blocking pop on RQ's Redis, no polling."""
         queues = [queue for queue in self.queues if self._capacity(queue) > 0]
-        while not stop.is_set() and time.monotonic() < until:
-            await asyncio.sleep(BACKLOG_POLL_S)  # a stop is seen within one poll
-            if self.fixed_room is not None or not queues:
-                return
-            depths = await queue_depths_async(self.rt.queue_reads, queues)
-            if any(depths[queue] < self._capacity(queue) for queue in queues):
-                return
+        if self.fixed_room is not None or not queues:
+            await asyncio.sleep(BACKLOG_POLL_S)
+            return
+        await wait_for_signal(self.rt.queue_reads, queues, BACKLOG_PASS_S)
 
     async def pass_once(self) -> int:
         """Deadlines and fills over every queue; returns batches handed plus jobs ended."""
@@ -142,9 +142,18 @@ class Dispatcher:
         for queue in self.queues:
             if not await self._lock(queue):
                 continue
-            done += await self.expire_deadlines(queue)
-            done += await self.fill(queue)
+            checks = self._checks_due(queue)
+            if checks:
+                done += await self.expire_deadlines(queue)
+            done += await self.fill(queue, recover=checks)
         return done
+
+    def _checks_due(self, queue: str) -> bool:
+        now = time.monotonic()
+        if now - self._checked.get(queue, -CHECK_S) < CHECK_S:
+            return False
+        self._checked[queue] = now
+        return True
 
     async def read_workers(self, force: bool = False) -> dict[str, int]:
         if force or time.monotonic() - self._workers_read >= WORKERS_TTL_S:
@@ -184,12 +193,12 @@ class Dispatcher:
             handed += max(0, await self.hand(queue, job_id, 0, None))
         return handed
 
-    async def fill(self, queue: str) -> int:
+    async def fill(self, queue: str, *, recover: bool = True) -> int:
         """Fills the queue's room in RQ from the head of the order. The fill's first batch
         goes to RQ's front when it is ahead of what RQ holds (`_ahead`), and then it may
         take one batch more than the room: it starts on the next worker free, not behind
         the k batches per worker RQ keeps (the depth counts it, so one at a time)."""
-        handed = await self.recover(queue)
+        handed = await self.recover(queue) if recover else 0
         room = await self.room(queue)
         first = True
         over = False  # the room is full: only a batch ahead of RQ's may still go in
@@ -350,28 +359,9 @@ class Dispatcher:
         return ended
 
     async def rebuild(self) -> int:
-        """Puts every waiting job of the buckets in use back in its queue's order (a crash
-        after a bucket's script and before the order's write leaves one out)."""
+        """Puts every waiting job back in its queue's order (`rebuild_order`)."""
         self._rebuilt = time.monotonic()
-        core = self.rt.core
-        placed = 0
-        for bucket in await DueIndex(core).buckets_in_use():
-            for job_id, score in await self.sched.bucket_waiting(bucket):
-                fields = await sched_fields(self.rt, job_id)
-                job = await core.job(job_id)
-                if (fields is None or job is None or not fields.queue
-                        or job.state not in (JobState.QUEUED, JobState.RUNNING)):
-                    await self.sched.drop_waiting(bucket, job_id)
-                    continue
-                size = self.rt.models.get(job.model).batch_size if job.model in \
-                    self.rt.models or job.model is None else 1
-                await self.sched.place(
-                    fields.queue, job_id, repr(score),
-                    items=max(0, job.total_items - fields.next_batch * size),
-                    deadline_ms=fields.start_deadline_ms if job.state == JobState.QUEUED
-                    else None, priority=fields.priority)
-                placed += 1
-        return placed
+        return await rebuild_order(self.rt, self.sched)
 
 
 class Beside:

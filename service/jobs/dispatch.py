@@ -17,6 +17,7 @@ from rq import Queue
 
 from service.contract import BatchItem, callback_token, input_key, make_queue, output_key
 from service.runtime import Runtime
+from service.state.due import DueIndex
 from service.state.fsm import JobState
 from service.state.queue import enqueue_job
 from service.state.records import JobRecord
@@ -157,3 +158,27 @@ async def leave_order(rt: Runtime, job_id: str) -> None:
             await SchedState(rt.core).place(fields.queue, job_id, "")
     except Exception:  # the dispatcher drops it when it meets it
         log.warning("job %s: not taken out of the dispatch order now", job_id, exc_info=True)
+
+
+async def rebuild_order(rt: Runtime, sched: SchedReads) -> int:
+    """Puts every waiting job of the buckets in use back in its queue's order (a crash
+    after a bucket's script and before the order's write leaves one out); returns how many."""
+    core = rt.core
+    placed = 0
+    for bucket in await DueIndex(core).buckets_in_use():
+        for job_id, score in await sched.bucket_waiting(bucket):
+            fields = await sched_fields(rt, job_id)
+            job = await core.job(job_id)
+            if (fields is None or job is None or not fields.queue
+                    or job.state not in (JobState.QUEUED, JobState.RUNNING)):
+                await sched.drop_waiting(bucket, job_id)
+                continue
+            size = rt.models.get(job.model).batch_size if job.model in \
+                rt.models or job.model is None else 1
+            await sched.place(
+                fields.queue, job_id, repr(score),
+                items=max(0, job.total_items - fields.next_batch * size),
+                deadline_ms=fields.start_deadline_ms if job.state == JobState.QUEUED
+                else None, priority=fields.priority)
+            placed += 1
+    return placed

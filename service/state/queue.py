@@ -19,6 +19,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from service.contract import (
     JOB_FUNCTION,
+    ROOM_KEY,
     SERIALIZER,
     BatchItem,
     batch_payload,
@@ -113,6 +114,13 @@ async def queue_depths_async(client: Any, names: list[str]) -> dict[str, int]:
     for name in names:
         pipe.llen(Queue.redis_queue_namespace_prefix + name)
     return {name: int(depth) for name, depth in zip(names, await pipe.execute(), strict=True)}
+
+
+async def wait_for_signal(client: Any, names: list[str], timeout_s: float) -> bool:
+    """Until a worker of one of the queues took a batch (contract.signal_room), or
+    `timeout_s`: one blocking pop over an asyncio client on RQ's Redis."""
+    popped = await client.blpop([ROOM_KEY % name for name in names], timeout=timeout_s)
+    return popped is not None
 
 
 def queue_depths(connection: Any, names: list[str]) -> dict[str, int]:

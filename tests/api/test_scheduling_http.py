@@ -369,6 +369,28 @@ async def test_models_and_a_queued_job_say_whether_a_worker_serves_them(
     assert f'tollgate_workers{{model="{name}"}} 1.0' in metrics
     assert (f'tollgate_dispatch_wait_seconds_count{{model="{name}",priority="normal"}} 1.0'
             in metrics), metrics[-3000:]
+    assert (f'tollgate_dispatch_wait_seconds_bucket{{le="900.0",model="{name}",'
+            f'priority="normal"}} 1.0' in metrics), metrics[-3000:]
+
+
+def test_the_wait_histogram_sums_its_slots_and_the_older_cumulative_counts() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from service.api.sched_metrics import _Scheduling
+
+    fields = {"normal:in:0.1": "2", "normal:in:1.0": "1", "normal:in:+Inf": "1",
+              "normal:0.5": "3", "normal:1.0": "4", "normal:900.0": "4",
+              "normal:count": "9", "normal:sum": "2.5"}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scheduling({"m": 1}, {"m": fields}))
+    text = generate_latest(registry).decode()
+
+    def bucket(le: str) -> str:
+        return f'tollgate_dispatch_wait_seconds_bucket{{le="{le}",model="m",priority="normal"}}'
+
+    # 0.05: nothing; 0.1: 2 new; 0.5: 2 new + 3 kept before; 1.0: 3 new + 4; +Inf: the count
+    for le, count in (("0.05", 0), ("0.1", 2), ("0.5", 5), ("1.0", 7), ("900.0", 7), ("+Inf", 9)):
+        assert f"{bucket(le)} {count}.0" in text, text
 
 
 async def test_a_job_still_waiting_for_its_uploads_ends_by_its_start_deadline(

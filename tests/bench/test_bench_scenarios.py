@@ -29,6 +29,7 @@ SCENARIOS = {
     "usage_statement": ["usage_statement"],
     "fairness": ["fairness"],
     "weights": ["weights"],
+    "dispatch_cost": ["dispatch_cost"],
 }
 
 

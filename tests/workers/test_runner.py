@@ -17,10 +17,10 @@ import pytest
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
-from service.contract import SERIALIZER, BatchItem, make_queue
+from service.contract import ROOM_KEY, SERIALIZER, BatchItem, make_queue, signal_room
 from service.settings import Settings
 from service.state.clients import queue_redis
-from service.state.queue import enqueue_job
+from service.state.queue import enqueue_job, wait_for_signal
 from tests.workers.conftest import TOKEN, FakeApi, enqueue_text_items, unique_job_id
 from workers.processors import Item, Output
 from workers.processors.noop import passthrough
@@ -66,6 +66,40 @@ def test_simple_worker_burst_runs_every_batch(
         assert job.get_status() == JobStatus.FINISHED
         assert job.return_value()["rq_job_id"] == rq_id
     assert fake_api.outputs[f"{job_id}-4"] == ("text/plain", b"data 4")
+    # Each batch taken told the dispatcher the queue has room; the signal holds one element.
+    assert sync_redis.lrange(ROOM_KEY % key_prefix, 0, -1) == [b"1"]
+
+
+@pytest.mark.parametrize("server", ["fakeredis", "redis"])
+async def test_a_workers_signal_wakes_a_waiting_dispatcher_at_once(
+        server: str, request: pytest.FixtureRequest, key_prefix: str) -> None:
+    """The dispatcher waits for room in RQ on a blocking pop (wait_for_signal), not by
+    polling the queue's length: a worker's signal ends the wait at once, and with none the
+    wait ends at its timeout."""
+    import redis.asyncio as aredis
+
+    if server == "redis":
+        url = request.getfixturevalue("redis_url")
+        sync, reads = request.getfixturevalue("sync_redis"), aredis.Redis.from_url(url)
+    else:
+        fake = fakeredis.FakeServer()
+        sync, reads = fakeredis.FakeRedis(server=fake), fakeredis.FakeAsyncRedis(server=fake)
+    queues = [key_prefix, f"{key_prefix}-other"]
+    try:
+        started = time.monotonic()
+        assert not await wait_for_signal(reads, queues, 0.2)  # nothing taken: the timeout
+        assert 0.15 < time.monotonic() - started < 2
+        threading.Timer(0.2, signal_room, (sync, queues[1])).start()
+        started = time.monotonic()
+        assert await wait_for_signal(reads, queues, 10.0)
+        assert time.monotonic() - started < 2  # the signal, not the 10 s timeout
+        signal_room(sync, queues[0])
+        signal_room(sync, queues[0])  # two batches taken before the dispatcher looked
+        assert await wait_for_signal(reads, queues, 1.0)
+        assert not await wait_for_signal(reads, queues, 0.1)  # one wake-up for both
+    finally:
+        await reads.aclose()
+        sync.delete(*(ROOM_KEY % queue for queue in queues))
 
 
 @pytest.mark.redis
