@@ -491,7 +491,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = getattr(item, "fixturenames", ())
         on_cluster = "cluster_url" in fixtures or (
             callspec is not None and "cluster" in callspec.params.values())
-        # An API server started for the test (a uvicorn thread, ~1.5 s each on 2 cores).
+        # An API server started for the test (a uvicorn thread): the ~250 tests that ask
+        # for one by name stay out of the fast lane (any_api's asks by getfixturevalue).
         on_server = any(name in fixtures for name in SERVER_FIXTURES)
         if (folder in SLOW_FOLDERS or path.name in SLOW_FILES or on_cluster or on_server
                 or any(item.get_closest_marker(name) for name in SLOW_MARKERS)):
