@@ -90,7 +90,11 @@ class SafetyNet:
     pass pays for all of them at once (16,384 buckets take seconds). A bucket with no keys
     costs one EXISTS a cycle."""
 
-    def __init__(self, core: Core, settings: Settings) -> None:
+    def __init__(self, core: Core, settings: Settings, *, watch_loss: bool = False) -> None:
+        """`watch_loss`: a missing loss sentinel (a node lost data: its due marks too) makes
+        the next share every bucket (the loop's `rebuild` sets the sentinels again)."""
+        self.core = core
+        self.watch_loss = watch_loss
         self.buckets = settings.buckets
         self.interval = settings.flusher_interval
         self.first = True
@@ -99,6 +103,10 @@ class SafetyNet:
 
     async def next_share(self) -> Reindex | list[int] | None:
         if self.first:
+            return "all"
+        if self.watch_loss and await DueIndex(self.core).missing_sentinels():
+            log.warning("a loss sentinel is missing (a Redis node lost its data): every "
+                        "bucket's due time is read again")
             return "all"
         if not self.pending:  # a new cycle
             self.pending = list(range(self.buckets))
@@ -226,7 +234,7 @@ async def run_flusher(
           + (" (one pass)" if once else "") + "\n", end="", flush=True)
     delivering = None if webhooks is None or once else asyncio.create_task(
         webhooks.run(stop, settings.flusher_interval), name="tollgate-webhooks")
-    net = SafetyNet(core, settings)
+    net = SafetyNet(core, settings, watch_loss=rebuild is not None)
     housekept = -math.inf
     try:
         while not stop.is_set():

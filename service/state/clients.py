@@ -199,28 +199,29 @@ UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def queue_redis(settings: Settings) -> QueueConnection:
-    """RQ's connection: standalone only (RQ has no Cluster support), raw bytes replies."""
+def _queue_url(settings: Settings) -> str | None:
+    """RQ's Redis URL: standalone only (RQ has no Cluster support); None: the embedded one."""
     url = settings.queue_redis_url or settings.redis_url
-    if url is None:
-        return fakeredis.FakeRedis(server=embedded_server())
-    if url.startswith(CLUSTER_SCHEME):
+    if url is not None and url.startswith(CLUSTER_SCHEME):
         raise ValueError(
             "RQ cannot use Redis Cluster: set TOLLGATE_QUEUE_REDIS_URL to a standalone Redis"
         )
-    return redis.Redis.from_url(url)
+    return url
+
+
+def queue_redis(settings: Settings) -> QueueConnection:
+    """RQ's connection, raw bytes replies."""
+    url = _queue_url(settings)
+    return fakeredis.FakeRedis(server=embedded_server()) if url is None else \
+        redis.Redis.from_url(url)
 
 
 def queue_redis_async(settings: Settings) -> Any:
-    """An asyncio client on RQ's Redis, one connection: the dispatcher's frequent reads of
+    """An asyncio client on RQ's Redis, one connection: the dispatcher's waits and reads of
     the queues' depths, without a thread hop each (RQ itself stays synchronous)."""
-    url = settings.queue_redis_url or settings.redis_url
+    url = _queue_url(settings)
     if url is None:
         return fakeredis.FakeAsyncRedis(server=embedded_server())
-    if url.startswith(CLUSTER_SCHEME):
-        raise ValueError(
-            "RQ cannot use Redis Cluster: set TOLLGATE_QUEUE_REDIS_URL to a standalone Redis"
-        )
     # One connection, waited for (a pool that fails when full would fail a second caller).
     return AsyncRedis.from_pool(BlockingConnectionPool.from_url(url, max_connections=1))
 

@@ -296,6 +296,22 @@ async def test_the_rolling_safety_net_reads_every_bucket_once_a_cycle(
         assert sorted(b for s in shares for b in s or []) == list(range(BUCKETS))
 
 
+async def test_a_lost_sentinel_makes_the_next_share_every_bucket(core: Core) -> None:
+    """A node that lost its data lost the due marks in its shards: a bucket due for a flush
+    would wait for the rolling net's share (up to a minute); every bucket is read at once."""
+    net = loop.SafetyNet(core, settings_for(core, flusher_interval=1.0), watch_loss=True)
+    net.done()
+    due = DueIndex(core)
+    assert await net.next_share() == "all"  # no sentinel yet: a fresh Redis
+    await due.set_sentinels(core.keys.loss_sentinels)
+    assert isinstance(await net.next_share(), list)
+    await core.client.delete(core.keys.loss_sentinels[3])  # one node came back empty
+    assert await net.next_share() == "all"
+    blind = loop.SafetyNet(core, settings_for(core, flusher_interval=1.0))  # no rebuild
+    blind.done()
+    assert isinstance(await blind.next_share(), list)
+
+
 async def test_a_wiped_set_of_buckets_in_use_is_rebuilt_within_one_cycle(
     core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
