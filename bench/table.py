@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.harness import RESULTS, markdown
 
 ORDER = ["end_to_end", "end_to_end_before_scheduling", "flusher", "fairness", "weights",
+         "dispatch_cost",
          "http_api", "sse", "webhook_latency", "rate_limit", "flusher_idle", "worker_modes"]
 
 
