@@ -18,8 +18,10 @@
 -- @include alerts
 local owner, now = ARGV[1], tonumber(ARGV[2])
 if not now then return {'bad_argument', 'now'} end
-local bad = wrong_type({{KEYS[3], 'zset'}})
-  or alerts_wrong_type({user = KEYS[1], log = KEYS[4], webhooks = KEYS[5]}, 1)
+-- The user hash takes the alert's sequence and the grants are read between the ZREMs:
+-- checked with the rest, or a wrong type would fail the script after its first write.
+local bad = wrong_type({{KEYS[3], 'zset'}, {KEYS[1], 'hash'}, {KEYS[2], 'hash'}})
+  or alerts_wrong_type({user = KEYS[1], log = KEYS[4], webhooks = KEYS[5]}, 3)
 if bad then return {'wrong_type', bad} end
 local warned = 0
 local prefix = owner .. ':'

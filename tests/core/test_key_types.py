@@ -9,6 +9,7 @@ nothing under the prefix changed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,8 +21,9 @@ from service.state.keys import KeySpace
 from service.state.outbox import Outbox
 from service.state.plans import PLANS
 from service.state.replies import ItemReport
+from service.state.sched import SchedState
 from service.state.scripts import Script
-from service.state.store import Core
+from service.state.store import Core, now_ms
 from tests.core.job_setup import FLUSH_MS, LEASE_MS, new_job, new_user
 from tests.core.redis_state import snapshot
 
@@ -127,6 +129,28 @@ async def _webhook_result(core: Core) -> Call:
                                       log_ttl_ms=60_000)
 
 
+async def _grants_expire(core: Core) -> Call:
+    bucket = core.keys.bucket_of_user(await new_user(core, USER))
+    await core.grant(USER, "op-exp", 5, "gift", expires_at_ms=now_ms() + 50)
+    await asyncio.sleep(0.1)  # the grant is past its expires_at
+    return lambda c: c.expire_grants(bucket)
+
+
+async def _grants_warn(core: Core) -> Call:
+    bucket = core.keys.bucket_of_user(await new_user(core, USER))
+    # expiring in a little under 24 h: its credits.expiring warning is due now
+    await core.grant(USER, "op-warn", 5, "gift", expires_at_ms=now_ms() + 86_400_000 - 100)
+    await asyncio.sleep(0.1)
+    return lambda c: c.warn_grants(bucket)
+
+
+async def _admit(core: Core) -> Call:
+    await new_user(core, USER)
+    job_id = await new_job(core, USER, state="uploaded")
+    return lambda c: SchedState(c).admit(job_id, USER, queue="gpu", vtime=0.0, batch_size=8,
+                                         weights="free:1,pro:4")
+
+
 # script -> (setup returning the call, the positions in KEYS of the keys it writes, in the
 # order the script checks them)
 CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
@@ -148,6 +172,11 @@ CASES: dict[str, tuple[Callable[[Core], Awaitable[Call]], list[int]]] = {
     "flush_retry_later": (_flush_retry_later, [0, 1, 2]),
     "flush_retry_end": (_flush_retry_end, [0, 1, 2]),
     "webhook_result": (_webhook_result, [0, 1, 2]),
+    # KEYS[6..7]: the account log and the bucket's webhooks (includes/alerts.lua)
+    "grants_expire": (_grants_expire, [0, 1, 2, 3, 4, 5, 6]),
+    # the warning index first; KEYS[2], the grants, is read before each ZREM
+    "grants_warn": (_grants_warn, [2, 0, 1, 3, 4]),
+    "admit": (_admit, list(range(7))),
 }
 
 PARAMS = [(script, key) for script, (_, keys) in CASES.items() for key in keys]
